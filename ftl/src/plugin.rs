@@ -1,0 +1,303 @@
+//! The language plugin interface.
+//!
+//! A plugin reads the source tree and the base image's config and returns a
+//! [`LayerPlan`]: ordered layers (least to most often changed), each with its
+//! cache key, plus the build steps that produce the layers that miss the
+//! cache. Plugins never touch the registry, the cache or the sandbox: they
+//! run commands through the [`Exec`] they are handed, which the engine backs
+//! with the sandbox on the base image's rootfs.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::key::CacheKey;
+use crate::source::SourceTree;
+
+/// What a plugin knows of the base image: its identity and config. Never its
+/// layers' bytes.
+#[derive(Debug, Clone)]
+pub struct BaseInfo {
+    /// The reference as the user gave it (for messages).
+    pub reference: String,
+    /// Digest of the platform-specific image manifest (`sha256:...`).
+    pub manifest_digest: String,
+    /// The image config.
+    pub config: oci_spec::image::ImageConfiguration,
+    /// `os/arch[/variant]`, e.g. `linux/amd64`.
+    pub platform: String,
+}
+
+impl BaseInfo {
+    /// The base config's environment as (name, value) pairs.
+    pub fn env(&self) -> Vec<(String, String)> {
+        self.config
+            .config()
+            .as_ref()
+            .and_then(|c| c.env().clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect()
+    }
+}
+
+/// Options of one build that plugins read.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// Where the application goes in the image (default `/srv`).
+    pub app_dir: String,
+    /// `--entrypoint`, split into argv.
+    pub entrypoint: Option<Vec<String>>,
+    /// Plugin-specific settings (`--set python.installer=uv`, ...), by
+    /// dotted name.
+    pub settings: BTreeMap<String, String>,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            app_dir: "/srv".to_string(),
+            entrypoint: None,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+/// A host path mounted into a build step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecMount {
+    pub host: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: String,
+    pub writable: bool,
+}
+
+/// The network a step gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepNetwork {
+    /// Loopback only.
+    #[default]
+    None,
+    /// Egress to package indexes (the host network, with the build-time CA
+    /// bundle and proxy settings handed in by the engine).
+    Egress,
+}
+
+/// One command to run in the sandbox on the base image's rootfs.
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    /// Short name for progress and errors, e.g. `pip install`.
+    pub label: String,
+    pub args: Vec<String>,
+    /// Added to the base image's env (which the engine applies first).
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub mounts: Vec<ExecMount>,
+    pub network: StepNetwork,
+    pub timeout: Duration,
+}
+
+impl ExecRequest {
+    pub fn new(label: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ExecRequest {
+            label: label.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: "/".to_string(),
+            mounts: Vec::new(),
+            network: StepNetwork::None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+/// What a step's command did.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal, when it was killed by one.
+    pub signal: Option<i32>,
+    /// Killed for running out of memory.
+    pub oom: bool,
+    /// Killed at the time limit.
+    pub timed_out: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The last `n` lines of stderr then stdout, for error messages.
+    pub fn tail(&self, n: usize) -> String {
+        let mut text = String::from_utf8_lossy(&self.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&self.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+/// Runs commands in the sandbox. Implemented by the engine.
+pub trait Exec: Send + Sync {
+    fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
+}
+
+/// Everything a plugin sees while planning.
+pub struct PlanContext<'a> {
+    pub source: &'a SourceTree,
+    pub base: &'a BaseInfo,
+    pub options: &'a BuildOptions,
+    /// For probing the base image (interpreter version and ABI); no network.
+    pub exec: &'a dyn Exec,
+}
+
+/// Everything a build step sees.
+pub struct StepContext<'a> {
+    pub source: &'a SourceTree,
+    pub base: &'a BaseInfo,
+    pub options: &'a BuildOptions,
+    pub exec: &'a dyn Exec,
+    /// An empty directory for this step; removed after the layers are written.
+    pub scratch: &'a Path,
+}
+
+/// A language plugin.
+pub trait LanguagePlugin: Send + Sync {
+    /// Stable id (`python`, `node`, `java`); part of every key it makes.
+    fn id(&self) -> &'static str;
+    /// Whether this plugin applies to `source` (for auto-detection).
+    fn detect(&self, source: &SourceTree) -> bool;
+    /// Plans the layers.
+    fn plan(&self, ctx: &PlanContext<'_>) -> Result<LayerPlan, PluginError>;
+}
+
+/// The ordered layers of an application, the steps that build them, and the
+/// config the plugin sets.
+pub struct LayerPlan {
+    pub layers: Vec<PlannedLayer>,
+    pub steps: Vec<Box<dyn BuildStep>>,
+    pub config: ConfigPatch,
+}
+
+impl fmt::Debug for LayerPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LayerPlan")
+            .field("layers", &self.layers)
+            .field("steps", &self.steps.len())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// One layer of a plan.
+#[derive(Debug, Clone)]
+pub struct PlannedLayer {
+    /// Human name, e.g. `python: flask==3.0.3` or `app`.
+    pub name: String,
+    pub key: CacheKey,
+    /// False when the inputs are not fully pinned: the cache entry then
+    /// expires after the configured TTL.
+    pub pinned: bool,
+    /// Index into [`LayerPlan::steps`] of the step that builds this layer.
+    pub step: usize,
+    /// The history entry's `created_by`.
+    pub created_by: String,
+}
+
+/// Produces the contents of layers that missed the cache. One step may build
+/// several layers at once (one pip install split per distribution).
+pub trait BuildStep: Send + Sync {
+    /// Builds the layers at `wanted` (indices into [`LayerPlan::layers`], all
+    /// belonging to this step) and returns their contents, one per index.
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError>;
+}
+
+/// The files of one layer, described by where they come from.
+#[derive(Debug, Clone, Default)]
+pub struct LayerContents {
+    pub inputs: Vec<LayerInput>,
+}
+
+/// One source of files for a layer.
+#[derive(Debug, Clone)]
+pub enum LayerInput {
+    /// Everything below host directory `from`, placed at image path `to`.
+    Tree { from: PathBuf, to: String },
+    /// The given paths (relative to `root`, files, links or directories
+    /// without their children) placed at image path `to` joined with each.
+    Files {
+        root: PathBuf,
+        to: String,
+        paths: Vec<PathBuf>,
+    },
+    /// A file with literal contents at image path `path`.
+    Bytes { path: String, mode: u32, data: Vec<u8> },
+}
+
+/// Config a plugin sets on the image; applied over the base config.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigPatch {
+    /// Set (replacing a base value of the same name), in order.
+    pub env: Vec<(String, String)>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    /// e.g. `8080/tcp`.
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A plugin's error: what went wrong, where (file and line) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginError {
+    pub message: String,
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub hint: Option<String>,
+}
+
+impl PluginError {
+    pub fn new(message: impl Into<String>) -> Self {
+        PluginError {
+            message: message.into(),
+            file: None,
+            line: None,
+            hint: None,
+        }
+    }
+    pub fn in_file(mut self, file: impl Into<PathBuf>, line: Option<usize>) -> Self {
+        self.file = Some(file.into());
+        self.line = line;
+        self
+    }
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for PluginError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{}: ", file.display(), line)?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            _ => {}
+        }
+        f.write_str(&self.message)?;
+        if let Some(hint) = &self.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PluginError {}
