@@ -75,8 +75,16 @@ mod tests {
 
     #[test]
     fn key_is_order_independent_and_stable() {
-        let a = CacheKey::new("python", 1, serde_json::json!({"b": 1, "a": [2, {"y": 1, "x": 0}]}));
-        let b = CacheKey::new("python", 1, serde_json::json!({"a": [2, {"x": 0, "y": 1}], "b": 1}));
+        let a = CacheKey::new(
+            "python",
+            1,
+            serde_json::json!({"b": 1, "a": [2, {"y": 1, "x": 0}]}),
+        );
+        let b = CacheKey::new(
+            "python",
+            1,
+            serde_json::json!({"a": [2, {"x": 0, "y": 1}], "b": 1}),
+        );
         assert_eq!(a, b);
         assert_eq!(
             a.canonical,

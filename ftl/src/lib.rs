@@ -5,6 +5,7 @@
 //! plugin interface, and the build engine.
 
 pub mod key;
+pub mod layer;
 pub mod plugin;
 pub mod source;
 

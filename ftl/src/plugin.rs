@@ -38,7 +38,10 @@ impl BaseInfo {
             .and_then(|c| c.env().clone())
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect()
     }
 }
@@ -100,7 +103,10 @@ pub struct ExecRequest {
 }
 
 impl ExecRequest {
-    pub fn new(label: impl Into<String>, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        label: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         ExecRequest {
             label: label.into(),
             args: args.into_iter().map(Into::into).collect(),
@@ -240,7 +246,11 @@ pub enum LayerInput {
         paths: Vec<PathBuf>,
     },
     /// A file with literal contents at image path `path`.
-    Bytes { path: String, mode: u32, data: Vec<u8> },
+    Bytes {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// Config a plugin sets on the image; applied over the base config.

@@ -42,13 +42,20 @@ impl SourceTree {
     pub fn scan(root: &Path) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(root).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
-                SourceError::Missing { path: root.to_path_buf() }
+                SourceError::Missing {
+                    path: root.to_path_buf(),
+                }
             } else {
-                SourceError::Io { path: root.to_path_buf(), source: e }
+                SourceError::Io {
+                    path: root.to_path_buf(),
+                    source: e,
+                }
             }
         })?;
         if !meta.is_dir() {
-            return Err(SourceError::NotADirectory { path: root.to_path_buf() });
+            return Err(SourceError::NotADirectory {
+                path: root.to_path_buf(),
+            });
         }
         let mut rules = Vec::new();
         for name in [".dockerignore", ".gcloudignore"] {
@@ -56,7 +63,12 @@ impl SourceTree {
             match std::fs::read_to_string(&file) {
                 Ok(text) => rules.extend(parse_ignore(&file, &text)?),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(SourceError::Io { path: file, source: e }),
+                Err(e) => {
+                    return Err(SourceError::Io {
+                        path: file,
+                        source: e,
+                    })
+                }
             }
         }
         let mut entries = Vec::new();
@@ -67,10 +79,17 @@ impl SourceTree {
             .into_iter();
         while let Some(entry) = walk.next() {
             let entry = entry.map_err(|e| SourceError::Io {
-                path: e.path().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf()),
+                path: e
+                    .path()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| root.to_path_buf()),
                 source: e.into(),
             })?;
-            let rel = entry.path().strip_prefix(root).expect("walkdir stays below root").to_path_buf();
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("walkdir stays below root")
+                .to_path_buf();
             if is_ignored(&rules, &rel) {
                 if entry.file_type().is_dir() && !has_negation(&rules) {
                     walk.skip_current_dir();
@@ -80,7 +99,10 @@ impl SourceTree {
             entries.push(rel);
         }
         entries.sort();
-        Ok(SourceTree { root: root.to_path_buf(), entries })
+        Ok(SourceTree {
+            root: root.to_path_buf(),
+            entries,
+        })
     }
 
     /// The directory the tree was read from.
@@ -95,13 +117,18 @@ impl SourceTree {
 
     /// Whether `rel` is in the tree.
     pub fn contains(&self, rel: impl AsRef<Path>) -> bool {
-        self.entries.binary_search_by(|p| p.as_path().cmp(rel.as_ref())).is_ok()
+        self.entries
+            .binary_search_by(|p| p.as_path().cmp(rel.as_ref()))
+            .is_ok()
     }
 
     /// Reads a file of the tree (ignored files are not found).
     pub fn read(&self, rel: impl AsRef<Path>) -> io::Result<Vec<u8>> {
         if !self.contains(rel.as_ref()) {
-            return Err(io::Error::new(io::ErrorKind::NotFound, format!("{} is not in the source tree", rel.as_ref().display())));
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} is not in the source tree", rel.as_ref().display()),
+            ));
         }
         std::fs::read(self.root.join(rel))
     }
@@ -133,7 +160,10 @@ impl SourceTree {
             }
             entries.push(e.clone());
         }
-        SourceTree { root: self.root.clone(), entries }
+        SourceTree {
+            root: self.root.clone(),
+            entries,
+        }
     }
 }
 
@@ -183,7 +213,11 @@ fn has_negation(rules: &[Rule]) -> bool {
 fn is_ignored(rules: &[Rule], rel: &Path) -> bool {
     let mut ignored = false;
     for rule in rules {
-        if rel.ancestors().filter(|a| !a.as_os_str().is_empty()).any(|a| rule.glob.is_match(a)) {
+        if rel
+            .ancestors()
+            .filter(|a| !a.as_os_str().is_empty())
+            .any(|a| rule.glob.is_match(a))
+        {
             ignored = !rule.negate;
         }
     }
@@ -198,13 +232,37 @@ mod tests {
     fn dockerignore_rules() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
-        for f in ["main.py", "a/x.pyc", "a/keep.py", "logs/1.log", "logs/keep.log", "node_modules/m/index.js"] {
+        for f in [
+            "main.py",
+            "a/x.pyc",
+            "a/keep.py",
+            "logs/1.log",
+            "logs/keep.log",
+            "node_modules/m/index.js",
+        ] {
             std::fs::create_dir_all(r.join(f).parent().unwrap()).unwrap();
             std::fs::write(r.join(f), "x").unwrap();
         }
-        std::fs::write(r.join(".dockerignore"), "# c\n**/*.pyc\nlogs\n!logs/keep.log\n/node_modules/\n").unwrap();
+        std::fs::write(
+            r.join(".dockerignore"),
+            "# c\n**/*.pyc\nlogs\n!logs/keep.log\n/node_modules/\n",
+        )
+        .unwrap();
         let t = SourceTree::scan(r).unwrap();
-        let names: Vec<String> = t.entries().iter().map(|p| p.display().to_string()).collect();
-        assert_eq!(names, [".dockerignore", "a", "a/keep.py", "logs/keep.log", "main.py"]);
+        let names: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".dockerignore",
+                "a",
+                "a/keep.py",
+                "logs/keep.log",
+                "main.py"
+            ]
+        );
     }
 }
