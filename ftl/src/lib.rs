@@ -8,6 +8,7 @@ pub mod image;
 pub mod key;
 pub mod layer;
 pub mod plugin;
+pub mod rootfs;
 pub mod source;
 
 pub use key::{canonical_json, sha256_tagged, CacheKey};
