@@ -4,6 +4,7 @@
 //! config composition, OCI layout and docker-archive output), the language
 //! plugin interface, and the build engine.
 
+pub mod export;
 pub mod image;
 pub mod key;
 pub mod layer;
