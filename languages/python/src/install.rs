@@ -1,0 +1,503 @@
+//! The build steps: the virtualenv and its dependencies (pip in the
+//! sandbox, split per distribution), and the app's files.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ftl::{
+    BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
+    StepContext, StepNetwork,
+};
+
+use crate::plan::{redact_url_text, DepsMode, DepsPlan, PinnedDist};
+use crate::record::{self, InstalledDist};
+use crate::requirements::normalize;
+use crate::Compile;
+
+/// Where the step's work directory (requirement files, scripts) is
+/// mounted, read-only.
+pub(crate) const WORK: &str = "/ftl-work";
+
+/// The mtime-independent `.pyc`s and reproducible sdist builds.
+const SOURCE_DATE_EPOCH: &str = "315532800";
+
+/// Lists, for each installed distribution's requirements, the ones that
+/// are not in the pinned set. Runs in the venv's interpreter with pip's
+/// vendored `packaging` (argv: pip path, JSON spec).
+const CHECK_SCRIPT: &str = r#"
+import json, sys
+sys.path.insert(0, sys.argv[1])
+spec = json.loads(sys.argv[2])
+try:
+    import importlib.metadata as md
+    from pip._vendor.packaging.requirements import Requirement
+    from pip._vendor.packaging.utils import canonicalize_name
+except Exception as e:
+    print(json.dumps({"skipped": str(e)}))
+    sys.exit(0)
+pinned = set(spec["pinned"])
+missing = []
+for d in md.distributions(path=spec["site"]):
+    name = canonicalize_name(d.metadata["Name"])
+    for r in d.requires or []:
+        req = Requirement(r)
+        if req.marker is not None:
+            extras = [""] + spec["extras"].get(name, [])
+            if not any(req.marker.evaluate({"extra": e}) for e in extras):
+                continue
+        if canonicalize_name(req.name) not in pinned:
+            missing.append([name, r])
+print(json.dumps({"missing": missing}))
+"#;
+
+pub(crate) struct DepsStep {
+    plan: Arc<DepsPlan>,
+}
+
+impl DepsStep {
+    pub(crate) fn new(plan: Arc<DepsPlan>) -> Self {
+        DepsStep { plan }
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> PluginError {
+    PluginError::new(format!("{what} {}: {e}", path.display()))
+}
+
+fn check(out: ExecOutput, what: &str) -> Result<ExecOutput, PluginError> {
+    if out.success() {
+        return Ok(out);
+    }
+    let how = if out.timed_out {
+        "timed out".to_string()
+    } else if out.oom {
+        "ran out of memory".to_string()
+    } else if let Some(s) = out.signal {
+        format!("was killed by signal {s}")
+    } else {
+        format!("exited with {}", out.code.unwrap_or(-1))
+    };
+    Err(PluginError::new(format!("{what} {how}:\n{}", out.tail(20))))
+}
+
+impl DepsStep {
+    fn mounts(&self, env: &Path, work: &Path) -> Vec<ExecMount> {
+        vec![
+            ExecMount {
+                host: env.to_path_buf(),
+                target: self.plan.settings.venv.clone(),
+                writable: true,
+            },
+            ExecMount {
+                host: work.to_path_buf(),
+                target: WORK.to_string(),
+                writable: false,
+            },
+        ]
+    }
+
+    fn request(&self, label: &str, args: Vec<String>, env: &Path, work: &Path) -> ExecRequest {
+        let mut req = ExecRequest::new(label, args);
+        req.mounts = self.mounts(env, work);
+        req.env = vec![
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("PIP_CACHE_DIR".into(), "/tmp/pip-cache".into()),
+            ("PIP_ROOT_USER_ACTION".into(), "ignore".into()),
+            ("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()),
+            ("PIP_NO_INPUT".into(), "1".into()),
+            ("PYTHONDONTWRITEBYTECODE".into(), "1".into()),
+            ("SOURCE_DATE_EPOCH".into(), SOURCE_DATE_EPOCH.into()),
+        ];
+        req.timeout = Duration::from_secs(300);
+        req
+    }
+
+    fn python(&self) -> String {
+        format!("{}/bin/python", self.plan.settings.venv)
+    }
+
+    /// The pip command prefix.
+    fn pip(&self) -> Result<Vec<String>, PluginError> {
+        let pip = self.plan.pip.as_ref().ok_or_else(|| {
+            PluginError::new(format!("no pip in the base image {}", self.plan.base_ref))
+        })?;
+        Ok(if pip.source == "ensurepip" {
+            vec![self.python(), format!("{}/pip", pip.path)]
+        } else {
+            vec![
+                self.plan.probe.executable.clone(),
+                "-m".into(),
+                "pip".into(),
+                "--python".into(),
+                self.python(),
+            ]
+        })
+    }
+
+    fn install(
+        &self,
+        env: &Path,
+        work: &Path,
+        ctx: &StepContext<'_>,
+        file: &str,
+        no_deps: bool,
+    ) -> Result<(), PluginError> {
+        let mut args = self.pip()?;
+        args.extend(
+            [
+                "install",
+                "--no-compile",
+                "--no-warn-script-location",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+            ]
+            .map(String::from),
+        );
+        if no_deps {
+            args.extend(["--no-deps".to_string(), "--no-warn-conflicts".to_string()]);
+        } else {
+            // Settings override the files' own index options.
+            if let Some(u) = &self.plan.settings.index_url {
+                args.extend(["--index-url".to_string(), u.clone()]);
+            }
+            for u in &self.plan.settings.extra_index_urls {
+                args.extend(["--extra-index-url".to_string(), u.clone()]);
+            }
+        }
+        args.extend(["-r".to_string(), format!("{WORK}/{file}")]);
+        let mut req = self.request("pip install", args, env, work);
+        req.network = StepNetwork::Egress;
+        req.timeout = self.plan.settings.install_timeout;
+        let out = ctx.exec.run(&req)?;
+        if out.success() {
+            tracing::debug!(output = %out.tail(5), "pip install");
+            return Ok(());
+        }
+        Err(self.explain_pip_failure(&out))
+    }
+
+    /// Turns pip's failure into a message naming the requirement's file and
+    /// line.
+    fn explain_pip_failure(&self, out: &ExecOutput) -> PluginError {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let index = self
+            .plan
+            .options
+            .index_url
+            .as_deref()
+            .map(redact_url_text)
+            .unwrap_or_else(|| "https://pypi.org/simple".into());
+        for marker in [
+            "No matching distribution found for ",
+            "Could not find a version that satisfies the requirement ",
+        ] {
+            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+                let spec = line
+                    .split(marker)
+                    .nth(1)
+                    .unwrap_or("")
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("");
+                let name: String = spec
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                    .collect();
+                let mut e = PluginError::new(format!(
+                    "package `{spec}` was not found on the package index {index}"
+                ))
+                .hint(format!(
+                    "check the name and version exist (pip said: {})",
+                    line.trim().trim_start_matches("ERROR: ")
+                ));
+                if let Some(o) = self.plan.origins.get(&normalize(&name)) {
+                    e = e.in_file(&o.file, Some(o.line));
+                }
+                return e;
+            }
+        }
+        if text.contains("THESE PACKAGES DO NOT MATCH THE HASHES") {
+            return PluginError::new(format!("a downloaded package does not match its --hash:\n{}", out.tail(12)))
+                .hint("regenerate the hashes (pip-compile --generate-hashes) or check the index serves the expected files");
+        }
+        if text.contains("Failed building wheel")
+            || text.contains("failed-wheel-build")
+            || text.contains("subprocess-exited-with-error")
+        {
+            return PluginError::new(format!("building a package from source failed:\n{}", out.tail(25)))
+                .hint("the base image may lack a compiler or headers (gcc, python3-dev); use a package with wheels for this platform, or a base image with the build tools");
+        }
+        let how = if out.timed_out {
+            format!(
+                "timed out after {}s (python.install_timeout)",
+                self.plan.settings.install_timeout.as_secs()
+            )
+        } else {
+            format!("failed (exit {:?})", out.code)
+        };
+        PluginError::new(format!("pip install {how}:\n{}", out.tail(20)))
+    }
+
+    /// Checks that every dependency of what was installed is pinned.
+    fn check_complete(
+        &self,
+        env: &Path,
+        work: &Path,
+        ctx: &StepContext<'_>,
+        installed: &[InstalledDist],
+        all: &BTreeSet<String>,
+        top: &Path,
+        extras: &BTreeMap<String, Vec<String>>,
+    ) -> Result<(), PluginError> {
+        let pip = self.plan.pip.as_ref().ok_or_else(|| {
+            PluginError::new(format!("no pip in the base image {}", self.plan.base_ref))
+        })?;
+        let sites: BTreeSet<String> = installed
+            .iter()
+            .filter_map(|d| d.dist_info.parent())
+            .map(|p| format!("{}/{}", self.plan.settings.venv, p.display()))
+            .collect();
+        let spec = serde_json::json!({"pinned": all, "extras": extras, "site": sites});
+        let args = vec![
+            self.python(),
+            "-c".into(),
+            CHECK_SCRIPT.into(),
+            pip.path.clone(),
+            spec.to_string(),
+        ];
+        let out = check(
+            ctx.exec
+                .run(&self.request("python dependency check", args, env, work))?,
+            "the dependency check",
+        )?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let v: serde_json::Value = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or(serde_json::Value::Null);
+        if let Some(skipped) = v.get("skipped") {
+            tracing::warn!(reason = %skipped, "dependency completeness check skipped");
+            return Ok(());
+        }
+        let missing: Vec<(String, String)> =
+            serde_json::from_value(v["missing"].clone()).unwrap_or_default();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = missing
+            .iter()
+            .map(|(d, r)| format!("{d} requires `{r}`"))
+            .collect();
+        Err(PluginError::new(format!(
+            "every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: {}",
+            list.join("; ")
+        ))
+        .in_file(top, None)
+        .hint("add the missing packages pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer"))
+    }
+
+    fn compile(&self, env: &Path, work: &Path, ctx: &StepContext<'_>) -> Result<(), PluginError> {
+        let sites = record::site_dirs(env).map_err(|e| PluginError::new(e.to_string()))?;
+        if sites.is_empty() {
+            return Ok(());
+        }
+        let mut args: Vec<String> = vec![
+            self.python(),
+            "-m".into(),
+            "compileall".into(),
+            "-q".into(),
+            "-f".into(),
+            "--invalidation-mode".into(),
+            "unchecked-hash".into(),
+        ];
+        args.extend(
+            sites
+                .iter()
+                .map(|s| format!("{}/{}", self.plan.settings.venv, s.display())),
+        );
+        let out = ctx
+            .exec
+            .run(&self.request("python compileall", args, env, work))?;
+        if !out.success() {
+            // compileall exits 1 when a file does not compile (Python 2
+            // test files in some packages); the rest is compiled.
+            tracing::warn!(output = %out.tail(10), "compileall reported errors; modules that failed to compile ship without .pyc");
+        }
+        Ok(())
+    }
+}
+
+impl BuildStep for DepsStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let plan = &self.plan;
+        let env = ctx.scratch.join("env");
+        let work = ctx.scratch.join("work");
+        for d in [&env, &work] {
+            std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
+        }
+        let venv = plan.settings.venv.clone();
+        let make_venv = vec![
+            plan.probe.executable.clone(),
+            "-m".into(),
+            "venv".into(),
+            "--without-pip".into(),
+            venv.clone(),
+        ];
+        check(
+            ctx.exec
+                .run(&self.request("python -m venv", make_venv, &env, &work))?,
+            "creating the virtualenv",
+        )?;
+        let venv_files = record::all_files(&env).map_err(|e| PluginError::new(e.to_string()))?;
+        let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
+        let files_input = |paths: Vec<PathBuf>| LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: env.clone(),
+                to: venv.clone(),
+                paths,
+            }],
+        };
+
+        let mut out = Vec::new();
+        if wanted.contains(&plan.venv_layer) {
+            out.push((plan.venv_layer, files_input(venv_files.clone())));
+        }
+
+        match &plan.mode {
+            DepsMode::None => {}
+            DepsMode::Pinned { layers, all, top } => {
+                let want: Vec<&(usize, Vec<PinnedDist>)> =
+                    layers.iter().filter(|(i, _)| wanted.contains(i)).collect();
+                if want.is_empty() {
+                    return Ok(out);
+                }
+                let mut lines = plan.options.to_lines();
+                let mut extras: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (_, dists) in &want {
+                    for d in dists {
+                        lines.push(d.line());
+                        if !d.extras.is_empty() {
+                            extras.insert(d.key.clone(), d.extras.clone());
+                        }
+                    }
+                }
+                let file = work.join("requirements.txt");
+                std::fs::write(&file, lines.join("\n") + "\n")
+                    .map_err(|e| io_err("cannot write", &file, e))?;
+                self.install(&env, &work, ctx, "requirements.txt", true)?;
+                let installed = record::installed_dists(&env, None)
+                    .map_err(|e| PluginError::new(e.to_string()))?;
+                self.check_complete(&env, &work, ctx, &installed, all, top, &extras)?;
+                if plan.settings.compile == Compile::UncheckedHash {
+                    self.compile(&env, &work, ctx)?;
+                }
+                let installed = record::installed_dists(&env, Some(&plan.probe.cache_tag))
+                    .map_err(|e| PluginError::new(e.to_string()))?;
+                warn_unclaimed(&env, &installed, &before);
+                let by_key: BTreeMap<&str, &InstalledDist> =
+                    installed.iter().map(|d| (d.key.as_str(), d)).collect();
+                for (index, dists) in want {
+                    let mut paths = Vec::new();
+                    for d in dists {
+                        let got = by_key.get(d.key.as_str()).ok_or_else(|| {
+                            PluginError::new(format!(
+                                "pip did not install `{}=={}`",
+                                d.name, d.version
+                            ))
+                            .in_file(&d.origin.file, Some(d.origin.line))
+                        })?;
+                        if got.version != d.version {
+                            tracing::debug!(dist = %d.key, pinned = %d.version, installed = %got.version, "installed version spelled differently from the pin");
+                        }
+                        paths.extend(got.files.iter().cloned());
+                    }
+                    out.push((*index, files_input(paths)));
+                }
+            }
+            DepsMode::Unpinned { layer, files } => {
+                if !wanted.contains(layer) {
+                    return Ok(out);
+                }
+                let req_dir = work.join("req");
+                for (rel, text) in files {
+                    let path = req_dir.join(rel);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)
+                            .map_err(|e| io_err("cannot create", parent, e))?;
+                    }
+                    std::fs::write(&path, text).map_err(|e| io_err("cannot write", &path, e))?;
+                }
+                let top = format!("req/{}", files[0].0.display());
+                self.install(&env, &work, ctx, &top, false)?;
+                if plan.settings.compile == Compile::UncheckedHash {
+                    self.compile(&env, &work, ctx)?;
+                }
+                // Everything new in the venv, claimed by a RECORD or not.
+                let paths: Vec<PathBuf> = record::all_files(&env)
+                    .map_err(|e| PluginError::new(e.to_string()))?
+                    .into_iter()
+                    .filter(|f| !before.contains(f))
+                    .collect();
+                out.push((*layer, files_input(paths)));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn warn_unclaimed(env: &Path, installed: &[InstalledDist], before: &BTreeSet<PathBuf>) {
+    match record::unclaimed(env, installed, before) {
+        Ok(stray) if !stray.is_empty() => {
+            tracing::warn!(files = ?stray, "files installed that no distribution's RECORD lists; left out of the image")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not list unclaimed files"),
+    }
+    for (file, (a, b)) in record::overlaps(installed) {
+        tracing::warn!(file = %file.display(), first = %a, second = %b, "file claimed by two distributions; it goes in both layers");
+    }
+}
+
+/// The app's files at the app directory.
+pub(crate) struct AppStep {
+    pub root: PathBuf,
+    pub app_dir: String,
+    pub paths: Vec<PathBuf>,
+}
+
+impl BuildStep for AppStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        _ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    LayerContents {
+                        inputs: vec![LayerInput::Files {
+                            root: self.root.clone(),
+                            to: self.app_dir.clone(),
+                            paths: self.paths.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect())
+    }
+}

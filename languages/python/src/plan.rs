@@ -1,0 +1,595 @@
+//! From source and base to a layer plan: inputs, probe, keys, layers,
+//! config.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ftl::{
+    sha256_tagged, CacheKey, ConfigPatch, PlanContext, PlannedLayer, PluginError, SourceTree,
+};
+use serde_json::{json, Value};
+
+use crate::entrypoint;
+use crate::install::{AppStep, DepsStep};
+use crate::probe::{self, PipInfo, Probe};
+use crate::requirements::{self, IndexOptions, Origin, RequirementSet};
+use crate::Settings;
+
+/// Bumped when the layout of any layer changes for the same inputs.
+pub const KEY_VERSION: u32 = 1;
+const PLUGIN: &str = "python";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One pinned distribution to install.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PinnedDist {
+    pub key: String,
+    pub name: String,
+    pub version: String,
+    pub hashes: Vec<String>,
+    pub extras: Vec<String>,
+    pub origin: Origin,
+}
+
+impl PinnedDist {
+    /// The line handed to pip.
+    pub fn line(&self) -> String {
+        let mut s = format!("{}=={}", self.name, self.version);
+        for h in &self.hashes {
+            s.push_str(&format!(" --hash={h}"));
+        }
+        s
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum DepsMode {
+    None,
+    Pinned {
+        /// (layer index, its distributions).
+        layers: Vec<(usize, Vec<PinnedDist>)>,
+        /// Every pinned key, for the completeness check.
+        all: BTreeSet<String>,
+        /// The file that claims to pin everything.
+        top: PathBuf,
+    },
+    Unpinned {
+        layer: usize,
+        /// Files to hand pip (relative path, text); the first is the top.
+        files: Vec<(PathBuf, String)>,
+    },
+}
+
+/// Everything the dependency step needs.
+#[derive(Debug, Clone)]
+pub(crate) struct DepsPlan {
+    pub probe: Probe,
+    pub settings: Settings,
+    pub pip: Option<PipInfo>,
+    pub options: IndexOptions,
+    pub venv_layer: usize,
+    pub mode: DepsMode,
+    pub origins: BTreeMap<String, Origin>,
+    pub base_ref: String,
+}
+
+/// Which input the dependencies come from.
+fn read_inputs(
+    source: &SourceTree,
+    settings: &Settings,
+) -> Result<Option<RequirementSet>, PluginError> {
+    let read = |p: &Path| {
+        source.read_text(p).map_err(|e| {
+            PluginError::new(format!("cannot read {}: {e}", p.display())).in_file(p, None)
+        })
+    };
+    if let Some(file) = &settings.requirements {
+        if read(file)?.is_none() {
+            return Err(PluginError::new(format!(
+                "{} (python.requirements) is not in the app directory",
+                file.display()
+            ))
+            .hint("the path is relative to the app directory; check .dockerignore/.gcloudignore"));
+        }
+        if file.file_name().is_some_and(|n| n == "Pipfile.lock") {
+            return requirements::parse_pipfile_lock(file, &read(file)?.unwrap_or_default())
+                .map(Some);
+        }
+        return requirements::parse_requirements_file(file, &read).map(Some);
+    }
+    if let Some(text) = read(Path::new("Pipfile.lock"))? {
+        return requirements::parse_pipfile_lock(Path::new("Pipfile.lock"), &text).map(Some);
+    }
+    if source.contains("requirements.txt") {
+        return requirements::parse_requirements_file(Path::new("requirements.txt"), &read)
+            .map(Some);
+    }
+    if source.contains("Pipfile") {
+        return Err(PluginError::new("Pipfile without Pipfile.lock")
+            .in_file("Pipfile", None)
+            .hint("run `pipenv lock` and add Pipfile.lock to the app"));
+    }
+    if let Some(text) = read(Path::new("pyproject.toml"))? {
+        return requirements::parse_pyproject(Path::new("pyproject.toml"), &text);
+    }
+    Ok(None)
+}
+
+/// A URL as it goes into a key: credentials replaced, and the full URL
+/// hashed so that changing them still changes the key.
+pub(crate) fn redact_url(url: &str) -> Value {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            return json!({
+                "url": format!("{scheme}://****@{}", &rest[at + 1..]),
+                "with_credentials": sha256_tagged(url.as_bytes()),
+            });
+        }
+    }
+    Value::String(url.to_string())
+}
+
+/// For messages and logs.
+pub(crate) fn redact_url_text(url: &str) -> String {
+    match redact_url(url) {
+        Value::String(s) => s,
+        v => v["url"].as_str().unwrap_or_default().to_string(),
+    }
+}
+
+fn index_doc(o: &IndexOptions) -> Value {
+    json!({
+        "index_url": o.index_url.as_deref().map(redact_url),
+        "extra_index_urls": o.extra_index_urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+        "find_links": o.find_links.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+        "no_index": o.no_index,
+        "trusted_hosts": o.trusted_hosts,
+        "pre": o.pre,
+        "prefer_binary": o.prefer_binary,
+        "only_binary": o.only_binary,
+        "no_binary": o.no_binary,
+    })
+}
+
+/// `PIP_*` variables of the base config: pip in the sandbox reads them.
+fn pip_env_doc(ctx: &PlanContext<'_>) -> Value {
+    let map: BTreeMap<String, Value> = ctx
+        .base
+        .env()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("PIP_") || k == "UV_INDEX_URL")
+        .map(|(k, v)| {
+            let value = if v.contains("://") {
+                redact_url(&v)
+            } else {
+                Value::String(v)
+            };
+            (k, value)
+        })
+        .collect();
+    json!(map)
+}
+
+/// The app layer's key document entries.
+fn app_files_doc(source: &SourceTree) -> Result<Vec<Value>, PluginError> {
+    let mut out = Vec::new();
+    for rel in source.entries() {
+        let path = source.root().join(rel);
+        let io = |e: std::io::Error| {
+            PluginError::new(format!("cannot read {}: {e}", path.display())).in_file(rel, None)
+        };
+        let meta = std::fs::symlink_metadata(&path).map_err(io)?;
+        let name = rel.to_string_lossy();
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).map_err(io)?;
+            out.push(json!({"path": name, "symlink": target.to_string_lossy()}));
+        } else if meta.is_dir() {
+            out.push(json!({"path": name, "dir": true}));
+        } else if meta.is_file() {
+            let bytes = std::fs::read(&path).map_err(io)?;
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            out.push(json!({"path": name, "sha256": sha256_tagged(&bytes), "exec": exec}));
+        }
+    }
+    Ok(out)
+}
+
+/// Pinned distributions of `set` that apply to the interpreter, merged by
+/// name and sorted; `None` when the set is not fully pinned.
+fn pinned_dists(
+    set: &RequirementSet,
+    markers: &BTreeMap<String, String>,
+) -> Result<Option<Vec<PinnedDist>>, PluginError> {
+    let mut by_key: BTreeMap<String, PinnedDist> = BTreeMap::new();
+    let mut pinned = true;
+    for req in &set.requirements {
+        if let Some(m) = &req.marker {
+            if !m.evaluate(markers) {
+                tracing::debug!(requirement = %req.name, marker = ?req.marker_text, "skipped: marker does not match the base interpreter");
+                continue;
+            }
+        }
+        let Some(version) = set.pinned_version(req) else {
+            pinned = false;
+            continue;
+        };
+        let mut hashes = req.hashes.clone();
+        if hashes.is_empty() {
+            if let Some(c) = set.constraints.iter().find(|c| c.key == req.key) {
+                hashes = c.hashes.clone();
+            }
+        }
+        match by_key.get_mut(&req.key) {
+            Some(prev) if prev.version != version => {
+                return Err(PluginError::new(format!(
+                    "`{}` is pinned twice, to {} ({}:{}) and to {}",
+                    req.name,
+                    prev.version,
+                    prev.origin.file.display(),
+                    prev.origin.line,
+                    version
+                ))
+                .in_file(&req.origin.file, Some(req.origin.line))
+                .hint("keep one pin per package"));
+            }
+            Some(prev) => {
+                prev.hashes.extend(hashes);
+                prev.hashes.sort();
+                prev.hashes.dedup();
+                prev.extras.extend(req.extras.iter().cloned());
+                prev.extras.sort();
+                prev.extras.dedup();
+            }
+            None => {
+                by_key.insert(
+                    req.key.clone(),
+                    PinnedDist {
+                        key: req.key.clone(),
+                        name: req.name.clone(),
+                        version: version.to_string(),
+                        hashes,
+                        extras: req.extras.clone(),
+                        origin: req.origin.clone(),
+                    },
+                );
+            }
+        }
+    }
+    if !pinned || set.requirements.iter().any(|r| r.url.is_some()) {
+        return Ok(None);
+    }
+    Ok(Some(by_key.into_values().collect()))
+}
+
+/// Splits sorted distributions into at most `max` layers. Past `max`, a
+/// distribution's layer is chosen by a hash of its name, so adding or
+/// removing one changes only its own group.
+fn group(dists: Vec<PinnedDist>, max: usize) -> Vec<Vec<PinnedDist>> {
+    if dists.len() <= max {
+        return dists.into_iter().map(|d| vec![d]).collect();
+    }
+    let mut buckets: BTreeMap<u64, Vec<PinnedDist>> = BTreeMap::new();
+    for d in dists {
+        let h = sha256_tagged(d.key.as_bytes());
+        let n = u64::from_str_radix(&h["sha256:".len().."sha256:".len() + 15], 16).expect("hex");
+        buckets.entry(n % max as u64).or_default().push(d);
+    }
+    buckets.into_values().collect()
+}
+
+pub(crate) fn plan(
+    ctx: &PlanContext<'_>,
+    settings: &Settings,
+) -> Result<ftl::LayerPlan, PluginError> {
+    let set = read_inputs(ctx.source, settings)?;
+    let probe = probe::probe(ctx.exec, &settings.interpreter, &ctx.base.reference)?;
+    let venv = settings.venv.clone();
+
+    let mut options = set.as_ref().map(|s| s.options.clone()).unwrap_or_default();
+    if let Some(u) = &settings.index_url {
+        options.index_url = Some(u.clone());
+    }
+    options
+        .extra_index_urls
+        .extend(settings.extra_index_urls.iter().cloned());
+
+    let mut layers = Vec::new();
+    let pip = probe.pip.clone();
+
+    // The virtualenv: depends on the interpreter only.
+    let venv_key = CacheKey::new(
+        PLUGIN,
+        KEY_VERSION,
+        json!({
+            "layer": "venv",
+            "venv": venv,
+            "interpreter": probe.key_doc(),
+            "executable": probe.executable,
+            "platform": ctx.base.platform,
+        }),
+    );
+    layers.push(PlannedLayer {
+        name: format!("python: virtualenv {venv}"),
+        key: venv_key,
+        pinned: true,
+        step: 0,
+        created_by: format!(
+            "ftl python: {} -m venv --without-pip {venv}",
+            probe.executable
+        ),
+    });
+
+    let requirements: Vec<_> = set
+        .as_ref()
+        .map(|s| s.requirements.clone())
+        .unwrap_or_default();
+    let has_gunicorn = requirements.iter().any(|r| r.key == "gunicorn");
+    let origins: BTreeMap<String, Origin> = requirements
+        .iter()
+        .rev()
+        .map(|r| (r.key.clone(), r.origin.clone()))
+        .collect();
+
+    let mode = match &set {
+        Some(set) if !set.requirements.is_empty() => {
+            let Some(pip) = &pip else {
+                return Err(PluginError::new(format!(
+                    "the Python {} of base image {} has neither ensurepip's pip wheel nor pip",
+                    probe.version, ctx.base.reference
+                ))
+                .hint("use a base image with pip (python:3.x images, or Debian's python3-venv or python3-pip)"));
+            };
+            if pip.source == "base" && !version_at_least(&pip.version, &[22, 3]) {
+                return Err(PluginError::new(format!(
+                    "the base image's pip {} is too old (22.3 or later is needed to install into a virtualenv)",
+                    pip.version
+                ))
+                .hint("use a newer base image, or one with ensurepip (python3-venv)"));
+            }
+            let common = json!({
+                "venv": venv,
+                "interpreter": probe.key_doc(),
+                "platform": ctx.base.platform,
+                "installer": {"tool": "pip", "version": pip.version},
+                "index": index_doc(&options),
+                "pip_env": pip_env_doc(ctx),
+                "pip_config": probe.pip_config,
+                "compile": settings.compile.as_str(),
+            });
+            match pinned_dists(set, &probe.markers)? {
+                Some(dists) => {
+                    let all: BTreeSet<String> = dists.iter().map(|d| d.key.clone()).collect();
+                    let mut groups = Vec::new();
+                    for g in group(dists, settings.max_layers) {
+                        let index = layers.len();
+                        let docs: Vec<Value> = g
+                            .iter()
+                            .map(|d| json!({"name": d.key, "version": d.version, "hashes": d.hashes}))
+                            .collect();
+                        let mut doc = common.clone();
+                        doc["layer"] = json!("dist");
+                        doc["dists"] = json!(docs);
+                        let pins: Vec<String> = g
+                            .iter()
+                            .map(|d| format!("{}=={}", d.key, d.version))
+                            .collect();
+                        layers.push(PlannedLayer {
+                            name: format!("python: {}", pins.join(" ")),
+                            key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
+                            pinned: true,
+                            step: 0,
+                            created_by: format!(
+                                "ftl python: pip install --no-deps {}",
+                                pins.join(" ")
+                            ),
+                        });
+                        groups.push((index, g));
+                    }
+                    let top = set
+                        .top
+                        .clone()
+                        .or_else(|| set.files.first().map(|f| f.0.clone()))
+                        .unwrap_or_default();
+                    DepsMode::Pinned {
+                        layers: groups,
+                        all,
+                        top,
+                    }
+                }
+                None => {
+                    let (files, top_name) = if let Some(top) = &set.top {
+                        (set.files.clone(), top.display().to_string())
+                    } else {
+                        // pyproject.toml: hand pip its dependency list.
+                        let lines: Vec<String> = set
+                            .requirements
+                            .iter()
+                            .map(|r| {
+                                let mut l = r.name.clone();
+                                if !r.extras.is_empty() {
+                                    l.push_str(&format!("[{}]", r.extras.join(",")));
+                                }
+                                if let Some(u) = &r.url {
+                                    l.push_str(&format!(" @ {u}"));
+                                } else {
+                                    l.push_str(&r.specifier_text());
+                                }
+                                if let Some(m) = &r.marker_text {
+                                    l.push_str(&format!(" ; {m}"));
+                                }
+                                l
+                            })
+                            .collect();
+                        let name = set
+                            .files
+                            .first()
+                            .map(|f| f.0.display().to_string())
+                            .unwrap_or_default();
+                        (
+                            vec![(
+                                PathBuf::from("ftl-requirements.txt"),
+                                lines.join("\n") + "\n",
+                            )],
+                            name,
+                        )
+                    };
+                    let mut doc = common.clone();
+                    doc["layer"] = json!("deps");
+                    doc["inputs"] = json!(set
+                        .files
+                        .iter()
+                        .map(|(p, t)| json!({"path": p.to_string_lossy(), "sha256": sha256_tagged(t.as_bytes())}))
+                        .collect::<Vec<_>>());
+                    let index = layers.len();
+                    layers.push(PlannedLayer {
+                        name: format!("python: dependencies of {top_name} (not pinned)"),
+                        key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
+                        pinned: false,
+                        step: 0,
+                        created_by: format!("ftl python: pip install -r {top_name}"),
+                    });
+                    DepsMode::Unpinned {
+                        layer: index,
+                        files,
+                    }
+                }
+            }
+        }
+        _ => DepsMode::None,
+    };
+
+    // The app.
+    let app_dir = ctx.options.app_dir.trim_end_matches('/').to_string();
+    let app_dir = if app_dir.is_empty() {
+        "/".to_string()
+    } else {
+        app_dir
+    };
+    let app_source = ctx.source.without(|p| {
+        p.file_name()
+            .is_some_and(|n| n == "__pycache__" || n == ".git")
+    });
+    let app_key = CacheKey::new(
+        PLUGIN,
+        KEY_VERSION,
+        json!({"layer": "app", "app_dir": app_dir, "files": app_files_doc(&app_source)?}),
+    );
+    layers.push(PlannedLayer {
+        name: "app".into(),
+        key: app_key,
+        pinned: true,
+        step: 1,
+        created_by: format!("ftl python: COPY . {app_dir}"),
+    });
+
+    let ep = entrypoint::find(ctx.source, ctx.options.entrypoint.as_deref(), has_gunicorn)?;
+    tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
+
+    let base_path = ctx
+        .base
+        .env()
+        .into_iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let config = ConfigPatch {
+        env: vec![
+            ("VIRTUAL_ENV".into(), venv.clone()),
+            ("PATH".into(), format!("{venv}/bin:{base_path}")),
+            ("PYTHONUNBUFFERED".into(), "1".into()),
+            ("PORT".into(), "8080".into()),
+        ],
+        entrypoint: Some(ep.argv),
+        // The base's CMD (python images: `python3`) would become arguments
+        // of the entrypoint.
+        cmd: Some(Vec::new()),
+        workdir: Some(app_dir.clone()),
+        exposed_ports: vec!["8080/tcp".into()],
+        labels: BTreeMap::new(),
+    };
+
+    let deps = DepsPlan {
+        probe,
+        settings: settings.clone(),
+        pip,
+        options,
+        venv_layer: 0,
+        mode,
+        origins,
+        base_ref: ctx.base.reference.clone(),
+    };
+    let app = AppStep {
+        root: app_source.root().to_path_buf(),
+        app_dir,
+        paths: app_source.entries().to_vec(),
+    };
+    Ok(ftl::LayerPlan {
+        layers,
+        steps: vec![Box::new(DepsStep::new(Arc::new(deps))), Box::new(app)],
+        config,
+    })
+}
+
+fn version_at_least(v: &str, min: &[u64]) -> bool {
+    let parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    for (i, m) in min.iter().enumerate() {
+        let p = parts.get(i).copied().unwrap_or(0);
+        if p != *m {
+            return p > *m;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(
+            redact_url("https://pypi.org/simple"),
+            json!("https://pypi.org/simple")
+        );
+        let v = redact_url("https://user:s3cret@pypi.example.com/simple");
+        assert_eq!(v["url"], "https://****@pypi.example.com/simple");
+        assert!(!v.to_string().contains("s3cret"));
+        assert_ne!(v, redact_url("https://user:other@pypi.example.com/simple"));
+    }
+
+    #[test]
+    fn grouping_is_stable_when_adding_one() {
+        let mk = |n: usize| -> Vec<PinnedDist> {
+            (0..n)
+                .map(|i| PinnedDist {
+                    key: format!("pkg{i:03}"),
+                    name: format!("pkg{i:03}"),
+                    version: "1.0".into(),
+                    hashes: vec![],
+                    extras: vec![],
+                    origin: Origin {
+                        file: "r.txt".into(),
+                        line: i + 1,
+                    },
+                })
+                .collect()
+        };
+        assert_eq!(group(mk(5), 40).len(), 5);
+        let a = group(mk(100), 40);
+        assert!(a.len() <= 40);
+        assert_eq!(a.iter().map(Vec::len).sum::<usize>(), 100);
+        let b = group(mk(101), 40);
+        let changed = b.iter().filter(|g| !a.contains(g)).count();
+        assert_eq!(changed, 1, "adding one distribution changes one group");
+    }
+
+    #[test]
+    fn versions() {
+        assert!(version_at_least("23.0.1", &[22, 3]));
+        assert!(version_at_least("22.3", &[22, 3]));
+        assert!(!version_at_least("22.2.2", &[22, 3]));
+    }
+}

@@ -1,0 +1,377 @@
+//! Splitting an installed virtualenv by distribution, using each
+//! `*.dist-info/RECORD`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+use crate::requirements::normalize;
+
+/// An error reading what pip installed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("failed to read {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{record}: entry `{entry}` points outside the virtualenv")]
+    Escapes { record: PathBuf, entry: String },
+    #[error(
+        "{dist_info}: no RECORD; the distribution was not installed by a wheel-based installer"
+    )]
+    NoRecord { dist_info: PathBuf },
+}
+
+/// One installed distribution and its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledDist {
+    /// PEP 503 normalized name.
+    pub key: String,
+    pub version: String,
+    /// The `*.dist-info` directory, relative to the venv root.
+    pub dist_info: PathBuf,
+    /// Every file (and symlink) it installed, relative to the venv root,
+    /// sorted; compiled `.pyc` files of its modules included.
+    pub files: Vec<PathBuf>,
+}
+
+/// The `site-packages` directories of a venv, relative to its root
+/// (`lib/pythonX.Y/site-packages`; `lib64` when it is not a link to `lib`).
+pub fn site_dirs(venv: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    let mut out = Vec::new();
+    for lib in ["lib", "lib64"] {
+        let dir = venv.join(lib);
+        let meta = match std::fs::symlink_metadata(&dir) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(RecordError::Io { path: dir, source }),
+        };
+        if meta.file_type().is_symlink() {
+            continue; // lib64 -> lib
+        }
+        let mut names: Vec<_> = read_dir_names(&dir)?;
+        names.sort();
+        for name in names {
+            if name.starts_with("python") && dir.join(&name).join("site-packages").is_dir() {
+                out.push(PathBuf::from(lib).join(&name).join("site-packages"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<String>, RecordError> {
+    let io_err = |source| RecordError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io_err)? {
+        let e = e.map_err(io_err)?;
+        out.push(e.file_name().to_string_lossy().into_owned());
+    }
+    Ok(out)
+}
+
+/// The path field of each RECORD row (CSV: quoted fields may hold commas).
+pub fn record_paths(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let path = if let Some(rest) = line.strip_prefix('"') {
+            let mut s = String::new();
+            let mut chars = rest.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        s.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    s.push(c);
+                }
+            }
+            s
+        } else {
+            line.split(',').next().unwrap_or("").to_string()
+        };
+        if !path.is_empty() {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// Joins `rel` onto `base` lexically; `None` when it climbs above the root.
+fn join_lexical(base: &Path, rel: &str) -> Option<PathBuf> {
+    if rel.starts_with('/') {
+        return None;
+    }
+    let mut out: Vec<std::ffi::OsString> = base
+        .components()
+        .map(|c| c.as_os_str().to_os_string())
+        .collect();
+    for c in Path::new(rel).components() {
+        match c {
+            Component::Normal(p) => out.push(p.to_os_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop()?;
+            }
+            _ => return None,
+        }
+    }
+    Some(out.iter().collect())
+}
+
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
+/// Reads every distribution installed in the venv at `venv` (host path).
+/// `cache_tag` (e.g. `cpython-312`) adds each module's compiled file.
+pub fn installed_dists(
+    venv: &Path,
+    cache_tag: Option<&str>,
+) -> Result<Vec<InstalledDist>, RecordError> {
+    let mut out = Vec::new();
+    for site in site_dirs(venv)? {
+        let mut names = read_dir_names(&venv.join(&site))?;
+        names.sort();
+        for name in names.into_iter().filter(|n| n.ends_with(".dist-info")) {
+            let dist_info = site.join(&name);
+            let record = venv.join(&dist_info).join("RECORD");
+            let text = match std::fs::read_to_string(&record) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(RecordError::NoRecord {
+                        dist_info: venv.join(&dist_info),
+                    })
+                }
+                Err(source) => {
+                    return Err(RecordError::Io {
+                        path: record,
+                        source,
+                    })
+                }
+            };
+            let (dist_name, version) = dist_name_version(&venv.join(&dist_info), &name)?;
+            let mut files = BTreeSet::new();
+            for entry in record_paths(&text) {
+                let rel = join_lexical(&site, &entry).ok_or_else(|| RecordError::Escapes {
+                    record: record.clone(),
+                    entry: entry.clone(),
+                })?;
+                if !exists(&venv.join(&rel)) {
+                    continue; // pip lists .pyc it did not write, for uninstall
+                }
+                if let (Some(tag), Some(stem)) = (cache_tag, entry.strip_suffix(".py")) {
+                    let module = Path::new(stem);
+                    if let (Some(parent), Some(file)) = (rel.parent(), module.file_name()) {
+                        for opt in ["", ".opt-1", ".opt-2"] {
+                            let pyc = parent
+                                .join("__pycache__")
+                                .join(format!("{}.{tag}{opt}.pyc", file.to_string_lossy()));
+                            if exists(&venv.join(&pyc)) {
+                                files.insert(pyc);
+                            }
+                        }
+                    }
+                }
+                files.insert(rel);
+            }
+            out.push(InstalledDist {
+                key: normalize(&dist_name),
+                version,
+                dist_info,
+                files: files.into_iter().collect(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Name and version from METADATA, else from the directory name.
+fn dist_name_version(dir: &Path, dir_name: &str) -> Result<(String, String), RecordError> {
+    let from_dir = || {
+        let stem = dir_name.trim_end_matches(".dist-info");
+        let (n, v) = stem.rsplit_once('-').unwrap_or((stem, ""));
+        (n.to_string(), v.to_string())
+    };
+    let meta = dir.join("METADATA");
+    let text = match std::fs::read_to_string(&meta) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(from_dir()),
+        Err(source) => return Err(RecordError::Io { path: meta, source }),
+    };
+    let mut name = None;
+    let mut version = None;
+    for line in text.lines() {
+        if line.is_empty() {
+            break; // end of headers
+        }
+        if let Some(v) = line.strip_prefix("Name:") {
+            name.get_or_insert_with(|| v.trim().to_string());
+        } else if let Some(v) = line.strip_prefix("Version:") {
+            version.get_or_insert_with(|| v.trim().to_string());
+        }
+    }
+    let (dn, dv) = from_dir();
+    Ok((name.unwrap_or(dn), version.unwrap_or(dv)))
+}
+
+/// Every file and symlink below `root`, relative, sorted.
+pub fn all_files(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        for name in read_dir_names(&dir)? {
+            let child = rel.join(&name);
+            let path = root.join(&child);
+            let meta = std::fs::symlink_metadata(&path).map_err(|source| RecordError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            if meta.is_dir() {
+                stack.push(child);
+            } else {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Files below `venv` that no distribution claims and that were not there
+/// before the install (`before`).
+pub fn unclaimed(
+    venv: &Path,
+    dists: &[InstalledDist],
+    before: &BTreeSet<PathBuf>,
+) -> Result<Vec<PathBuf>, RecordError> {
+    let claimed: BTreeSet<&PathBuf> = dists.iter().flat_map(|d| d.files.iter()).collect();
+    Ok(all_files(venv)?
+        .into_iter()
+        .filter(|f| !before.contains(f) && !claimed.contains(f))
+        .collect())
+}
+
+/// Files claimed by more than one distribution (first owner, other owner).
+pub fn overlaps(dists: &[InstalledDist]) -> BTreeMap<PathBuf, (String, String)> {
+    let mut owner: BTreeMap<&PathBuf, &str> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for d in dists {
+        for f in &d.files {
+            if let Some(first) = owner.insert(f, &d.key) {
+                out.insert(f.clone(), (first.to_string(), d.key.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_rows() {
+        let text = "six.py,sha256=abc,123\n\"weird,name.py\",,\n\"q\"\"uote.py\",sha256=x,1\n../../../bin/tool,sha256=y,2\nsix-1.16.0.dist-info/RECORD,,\n";
+        assert_eq!(
+            record_paths(text),
+            [
+                "six.py",
+                "weird,name.py",
+                "q\"uote.py",
+                "../../../bin/tool",
+                "six-1.16.0.dist-info/RECORD"
+            ]
+        );
+    }
+
+    #[test]
+    fn lexical_join() {
+        let site = Path::new("lib/python3.12/site-packages");
+        assert_eq!(
+            join_lexical(site, "../../../bin/flask"),
+            Some(PathBuf::from("bin/flask"))
+        );
+        assert_eq!(join_lexical(site, "../../../../etc/passwd"), None);
+        assert_eq!(join_lexical(site, "/etc/passwd"), None);
+        assert_eq!(
+            join_lexical(site, "./a/b.py"),
+            Some(PathBuf::from("lib/python3.12/site-packages/a/b.py"))
+        );
+    }
+
+    #[test]
+    fn splits_a_fake_venv() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = dir.path();
+        let site = v.join("lib/python3.12/site-packages");
+        for f in [
+            "bin/tool",
+            "lib/python3.12/site-packages/pkg/__init__.py",
+            "lib/python3.12/site-packages/pkg/__pycache__/__init__.cpython-312.pyc",
+            "lib/python3.12/site-packages/Pkg-1.0.dist-info/METADATA",
+            "lib/python3.12/site-packages/Pkg-1.0.dist-info/RECORD",
+            "lib/python3.12/site-packages/stray.txt",
+        ] {
+            std::fs::create_dir_all(v.join(f).parent().unwrap()).unwrap();
+            std::fs::write(v.join(f), "x").unwrap();
+        }
+        std::os::unix::fs::symlink("lib", v.join("lib64")).unwrap();
+        std::fs::write(
+            site.join("Pkg-1.0.dist-info/METADATA"),
+            "Metadata-Version: 2.1\nName: Pkg\nVersion: 1.0\n\nbody\n",
+        )
+        .unwrap();
+        std::fs::write(
+            site.join("Pkg-1.0.dist-info/RECORD"),
+            "pkg/__init__.py,,\npkg/__pycache__/gone.cpython-312.pyc,,\n../../../bin/tool,,\nPkg-1.0.dist-info/METADATA,,\nPkg-1.0.dist-info/RECORD,,\n",
+        )
+        .unwrap();
+        let dists = installed_dists(v, Some("cpython-312")).unwrap();
+        assert_eq!(dists.len(), 1);
+        assert_eq!(
+            (dists[0].key.as_str(), dists[0].version.as_str()),
+            ("pkg", "1.0")
+        );
+        let files: Vec<_> = dists[0]
+            .files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(
+            files,
+            [
+                "bin/tool",
+                "lib/python3.12/site-packages/Pkg-1.0.dist-info/METADATA",
+                "lib/python3.12/site-packages/Pkg-1.0.dist-info/RECORD",
+                "lib/python3.12/site-packages/pkg/__init__.py",
+                "lib/python3.12/site-packages/pkg/__pycache__/__init__.cpython-312.pyc",
+            ]
+        );
+        let stray = unclaimed(v, &dists, &BTreeSet::from([PathBuf::from("lib64")])).unwrap();
+        assert_eq!(
+            stray,
+            [PathBuf::from("lib/python3.12/site-packages/stray.txt")]
+        );
+
+        std::fs::write(site.join("Pkg-1.0.dist-info/RECORD"), "../../../../x,,\n").unwrap();
+        assert!(matches!(
+            installed_dists(v, None),
+            Err(RecordError::Escapes { .. })
+        ));
+    }
+}
