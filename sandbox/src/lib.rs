@@ -1,1 +1,36 @@
-//! placeholder
+//! ftl's sandbox: an OCI runtime (runtime-spec bundles, types from
+//! `oci-spec`) that starts a container in a few milliseconds, a
+//! runsc-compatible command line over it, and a driver for external
+//! runtimes (runsc, runc, crun) with the same API.
+//!
+//! ```no_run
+//! use ftl_sandbox::{spec_for_step, RunRequest, Sandbox, StepSpec};
+//! use std::time::Duration;
+//!
+//! let spec = spec_for_step(&StepSpec::new("/var/cache/ftl/rootfs", ["echo", "hi"]));
+//! let req = RunRequest::from_spec("step-1", "/var/cache/ftl/rootfs", spec)
+//!     .with_timeout(Duration::from_secs(60));
+//! let outcome = Sandbox::default().run(&req)?;
+//! assert_eq!(outcome.stdout, b"hi\n");
+//! # Ok::<(), ftl_sandbox::SandboxError>(())
+//! ```
+
+mod cgroup;
+pub mod cli;
+mod error;
+mod external;
+mod runtime;
+mod sandbox;
+pub mod seccomp;
+mod spec;
+pub mod state;
+mod syscalls;
+
+pub use cgroup::Cgroup;
+pub use error::SandboxError;
+pub use external::ExternalRuntime;
+pub use sandbox::{Outcome, RunRequest, Running, Sandbox, Source, Stdio};
+pub use spec::{
+    default_mounts, default_namespaces, example_spec, load_bundle, parse_config, spec_for_step,
+    BindMount, Limits, Network, StepSpec, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS,
+};

@@ -1,0 +1,518 @@
+//! Reading bundles and building the spec of an ftl build step.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
+};
+
+use crate::error::SandboxError;
+
+/// Reads `bundle/config.json`, checks the fields a runtime cannot do without
+/// and returns the spec with the absolute path of its root filesystem.
+pub fn load_bundle(bundle: &Path) -> Result<(Spec, PathBuf), SandboxError> {
+    let path = bundle.join("config.json");
+    let text = fs::read_to_string(&path).map_err(|source| SandboxError::MissingConfig {
+        bundle: bundle.to_path_buf(),
+        source,
+    })?;
+    let spec = parse_config(&text, &path)?;
+    let rootfs = rootfs_of(&spec, bundle)?;
+    Ok((spec, rootfs))
+}
+
+/// Parses a `config.json` text, with errors that name the bad field.
+pub fn parse_config(text: &str, path: &Path) -> Result<Spec, SandboxError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| SandboxError::InvalidConfig {
+            path: path.to_path_buf(),
+            message: format!("not valid JSON: {e}"),
+        })?;
+    validate_value(&value)?;
+    serde_json::from_value(value).map_err(|e| SandboxError::InvalidConfig {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+const NAMESPACE_TYPES: &[&str] = &[
+    "pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time",
+];
+
+fn validate_value(v: &serde_json::Value) -> Result<(), SandboxError> {
+    if !v.is_object() {
+        return Err(SandboxError::spec(
+            "(root)",
+            "config.json must hold a JSON object",
+        ));
+    }
+    if v.get("ociVersion").and_then(|x| x.as_str()).is_none() {
+        return Err(SandboxError::spec("ociVersion", "missing"));
+    }
+    match v.pointer("/root/path") {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => {}
+        _ => return Err(SandboxError::spec("root.path", "missing")),
+    }
+    let Some(process) = v.get("process") else {
+        return Err(SandboxError::spec("process", "missing"));
+    };
+    match process.get("args").and_then(|a| a.as_array()) {
+        Some(a) if !a.is_empty() && a[0].as_str().is_some_and(|s| !s.is_empty()) => {}
+        _ => return Err(SandboxError::spec("process.args", "must name a program")),
+    }
+    if process.get("cwd").and_then(|c| c.as_str()).is_none() {
+        return Err(SandboxError::spec("process.cwd", "missing"));
+    }
+    if let Some(nss) = v.pointer("/linux/namespaces").and_then(|n| n.as_array()) {
+        for (i, ns) in nss.iter().enumerate() {
+            let t = ns.get("type").and_then(|t| t.as_str()).unwrap_or("");
+            if !NAMESPACE_TYPES.contains(&t) {
+                return Err(SandboxError::spec(
+                    format!("linux.namespaces[{i}].type"),
+                    format!("unknown namespace type {t:?}"),
+                ));
+            }
+        }
+    }
+    if let Some(mounts) = v.get("mounts").and_then(|m| m.as_array()) {
+        for (i, m) in mounts.iter().enumerate() {
+            if m.get("destination").and_then(|d| d.as_str()).is_none() {
+                return Err(SandboxError::spec(
+                    format!("mounts[{i}].destination"),
+                    "missing",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The absolute root filesystem of `spec`, relative paths taken from `bundle`.
+pub fn rootfs_of(spec: &Spec, bundle: &Path) -> Result<PathBuf, SandboxError> {
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| SandboxError::spec("root.path", "missing"))?;
+    let p = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        bundle.join(root.path())
+    };
+    if !p.is_dir() {
+        return Err(SandboxError::MissingRootfs { path: p });
+    }
+    Ok(p)
+}
+
+/// A host path mounted into a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub host: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+    pub writable: bool,
+}
+
+/// The network a step gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// A new network namespace with only loopback, up (as `runsc --network=none`).
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// Resource limits of a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory (and memory+swap) limit in bytes.
+    pub memory_bytes: Option<i64>,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: Option<i64>,
+    /// CPU quota in microseconds per `cpu_period_us`.
+    pub cpu_quota_us: Option<i64>,
+    pub cpu_period_us: Option<u64>,
+    pub cpu_shares: Option<u64>,
+    /// RLIMIT_NOFILE (soft = hard).
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: Some(4 << 30),
+            pids: Some(4096),
+            cpu_quota_us: None,
+            cpu_period_us: None,
+            cpu_shares: None,
+            open_files: 65536,
+        }
+    }
+}
+
+/// What a build step needs; turned into a spec by [`spec_for_step`].
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    pub rootfs: PathBuf,
+    pub args: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub mounts: Vec<BindMount>,
+    pub network: Network,
+    pub limits: Limits,
+    pub hostname: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl StepSpec {
+    pub fn new(
+        rootfs: impl Into<PathBuf>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        StepSpec {
+            rootfs: rootfs.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cwd: "/".into(),
+            mounts: Vec::new(),
+            network: Network::None,
+            limits: Limits::default(),
+            hostname: "ftl".into(),
+            uid: 0,
+            gid: 0,
+        }
+    }
+}
+
+/// Docker's default capability set.
+pub const DEFAULT_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// runc's default masked paths.
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// runc's default read-only paths.
+pub const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .expect("valid mount")
+}
+
+/// The standard mounts of a container: proc, /dev, devpts, shm, mqueue, sysfs.
+pub fn default_mounts() -> Vec<Mount> {
+    vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+            ],
+        ),
+        mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        ),
+    ]
+}
+
+/// The namespaces of a default container; a user namespace is added when
+/// the caller is not root.
+pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNamespace> {
+    let mut types = vec![
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+    ];
+    if network == Network::None {
+        types.push(LinuxNamespaceType::Network);
+    }
+    if !nix::unistd::geteuid().is_root() {
+        types.push(LinuxNamespaceType::User);
+    }
+    types
+        .into_iter()
+        .map(|t| {
+            LinuxNamespaceBuilder::default()
+                .typ(t)
+                .build()
+                .expect("valid namespace")
+        })
+        .collect()
+}
+
+/// The spec of one ftl build step: read-only root, tmpfs `/tmp`, proc, a
+/// minimal `/dev`, ftl's default seccomp profile, Docker's default
+/// capabilities, `noNewPrivileges`, and the given limits.
+pub fn spec_for_step(step: &StepSpec) -> Spec {
+    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(oci_spec::runtime::Capabilities::new())
+        .ambient(oci_spec::runtime::Capabilities::new())
+        .build()
+        .expect("valid capabilities");
+    // Raising a hard limit needs CAP_SYS_RESOURCE, which the caller may
+    // lack: never ask for more than the caller has.
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, h)| h)
+        .unwrap_or(u64::MAX);
+    let nofile = step.limits.open_files.min(hard);
+    let rlimits = vec![PosixRlimitBuilder::default()
+        .typ(PosixRlimitType::RlimitNofile)
+        .soft(nofile)
+        .hard(nofile)
+        .build()
+        .expect("valid rlimit")];
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .user(
+            UserBuilder::default()
+                .uid(step.uid)
+                .gid(step.gid)
+                .build()
+                .expect("valid user"),
+        )
+        .args(step.args.clone())
+        .env(step.env.clone())
+        .cwd(step.cwd.clone())
+        .capabilities(capabilities)
+        .rlimits(rlimits)
+        .no_new_privileges(true)
+        .build()
+        .expect("valid process");
+
+    let mut mounts = default_mounts();
+    mounts.push(mount(
+        "/tmp",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "nodev", "mode=1777"],
+    ));
+    if step.network == Network::Host {
+        for f in ["/etc/resolv.conf", "/etc/hosts"] {
+            if Path::new(f).exists() {
+                mounts.push(mount(
+                    f,
+                    "bind",
+                    f,
+                    &["rbind", "ro", "nosuid", "nodev", "noexec"],
+                ));
+            }
+        }
+    }
+    for m in &step.mounts {
+        let mut opts = vec!["rbind", "nosuid", "nodev"];
+        opts.push(if m.writable { "rw" } else { "ro" });
+        mounts.push(mount(&m.target, "bind", &m.host.to_string_lossy(), &opts));
+    }
+
+    let mut resources = LinuxResourcesBuilder::default();
+    if let Some(mem) = step.limits.memory_bytes {
+        resources = resources.memory(
+            LinuxMemoryBuilder::default()
+                .limit(mem)
+                .swap(mem)
+                .build()
+                .expect("valid memory"),
+        );
+    }
+    if let Some(p) = step.limits.pids {
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(p)
+                .build()
+                .expect("valid pids"),
+        );
+    }
+    if step.limits.cpu_quota_us.is_some() || step.limits.cpu_shares.is_some() {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(q) = step.limits.cpu_quota_us {
+            cpu = cpu
+                .quota(q)
+                .period(step.limits.cpu_period_us.unwrap_or(100_000));
+        }
+        if let Some(s) = step.limits.cpu_shares {
+            cpu = cpu.shares(s);
+        }
+        resources = resources.cpu(cpu.build().expect("valid cpu"));
+    }
+    let mut linux = LinuxBuilder::default()
+        .namespaces(default_namespaces(step.network))
+        .masked_paths(
+            MASKED_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .readonly_paths(
+            READONLY_PATHS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .resources(resources.build().expect("valid resources"))
+        .seccomp(crate::seccomp::default_profile());
+    if !nix::unistd::geteuid().is_root() {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let map = |host| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(host)
+                .size(1u32)
+                .build()
+                .expect("valid id mapping")
+        };
+        linux = linux
+            .uid_mappings(vec![map(uid)])
+            .gid_mappings(vec![map(gid)]);
+    }
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(
+            RootBuilder::default()
+                .path(step.rootfs.clone())
+                .readonly(true)
+                .build()
+                .expect("valid root"),
+        )
+        .hostname(step.hostname.clone())
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build().expect("valid linux"))
+        .build()
+        .expect("valid spec")
+}
+
+/// A spec like `runc spec` writes: `sh` in `rootfs`, runc's defaults.
+pub fn example_spec(rootless: bool) -> Spec {
+    let mut step = StepSpec::new("rootfs", ["sh"]);
+    step.env.push("TERM=xterm".into());
+    step.hostname = "runsc".into();
+    let mut spec = spec_for_step(&step);
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(None);
+        linux.set_resources(None);
+        let mut ns = default_namespaces(Network::None);
+        if rootless && !ns.iter().any(|n| n.typ() == LinuxNamespaceType::User) {
+            ns.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .build()
+                    .expect("valid namespace"),
+            );
+        }
+        linux.set_namespaces(Some(ns));
+    }
+    if let Some(p) = spec.process_mut() {
+        p.set_terminal(Some(true));
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_namespace_names_the_field() {
+        let text = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["sh"],"cwd":"/"},"linux":{"namespaces":[{"type":"pid"},{"type":"bogus"}]}}"#;
+        let e = parse_config(text, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linux.namespaces[1].type"), "{e}");
+    }
+
+    #[test]
+    fn empty_args_names_the_field() {
+        let text =
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":[],"cwd":"/"}}"#;
+        let e = parse_config(text, Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("process.args"), "{e}");
+    }
+
+    #[test]
+    fn step_spec_round_trips_through_json() {
+        let spec = spec_for_step(&StepSpec::new("/tmp/rootfs", ["echo", "hi"]));
+        let text = serde_json::to_string(&spec).unwrap();
+        let back = parse_config(&text, Path::new("x")).unwrap();
+        assert_eq!(back, spec);
+    }
+}

@@ -1,0 +1,104 @@
+//! Shared helpers of the sandbox's tests: busybox bundles and reference
+//! runtimes.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Fails with the apt package to install when a binary is missing.
+pub fn require(binary: &str, package: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(binary);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{binary} is not installed: apt-get install -y {package}");
+}
+
+/// Creates `dir/rootfs` with a static busybox and its applets.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let busybox = require("busybox", "busybox-static");
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in [
+        "proc", "sys", "dev", "tmp", "etc", "root", "var", "usr", "sbin",
+    ] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+    let list = Command::new(&busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet == "busybox" {
+            continue;
+        }
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    rootfs
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique container id for this test process.
+pub fn unique_id(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A temp dir with a busybox rootfs.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub rootfs: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("ftl-sandbox-test")
+            .tempdir()
+            .unwrap();
+        let rootfs = busybox_rootfs(dir.path());
+        let state = dir.path().join("state");
+        Fixture { dir, rootfs, state }
+    }
+
+    /// Writes `spec` as `config.json` of a bundle (root.path = "rootfs").
+    pub fn bundle(&self, name: &str, spec: &oci_spec::runtime::Spec) -> PathBuf {
+        let b = self.dir.path().join(name);
+        std::fs::create_dir_all(&b).unwrap();
+        let mut spec = spec.clone();
+        let root = oci_spec::runtime::RootBuilder::default()
+            .path(self.rootfs.clone())
+            .readonly(
+                spec.root()
+                    .as_ref()
+                    .and_then(|r| r.readonly())
+                    .unwrap_or(false),
+            )
+            .build()
+            .unwrap();
+        spec.set_root(Some(root));
+        std::fs::write(
+            b.join("config.json"),
+            serde_json::to_vec_pretty(&spec).unwrap(),
+        )
+        .unwrap();
+        b
+    }
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
