@@ -127,6 +127,11 @@ impl BlobWriter {
         self.file.as_file_mut()
     }
 
+    /// The open temp file, shared (for `try_clone` into async writers).
+    pub fn file_ref(&self) -> &File {
+        self.file.as_file()
+    }
+
     /// Publishes the blob under `digest` (which the caller computed while
     /// writing) and returns its path. If the blob is already present (another
     /// build wrote the same bytes) the temp file is discarded.

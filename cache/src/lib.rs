@@ -16,7 +16,7 @@ mod blobs;
 mod index;
 
 pub use blobs::{BlobStore, BlobWriter};
-pub use index::{CacheEntry, KeyIndex};
+pub use index::{now_secs, CacheEntry, KeyIndex};
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@
 //! config composition, OCI layout and docker-archive output), the language
 //! plugin interface, and the build engine.
 
+pub mod app;
+pub mod engine;
 pub mod export;
 pub mod image;
 pub mod key;

@@ -1,0 +1,158 @@
+//! The application layer every plugin ends with, and the generic plugin that
+//! only places the source tree on the base (no language).
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+
+use crate::key::CacheKey;
+use crate::plugin::*;
+use crate::source::SourceTree;
+
+/// Version of the app layer's key document; bump when the layer's layout
+/// changes for the same inputs.
+const APP_KEY_VERSION: u32 = 1;
+
+/// A content key over a set of source entries placed at `to`: each path,
+/// its kind, its normalised mode and the sha256 of its bytes (or link
+/// target). Timestamps and the host path of the tree are not in it.
+pub fn content_key(
+    plugin: &str,
+    layer: &str,
+    source: &SourceTree,
+    paths: &[PathBuf],
+    to: &str,
+) -> Result<CacheKey, PluginError> {
+    let mut files = Vec::with_capacity(paths.len());
+    let mut buf = vec![0u8; 64 * 1024];
+    for rel in paths {
+        let path = source.root().join(rel);
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| PluginError::new(format!("cannot read {}: {e}", path.display())))?;
+        let ft = meta.file_type();
+        let entry = if ft.is_dir() {
+            json!([rel, "d"])
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(&path).map_err(|e| {
+                PluginError::new(format!("cannot read link {}: {e}", path.display()))
+            })?;
+            json!([rel, "l", target])
+        } else if ft.is_file() {
+            let mut h = Sha256::new();
+            let mut f = std::fs::File::open(&path)
+                .map_err(|e| PluginError::new(format!("cannot read {}: {e}", path.display())))?;
+            loop {
+                let n = f.read(&mut buf).map_err(|e| {
+                    PluginError::new(format!("cannot read {}: {e}", path.display()))
+                })?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+            }
+            let exec = meta.permissions().mode() & 0o100 != 0;
+            json!([rel, if exec { "x" } else { "f" }, hex::encode(h.finalize())])
+        } else {
+            continue;
+        };
+        files.push(entry);
+    }
+    Ok(CacheKey::new(
+        plugin,
+        APP_KEY_VERSION,
+        json!({"layer": layer, "to": to, "files": files}),
+    ))
+}
+
+/// Builds an application layer from source paths already on disk: the
+/// "build" just names the files.
+pub struct SourceFilesStep {
+    pub to: String,
+    pub paths: Vec<PathBuf>,
+}
+
+impl BuildStep for SourceFilesStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    LayerContents {
+                        inputs: vec![LayerInput::Files {
+                            root: ctx.source.root().to_path_buf(),
+                            to: self.to.clone(),
+                            paths: self.paths.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// Appends an app layer of `paths` (relative to the source root) at `to` to
+/// `plan`, as its own step. The key is over the files' content.
+pub fn push_source_layer(
+    plan: &mut LayerPlan,
+    plugin: &str,
+    name: &str,
+    source: &SourceTree,
+    paths: Vec<PathBuf>,
+    to: &str,
+) -> Result<(), PluginError> {
+    let key = content_key(plugin, name, source, &paths, to)?;
+    plan.steps.push(Box::new(SourceFilesStep {
+        to: to.to_string(),
+        paths,
+    }));
+    plan.layers.push(PlannedLayer {
+        name: name.to_string(),
+        key,
+        pinned: true,
+        step: plan.steps.len() - 1,
+        created_by: format!("ftl: {name} ({to})"),
+    });
+    Ok(())
+}
+
+/// The plugin used when no language applies: the source tree at the app
+/// directory, nothing else. Entrypoint and cmd come from the user or the
+/// base.
+pub struct GenericPlugin;
+
+impl LanguagePlugin for GenericPlugin {
+    fn id(&self) -> &'static str {
+        "generic"
+    }
+
+    fn detect(&self, _source: &SourceTree) -> bool {
+        true
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>) -> Result<LayerPlan, PluginError> {
+        let mut plan = LayerPlan {
+            layers: Vec::new(),
+            steps: Vec::new(),
+            config: ConfigPatch::default(),
+        };
+        push_source_layer(
+            &mut plan,
+            self.id(),
+            "app",
+            ctx.source,
+            ctx.source.entries().to_vec(),
+            &ctx.options.app_dir,
+        )?;
+        plan.config.workdir = Some(ctx.options.app_dir.clone());
+        plan.config.entrypoint = ctx.options.entrypoint.clone();
+        Ok(plan)
+    }
+}

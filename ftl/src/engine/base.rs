@@ -1,0 +1,321 @@
+//! The base image: resolved as manifest and config only; its layers'
+//! bytes fetched solely to unpack a rootfs for the sandbox, once per base
+//! digest, into the local cache.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use ftl_cache::Cache;
+use ftl_registry_client::{BlobSource, Client, Platform, Reference};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::sync::OnceCell;
+
+use super::EngineError;
+use crate::image::{ImageLayer, LayerOrigin};
+use crate::plugin::BaseInfo;
+
+/// A resolved base image.
+#[derive(Debug, Clone)]
+pub struct BaseImage {
+    pub reference: Reference,
+    pub info: BaseInfo,
+    pub config_bytes: Vec<u8>,
+    pub layers: Vec<ImageLayer>,
+}
+
+impl BaseImage {
+    pub async fn resolve(
+        client: &Client,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Self, EngineError> {
+        let resolved = client.resolve(reference, platform).await?;
+        let config: serde_json::Value =
+            serde_json::from_slice(&resolved.config_bytes).map_err(|e| EngineError::Base {
+                base: reference.to_string(),
+                message: format!("its config is not valid JSON ({e})"),
+            })?;
+        let diff_ids: Vec<String> = config
+            .pointer("/rootfs/diff_ids")
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let manifest_layers = resolved.manifest.layers();
+        if diff_ids.len() != manifest_layers.len() {
+            return Err(EngineError::Base {
+                base: reference.to_string(),
+                message: format!(
+                    "its manifest lists {} layers but its config {} diff_ids",
+                    manifest_layers.len(),
+                    diff_ids.len()
+                ),
+            });
+        }
+        let layers = manifest_layers
+            .iter()
+            .zip(diff_ids)
+            .map(|(d, diff_id)| ImageLayer {
+                digest: d.digest().to_string(),
+                diff_id,
+                size: d.size(),
+                media_type: d.media_type().to_string(),
+                origin: LayerOrigin::Base {
+                    registry: reference.registry().to_string(),
+                    repository: reference.repository().to_string(),
+                },
+                created_by: None,
+            })
+            .collect();
+        let platform_s = ftl_registry_client::platform_string(platform);
+        Ok(BaseImage {
+            reference: reference.clone(),
+            info: BaseInfo {
+                reference: reference.to_string(),
+                manifest_digest: resolved.manifest_digest.to_string(),
+                config: resolved.config.clone(),
+                platform: platform_s,
+            },
+            config_bytes: resolved.config_bytes.to_vec(),
+            layers,
+        })
+    }
+}
+
+/// Downloads a blob into the blob store (verifying its digest) unless it
+/// is there already; returns its path.
+pub async fn fetch_blob(
+    client: &Client,
+    cache: &Cache,
+    repo: &Reference,
+    digest: &str,
+) -> Result<PathBuf, EngineError> {
+    if let Ok(path) = cache.blobs.get(digest) {
+        return Ok(path);
+    }
+    let parsed: ftl_registry_client::Digest = digest
+        .parse()
+        .map_err(|_| EngineError::Internal(format!("bad digest {digest}")))?;
+    let mut stream = client.get_blob(repo, &parsed).await?.into_reader();
+    let writer = cache.blobs.writer()?;
+    let std_file = writer_file_clone(&writer)?;
+    let mut file = tokio::fs::File::from_std(std_file);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        use tokio::io::AsyncReadExt;
+        let n = stream.read(&mut buf).await.map_err(|e| EngineError::Base {
+            base: repo.to_string(),
+            message: format!("downloading blob {digest} failed: {e}"),
+        })?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])
+            .await
+            .map_err(|e| EngineError::Internal(format!("writing blob {digest}: {e}")))?;
+    }
+    file.flush()
+        .await
+        .map_err(|e| EngineError::Internal(format!("writing blob {digest}: {e}")))?;
+    let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+    if got != digest {
+        return Err(EngineError::Base {
+            base: repo.to_string(),
+            message: format!(
+                "blob {digest} downloaded with digest {got}; the registry served corrupt data"
+            ),
+        });
+    }
+    Ok(writer.commit(digest)?)
+}
+
+fn writer_file_clone(writer: &ftl_cache::BlobWriter) -> Result<std::fs::File, EngineError> {
+    writer
+        .file_ref()
+        .try_clone()
+        .map_err(|e| EngineError::Internal(format!("cannot open blob temp file: {e}")))
+}
+
+/// A blob streamed from another registry, for pushes across registries.
+pub struct RemoteBlobSource {
+    client: Client,
+    repo: Reference,
+    digest: ftl_registry_client::Digest,
+}
+
+impl RemoteBlobSource {
+    pub fn new(client: Client, repo: Reference, digest: &str) -> Self {
+        RemoteBlobSource {
+            client,
+            repo,
+            digest: digest.parse().expect("valid digest"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl BlobSource for RemoteBlobSource {
+    async fn open(&self) -> io::Result<Box<dyn AsyncRead + Send + Unpin>> {
+        let stream = self
+            .client
+            .get_blob(&self.repo, &self.digest)
+            .await
+            .map_err(io::Error::other)?;
+        Ok(Box::new(stream.into_reader()))
+    }
+}
+
+/// The base rootfs, unpacked on first use and cached by base digest.
+pub struct LazyRootfs {
+    client: Client,
+    cache: Cache,
+    dir: PathBuf,
+    base: BaseImage,
+    cell: OnceCell<PathBuf>,
+}
+
+impl LazyRootfs {
+    pub fn new(client: Client, cache: Cache, dir: PathBuf, base: BaseImage) -> Self {
+        LazyRootfs {
+            client,
+            cache,
+            dir,
+            base,
+            cell: OnceCell::new(),
+        }
+    }
+
+    /// The rootfs path, unpacking it if this machine has not yet.
+    pub async fn ensure(&self) -> Result<PathBuf, EngineError> {
+        self.cell
+            .get_or_try_init(|| async {
+                let hex = self.base.info.manifest_digest.trim_start_matches("sha256:");
+                let dest = self.dir.join(hex);
+                if dest.join(".ftl-complete").is_file() {
+                    return Ok(dest);
+                }
+                let mut paths = Vec::new();
+                for l in &self.base.layers {
+                    paths.push(
+                        fetch_blob(&self.client, &self.cache, &self.base.reference, &l.digest)
+                            .await?,
+                    );
+                }
+                let dest2 = dest.clone();
+                tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+                    if dest2.exists() && !dest2.join(".ftl-complete").is_file() {
+                        // A rootfs from an interrupted older layout; rebuild.
+                        let _ = std::fs::remove_dir_all(&dest2);
+                    }
+                    crate::rootfs::unpack_rootfs(&paths, &dest2)?;
+                    // Marker outside the image's own paths; the sandbox
+                    // root is read-only, so it never reaches a layer.
+                    let _ = std::fs::write(dest2.join(".ftl-complete"), b"");
+                    Ok(())
+                })
+                .await
+                .map_err(super::join_err)??;
+                Ok(dest)
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// A writable rootfs of the whole image for verification: an overlay of
+/// our layers (unpacked into `scratch`) on the cached base rootfs, or a
+/// full copy where overlayfs is not available. Unmounted on drop.
+pub struct ImageRootfs {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl ImageRootfs {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ImageRootfs {
+    fn drop(&mut self) {
+        if self.mounted {
+            // SAFETY: umount2 on a path we mounted; the CString outlives the call.
+            let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+                .expect("no NUL in paths");
+            unsafe {
+                libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+            }
+        }
+    }
+}
+
+pub fn image_rootfs(
+    base_rootfs: &Path,
+    layers: &[PathBuf],
+    scratch: &Path,
+) -> Result<ImageRootfs, EngineError> {
+    let upper_layers = scratch.join("layers");
+    crate::rootfs::unpack_rootfs(layers, &upper_layers)?;
+    let (upper, work, merged) = (
+        scratch.join("upper"),
+        scratch.join("work"),
+        scratch.join("merged"),
+    );
+    for d in [&upper, &work, &merged] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| EngineError::Internal(format!("cannot create {}: {e}", d.display())))?;
+    }
+    let opts = format!(
+        "lowerdir={}:{},upperdir={},workdir={}",
+        upper_layers.display(),
+        base_rootfs.display(),
+        upper.display(),
+        work.display()
+    );
+    let c_target = std::ffi::CString::new(merged.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let c_opts = std::ffi::CString::new(opts).expect("no NUL");
+    // SAFETY: plain mount(2) with valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            c_target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            c_opts.as_ptr() as *const libc::c_void,
+        )
+    };
+    if rc == 0 {
+        return Ok(ImageRootfs {
+            path: merged,
+            mounted: true,
+        });
+    }
+    tracing::debug!(error = %io::Error::last_os_error(), "overlayfs unavailable; copying the base rootfs");
+    let copy = scratch.join("copy");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(base_rootfs)
+        .arg(&copy)
+        .status()
+        .map_err(|e| EngineError::Internal(format!("cannot copy the base rootfs: {e}")))?;
+    if !status.success() {
+        return Err(EngineError::Internal(format!(
+            "copying {} failed",
+            base_rootfs.display()
+        )));
+    }
+    let mut stats = crate::rootfs::UnpackStats::default();
+    for l in layers {
+        crate::rootfs::apply_layer(&copy, l, &mut stats)?;
+    }
+    Ok(ImageRootfs {
+        path: copy,
+        mounted: false,
+    })
+}

@@ -1,0 +1,1069 @@
+//! The build engine: resolve the base, plan, look keys up, build only the
+//! misses in the sandbox, compose, push or export, verify, report.
+//!
+//! The engine knows no language: the caller hands it its plugins.
+
+mod base;
+mod probe;
+pub mod regcache;
+mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ftl_cache::{Cache, CacheEntry};
+use ftl_registry_client::{
+    BlobAction, BytesSource, Client, FileSource, Platform, PushBlob, PushProgress, PushRequest,
+    Reference,
+};
+
+use crate::app::GenericPlugin;
+use crate::image::{
+    compose, ComposeInput, ConfigOverrides, ImageLayer, LayerOrigin, ManifestFormat,
+};
+use crate::layer::{write_layer_to_store, LayerSettings, OCI_LAYER_GZIP};
+use crate::plugin::*;
+use crate::source::SourceTree;
+
+pub use base::{BaseImage, RemoteBlobSource};
+pub use report::{BuildReport, LayerReport, LayerSource, VerifyReport};
+
+/// Runs build steps and verification in a sandbox on a root filesystem.
+/// The CLI backs it with ftl's embedded sandbox or an external OCI runtime.
+pub trait StepRuntime: Send + Sync {
+    /// Runs one command on `rootfs` (mounted read-only).
+    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
+
+    /// Starts the image's process on `rootfs` (writable copy) with the host
+    /// network and waits for it to answer, as `check` says.
+    fn verify(
+        &self,
+        rootfs: &Path,
+        app: &AppProcess,
+        check: &VerifySpec,
+    ) -> Result<VerifyReport, EngineError>;
+}
+
+/// The process a built image runs, from its config.
+#[derive(Debug, Clone)]
+pub struct AppProcess {
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub user: Option<String>,
+}
+
+/// How to verify a built image.
+#[derive(Debug, Clone)]
+pub struct VerifySpec {
+    /// Run this instead of waiting for HTTP; success is exit status 0.
+    pub command: Option<Vec<String>>,
+    /// How long to wait for an answer.
+    pub timeout: Duration,
+    /// The path to GET.
+    pub path: String,
+}
+
+/// Build-time settings handed to steps that reach the network: the CA
+/// bundle (mounted read-only, never in a layer, config or key) and proxy
+/// variables.
+#[derive(Debug, Clone, Default)]
+pub struct BuildEnv {
+    pub ca_bundle: Option<PathBuf>,
+    pub proxy_env: Vec<(String, String)>,
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Root of the local cache (blobs, keys, rootfs, probes).
+    pub cache_dir: PathBuf,
+    pub layer: LayerSettings,
+    /// How long entries of unpinned inputs live.
+    pub unpinned_ttl: Duration,
+    pub build_env: BuildEnv,
+}
+
+/// Where the image goes.
+#[derive(Debug, Clone)]
+pub enum Output {
+    Registry(Reference),
+    OciLayout { path: PathBuf, tag: String },
+    DockerArchive { path: PathBuf, tag: String },
+}
+
+/// One build.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub source: PathBuf,
+    pub base: Reference,
+    pub platform: Platform,
+    pub output: Output,
+    /// `None` or `auto`: detect; `generic`: no language.
+    pub language: Option<String>,
+    pub options: BuildOptions,
+    pub overrides: ConfigOverrides,
+    pub format: ManifestFormat,
+    /// The registry cache repository; `None` disables the registry tier.
+    pub cache_repo: Option<Reference>,
+    /// Skip cache lookups (results are still recorded).
+    pub no_cache: bool,
+    pub verify: Option<VerifySpec>,
+}
+
+/// What went wrong in a build.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Source(#[from] crate::source::SourceError),
+    #[error(transparent)]
+    Registry(#[from] ftl_registry_client::Error),
+    #[error("{0}")]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Layer(#[from] crate::layer::LayerStoreError),
+    #[error(transparent)]
+    Cache(#[from] ftl_cache::CacheError),
+    #[error(transparent)]
+    Unpack(#[from] crate::rootfs::UnpackError),
+    #[error(transparent)]
+    Compose(#[from] crate::image::ComposeError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    #[error("unknown language `{0}`; use one of: {1}")]
+    UnknownLanguage(String, String),
+    #[error("base image {base}: {message}")]
+    Base { base: String, message: String },
+    #[error("verification failed: {message}\n{output}")]
+    Verify { message: String, output: String },
+    #[error("the sandbox failed: {0}")]
+    Sandbox(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Progress events for the CLI (libraries never print).
+#[derive(Debug, Clone)]
+pub enum Event {
+    PhaseStarted(&'static str),
+    PhaseFinished(&'static str, Duration),
+    /// A plan was made.
+    Planned {
+        language: String,
+        layers: usize,
+    },
+    /// A layer's cache outcome.
+    Layer {
+        name: String,
+        source: LayerSource,
+    },
+    /// A build step starts (`pip install`, ...).
+    StepStarted(String),
+    StepFinished(String, Duration),
+}
+
+/// Receives [`Event`]s and push progress.
+pub trait Observer: Send + Sync {
+    fn event(&self, _event: &Event) {}
+    /// Progress of blob uploads.
+    fn push_progress(&self) -> Arc<dyn PushProgress> {
+        Arc::new(ftl_registry_client::NoProgress)
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl Observer for Quiet {}
+
+/// The build engine.
+pub struct Engine {
+    client: Client,
+    cache: Cache,
+    settings: EngineSettings,
+    runtime: Arc<dyn StepRuntime>,
+    plugins: Vec<Arc<dyn LanguagePlugin>>,
+}
+
+struct Timer {
+    timings: Mutex<Vec<(String, u64)>>,
+}
+
+impl Timer {
+    fn record(&self, phase: &str, d: Duration) {
+        self.timings
+            .lock()
+            .expect("not poisoned")
+            .push((phase.to_string(), d.as_millis() as u64));
+    }
+}
+
+/// A layer of the plan with its cache outcome.
+struct Resolved {
+    planned: PlannedLayer,
+    source: LayerSource,
+    entry: Option<CacheEntry>,
+    /// Local blob file when present.
+    path: Option<PathBuf>,
+}
+
+impl Engine {
+    pub fn new(
+        client: Client,
+        settings: EngineSettings,
+        runtime: Arc<dyn StepRuntime>,
+        plugins: Vec<Arc<dyn LanguagePlugin>>,
+    ) -> Result<Self, EngineError> {
+        let cache = Cache::open(&settings.cache_dir)?;
+        Ok(Engine {
+            client,
+            cache,
+            settings,
+            runtime,
+            plugins,
+        })
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn choose_plugin(
+        &self,
+        language: Option<&str>,
+        source: &SourceTree,
+    ) -> Result<Arc<dyn LanguagePlugin>, EngineError> {
+        match language {
+            None | Some("auto") => Ok(self
+                .plugins
+                .iter()
+                .find(|p| p.detect(source))
+                .cloned()
+                .unwrap_or_else(|| Arc::new(GenericPlugin))),
+            Some("generic") | Some("none") => Ok(Arc::new(GenericPlugin)),
+            Some(name) => self
+                .plugins
+                .iter()
+                .find(|p| p.id() == name)
+                .cloned()
+                .ok_or_else(|| {
+                    let mut names: Vec<&str> = self.plugins.iter().map(|p| p.id()).collect();
+                    names.extend(["generic", "auto"]);
+                    EngineError::UnknownLanguage(name.to_string(), names.join(", "))
+                }),
+        }
+    }
+
+    /// Runs one build.
+    pub async fn build(
+        &self,
+        req: &BuildRequest,
+        observer: Arc<dyn Observer>,
+    ) -> Result<BuildReport, EngineError> {
+        let started = Instant::now();
+        let requests_before = self.client.request_count();
+        let timer = Arc::new(Timer {
+            timings: Mutex::new(Vec::new()),
+        });
+        macro_rules! phase {
+            ($name:literal, $e:expr) => {{
+                observer.event(&Event::PhaseStarted($name));
+                let t = Instant::now();
+                let r = $e;
+                observer.event(&Event::PhaseFinished($name, t.elapsed()));
+                timer.record($name, t.elapsed());
+                r
+            }};
+        }
+
+        // 1. The base: manifest and config only.
+        let base = phase!(
+            "resolve",
+            base::BaseImage::resolve(&self.client, &req.base, &req.platform).await
+        )?;
+        let source_dir = req.source.clone();
+        let source = phase!(
+            "scan",
+            tokio::task::spawn_blocking(move || SourceTree::scan(&source_dir))
+                .await
+                .map_err(join_err)?
+        )?;
+        let plugin = self.choose_plugin(req.language.as_deref(), &source)?;
+
+        let rootfs = Arc::new(base::LazyRootfs::new(
+            self.client.clone(),
+            self.cache.clone(),
+            self.settings.cache_dir.join("rootfs"),
+            base.clone(),
+        ));
+        let exec = Arc::new(SandboxExec {
+            runtime: self.runtime.clone(),
+            rootfs: rootfs.clone(),
+            build_env: self.settings.build_env.clone(),
+            handle: tokio::runtime::Handle::current(),
+            observer: observer.clone(),
+        });
+        let probe_exec = Arc::new(probe::ProbeExec::new(
+            exec.clone(),
+            self.settings.cache_dir.join("probes-v1"),
+            base.info.manifest_digest.clone(),
+            self.client.clone(),
+            req.cache_repo.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+
+        // 2. Plan.
+        let base_info = Arc::new(base.info.clone());
+        let source = Arc::new(source);
+        let options = Arc::new(req.options.clone());
+        let plan = {
+            let (plugin, source, base_info, options, probe_exec) = (
+                plugin.clone(),
+                source.clone(),
+                base_info.clone(),
+                options.clone(),
+                probe_exec.clone(),
+            );
+            phase!(
+                "plan",
+                tokio::task::spawn_blocking(move || plugin.plan(&PlanContext {
+                    source: &source,
+                    base: &base_info,
+                    options: &options,
+                    exec: probe_exec.as_ref()
+                }))
+                .await
+                .map_err(join_err)?
+            )?
+        };
+        observer.event(&Event::Planned {
+            language: plugin.id().to_string(),
+            layers: plan.layers.len(),
+        });
+
+        // 3. Look keys up: local index, then the registry cache.
+        let mut resolved = phase!("lookup", self.lookup(&plan, req).await)?;
+        for r in &resolved {
+            if r.source != LayerSource::Built {
+                observer.event(&Event::Layer {
+                    name: r.planned.name.clone(),
+                    source: r.source,
+                });
+            }
+        }
+
+        // 4. Build the misses, step by step.
+        let misses: Vec<usize> = resolved
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.source == LayerSource::Built)
+            .map(|(i, _)| i)
+            .collect();
+        let mut built_entries: Vec<(CacheEntry, PathBuf)> = Vec::new();
+        if !misses.is_empty() {
+            let plan = Arc::new(plan_layers_and_steps(plan));
+            let entries = phase!(
+                "build",
+                self.build_misses(
+                    plan.clone(),
+                    &misses,
+                    source.clone(),
+                    base_info.clone(),
+                    options.clone(),
+                    exec.clone(),
+                    &observer
+                )
+                .await
+            )?;
+            for (i, entry, path) in entries {
+                observer.event(&Event::Layer {
+                    name: resolved[i].planned.name.clone(),
+                    source: LayerSource::Built,
+                });
+                resolved[i].entry = Some(entry.clone());
+                resolved[i].path = Some(path.clone());
+                built_entries.push((entry, path));
+            }
+            probe_exec.flush_to_registry().await;
+            return self
+                .finish(
+                    req,
+                    &base,
+                    &plan.config,
+                    resolved,
+                    built_entries,
+                    &rootfs,
+                    &timer,
+                    observer,
+                    started,
+                    requests_before,
+                )
+                .await;
+        }
+        probe_exec.flush_to_registry().await;
+        let config = plan.config.clone();
+        self.finish(
+            req,
+            &base,
+            &config,
+            resolved,
+            built_entries,
+            &rootfs,
+            &timer,
+            observer,
+            started,
+            requests_before,
+        )
+        .await
+    }
+
+    async fn lookup(
+        &self,
+        plan: &LayerPlan,
+        req: &BuildRequest,
+    ) -> Result<Vec<Resolved>, EngineError> {
+        let mut out = Vec::with_capacity(plan.layers.len());
+        let mut remote_wanted = Vec::new();
+        for (i, planned) in plan.layers.iter().enumerate() {
+            let mut r = Resolved {
+                planned: planned.clone(),
+                source: LayerSource::Built,
+                entry: None,
+                path: None,
+            };
+            if !req.no_cache {
+                if let Some(entry) = self.cache.keys.get(&planned.key.hex)? {
+                    if let Ok(path) = self.cache.blobs.get(&entry.digest) {
+                        r.source = LayerSource::LocalCache;
+                        r.path = Some(path);
+                        r.entry = Some(entry);
+                    }
+                }
+                if r.entry.is_none() && req.cache_repo.is_some() {
+                    remote_wanted.push(i);
+                }
+            }
+            out.push(r);
+        }
+        if let Some(repo) = &req.cache_repo {
+            let lookups = remote_wanted
+                .iter()
+                .map(|&i| regcache::lookup(&self.client, repo, &out[i].planned.key.hex));
+            let found = join_bounded(lookups, 8).await;
+            for (i, hit) in remote_wanted.into_iter().zip(found) {
+                if let Some(entry) = hit {
+                    // Remember it locally: the next build needs no request.
+                    // The bytes stay in the registry.
+                    let path = self.cache.blobs.get(&entry.digest).ok();
+                    out[i].source = LayerSource::RegistryCache;
+                    out[i].path = path;
+                    out[i].entry = Some(entry);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_misses(
+        &self,
+        plan: Arc<StepsOnly>,
+        misses: &[usize],
+        source: Arc<SourceTree>,
+        base_info: Arc<BaseInfo>,
+        options: Arc<BuildOptions>,
+        exec: Arc<SandboxExec>,
+        observer: &Arc<dyn Observer>,
+    ) -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
+        let mut by_step: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in misses {
+            by_step.entry(plan.layers[i].step).or_default().push(i);
+        }
+        let mut out = Vec::new();
+        for (step, wanted) in by_step {
+            let (plan2, source, base_info, options, exec) = (
+                plan.clone(),
+                source.clone(),
+                base_info.clone(),
+                options.clone(),
+                exec.clone(),
+            );
+            let settings = self.settings.clone();
+            let cache = self.cache.clone();
+            let wanted2 = wanted.clone();
+            let label = plan.layers[wanted[0]].name.clone();
+            observer.event(&Event::StepStarted(label.clone()));
+            let t = Instant::now();
+            let results = tokio::task::spawn_blocking(
+                move || -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
+                    let scratch = tempfile::Builder::new()
+                        .prefix("step-")
+                        .tempdir_in(settings.cache_dir.join("tmp"))
+                        .map_err(|e| {
+                            EngineError::Internal(format!(
+                                "cannot create a scratch directory in {}: {e}",
+                                settings.cache_dir.display()
+                            ))
+                        })?;
+                    let ctx = StepContext {
+                        source: &source,
+                        base: &base_info,
+                        options: &options,
+                        exec: exec.as_ref(),
+                        scratch: scratch.path(),
+                    };
+                    let contents = plan2.steps[step].build(&wanted2, &ctx)?;
+                    let mut got: HashMap<usize, LayerContents> = contents.into_iter().collect();
+                    let mut written = Vec::new();
+                    for &i in &wanted2 {
+                        let layer = &plan2.layers[i];
+                        let c = got.remove(&i).ok_or_else(|| {
+                            PluginError::new(format!(
+                                "the plugin produced no contents for layer `{}`",
+                                layer.name
+                            ))
+                        })?;
+                        let digests = write_layer_to_store(&c, settings.layer, &cache.blobs)?;
+                        let now = ftl_cache::now_secs();
+                        let entry = CacheEntry {
+                            key: layer.key.hex.clone(),
+                            digest: digests.digest.clone(),
+                            diff_id: digests.diff_id,
+                            size: digests.size,
+                            media_type: OCI_LAYER_GZIP.to_string(),
+                            created: now,
+                            expires: (!layer.pinned).then(|| now + settings.unpinned_ttl.as_secs()),
+                            name: layer.name.clone(),
+                            inputs: layer.key.canonical.clone(),
+                        };
+                        cache.keys.put(&entry)?;
+                        let path = cache.blobs.get(&digests.digest)?;
+                        written.push((i, entry, path));
+                    }
+                    Ok(written)
+                },
+            )
+            .await
+            .map_err(join_err)??;
+            observer.event(&Event::StepFinished(label, t.elapsed()));
+            out.extend(results);
+        }
+        Ok(out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        req: &BuildRequest,
+        base: &BaseImage,
+        config: &ConfigPatch,
+        resolved: Vec<Resolved>,
+        built: Vec<(CacheEntry, PathBuf)>,
+        rootfs: &Arc<base::LazyRootfs>,
+        timer: &Arc<Timer>,
+        observer: Arc<dyn Observer>,
+        started: Instant,
+        requests_before: u64,
+    ) -> Result<BuildReport, EngineError> {
+        // 5. Compose.
+        let cache_registry = req
+            .cache_repo
+            .as_ref()
+            .map(|r| (r.registry().to_string(), r.repository().to_string()));
+        let layers: Vec<ImageLayer> = resolved
+            .iter()
+            .map(|r| {
+                let e = r.entry.as_ref().expect("every layer resolved or built");
+                let origin = match (&r.path, &cache_registry) {
+                    (Some(p), _) => LayerOrigin::Local { path: p.clone() },
+                    (None, Some((registry, repository))) => LayerOrigin::Remote {
+                        registry: registry.clone(),
+                        repository: repository.clone(),
+                    },
+                    (None, None) => unreachable!("a registry hit needs a cache repository"),
+                };
+                ImageLayer {
+                    digest: e.digest.clone(),
+                    diff_id: e.diff_id.clone(),
+                    size: e.size,
+                    media_type: e.media_type.clone(),
+                    origin,
+                    created_by: Some(r.planned.created_by.clone()),
+                }
+            })
+            .collect();
+        let composed = compose(&ComposeInput {
+            base_config: &base.config_bytes,
+            base_layers: &base.layers,
+            base_name: &base.info.reference,
+            base_digest: &base.info.manifest_digest,
+            layers: &layers,
+            patch: config,
+            overrides: &req.overrides,
+            format: req.format,
+            created: self.settings.layer.mtime,
+        })?;
+
+        // 6. Output.
+        let t = Instant::now();
+        observer.event(&Event::PhaseStarted("push"));
+        let mut push_actions: HashMap<String, (String, u64)> = HashMap::new();
+        let image = match &req.output {
+            Output::Registry(target) => {
+                let report = self
+                    .push(target, &composed, base, req, observer.clone())
+                    .await?;
+                for b in &report.blobs {
+                    let (action, bytes) = match &b.action {
+                        BlobAction::Present => ("present".to_string(), 0),
+                        BlobAction::Mounted { .. } => ("mounted".to_string(), 0),
+                        BlobAction::Uploaded { bytes } => ("uploaded".to_string(), *bytes),
+                    };
+                    push_actions.insert(b.digest.to_string(), (action, bytes));
+                }
+                if let Some(repo) = &req.cache_repo {
+                    let mount_from = (repo.registry() == target.registry())
+                        .then(|| target.repository().to_string());
+                    regcache::record(&self.client, repo, built, mount_from).await;
+                }
+                format!("{}@{}", target_name(target), composed.manifest_digest)
+            }
+            Output::OciLayout { path, tag } => {
+                let blobs = self.local_blobs(&composed, base).await?;
+                let (image, path2, tag2) = (composed.clone(), path.clone(), tag.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::export::write_oci_layout(&image, &path2, &tag2, |d| blobs[d].clone())
+                })
+                .await
+                .map_err(join_err)??;
+                format!(
+                    "oci:{}:{}@{}",
+                    path.display(),
+                    tag,
+                    composed.manifest_digest
+                )
+            }
+            Output::DockerArchive { path, tag } => {
+                let blobs = self.local_blobs(&composed, base).await?;
+                let docker = if req.format == ManifestFormat::Docker {
+                    composed.clone()
+                } else {
+                    compose(&ComposeInput {
+                        base_config: &base.config_bytes,
+                        base_layers: &base.layers,
+                        base_name: &base.info.reference,
+                        base_digest: &base.info.manifest_digest,
+                        layers: &layers,
+                        patch: config,
+                        overrides: &req.overrides,
+                        format: ManifestFormat::Docker,
+                        created: self.settings.layer.mtime,
+                    })?
+                };
+                let (path2, tag2) = (path.clone(), tag.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::export::write_docker_archive(&docker, &path2, &tag2, |d| {
+                        blobs[d].clone()
+                    })
+                })
+                .await
+                .map_err(join_err)??;
+                format!(
+                    "docker-archive:{}:{}@{}",
+                    path.display(),
+                    tag,
+                    composed.manifest_digest
+                )
+            }
+        };
+        observer.event(&Event::PhaseFinished("push", t.elapsed()));
+        timer.record(
+            if matches!(req.output, Output::Registry(_)) {
+                "push"
+            } else {
+                "export"
+            },
+            t.elapsed(),
+        );
+
+        // 7. Verify.
+        let verify = match &req.verify {
+            Some(spec) => {
+                observer.event(&Event::PhaseStarted("verify"));
+                let t = Instant::now();
+                let report = self.verify(&composed, base, rootfs, spec).await;
+                observer.event(&Event::PhaseFinished("verify", t.elapsed()));
+                timer.record("verify", t.elapsed());
+                Some(report?)
+            }
+            None => None,
+        };
+
+        // 8. Report.
+        let mut layer_reports = Vec::new();
+        for l in &base.layers {
+            let (push, bytes) = push_actions
+                .get(&l.digest)
+                .cloned()
+                .map(|(a, b)| (Some(a), b))
+                .unwrap_or((None, 0));
+            layer_reports.push(LayerReport {
+                name: "base".into(),
+                digest: l.digest.clone(),
+                size: l.size,
+                source: LayerSource::Base,
+                push,
+                bytes_uploaded: bytes,
+            });
+        }
+        for (r, l) in resolved.iter().zip(&layers) {
+            let (push, bytes) = push_actions
+                .get(&l.digest)
+                .cloned()
+                .map(|(a, b)| (Some(a), b))
+                .unwrap_or((None, 0));
+            layer_reports.push(LayerReport {
+                name: r.planned.name.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+                source: r.source,
+                push,
+                bytes_uploaded: bytes,
+            });
+        }
+        let mut timings: Vec<(String, u64)> = timer.timings.lock().expect("not poisoned").clone();
+        timings.push(("total".into(), started.elapsed().as_millis() as u64));
+        Ok(BuildReport {
+            image,
+            digest: composed.manifest_digest.clone(),
+            base: base.info.reference.clone(),
+            base_digest: base.info.manifest_digest.clone(),
+            layers_built: layer_reports
+                .iter()
+                .filter(|l| l.source == LayerSource::Built)
+                .count(),
+            bytes_uploaded: layer_reports.iter().map(|l| l.bytes_uploaded).sum(),
+            layers: layer_reports,
+            timings_ms: timings,
+            registry_requests: self.client.request_count() - requests_before,
+            verify,
+        })
+    }
+
+    async fn push(
+        &self,
+        target: &Reference,
+        image: &crate::image::ComposedImage,
+        base: &BaseImage,
+        req: &BuildRequest,
+        observer: Arc<dyn Observer>,
+    ) -> Result<ftl_registry_client::PushReport, EngineError> {
+        // An unchanged rebuild costs one manifest check.
+        if let Ok(Some(head)) = self.client.head_manifest(target).await {
+            if head.digest.to_string() == image.manifest_digest {
+                let blobs = image
+                    .layers
+                    .iter()
+                    .map(|l| ftl_registry_client::BlobReport {
+                        digest: l.digest.parse().expect("valid"),
+                        size: l.size,
+                        action: BlobAction::Present,
+                    })
+                    .collect();
+                return Ok(ftl_registry_client::PushReport {
+                    reference: target.clone(),
+                    manifest_digest: head.digest,
+                    blobs,
+                    bytes_uploaded: 0,
+                    requests: 1,
+                });
+            }
+        }
+        let mut blobs = Vec::new();
+        for l in &image.layers {
+            let (source, mount_from): (
+                Option<Arc<dyn ftl_registry_client::BlobSource>>,
+                Vec<String>,
+            ) = match &l.origin {
+                LayerOrigin::Base {
+                    registry,
+                    repository,
+                } => {
+                    if registry == target.registry() {
+                        (None, vec![repository.clone()])
+                    } else {
+                        // Another registry: the bytes must travel; stream them.
+                        (
+                            Some(Arc::new(RemoteBlobSource::new(
+                                self.client.clone(),
+                                base.reference.clone(),
+                                &l.digest,
+                            ))),
+                            vec![],
+                        )
+                    }
+                }
+                LayerOrigin::Local { path } => {
+                    let mounts = req
+                        .cache_repo
+                        .iter()
+                        .filter(|r| r.registry() == target.registry())
+                        .map(|r| r.repository().to_string())
+                        .collect();
+                    (Some(Arc::new(FileSource(path.clone()))), mounts)
+                }
+                LayerOrigin::Remote {
+                    registry,
+                    repository,
+                } => {
+                    if registry == target.registry() {
+                        (None, vec![repository.clone()])
+                    } else {
+                        let repo = req
+                            .cache_repo
+                            .clone()
+                            .expect("remote layers come from the cache repository");
+                        (
+                            Some(Arc::new(RemoteBlobSource::new(
+                                self.client.clone(),
+                                repo,
+                                &l.digest,
+                            ))),
+                            vec![],
+                        )
+                    }
+                }
+            };
+            blobs.push(PushBlob {
+                digest: l.digest.parse().expect("valid digest"),
+                size: l.size,
+                media_type: l.media_type.as_str().into(),
+                source,
+                mount_from,
+            });
+        }
+        blobs.push(PushBlob {
+            digest: image.config_digest.parse().expect("valid digest"),
+            size: image.config.len() as u64,
+            media_type: image.format.config_type().into(),
+            source: Some(Arc::new(BytesSource(Bytes::from(image.config.clone())))),
+            mount_from: vec![],
+        });
+        let report = self
+            .client
+            .push(
+                PushRequest {
+                    target: target.clone(),
+                    blobs,
+                    manifest: Bytes::from(image.manifest.clone()),
+                    manifest_media_type: image.format.manifest_type().into(),
+                    extra_tags: Vec::new(),
+                },
+                observer.push_progress(),
+            )
+            .await?;
+        Ok(report)
+    }
+
+    /// Every layer's bytes as a local file (for exports and verification):
+    /// base layers and registry-cache hits are downloaded into the blob
+    /// store once.
+    async fn local_blobs(
+        &self,
+        image: &crate::image::ComposedImage,
+        base: &BaseImage,
+    ) -> Result<HashMap<String, PathBuf>, EngineError> {
+        let mut out = HashMap::new();
+        for l in &image.layers {
+            let path = match &l.origin {
+                LayerOrigin::Local { path } => path.clone(),
+                LayerOrigin::Base { .. } => {
+                    base::fetch_blob(&self.client, &self.cache, &base.reference, &l.digest).await?
+                }
+                LayerOrigin::Remote {
+                    registry,
+                    repository,
+                } => {
+                    let repo = Reference::parse(&format!("{registry}/{repository}"))?;
+                    base::fetch_blob(&self.client, &self.cache, &repo, &l.digest).await?
+                }
+            };
+            out.insert(l.digest.clone(), path);
+        }
+        Ok(out)
+    }
+
+    async fn verify(
+        &self,
+        image: &crate::image::ComposedImage,
+        base: &BaseImage,
+        rootfs: &Arc<base::LazyRootfs>,
+        spec: &VerifySpec,
+    ) -> Result<VerifyReport, EngineError> {
+        let base_rootfs = rootfs.ensure().await?;
+        let blobs = self.local_blobs(image, base).await?;
+        let ours: Vec<PathBuf> = image.layers[base.layers.len()..]
+            .iter()
+            .map(|l| blobs[&l.digest].clone())
+            .collect();
+        let config: serde_json::Value = serde_json::from_slice(&image.config)
+            .map_err(|e| EngineError::Internal(e.to_string()))?;
+        let app = app_process(&config, spec)?;
+        let runtime = self.runtime.clone();
+        let spec = spec.clone();
+        let scratch_root = self.settings.cache_dir.join("tmp");
+        tokio::task::spawn_blocking(move || -> Result<VerifyReport, EngineError> {
+            let scratch = tempfile::Builder::new()
+                .prefix("verify-")
+                .tempdir_in(&scratch_root)
+                .map_err(|e| {
+                    EngineError::Internal(format!("cannot create {}: {e}", scratch_root.display()))
+                })?;
+            let root = base::image_rootfs(&base_rootfs, &ours, scratch.path())?;
+            let result = runtime.verify(root.path(), &app, &spec);
+            drop(root);
+            result
+        })
+        .await
+        .map_err(join_err)?
+    }
+}
+
+/// The plan without its config (moved out), shareable across threads.
+struct StepsOnly {
+    layers: Vec<PlannedLayer>,
+    steps: Vec<Box<dyn BuildStep>>,
+    config: ConfigPatch,
+}
+
+fn plan_layers_and_steps(plan: LayerPlan) -> StepsOnly {
+    StepsOnly {
+        layers: plan.layers,
+        steps: plan.steps,
+        config: plan.config,
+    }
+}
+
+fn target_name(r: &Reference) -> String {
+    match r.tag() {
+        Some(t) => format!("{}/{}:{}", r.registry(), r.repository(), t),
+        None => format!("{}/{}", r.registry(), r.repository()),
+    }
+}
+
+fn join_err(e: tokio::task::JoinError) -> EngineError {
+    EngineError::Internal(format!("a build task failed: {e}"))
+}
+
+/// Runs futures with at most `n` at once, keeping their order.
+async fn join_bounded<F: std::future::Future>(
+    futs: impl Iterator<Item = F>,
+    n: usize,
+) -> Vec<F::Output> {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(futs).buffered(n).collect().await
+}
+
+/// The process of an image from its config.
+fn app_process(config: &serde_json::Value, spec: &VerifySpec) -> Result<AppProcess, EngineError> {
+    let c = &config["config"];
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let args = match &spec.command {
+        Some(cmd) => cmd.clone(),
+        None => {
+            let mut a = list(&c["Entrypoint"]);
+            a.extend(list(&c["Cmd"]));
+            a
+        }
+    };
+    if args.is_empty() {
+        return Err(EngineError::Verify {
+            message: "the image has no entrypoint or cmd to start".into(),
+            output: "set one with --entrypoint, or give --verify-cmd".into(),
+        });
+    }
+    let env = list(&c["Env"])
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    Ok(AppProcess {
+        args,
+        env,
+        cwd: c["WorkingDir"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("/")
+            .to_string(),
+        user: c["User"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(String::from),
+    })
+}
+
+/// The `Exec` plugins get: runs requests on the base rootfs through the
+/// runtime, unpacking the rootfs on first use, and hands network steps the
+/// build-time CA bundle and proxy settings.
+pub(crate) struct SandboxExec {
+    runtime: Arc<dyn StepRuntime>,
+    rootfs: Arc<base::LazyRootfs>,
+    build_env: BuildEnv,
+    handle: tokio::runtime::Handle,
+    observer: Arc<dyn Observer>,
+}
+
+/// Where the build-time CA bundle appears inside a step.
+pub const STEP_CA_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl Exec for SandboxExec {
+    fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let rootfs = self
+            .handle
+            .block_on(self.rootfs.ensure())
+            .map_err(|e| PluginError::new(e.to_string()))?;
+        let mut req = request.clone();
+        if req.network == StepNetwork::Egress {
+            if let Some(ca) = &self.build_env.ca_bundle {
+                req.mounts.push(ExecMount {
+                    host: ca.clone(),
+                    target: STEP_CA_PATH.into(),
+                    writable: false,
+                });
+                for var in [
+                    "SSL_CERT_FILE",
+                    "PIP_CERT",
+                    "REQUESTS_CA_BUNDLE",
+                    "NODE_EXTRA_CA_CERTS",
+                    "CURL_CA_BUNDLE",
+                    "npm_config_cafile",
+                ] {
+                    req.env.push((var.into(), STEP_CA_PATH.into()));
+                }
+            }
+            req.env.extend(self.build_env.proxy_env.iter().cloned());
+        }
+        self.observer.event(&Event::StepStarted(req.label.clone()));
+        let t = Instant::now();
+        let out = self.runtime.run(&rootfs, &req);
+        self.observer
+            .event(&Event::StepFinished(req.label.clone(), t.elapsed()));
+        out
+    }
+}

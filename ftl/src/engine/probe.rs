@@ -1,0 +1,133 @@
+//! Memoized probes of the base image.
+//!
+//! Plugins read the interpreter's version and ABI by running it in the
+//! sandbox on the base rootfs. The answer is a function of the base image's
+//! digest and the command, so it is kept: locally, and in the registry cache
+//! repository, so that a machine with an empty local cache plans without
+//! downloading the base's layers.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use ftl_registry_client::{Client, Reference};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{regcache, SandboxExec};
+use crate::key::CacheKey;
+use crate::plugin::{Exec, ExecOutput, ExecRequest, PluginError, StepNetwork};
+
+#[derive(Serialize, Deserialize)]
+struct Memo {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+pub(crate) struct ProbeExec {
+    inner: Arc<SandboxExec>,
+    dir: PathBuf,
+    base_digest: String,
+    client: Client,
+    cache_repo: Option<Reference>,
+    handle: tokio::runtime::Handle,
+    pending: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+impl ProbeExec {
+    pub fn new(
+        inner: Arc<SandboxExec>,
+        dir: PathBuf,
+        base_digest: String,
+        client: Client,
+        cache_repo: Option<Reference>,
+        handle: tokio::runtime::Handle,
+    ) -> Self {
+        ProbeExec {
+            inner,
+            dir,
+            base_digest,
+            client,
+            cache_repo,
+            handle,
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn key(&self, req: &ExecRequest) -> CacheKey {
+        CacheKey::new(
+            "probe",
+            1,
+            json!({"base": self.base_digest, "args": req.args, "env": req.env, "cwd": req.cwd}),
+        )
+    }
+
+    /// Writes new probe results to the registry cache.
+    pub async fn flush_to_registry(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        if let Some(repo) = &self.cache_repo {
+            for (key, bytes) in pending {
+                regcache::record_probe(&self.client, repo, &key, &bytes).await;
+            }
+        }
+    }
+}
+
+impl Exec for ProbeExec {
+    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        // Only pure probes are memoized: no network, nothing mounted.
+        if req.network != StepNetwork::None || !req.mounts.is_empty() {
+            return self.inner.run(req);
+        }
+        let key = self.key(req);
+        let path = self.dir.join(format!("{}.json", key.hex));
+        let to_output = |m: Memo| ExecOutput {
+            code: Some(m.code),
+            stdout: m.stdout.into_bytes(),
+            stderr: m.stderr.into_bytes(),
+            ..Default::default()
+        };
+        if let Some(m) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Memo>(&b).ok())
+        {
+            return Ok(to_output(m));
+        }
+        if let Some(repo) = &self.cache_repo {
+            if let Some(bytes) =
+                self.handle
+                    .block_on(regcache::lookup_probe(&self.client, repo, &key.hex))
+            {
+                if let Ok(m) = serde_json::from_slice::<Memo>(&bytes) {
+                    store(&self.dir, &path, &bytes);
+                    return Ok(to_output(m));
+                }
+            }
+        }
+        let out = self.inner.run(req)?;
+        if out.success() {
+            let memo = Memo {
+                code: 0,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            };
+            let bytes = serde_json::to_vec(&memo).expect("serializes");
+            store(&self.dir, &path, &bytes);
+            self.pending
+                .lock()
+                .expect("not poisoned")
+                .push((key.hex, bytes));
+        }
+        Ok(out)
+    }
+}
+
+fn store(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        use std::io::Write;
+        if tmp.write_all(bytes).is_ok() {
+            let _ = tmp.persist(path);
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The registry tier of the layer cache: one small OCI manifest per cache
+//! key in the cache repository, tagged `sha256-<key>`, whose one layer is the
+//! cached layer and whose annotations carry the diffID and name. A lookup is
+//! one manifest GET; a hit is mounted into the target, never downloaded.
+//! Probe results (interpreter version and ABI read from a base image) are
+//! kept the same way, tagged `probe-<key>`, in annotations.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ftl_cache::CacheEntry;
+use ftl_registry_client::{
+    BytesSource, Client, FileSource, NoProgress, PushBlob, PushRequest, Reference,
+};
+use serde_json::json;
+
+use crate::image::{sha256_digest, OCI_MANIFEST};
+
+/// The empty JSON config (`{}`) every cache manifest points at.
+const EMPTY_CONFIG: &[u8] = b"{}";
+const EMPTY_CONFIG_TYPE: &str = "application/vnd.oci.empty.v1+json";
+const ANN_DIFF_ID: &str = "dev.ftl.cache.diff-id";
+const ANN_NAME: &str = "dev.ftl.cache.name";
+const ANN_CREATED: &str = "dev.ftl.cache.created";
+const ANN_EXPIRES: &str = "dev.ftl.cache.expires";
+const ANN_INPUTS: &str = "dev.ftl.cache.inputs";
+const ANN_PROBE: &str = "dev.ftl.probe.output";
+
+fn key_tag(prefix: &str, key: &str) -> String {
+    format!("{prefix}-{key}")
+}
+
+/// Looks `key` up in the cache repository; `None` on a miss. Errors other
+/// than "not found" are logged and count as a miss: the cache never fails a
+/// build.
+pub async fn lookup(client: &Client, repo: &Reference, key: &str) -> Option<CacheEntry> {
+    let reference = repo.with_tag(&key_tag("sha256", key)).ok()?;
+    let manifest = match client.get_manifest(&reference).await {
+        Ok(m) => m,
+        Err(ftl_registry_client::Error::NotFound { .. }) => return None,
+        Err(e) => {
+            tracing::warn!(cache = %reference, error = %e, "registry cache lookup failed; treating as a miss");
+            return None;
+        }
+    };
+    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
+    let layer = v.get("layers")?.get(0)?;
+    let ann = v.get("annotations")?;
+    let s = |k: &str| ann.get(k).and_then(|x| x.as_str()).map(String::from);
+    let entry = CacheEntry {
+        key: key.to_string(),
+        digest: layer.get("digest")?.as_str()?.to_string(),
+        diff_id: s(ANN_DIFF_ID)?,
+        size: layer.get("size")?.as_u64()?,
+        media_type: layer.get("mediaType")?.as_str()?.to_string(),
+        created: s(ANN_CREATED).and_then(|c| c.parse().ok()).unwrap_or(0),
+        expires: s(ANN_EXPIRES).and_then(|c| c.parse().ok()),
+        name: s(ANN_NAME).unwrap_or_default(),
+        inputs: s(ANN_INPUTS).unwrap_or_default(),
+    };
+    if entry.expired(ftl_cache::now_secs()) {
+        return None;
+    }
+    Some(entry)
+}
+
+/// Records built layers in the cache repository. `mount_from` names the
+/// repository (on the same registry) the layers were just pushed to.
+pub async fn record(
+    client: &Client,
+    repo: &Reference,
+    entries: Vec<(CacheEntry, std::path::PathBuf)>,
+    mount_from: Option<String>,
+) {
+    let pushes = entries.into_iter().map(|(entry, path)| {
+        let mount_from = mount_from.clone();
+        async move {
+            let Ok(target) = repo.with_tag(&key_tag("sha256", &entry.key)) else { return };
+            let mut annotations = serde_json::Map::new();
+            annotations.insert(ANN_DIFF_ID.into(), json!(entry.diff_id));
+            annotations.insert(ANN_NAME.into(), json!(entry.name));
+            annotations.insert(ANN_CREATED.into(), json!(entry.created.to_string()));
+            annotations.insert(ANN_INPUTS.into(), json!(entry.inputs));
+            if let Some(e) = entry.expires {
+                annotations.insert(ANN_EXPIRES.into(), json!(e.to_string()));
+            }
+            let manifest = json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
+                "layers": [{"mediaType": entry.media_type, "digest": entry.digest, "size": entry.size}],
+                "annotations": annotations,
+            });
+            let blobs = vec![
+                empty_config_blob(),
+                PushBlob {
+                    digest: entry.digest.parse().expect("cache entries hold valid digests"),
+                    size: entry.size,
+                    media_type: entry.media_type.as_str().into(),
+                    source: Some(Arc::new(FileSource(path))),
+                    mount_from: mount_from.into_iter().collect(),
+                },
+            ];
+            if let Err(e) = push_manifest(client, target.clone(), blobs, manifest).await {
+                tracing::warn!(cache = %target, error = %e, "could not record layer in the registry cache");
+            }
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+}
+
+fn empty_config_blob() -> PushBlob {
+    PushBlob {
+        digest: sha256_digest(EMPTY_CONFIG).parse().expect("valid digest"),
+        size: EMPTY_CONFIG.len() as u64,
+        media_type: EMPTY_CONFIG_TYPE.into(),
+        source: Some(Arc::new(BytesSource(Bytes::from_static(EMPTY_CONFIG)))),
+        mount_from: Vec::new(),
+    }
+}
+
+async fn push_manifest(
+    client: &Client,
+    target: Reference,
+    blobs: Vec<PushBlob>,
+    manifest: serde_json::Value,
+) -> Result<(), ftl_registry_client::Error> {
+    let bytes = serde_json::to_vec(&manifest).expect("serializes");
+    client
+        .push(
+            PushRequest {
+                target,
+                blobs,
+                manifest: Bytes::from(bytes),
+                manifest_media_type: OCI_MANIFEST.into(),
+                extra_tags: Vec::new(),
+            },
+            Arc::new(NoProgress),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Looks a probe result up.
+pub async fn lookup_probe(client: &Client, repo: &Reference, key: &str) -> Option<Vec<u8>> {
+    let reference = repo.with_tag(&key_tag("probe", key)).ok()?;
+    let manifest = client.get_manifest(&reference).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
+    let text = v.get("annotations")?.get(ANN_PROBE)?.as_str()?;
+    Some(text.as_bytes().to_vec())
+}
+
+/// Records a probe result (JSON text).
+pub async fn record_probe(client: &Client, repo: &Reference, key: &str, output: &[u8]) {
+    let Ok(target) = repo.with_tag(&key_tag("probe", key)) else {
+        return;
+    };
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
+        "layers": [],
+        "annotations": {ANN_PROBE: String::from_utf8_lossy(output)},
+    });
+    if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await
+    {
+        tracing::warn!(cache = %target, error = %e, "could not record probe in the registry cache");
+    }
+}

@@ -1,0 +1,71 @@
+//! The build report: human output and `--json`.
+
+use serde::Serialize;
+
+/// Where a layer came from in this build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LayerSource {
+    /// A base image layer.
+    Base,
+    /// Found in the local cache.
+    LocalCache,
+    /// Found in the registry cache repository.
+    RegistryCache,
+    /// Built in this build.
+    Built,
+}
+
+impl LayerSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerSource::Base => "base",
+            LayerSource::LocalCache => "cached",
+            LayerSource::RegistryCache => "cached (registry)",
+            LayerSource::Built => "built",
+        }
+    }
+}
+
+/// One layer of the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub name: String,
+    pub digest: String,
+    pub size: u64,
+    pub source: LayerSource,
+    /// `present`, `mounted` or `uploaded` for registry pushes.
+    pub push: Option<String>,
+    pub bytes_uploaded: u64,
+}
+
+/// The result of verification.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// `http` or `command`.
+    pub mode: String,
+    /// HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// Exit code, for a command.
+    pub exit_code: Option<i32>,
+    pub millis: u64,
+    /// The last lines the app printed.
+    pub output_tail: String,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    /// The image, `registry/repo:tag@sha256:...` (or the export's path).
+    pub image: String,
+    pub digest: String,
+    pub base: String,
+    pub base_digest: String,
+    pub layers: Vec<LayerReport>,
+    pub layers_built: usize,
+    pub bytes_uploaded: u64,
+    /// Phase durations in order, milliseconds; the last is `total`.
+    pub timings_ms: Vec<(String, u64)>,
+    pub registry_requests: u64,
+    pub verify: Option<VerifyReport>,
+}
