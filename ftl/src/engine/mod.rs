@@ -7,6 +7,7 @@ mod base;
 mod probe;
 pub mod regcache;
 mod report;
+mod sandboxed;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,8 @@ use crate::plugin::*;
 use crate::source::SourceTree;
 
 pub use base::{BaseImage, RemoteBlobSource};
-pub use report::{BuildReport, LayerReport, LayerSource, VerifyReport};
+pub use report::{BuildReport, LayerReport, LayerSource, Timing, VerifyReport};
+pub use sandboxed::SandboxRuntime;
 
 /// Runs build steps and verification in a sandbox on a root filesystem.
 /// The CLI backs it with ftl's embedded sandbox or an external OCI runtime.
@@ -306,6 +308,7 @@ impl Engine {
             runtime: self.runtime.clone(),
             rootfs: rootfs.clone(),
             build_env: self.settings.build_env.clone(),
+            base_env: base.info.env(),
             handle: tokio::runtime::Handle::current(),
             observer: observer.clone(),
         });
@@ -737,8 +740,20 @@ impl Engine {
                 bytes_uploaded: bytes,
             });
         }
-        let mut timings: Vec<(String, u64)> = timer.timings.lock().expect("not poisoned").clone();
-        timings.push(("total".into(), started.elapsed().as_millis() as u64));
+        let mut timings: Vec<report::Timing> = timer
+            .timings
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(phase, ms)| report::Timing {
+                phase: phase.clone(),
+                ms: *ms,
+            })
+            .collect();
+        timings.push(report::Timing {
+            phase: "total".into(),
+            ms: started.elapsed().as_millis() as u64,
+        });
         Ok(BuildReport {
             image,
             digest: composed.manifest_digest.clone(),
@@ -750,7 +765,7 @@ impl Engine {
                 .count(),
             bytes_uploaded: layer_reports.iter().map(|l| l.bytes_uploaded).sum(),
             layers: layer_reports,
-            timings_ms: timings,
+            timings,
             registry_requests: self.client.request_count() - requests_before,
             verify,
         })
@@ -1025,6 +1040,8 @@ pub(crate) struct SandboxExec {
     runtime: Arc<dyn StepRuntime>,
     rootfs: Arc<base::LazyRootfs>,
     build_env: BuildEnv,
+    /// The base image's env, applied before the request's.
+    base_env: Vec<(String, String)>,
     handle: tokio::runtime::Handle,
     observer: Arc<dyn Observer>,
 }
@@ -1039,6 +1056,12 @@ impl Exec for SandboxExec {
             .block_on(self.rootfs.ensure())
             .map_err(|e| PluginError::new(e.to_string()))?;
         let mut req = request.clone();
+        let mut env = self.base_env.clone();
+        for (k, v) in std::mem::take(&mut req.env) {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        req.env = env;
         if req.network == StepNetwork::Egress {
             if let Some(ca) = &self.build_env.ca_bundle {
                 req.mounts.push(ExecMount {

@@ -64,8 +64,15 @@ pub struct BuildReport {
     pub layers: Vec<LayerReport>,
     pub layers_built: usize,
     pub bytes_uploaded: u64,
-    /// Phase durations in order, milliseconds; the last is `total`.
-    pub timings_ms: Vec<(String, u64)>,
+    /// Phase durations in order; the last is `total`.
+    pub timings: Vec<Timing>,
     pub registry_requests: u64,
     pub verify: Option<VerifyReport>,
+}
+
+/// How long one phase took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub phase: String,
+    pub ms: u64,
 }

@@ -1,0 +1,378 @@
+//! `ftl build`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ftl::engine::{
+    BuildEnv, BuildRequest, Engine, EngineSettings, Output, SandboxRuntime, VerifySpec,
+};
+use ftl::image::{ConfigOverrides, ManifestFormat};
+use ftl::layer::LayerSettings;
+use ftl::{BuildOptions, LanguagePlugin};
+use ftl_registry_client::{Platform, Reference};
+
+use crate::progress::Progress;
+use crate::settings::{default_cache_dir, host_ca_bundle, host_proxy_env, RegistryArgs};
+
+#[derive(Args, Debug)]
+#[command(after_help = "\
+Examples:
+  ftl build ./app --base 127.0.0.1:5000/base/python --image 127.0.0.1:5000/me/app:v1 --verify
+  ftl build ./app --base python:3.12-slim --output oci:./out --entrypoint 'python main.py'
+  ftl build ./site --base debian:12 --output docker-archive:site.tar --language generic --port 8080")]
+pub struct BuildArgs {
+    /// The application directory.
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// The base image (`registry/repo:tag`, `repo@sha256:...`).
+    #[arg(long, value_name = "REF")]
+    pub base: String,
+
+    /// Push the image to this reference.
+    #[arg(
+        long,
+        value_name = "REF",
+        required_unless_present = "output",
+        conflicts_with = "output"
+    )]
+    pub image: Option<String>,
+
+    /// Write the image to disk instead: `oci:PATH[:TAG]` (an OCI image
+    /// layout) or `docker-archive:PATH[:NAME:TAG]` (for `docker load`).
+    #[arg(long, value_name = "KIND:PATH")]
+    pub output: Option<String>,
+
+    /// The language plugin: auto, python, generic (source files only).
+    #[arg(long, default_value = "auto")]
+    pub language: String,
+
+    /// Where the application goes in the image.
+    #[arg(long, default_value = "/srv", value_name = "PATH")]
+    pub app_dir: String,
+
+    /// The entrypoint, as a shell-quoted string or a JSON array.
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
+
+    /// The default arguments (Cmd), as a shell-quoted string or a JSON array.
+    #[arg(long, value_name = "ARGS")]
+    pub cmd: Option<String>,
+
+    /// Set an environment variable in the image (repeatable).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+
+    /// Expose a port, `8080` or `8080/udp` (repeatable).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<String>,
+
+    /// Set a label (repeatable).
+    #[arg(long = "label", value_name = "K=V")]
+    pub labels: Vec<String>,
+
+    /// The user the image runs as.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// A plugin setting, e.g. `python.venv=/opt/venv` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub settings: Vec<String>,
+
+    /// Manifest format: oci, or docker (Docker v2 schema 2).
+    #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+    pub format: String,
+
+    /// The platform of the base to build on.
+    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: String,
+
+    /// The registry cache repository (default: `<image repo>/ftl-cache`).
+    #[arg(long, value_name = "REPO")]
+    pub cache_repo: Option<String>,
+
+    /// Do not use a registry cache repository.
+    #[arg(long, conflicts_with = "cache_repo")]
+    pub no_registry_cache: bool,
+
+    /// Skip cache lookups (results are still recorded).
+    #[arg(long)]
+    pub no_cache: bool,
+
+    /// The local cache directory [default: $FTL_CACHE_DIR, else ~/.cache/ftl].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// How long layers of unpinned dependencies stay cached.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub cache_ttl: Duration,
+
+    /// Start the image in the sandbox and wait for an HTTP answer on $PORT.
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Verify by running this command in the image instead (exit 0 passes).
+    #[arg(long, value_name = "CMD")]
+    pub verify_cmd: Option<String>,
+
+    /// How long verification may take.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub verify_timeout: Duration,
+
+    /// CA bundle handed (read-only) to install steps that reach the network
+    /// [default: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt].
+    /// Never written into a layer, the config or a cache key.
+    #[arg(long, value_name = "FILE")]
+    pub build_ca: Option<PathBuf>,
+
+    /// Do not hand the host's CA bundle to install steps.
+    #[arg(long, conflicts_with = "build_ca")]
+    pub no_build_ca: bool,
+
+    /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
+    #[arg(long)]
+    pub no_build_proxy: bool,
+
+    /// The OCI runtime for build steps and verification: ftl (embedded),
+    /// runsc, runc, crun, or a path.
+    #[arg(long, default_value = "ftl", value_name = "RUNTIME")]
+    pub sandbox_runtime: String,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Print the build report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    /// No progress output.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+fn parse_command(flag: &str, value: &str) -> Result<Vec<String>> {
+    let v = value.trim();
+    if v.starts_with('[') {
+        return serde_json::from_str(v)
+            .with_context(|| format!("{flag} {value:?} is not a JSON array of strings"));
+    }
+    let words =
+        shell_words::split(v).with_context(|| format!("{flag} {value:?} has unbalanced quotes"))?;
+    if words.is_empty() {
+        bail!("{flag} is empty");
+    }
+    Ok(words)
+}
+
+fn parse_kv(flag: &str, value: &str) -> Result<(String, String)> {
+    match value.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => bail!("{flag} {value:?} is not KEY=VALUE"),
+    }
+}
+
+fn parse_platform(s: &str) -> Result<Platform> {
+    let parts: Vec<&str> = s.split('/').collect();
+    if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        bail!("--platform {s:?} is not OS/ARCH[/VARIANT], e.g. linux/amd64");
+    }
+    let mut b = oci_platform(parts[0], parts[1]);
+    if let Some(v) = parts.get(2) {
+        b.set_variant(Some(v.to_string()));
+    }
+    Ok(b)
+}
+
+fn oci_platform(os: &str, arch: &str) -> Platform {
+    let mut p = ftl_registry_client::default_platform();
+    p.set_os(os.into());
+    p.set_architecture(arch.into());
+    p
+}
+
+pub fn plugins() -> Vec<Arc<dyn LanguagePlugin>> {
+    vec![Arc::new(ftl_python::PythonPlugin)]
+}
+
+fn parse_output(args: &BuildArgs) -> Result<(Output, Option<Reference>)> {
+    if let Some(image) = &args.image {
+        let r = Reference::parse(image).with_context(|| format!("--image {image:?}"))?;
+        let r = if r.tag().is_none() && r.digest().is_none() {
+            r.with_tag("latest")?
+        } else {
+            r
+        };
+        return Ok((Output::Registry(r.clone()), Some(r)));
+    }
+    let out = args
+        .output
+        .as_deref()
+        .expect("clap requires --image or --output");
+    let default_name = args
+        .dir
+        .canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|f| f.to_string_lossy().to_lowercase()))
+        .unwrap_or_else(|| "app".into());
+    if let Some(rest) = out.strip_prefix("oci:") {
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((p, t)) if !t.contains('/') && !p.is_empty() => (p, t.to_string()),
+            _ => (rest, "latest".to_string()),
+        };
+        return Ok((
+            Output::OciLayout {
+                path: PathBuf::from(path),
+                tag,
+            },
+            None,
+        ));
+    }
+    if let Some(rest) = out.strip_prefix("docker-archive:") {
+        let (path, tag) = match rest.split_once(':') {
+            Some((p, t)) if !p.is_empty() => (
+                p,
+                if t.contains(':') {
+                    t.to_string()
+                } else {
+                    format!("{t}:latest")
+                },
+            ),
+            _ => (rest, format!("{default_name}:latest")),
+        };
+        return Ok((
+            Output::DockerArchive {
+                path: PathBuf::from(path),
+                tag,
+            },
+            None,
+        ));
+    }
+    bail!("--output {out:?} is not oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]")
+}
+
+pub async fn run(args: BuildArgs) -> Result<()> {
+    let (output, target) = parse_output(&args)?;
+    let base = Reference::parse(&args.base).with_context(|| format!("--base {:?}", args.base))?;
+    let platform = parse_platform(&args.platform)?;
+    let cache_repo = if args.no_registry_cache {
+        None
+    } else if let Some(repo) = &args.cache_repo {
+        Some(Reference::parse(repo).with_context(|| format!("--cache-repo {repo:?}"))?)
+    } else {
+        target
+            .as_ref()
+            .map(|t| t.with_repository(&format!("{}/ftl-cache", t.repository())))
+            .transpose()?
+    };
+    let mut overrides = ConfigOverrides {
+        entrypoint: None,
+        cmd: args
+            .cmd
+            .as_deref()
+            .map(|c| parse_command("--cmd", c))
+            .transpose()?,
+        env: args
+            .env
+            .iter()
+            .map(|e| parse_kv("--env", e))
+            .collect::<Result<_>>()?,
+        workdir: None,
+        user: args.user.clone(),
+        ports: args.ports.clone(),
+        labels: args
+            .labels
+            .iter()
+            .map(|l| parse_kv("--label", l))
+            .collect::<Result<BTreeMap<_, _>>>()?,
+    };
+    let entrypoint = args
+        .entrypoint
+        .as_deref()
+        .map(|c| parse_command("--entrypoint", c))
+        .transpose()?;
+    overrides.entrypoint = entrypoint.clone();
+    let options = BuildOptions {
+        app_dir: args.app_dir.clone(),
+        entrypoint,
+        settings: args
+            .settings
+            .iter()
+            .map(|s| parse_kv("--set", s))
+            .collect::<Result<_>>()?,
+    };
+    let layer =
+        LayerSettings::with_source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
+    let ca_bundle = if args.no_build_ca {
+        None
+    } else if let Some(ca) = &args.build_ca {
+        anyhow::ensure!(ca.is_file(), "--build-ca {} does not exist", ca.display());
+        Some(ca.clone())
+    } else {
+        host_ca_bundle()
+    };
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    std::fs::create_dir_all(cache_dir.join("tmp"))
+        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
+    let settings = EngineSettings {
+        cache_dir: cache_dir.clone(),
+        layer,
+        unpinned_ttl: args.cache_ttl,
+        build_env: BuildEnv {
+            ca_bundle,
+            proxy_env: if args.no_build_proxy {
+                Vec::new()
+            } else {
+                host_proxy_env()
+            },
+        },
+    };
+    let runtime = Arc::new(SandboxRuntime {
+        sandbox: ftl_sandbox::Sandbox::from_name(&args.sandbox_runtime),
+        state_root: cache_dir.join("sandbox-state"),
+    });
+    let engine = Engine::new(args.registry.client()?, settings, runtime, plugins())?;
+    let verify = (args.verify || args.verify_cmd.is_some())
+        .then(|| -> Result<VerifySpec> {
+            Ok(VerifySpec {
+                command: args
+                    .verify_cmd
+                    .as_deref()
+                    .map(|c| parse_command("--verify-cmd", c))
+                    .transpose()?,
+                timeout: args.verify_timeout,
+                path: "/".into(),
+            })
+        })
+        .transpose()?;
+    let req = BuildRequest {
+        source: args.dir.clone(),
+        base,
+        platform,
+        output,
+        language: Some(args.language.clone()),
+        options,
+        overrides,
+        format: if args.format == "docker" {
+            ManifestFormat::Docker
+        } else {
+            ManifestFormat::Oci
+        },
+        cache_repo,
+        no_cache: args.no_cache,
+        verify,
+    };
+    let progress = Arc::new(Progress::new(args.quiet || args.json));
+    let result = engine.build(&req, progress.clone()).await;
+    progress.finish();
+    let report = result?;
+    if args.json {
+        crate::progress::print_json(&report)?;
+    } else {
+        crate::progress::print_summary(&report, args.quiet);
+    }
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Settings read from the environment and flags, in one place: libraries
+//! take structs, never environment variables.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use ftl_registry_client::{Client, ClientSettings};
+
+/// Registry connection flags, shared by every command that talks to one.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Talk plain HTTP to this registry host (repeatable). localhost and
+    /// 127.0.0.0/8 always use plain HTTP.
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Trust this PEM CA certificate for registry TLS, besides the system's
+    /// (repeatable).
+    #[arg(long = "registry-ca", value_name = "FILE")]
+    pub registry_ca: Vec<PathBuf>,
+    /// How many blobs to push at once.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+}
+
+impl RegistryArgs {
+    pub fn client(&self) -> Result<Client> {
+        for ca in &self.registry_ca {
+            anyhow::ensure!(
+                ca.is_file(),
+                "registry CA file {} does not exist",
+                ca.display()
+            );
+        }
+        let settings = ClientSettings {
+            insecure_registries: self.insecure_registries.clone(),
+            extra_ca_files: self.registry_ca.clone(),
+            docker_config_dir: docker_config_dir(),
+            max_concurrency: self.jobs.max(1),
+            ..ClientSettings::default()
+        };
+        Client::new(settings).context("cannot set up the registry client")
+    }
+}
+
+/// `$DOCKER_CONFIG`, else `~/.docker`.
+fn docker_config_dir() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".docker")))
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// `$FTL_CACHE_DIR`, else `$XDG_CACHE_HOME/ftl`, else `~/.cache/ftl`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FTL_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("ftl");
+    }
+    home()
+        .map(|h| h.join(".cache/ftl"))
+        .unwrap_or_else(|| PathBuf::from("/var/cache/ftl"))
+}
+
+/// The host's CA bundle: `$SSL_CERT_FILE`, else Debian's bundle.
+pub fn host_ca_bundle() -> Option<PathBuf> {
+    std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| {
+            Some(PathBuf::from("/etc/ssl/certs/ca-certificates.crt")).filter(|p| p.is_file())
+        })
+}
+
+/// The host's proxy variables, both spellings.
+pub fn host_proxy_env() -> Vec<(String, String)> {
+    [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+    ]
+    .iter()
+    .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+    .collect()
+}

@@ -1,0 +1,250 @@
+//! [`StepRuntime`] on ftl's sandbox (embedded, or an external OCI runtime
+//! such as runsc).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ftl_sandbox::{spec_for_step, BindMount, Network, RunRequest, Sandbox, Stdio, StepSpec};
+
+use super::{AppProcess, EngineError, StepRuntime, VerifyReport, VerifySpec};
+use crate::plugin::{ExecOutput, ExecRequest, PluginError, StepNetwork};
+
+/// Build steps and verification on a [`Sandbox`].
+pub struct SandboxRuntime {
+    pub sandbox: Sandbox,
+    /// Where container state lives.
+    pub state_root: PathBuf,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+fn container_id(kind: &str) -> String {
+    format!(
+        "ftl-{kind}-{}-{}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn tail(stdout: &[u8], stderr: &[u8], n: usize) -> String {
+    ExecOutput {
+        stdout: stdout.to_vec(),
+        stderr: stderr.to_vec(),
+        ..Default::default()
+    }
+    .tail(n)
+}
+
+/// Resolves `user` (`uid[:gid]` or a name from the rootfs's /etc/passwd).
+fn resolve_user(rootfs: &Path, user: &str) -> (u32, u32) {
+    let (u, g) = user
+        .split_once(':')
+        .map(|(u, g)| (u, Some(g)))
+        .unwrap_or((user, None));
+    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let lookup = |name: &str| -> Option<(u32, u32)> {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 3 && f[0] == name)
+                .then(|| (f[2].parse().ok(), f[3].parse().ok()))
+                .and_then(|(a, b)| Some((a?, b?)))
+        })
+    };
+    let (uid, mut gid) = u
+        .parse::<u32>()
+        .map(|n| (n, n))
+        .ok()
+        .or_else(|| lookup(u))
+        .unwrap_or((0, 0));
+    if let Some(g) = g.and_then(|g| g.parse().ok()) {
+        gid = g;
+    }
+    (uid, gid)
+}
+
+impl StepRuntime for SandboxRuntime {
+    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let mut step = StepSpec::new(rootfs, request.args.clone());
+        // The engine already merged the base env with the request's.
+        step.env = request
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        step.cwd = request.cwd.clone();
+        step.network = match request.network {
+            StepNetwork::None => Network::None,
+            StepNetwork::Egress => Network::Host,
+        };
+        step.mounts = request
+            .mounts
+            .iter()
+            .map(|m| BindMount {
+                host: m.host.clone(),
+                target: m.target.clone(),
+                writable: m.writable,
+            })
+            .collect();
+        let spec = spec_for_step(&step);
+        let req = RunRequest::from_spec(container_id("step"), rootfs, spec)
+            .with_timeout(request.timeout)
+            .with_stdio(Stdio::Capture)
+            .with_state_root(&self.state_root);
+        let outcome = self.sandbox.run(&req).map_err(|e| {
+            PluginError::new(format!(
+                "`{}` could not start in the sandbox: {e}",
+                request.label
+            ))
+        })?;
+        Ok(ExecOutput {
+            code: outcome.code,
+            signal: outcome.signal,
+            oom: outcome.oom_killed,
+            timed_out: outcome.timed_out,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+        })
+    }
+
+    fn verify(
+        &self,
+        rootfs: &Path,
+        app: &AppProcess,
+        check: &VerifySpec,
+    ) -> Result<VerifyReport, EngineError> {
+        let started = Instant::now();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| {
+                EngineError::Internal(format!("no free loopback port for verification: {e}"))
+            })?;
+        let mut env: Vec<(String, String)> = app
+            .env
+            .iter()
+            .filter(|(k, _)| k != "PORT")
+            .cloned()
+            .collect();
+        env.push(("PORT".into(), port.to_string()));
+        let mut step = StepSpec::new(rootfs, app.args.clone());
+        step.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        step.cwd = app.cwd.clone();
+        step.network = Network::Host;
+        if let Some(user) = &app.user {
+            (step.uid, step.gid) = resolve_user(rootfs, user);
+        }
+        let mut spec = spec_for_step(&step);
+        if let Some(root) = spec.root_mut() {
+            root.set_readonly(Some(false));
+        }
+        let req = RunRequest::from_spec(container_id("verify"), rootfs, spec)
+            .with_timeout(check.timeout + Duration::from_secs(5))
+            .with_stdio(Stdio::Capture)
+            .with_state_root(&self.state_root);
+
+        if check.command.is_some() {
+            let outcome = self
+                .sandbox
+                .run(&req.with_timeout(check.timeout))
+                .map_err(|e| EngineError::Sandbox(e.to_string()))?;
+            let output_tail = tail(&outcome.stdout, &outcome.stderr, 20);
+            if !outcome.success() {
+                return Err(EngineError::Verify {
+                    message: format!(
+                        "the verify command {:?} exited with {}{}",
+                        app.args,
+                        outcome.exit_status(),
+                        if outcome.timed_out {
+                            " (timed out)"
+                        } else {
+                            ""
+                        }
+                    ),
+                    output: output_tail,
+                });
+            }
+            return Ok(VerifyReport {
+                mode: "command".into(),
+                status: None,
+                exit_code: outcome.code,
+                millis: started.elapsed().as_millis() as u64,
+                output_tail,
+            });
+        }
+
+        let mut running = self
+            .sandbox
+            .spawn(&req)
+            .map_err(|e| EngineError::Sandbox(e.to_string()))?;
+        let deadline = Instant::now() + check.timeout;
+        loop {
+            if let Some(status) = http_status(port, &check.path) {
+                let (out, err) = running.logs();
+                let _ = running.stop(Duration::from_secs(2));
+                let output_tail = tail(&out, &err, 20);
+                if status >= 500 {
+                    return Err(EngineError::Verify {
+                        message: format!("GET {} answered HTTP {status}", check.path),
+                        output: output_tail,
+                    });
+                }
+                return Ok(VerifyReport {
+                    mode: "http".into(),
+                    status: Some(status),
+                    exit_code: None,
+                    millis: started.elapsed().as_millis() as u64,
+                    output_tail,
+                });
+            }
+            if let Ok(Some(outcome)) = running.wait_timeout(Duration::from_millis(0)) {
+                return Err(EngineError::Verify {
+                    message: format!(
+                        "the app {:?} exited with {} before answering HTTP on $PORT ({port})",
+                        app.args,
+                        outcome.exit_status()
+                    ),
+                    output: tail(&outcome.stdout, &outcome.stderr, 20),
+                });
+            }
+            if Instant::now() >= deadline {
+                let (out, err) = running.logs();
+                let _ = running.stop(Duration::from_secs(2));
+                return Err(EngineError::Verify {
+                    message: format!(
+                        "the app {:?} did not answer HTTP on $PORT ({port}) within {:?}",
+                        app.args, check.timeout
+                    ),
+                    output: tail(&out, &err, 20),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One plain HTTP/1.0 GET; the status code, or `None` if nothing answered.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: ftl-verify\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        let n = s.read(&mut buf[got..]).ok()?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let line = std::str::from_utf8(&buf[..got]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
