@@ -48,9 +48,17 @@ for d in md.distributions(path=spec["site"]):
             if not any(req.marker.evaluate({"extra": e}) for e in extras):
                 continue
         if canonicalize_name(req.name) not in pinned:
-            missing.append([name, r])
+            req.marker = None
+            missing.append([name, str(req)])
 print(json.dumps({"missing": missing}))
 "#;
+
+/// The directories and context of one run of the step.
+struct Run<'a> {
+    env: &'a Path,
+    work: &'a Path,
+    ctx: &'a StepContext<'a>,
+}
 
 pub(crate) struct DepsStep {
     plan: Arc<DepsPlan>,
@@ -137,14 +145,8 @@ impl DepsStep {
         })
     }
 
-    fn install(
-        &self,
-        env: &Path,
-        work: &Path,
-        ctx: &StepContext<'_>,
-        file: &str,
-        no_deps: bool,
-    ) -> Result<(), PluginError> {
+    fn install(&self, run: &Run<'_>, file: &str, no_deps: bool) -> Result<(), PluginError> {
+        let (env, work, ctx) = (run.env, run.work, run.ctx);
         let mut args = self.pip()?;
         args.extend(
             [
@@ -249,14 +251,13 @@ impl DepsStep {
     /// Checks that every dependency of what was installed is pinned.
     fn check_complete(
         &self,
-        env: &Path,
-        work: &Path,
-        ctx: &StepContext<'_>,
+        run: &Run<'_>,
         installed: &[InstalledDist],
         all: &BTreeSet<String>,
         top: &Path,
         extras: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), PluginError> {
+        let (env, work, ctx) = (run.env, run.work, run.ctx);
         let pip = self.plan.pip.as_ref().ok_or_else(|| {
             PluginError::new(format!("no pip in the base image {}", self.plan.base_ref))
         })?;
@@ -305,7 +306,8 @@ impl DepsStep {
         .hint("add the missing packages pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer"))
     }
 
-    fn compile(&self, env: &Path, work: &Path, ctx: &StepContext<'_>) -> Result<(), PluginError> {
+    fn compile(&self, run: &Run<'_>) -> Result<(), PluginError> {
+        let (env, work, ctx) = (run.env, run.work, run.ctx);
         let sites = record::site_dirs(env).map_err(|e| PluginError::new(e.to_string()))?;
         if sites.is_empty() {
             return Ok(());
@@ -363,6 +365,11 @@ impl BuildStep for DepsStep {
         )?;
         let venv_files = record::all_files(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
+        let run = Run {
+            env: &env,
+            work: &work,
+            ctx,
+        };
         let files_input = |paths: Vec<PathBuf>| LayerContents {
             inputs: vec![LayerInput::Files {
                 root: env.clone(),
@@ -397,12 +404,12 @@ impl BuildStep for DepsStep {
                 let file = work.join("requirements.txt");
                 std::fs::write(&file, lines.join("\n") + "\n")
                     .map_err(|e| io_err("cannot write", &file, e))?;
-                self.install(&env, &work, ctx, "requirements.txt", true)?;
+                self.install(&run, "requirements.txt", true)?;
                 let installed = record::installed_dists(&env, None)
                     .map_err(|e| PluginError::new(e.to_string()))?;
-                self.check_complete(&env, &work, ctx, &installed, all, top, &extras)?;
+                self.check_complete(&run, &installed, all, top, &extras)?;
                 if plan.settings.compile == Compile::UncheckedHash {
-                    self.compile(&env, &work, ctx)?;
+                    self.compile(&run)?;
                 }
                 let installed = record::installed_dists(&env, Some(&plan.probe.cache_tag))
                     .map_err(|e| PluginError::new(e.to_string()))?;
@@ -441,9 +448,9 @@ impl BuildStep for DepsStep {
                     std::fs::write(&path, text).map_err(|e| io_err("cannot write", &path, e))?;
                 }
                 let top = format!("req/{}", files[0].0.display());
-                self.install(&env, &work, ctx, &top, false)?;
+                self.install(&run, &top, false)?;
                 if plan.settings.compile == Compile::UncheckedHash {
-                    self.compile(&env, &work, ctx)?;
+                    self.compile(&run)?;
                 }
                 // Everything new in the venv, claimed by a RECORD or not.
                 let paths: Vec<PathBuf> = record::all_files(&env)

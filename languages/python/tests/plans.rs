@@ -1,0 +1,262 @@
+//! Snapshot tests of the plans of the testdata apps, with a fake `Exec`
+//! that answers the interpreter probe: layer names, key documents, pinned
+//! flags and config. No network.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{bookworm_probe, plan, plan_with, render, testdata, ProbeExec};
+use ftl::BuildOptions;
+
+#[test]
+fn flask_pinned() {
+    let p = plan("flask").unwrap();
+    let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "python: virtualenv /env",
+            "python: blinker==1.8.2",
+            "python: click==8.1.7",
+            "python: flask==3.0.3",
+            "python: gunicorn==23.0.0",
+            "python: itsdangerous==2.2.0",
+            "python: jinja2==3.1.4",
+            "python: markupsafe==3.0.2",
+            "python: packaging==24.2",
+            "python: werkzeug==3.0.6",
+            "app",
+        ]
+    );
+    insta::assert_json_snapshot!(render(&p));
+}
+
+#[test]
+fn pipfile_lock() {
+    insta::assert_json_snapshot!(render(&plan("pipfile").unwrap()));
+}
+
+#[test]
+fn cext() {
+    insta::assert_json_snapshot!(render(&plan("cext").unwrap()));
+}
+
+#[test]
+fn unpinned() {
+    let p = plan("unpinned").unwrap();
+    assert_eq!(
+        p.layers.iter().map(|l| l.pinned).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    insta::assert_json_snapshot!(render(&p));
+}
+
+#[test]
+fn pyproject() {
+    insta::assert_json_snapshot!(render(&plan("pyproject").unwrap()));
+}
+
+#[test]
+fn includes() {
+    insta::assert_json_snapshot!(render(&plan("includes").unwrap()));
+}
+
+#[test]
+fn nodeps() {
+    insta::assert_json_snapshot!(render(&plan("nodeps").unwrap()));
+}
+
+#[test]
+fn bad_syntax() {
+    let e = plan("bad-syntax").unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"requirements.txt:3: invalid requirement `werkzeug=>3.0`: expected a version operator (==, >=, <=, ~=, !=, <, >) before `=>3.0`; see https://pip.pypa.io/en/stable/reference/requirements-file-format/");
+}
+
+#[test]
+fn bad_no_entrypoint() {
+    let e = plan("bad-no-entrypoint").unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"no entrypoint found; add `entrypoint: <command>` to app.yaml, a Procfile with a `web: <command>` line, or pass --entrypoint; the command must serve HTTP on $PORT");
+}
+
+/// These fail at build time (they need the index); planning succeeds.
+#[test]
+fn bad_at_build_time_plan_fine() {
+    assert!(plan("bad-missing-package").is_ok());
+    assert!(plan("bad-incomplete-pins")
+        .unwrap()
+        .layers
+        .iter()
+        .all(|l| l.pinned));
+}
+
+fn keys(p: &ftl::LayerPlan) -> BTreeMap<String, String> {
+    p.layers
+        .iter()
+        .map(|l| (l.name.clone(), l.key.hex.clone()))
+        .collect()
+}
+
+/// Adding one requirement adds one layer; every other key stays.
+#[test]
+fn adding_a_requirement_keeps_other_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["main.py", "requirements.txt"] {
+        std::fs::copy(testdata("flask").join(f), dir.path().join(f)).unwrap();
+    }
+    let before = plan_with(
+        dir.path(),
+        &BuildOptions::default(),
+        &ProbeExec::new(bookworm_probe()),
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(dir.path().join("requirements.txt")).unwrap();
+    text.push_str("six==1.16.0\n");
+    std::fs::write(dir.path().join("requirements.txt"), text).unwrap();
+    let after = plan_with(
+        dir.path(),
+        &BuildOptions::default(),
+        &ProbeExec::new(bookworm_probe()),
+    )
+    .unwrap();
+    let (b, a) = (keys(&before), keys(&after));
+    let new: Vec<_> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+    assert_eq!(new, ["python: six==1.16.0"]);
+    for (name, key) in &b {
+        if name == "app" {
+            assert_ne!(a[name], *key, "requirements.txt is part of the app");
+        } else {
+            assert_eq!(a[name], *key, "{name}");
+        }
+    }
+}
+
+/// The keys follow the interpreter read from the base image.
+#[test]
+fn keys_follow_the_base_interpreter() {
+    let p311 = plan("flask").unwrap();
+    let mut probe = bookworm_probe();
+    probe["version"] = "3.13.5".into();
+    probe["cache_tag"] = "cpython-313".into();
+    probe["soabi"] = "cpython-313-x86_64-linux-gnu".into();
+    probe["markers"]["python_version"] = "3.13".into();
+    probe["tag"] = "cp313-cp313-manylinux_2_41_x86_64".into();
+    let p313 = plan_with(
+        &testdata("flask"),
+        &BuildOptions::default(),
+        &ProbeExec::new(probe),
+    )
+    .unwrap();
+    for (a, b) in p311.layers.iter().zip(&p313.layers) {
+        if a.name == "app" {
+            assert_eq!(a.key, b.key);
+        } else {
+            assert_ne!(a.key, b.key, "{}", a.name);
+        }
+    }
+    // Same interpreter, another base digest: every key is reused (the
+    // design decision: dependency layers follow the interpreter, not the
+    // base image's bytes).
+    let mut other = common::base();
+    other.manifest_digest = format!("sha256:{}", "2".repeat(64));
+    let source = ftl::SourceTree::scan(&testdata("flask")).unwrap();
+    let exec = ProbeExec::new(bookworm_probe());
+    let options = BuildOptions::default();
+    let ctx = ftl::PlanContext {
+        source: &source,
+        base: &other,
+        options: &options,
+        exec: &exec,
+    };
+    let again = ftl::LanguagePlugin::plan(&ftl_python::PythonPlugin, &ctx).unwrap();
+    assert_eq!(keys(&again), keys(&p311));
+}
+
+#[test]
+fn settings_change_venv_index_and_entrypoint() {
+    let mut options = BuildOptions::default();
+    options
+        .settings
+        .insert("python.venv".into(), "/opt/venv".into());
+    options.settings.insert(
+        "python.index_url".into(),
+        "https://me:t0ken@pypi.internal/simple".into(),
+    );
+    options.entrypoint = Some(vec!["gunicorn".into(), "main:app".into()]);
+    options.app_dir = "/app".into();
+    let p = plan_with(
+        &testdata("flask"),
+        &options,
+        &ProbeExec::new(bookworm_probe()),
+    )
+    .unwrap();
+    assert_eq!(p.layers[0].name, "python: virtualenv /opt/venv");
+    let doc = p.layers[1].key.canonical.clone();
+    assert!(doc.contains("https://****@pypi.internal/simple"), "{doc}");
+    assert!(!doc.contains("t0ken"), "secrets never in a key document");
+    assert_eq!(
+        p.config.entrypoint.as_deref(),
+        Some(&["gunicorn".to_string(), "main:app".to_string()][..])
+    );
+    assert_eq!(p.config.workdir.as_deref(), Some("/app"));
+    assert!(p
+        .config
+        .env
+        .contains(&("VIRTUAL_ENV".into(), "/opt/venv".into())));
+
+    options.settings.insert("python.typo".into(), "1".into());
+    let e = plan_with(
+        &testdata("flask"),
+        &options,
+        &ProbeExec::new(bookworm_probe()),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("python.typo"), "{e}");
+}
+
+#[test]
+fn many_distributions_are_grouped() {
+    let dir = tempfile::tempdir().unwrap();
+    let reqs: String = (0..60).map(|i| format!("pkg{i}==1.0\n")).collect();
+    std::fs::write(dir.path().join("requirements.txt"), reqs).unwrap();
+    std::fs::write(dir.path().join("Procfile"), "web: python main.py\n").unwrap();
+    let p = plan_with(
+        dir.path(),
+        &BuildOptions::default(),
+        &ProbeExec::new(bookworm_probe()),
+    )
+    .unwrap();
+    let deps = p.layers.len() - 2;
+    assert!(deps <= 40 && deps > 20, "{deps} dependency layers");
+}
+
+#[test]
+fn missing_interpreter_is_a_clear_error() {
+    struct NoPython;
+    impl ftl::Exec for NoPython {
+        fn run(&self, _: &ftl::ExecRequest) -> Result<ftl::ExecOutput, ftl::PluginError> {
+            Ok(ftl::ExecOutput {
+                code: Some(127),
+                stderr: b"exec: python3: not found".to_vec(),
+                ..Default::default()
+            })
+        }
+    }
+    let e = plan_with(&testdata("flask"), &BuildOptions::default(), &NoPython).unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"the base image localhost:5000/base/python:bookworm has no `python3`; use a Python base image (for example python:3.12-slim), or set python.interpreter to the interpreter's path");
+}
+
+#[test]
+fn detects_python_apps() {
+    for app in ["flask", "nodeps", "pyproject", "pipfile", "bad-syntax"] {
+        let s = ftl::SourceTree::scan(&testdata(app)).unwrap();
+        assert!(
+            ftl::LanguagePlugin::detect(&ftl_python::PythonPlugin, &s),
+            "{app}"
+        );
+    }
+    let empty = tempfile::tempdir().unwrap();
+    std::fs::write(empty.path().join("package.json"), "{}").unwrap();
+    let s = ftl::SourceTree::scan(empty.path()).unwrap();
+    assert!(!ftl::LanguagePlugin::detect(&ftl_python::PythonPlugin, &s));
+}

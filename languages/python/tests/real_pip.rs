@@ -1,0 +1,231 @@
+//! The dependency step with the host's real python3 and pip (one small
+//! pure-Python package from PyPI), run directly on the host instead of in
+//! the sandbox: the venv path is the host path itself, so nothing needs
+//! rewriting but the work directory. Set FTL_SKIP_NETWORK_TESTS=1 to skip.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::base;
+use ftl::{
+    BuildOptions, Exec, ExecOutput, ExecRequest, LayerInput, PluginError, SourceTree, StepContext,
+};
+
+/// Runs a request on the host, mapping mount targets to their host paths.
+struct HostExec;
+
+impl Exec for HostExec {
+    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let map = |s: &str| -> String {
+            for m in &req.mounts {
+                if let Some(rest) = s.strip_prefix(&m.target) {
+                    if rest.is_empty() || rest.starts_with('/') {
+                        return format!("{}{rest}", m.host.display());
+                    }
+                }
+            }
+            s.to_string()
+        };
+        let args: Vec<String> = req.args.iter().map(|a| map(a)).collect();
+        let mut cmd = Command::new(&args[0]);
+        cmd.args(&args[1..]).env_clear();
+        for (k, v) in std::env::vars() {
+            let lk = k.to_ascii_lowercase();
+            if k == "PATH"
+                || lk.contains("proxy")
+                || k == "SSL_CERT_FILE"
+                || k == "PIP_CERT"
+                || k == "REQUESTS_CA_BUNDLE"
+            {
+                cmd.env(k, v);
+            }
+        }
+        for (k, v) in &req.env {
+            cmd.env(k, v);
+        }
+        // Keep the host's pip cache out of /tmp collisions between runs.
+        cmd.env(
+            "PIP_CACHE_DIR",
+            std::env::temp_dir().join("ftl-python-test-pip-cache"),
+        );
+        let out = cmd
+            .output()
+            .map_err(|e| PluginError::new(format!("{}: {e}", args[0])))?;
+        Ok(ExecOutput {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+            ..Default::default()
+        })
+    }
+}
+
+fn skip() -> bool {
+    if std::env::var_os("FTL_SKIP_NETWORK_TESTS").is_some() {
+        eprintln!("skipping: FTL_SKIP_NETWORK_TESTS is set");
+        return true;
+    }
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipping: no python3 on the host");
+        return true;
+    }
+    false
+}
+
+struct Built {
+    layers: Vec<(String, Vec<PathBuf>)>,
+    venv: PathBuf,
+}
+
+/// Builds every dependency layer of an app with `requirements`, in `dir`
+/// (which must not exist yet).
+fn build(requirements: &str, dir: &Path) -> Result<Built, PluginError> {
+    let app = dir.join("app");
+    let scratch = dir.join("scratch");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::create_dir_all(&scratch).unwrap();
+    std::fs::write(app.join("requirements.txt"), requirements).unwrap();
+    std::fs::write(app.join("Procfile"), "web: python main.py\n").unwrap();
+    let venv = scratch.join("env");
+    let mut options = BuildOptions::default();
+    options
+        .settings
+        .insert("python.venv".into(), venv.display().to_string());
+    let source = SourceTree::scan(&app).unwrap();
+    let base = base();
+    let plan = ftl::LanguagePlugin::plan(
+        &ftl_python::PythonPlugin,
+        &ftl::PlanContext {
+            source: &source,
+            base: &base,
+            options: &options,
+            exec: &HostExec,
+        },
+    )?;
+    let wanted: Vec<usize> = (0..plan.layers.len())
+        .filter(|i| plan.layers[*i].step == 0)
+        .collect();
+    let ctx = StepContext {
+        source: &source,
+        base: &base,
+        options: &options,
+        exec: &HostExec,
+        scratch: &scratch,
+    };
+    let mut out = plan.steps[0].build(&wanted, &ctx)?;
+    out.sort_by_key(|(i, _)| *i);
+    let layers = out
+        .into_iter()
+        .map(|(i, c)| match c.inputs.into_iter().next() {
+            Some(LayerInput::Files { root, to, paths }) => {
+                assert_eq!(root, venv);
+                assert_eq!(to, venv.display().to_string());
+                (plan.layers[i].name.clone(), paths)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    Ok(Built { layers, venv })
+}
+
+fn hashes(b: &Built, layer: usize) -> BTreeMap<PathBuf, Vec<u8>> {
+    b.layers[layer]
+        .1
+        .iter()
+        .filter(|p| {
+            !std::fs::symlink_metadata(b.venv.join(p))
+                .unwrap()
+                .is_symlink()
+        })
+        .map(|p| (p.clone(), std::fs::read(b.venv.join(p)).unwrap()))
+        .collect()
+}
+
+#[test]
+fn real_pip_install_is_split_by_record() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let b = build("python-dotenv==1.0.1\n", &run).unwrap();
+    let names: Vec<&str> = b.layers.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[1], "python: python-dotenv==1.0.1");
+    let venv_files: Vec<String> = b.layers[0]
+        .1
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(
+        venv_files.contains(&"bin/python".to_string()),
+        "{venv_files:?}"
+    );
+    assert!(venv_files.contains(&"pyvenv.cfg".to_string()));
+    assert!(!venv_files.iter().any(|f| f.contains("dotenv")));
+
+    let dist: Vec<String> = b.layers[1]
+        .1
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let short = |s: &str| format!("lib/python3.11/site-packages/{s}");
+    for want in [
+        "bin/dotenv".to_string(),
+        short("dotenv/main.py"),
+        short("dotenv/__pycache__/main.cpython-311.pyc"),
+        short("python_dotenv-1.0.1.dist-info/RECORD"),
+        short("python_dotenv-1.0.1.dist-info/METADATA"),
+    ] {
+        assert!(dist.contains(&want), "{want} not in {dist:?}");
+    }
+    assert!(
+        !dist.iter().any(|f| venv_files.contains(f)),
+        "no venv file in the dist layer"
+    );
+
+    // The script points at the venv's interpreter, not a temp path.
+    let script = std::fs::read_to_string(b.venv.join("bin/dotenv")).unwrap();
+    assert_eq!(
+        script.lines().next().unwrap(),
+        format!("#!{}/bin/python", b.venv.display())
+    );
+    // .pyc are unchecked-hash (flags 0b01), not timestamped.
+    let pyc = std::fs::read(
+        b.venv
+            .join(short("dotenv/__pycache__/main.cpython-311.pyc")),
+    )
+    .unwrap();
+    assert_eq!(u32::from_le_bytes(pyc[4..8].try_into().unwrap()), 1);
+    // RECORD has no absolute paths.
+    let record =
+        std::fs::read_to_string(b.venv.join(short("python_dotenv-1.0.1.dist-info/RECORD")))
+            .unwrap();
+    assert!(!record.lines().any(|l| l.starts_with('/')), "{record}");
+
+    // A second build at the same path gives the same bytes, .pyc included.
+    let (h1, v1) = (hashes(&b, 1), hashes(&b, 0));
+    std::fs::remove_dir_all(&run).unwrap();
+    let again = build("python-dotenv==1.0.1\n", &run).unwrap();
+    assert_eq!(h1, hashes(&again, 1));
+    assert_eq!(v1, hashes(&again, 0));
+}
+
+#[test]
+fn real_pip_reports_unpinned_dependencies() {
+    if skip() {
+        return;
+    }
+    // The `cli` extra needs click, which is not pinned.
+    let tmp = tempfile::tempdir().unwrap();
+    let e = build("python-dotenv[cli]==1.0.1\n", &tmp.path().join("run"))
+        .err()
+        .expect("incomplete pins fail");
+    assert_eq!(e.file.as_deref(), Some(Path::new("requirements.txt")));
+    assert!(
+        e.message.contains("python-dotenv requires `click>=5.0`"),
+        "{e}"
+    );
+}

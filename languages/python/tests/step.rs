@@ -1,0 +1,394 @@
+//! The dependency step against a fake sandbox that plays pip: which
+//! commands run, with what mounts and network, what pip is asked to
+//! install, and how its output is split into layers. No network.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use common::{base, bookworm_probe, testdata};
+use ftl::{
+    BuildOptions, Exec, ExecOutput, ExecRequest, LayerInput, LayerPlan, PluginError, SourceTree,
+    StepContext, StepNetwork,
+};
+
+/// Plays the base image's interpreter and pip on the host directories the
+/// step mounts.
+struct FakePython {
+    requests: Mutex<Vec<ExecRequest>>,
+    /// What the dependency check reports missing.
+    missing: Vec<(String, String)>,
+    /// Makes pip fail with this stderr.
+    pip_error: Option<String>,
+    /// The requirement files pip was handed.
+    pip_inputs: Mutex<Vec<String>>,
+}
+
+impl FakePython {
+    fn new() -> Self {
+        FakePython {
+            requests: Mutex::default(),
+            missing: Vec::new(),
+            pip_error: None,
+            pip_inputs: Mutex::default(),
+        }
+    }
+
+    fn host(req: &ExecRequest, target: &str) -> PathBuf {
+        req.mounts
+            .iter()
+            .find(|m| m.target == target)
+            .map(|m| m.host.clone())
+            .expect("mounted")
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+}
+
+fn ok(stdout: &str) -> ExecOutput {
+    ExecOutput {
+        code: Some(0),
+        stdout: stdout.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
+
+impl Exec for FakePython {
+    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        self.requests.lock().unwrap().push(req.clone());
+        let site = "lib/python3.11/site-packages";
+        match req.label.as_str() {
+            "python probe" => Ok(ok(&bookworm_probe().to_string())),
+            "python -m venv" => {
+                assert_eq!(
+                    req.args,
+                    ["/usr/bin/python3", "-m", "venv", "--without-pip", "/env"]
+                );
+                assert_eq!(req.network, StepNetwork::None);
+                let env = Self::host(req, "/env");
+                std::fs::create_dir_all(env.join("bin")).unwrap();
+                std::os::unix::fs::symlink("/usr/bin/python3", env.join("bin/python")).unwrap();
+                Self::write(&env.join("pyvenv.cfg"), "home = /usr/bin\n");
+                std::fs::create_dir_all(env.join(site)).unwrap();
+                Ok(ok(""))
+            }
+            "pip install" => {
+                assert_eq!(req.network, StepNetwork::Egress, "pip downloads");
+                assert_eq!(
+                    &req.args[..2],
+                    [
+                        "/env/bin/python",
+                        "/usr/share/python-wheels/pip-23.0.1-py3-none-any.whl/pip"
+                    ]
+                );
+                assert!(req.args.contains(&"--no-compile".to_string()));
+                let env = Self::host(req, "/env");
+                let work = Self::host(req, "/ftl-work");
+                let r = req.args.iter().position(|a| a == "-r").unwrap();
+                let file = req.args[r + 1].strip_prefix("/ftl-work/").unwrap();
+                let text = std::fs::read_to_string(work.join(file)).unwrap();
+                self.pip_inputs.lock().unwrap().push(text.clone());
+                if let Some(e) = &self.pip_error {
+                    return Ok(ExecOutput {
+                        code: Some(1),
+                        stderr: e.as_bytes().to_vec(),
+                        ..Default::default()
+                    });
+                }
+                for line in text.lines().filter(|l| !l.starts_with('-')) {
+                    let spec = line.split_whitespace().next().unwrap();
+                    let (name, version) = spec.split_once("==").unwrap_or((spec, "9.9"));
+                    let module = name.to_lowercase().replace('-', "_");
+                    let info = format!("{}-{version}.dist-info", module);
+                    Self::write(&env.join(site).join(&module).join("__init__.py"), "x = 1\n");
+                    Self::write(&env.join("bin").join(&module), "#!/env/bin/python\n");
+                    Self::write(
+                        &env.join(site).join(&info).join("METADATA"),
+                        &format!("Name: {name}\nVersion: {version}\n\n"),
+                    );
+                    Self::write(
+                        &env.join(site).join(&info).join("RECORD"),
+                        &format!("{module}/__init__.py,,\n../../../bin/{module},,\n{info}/METADATA,,\n{info}/RECORD,,\n"),
+                    );
+                }
+                Ok(ok("Successfully installed"))
+            }
+            "python dependency check" => {
+                let missing: Vec<_> = self
+                    .missing
+                    .iter()
+                    .map(|(a, b)| vec![a.clone(), b.clone()])
+                    .collect();
+                Ok(ok(&serde_json::json!({ "missing": missing }).to_string()))
+            }
+            "python compileall" => {
+                assert!(req.args.contains(&"unchecked-hash".to_string()));
+                let env = Self::host(req, "/env");
+                for f in walk(&env) {
+                    if f.extension().is_some_and(|e| e == "py") {
+                        let pyc = env
+                            .join(f.parent().unwrap())
+                            .join("__pycache__")
+                            .join(format!(
+                                "{}.cpython-311.pyc",
+                                f.file_stem().unwrap().to_string_lossy()
+                            ));
+                        Self::write(&pyc, "pyc");
+                    }
+                }
+                Ok(ok(""))
+            }
+            other => panic!("unexpected command {other}: {:?}", req.args),
+        }
+    }
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let child = rel.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                stack.push(child);
+            } else {
+                out.push(child);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn build(
+    plan: &LayerPlan,
+    app: &Path,
+    exec: &FakePython,
+    wanted: &[usize],
+) -> Result<Vec<(usize, Vec<String>)>, PluginError> {
+    let scratch = tempfile::tempdir().unwrap();
+    let source = SourceTree::scan(app).unwrap();
+    let base = base();
+    let options = BuildOptions::default();
+    let ctx = StepContext {
+        source: &source,
+        base: &base,
+        options: &options,
+        exec,
+        scratch: scratch.path(),
+    };
+    let mut out = plan.steps[0].build(wanted, &ctx)?;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out
+        .into_iter()
+        .map(|(i, c)| {
+            let paths = match &c.inputs[..] {
+                [LayerInput::Files { to, paths, .. }] => {
+                    assert_eq!(to, "/env");
+                    paths.iter().map(|p| p.display().to_string()).collect()
+                }
+                other => panic!("{other:?}"),
+            };
+            (i, paths)
+        })
+        .collect())
+}
+
+fn plan(app: &Path, exec: &FakePython) -> LayerPlan {
+    common::plan_with(app, &BuildOptions::default(), exec).unwrap()
+}
+
+#[test]
+fn builds_only_the_wanted_distributions() {
+    let exec = FakePython::new();
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let idx = |name: &str| p.layers.iter().position(|l| l.name == name).unwrap();
+    let (flask, click) = (idx("python: flask==3.0.3"), idx("python: click==8.1.7"));
+    // The venv layer is a cache hit; two distributions miss.
+    let got = build(&p, &app, &exec, &[flask, click]).unwrap();
+    assert_eq!(
+        exec.pip_inputs.lock().unwrap().as_slice(),
+        ["click==8.1.7\nflask==3.0.3\n"]
+    );
+    assert_eq!(
+        got,
+        [
+            (
+                click,
+                vec![
+                    "bin/click".to_string(),
+                    "lib/python3.11/site-packages/click/__init__.py".into(),
+                    "lib/python3.11/site-packages/click/__pycache__/__init__.cpython-311.pyc"
+                        .into(),
+                    "lib/python3.11/site-packages/click-8.1.7.dist-info/METADATA".into(),
+                    "lib/python3.11/site-packages/click-8.1.7.dist-info/RECORD".into(),
+                ]
+            ),
+            (
+                flask,
+                vec![
+                    "bin/flask".to_string(),
+                    "lib/python3.11/site-packages/flask/__init__.py".into(),
+                    "lib/python3.11/site-packages/flask/__pycache__/__init__.cpython-311.pyc"
+                        .into(),
+                    "lib/python3.11/site-packages/flask-3.0.3.dist-info/METADATA".into(),
+                    "lib/python3.11/site-packages/flask-3.0.3.dist-info/RECORD".into(),
+                ]
+            ),
+        ]
+    );
+    let labels: Vec<String> = exec
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.label.clone())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "python probe",
+            "python -m venv",
+            "pip install",
+            "python dependency check",
+            "python compileall"
+        ]
+    );
+    let pip = exec.requests.lock().unwrap()[2].clone();
+    assert!(pip.args.contains(&"--no-deps".to_string()));
+    assert!(pip
+        .mounts
+        .iter()
+        .any(|m| m.target == "/ftl-work" && !m.writable));
+    assert!(pip.mounts.iter().any(|m| m.target == "/env" && m.writable));
+    assert!(pip.env.contains(&("HOME".to_string(), "/tmp".to_string())));
+}
+
+#[test]
+fn venv_layer_alone() {
+    let exec = FakePython::new();
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let got = build(&p, &app, &exec, &[0]).unwrap();
+    assert_eq!(
+        got,
+        [(0, vec!["bin/python".to_string(), "pyvenv.cfg".into()])]
+    );
+    assert!(
+        exec.pip_inputs.lock().unwrap().is_empty(),
+        "no install when only the venv misses"
+    );
+}
+
+#[test]
+fn unpinned_gets_the_files_and_one_layer() {
+    let exec = FakePython::new();
+    let app = testdata("includes");
+    // Make it unpinned: copy and loosen.
+    let dir = tempfile::tempdir().unwrap();
+    for f in walk(&app) {
+        let to = dir.path().join(&f);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(app.join(&f), to).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("requirements/web.txt"),
+        "-r common.txt\nurllib3>=2\nidna==3.10\n",
+    )
+    .unwrap();
+    let p = plan(dir.path(), &exec);
+    assert_eq!(p.layers.len(), 3);
+    assert!(!p.layers[1].pinned);
+    let got = build(&p, dir.path(), &exec, &[1]).unwrap();
+    let inputs = exec.pip_inputs.lock().unwrap().clone();
+    assert_eq!(inputs.len(), 1);
+    assert!(
+        inputs[0].starts_with("# requests is pinned"),
+        "pip gets the user's own top file: {}",
+        inputs[0]
+    );
+    let pip = exec
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.label == "pip install")
+        .unwrap()
+        .clone();
+    assert!(!pip.args.contains(&"--no-deps".to_string()));
+    assert!(pip
+        .args
+        .contains(&"/ftl-work/req/requirements.txt".to_string()));
+    let files: BTreeSet<&str> = got[0].1.iter().map(String::as_str).collect();
+    assert!(
+        files.contains("lib/python3.11/site-packages/requests/__init__.py"),
+        "{files:?}"
+    );
+    assert!(!files.contains("pyvenv.cfg"));
+}
+
+#[test]
+fn incomplete_pins_name_the_missing_dependencies() {
+    let mut exec = FakePython::new();
+    exec.missing = vec![
+        ("flask".into(), "Werkzeug>=3.0.0".into()),
+        ("flask".into(), "blinker>=1.6.2".into()),
+    ];
+    let app = testdata("bad-incomplete-pins");
+    let p = plan(&app, &exec);
+    let e = build(&p, &app, &exec, &[1, 2]).unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"requirements.txt: every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: flask requires `Werkzeug>=3.0.0`; flask requires `blinker>=1.6.2`; add the missing packages pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer");
+}
+
+#[test]
+fn missing_package_names_file_and_line() {
+    let mut exec = FakePython::new();
+    exec.pip_error = Some(
+        "ERROR: Could not find a version that satisfies the requirement ftl-this-package-does-not-exist==1.0.0 (from versions: none)\nERROR: No matching distribution found for ftl-this-package-does-not-exist==1.0.0\n".into(),
+    );
+    let app = testdata("bad-missing-package");
+    let p = plan(&app, &exec);
+    let e = build(&p, &app, &exec, &[1]).unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"requirements.txt:1: package `ftl-this-package-does-not-exist==1.0.0` was not found on the package index https://pypi.org/simple; check the name and version exist (pip said: No matching distribution found for ftl-this-package-does-not-exist==1.0.0)");
+}
+
+#[test]
+fn app_layer_is_the_source_at_the_app_dir() {
+    let exec = FakePython::new();
+    let app = testdata("nodeps");
+    let p = plan(&app, &exec);
+    assert_eq!(p.layers.len(), 2);
+    let scratch = tempfile::tempdir().unwrap();
+    let source = SourceTree::scan(&app).unwrap();
+    let base = base();
+    let options = BuildOptions::default();
+    let ctx = StepContext {
+        source: &source,
+        base: &base,
+        options: &options,
+        exec: &exec,
+        scratch: scratch.path(),
+    };
+    let out = p.steps[p.layers[1].step].build(&[1], &ctx).unwrap();
+    match &out[0].1.inputs[..] {
+        [LayerInput::Files { to, paths, .. }] => {
+            assert_eq!(to, "/srv");
+            assert_eq!(
+                paths,
+                &[
+                    PathBuf::from("Procfile"),
+                    "README.md".into(),
+                    "main.py".into()
+                ]
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

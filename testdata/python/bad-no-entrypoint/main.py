@@ -1,0 +1,2 @@
+import six
+print(six.PY3)
