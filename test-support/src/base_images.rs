@@ -78,22 +78,41 @@ fn is_complete(dir: &Path) -> bool {
 /// the result. A warm cache costs two `stat`s.
 pub fn ensure_base_image(name: &str) -> Result<PathBuf> {
     let dir = base_image_dir(name)?;
-    if is_complete(&dir) {
-        return Ok(dir);
+    ensure_cached(&dir, |tmp| {
+        if unsafe { libc::geteuid() } != 0 {
+            bail!(
+                "base image '{name}' is not cached at {} and building it needs root \
+                 (debootstrap and chroot); run the tests as root once, or point \
+                 FTL_TEST_CACHE at a warm cache",
+                dir.display()
+            );
+        }
+        build_into(name, tmp)
+    })
+}
+
+/// The cache discipline, apart from what is built: returns `dir` if it is a
+/// complete OCI layout; otherwise, under an exclusive lock on
+/// `<parent>/.<dirname>.lock`, calls `build(tmp)` which must write the layout
+/// to `tmp/oci`, and renames that to `dir`. Waiters that find `dir` complete
+/// after the lock return at once.
+fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    if is_complete(dir) {
+        return Ok(dir.to_path_buf());
     }
-    let images = dir.parent().expect("cache dir has a parent").to_path_buf();
-    fs::create_dir_all(&images)
-        .with_context(|| format!("creating the base image cache {}", images.display()))?;
+    let parent = dir.parent().expect("cache dir has a parent");
+    fs::create_dir_all(parent)
+        .with_context(|| format!("creating the base image cache {}", parent.display()))?;
     let key = dir.file_name().unwrap().to_string_lossy().into_owned();
 
-    let _lock = FileLock::acquire(&images.join(format!(".{key}.lock")))?;
+    let _lock = FileLock::acquire(&parent.join(format!(".{key}.lock")))?;
     // Someone else may have built it while we waited.
-    if is_complete(&dir) {
-        return Ok(dir);
+    if is_complete(dir) {
+        return Ok(dir.to_path_buf());
     }
     // Leftovers of a build that was killed, and a half-written final dir
     // (cannot happen through rename, but be safe): we hold the lock.
-    for entry in fs::read_dir(&images)? {
+    for entry in fs::read_dir(parent)? {
         let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         if file_name.starts_with(&format!(".tmp-{key}-")) {
@@ -101,23 +120,20 @@ pub fn ensure_base_image(name: &str) -> Result<PathBuf> {
         }
     }
     if dir.exists() {
-        fs::remove_dir_all(&dir)
+        fs::remove_dir_all(dir)
             .with_context(|| format!("removing incomplete {}", dir.display()))?;
     }
 
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "base image '{name}' is not cached at {} and building it needs root \
-             (debootstrap and chroot); run the tests as root once, or point \
-             FTL_TEST_CACHE at a warm cache",
-            dir.display()
-        );
-    }
-
-    let tmp = images.join(format!(".tmp-{key}-{}", std::process::id()));
+    let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = build_into(name, &tmp).and_then(|()| {
-        fs::rename(tmp.join("oci"), &dir).with_context(|| {
+    let result = build(&tmp).and_then(|()| {
+        if !is_complete(&tmp.join("oci")) {
+            bail!(
+                "the build left no OCI layout in {}",
+                tmp.join("oci").display()
+            );
+        }
+        fs::rename(tmp.join("oci"), dir).with_context(|| {
             format!(
                 "moving the built image {} to {}",
                 tmp.join("oci").display(),
@@ -127,7 +143,7 @@ pub fn ensure_base_image(name: &str) -> Result<PathBuf> {
     });
     let _ = fs::remove_dir_all(&tmp);
     result?;
-    Ok(dir)
+    Ok(dir.to_path_buf())
 }
 
 fn build_into(name: &str, tmp: &Path) -> Result<()> {
@@ -137,7 +153,7 @@ fn build_into(name: &str, tmp: &Path) -> Result<()> {
     let log = File::create(&log_path)?;
     eprintln!(
         "ftl-test-support: building base image '{name}' from Debian packages \
-         (first use of this script version; about a minute)..."
+         (first use of this script version; 1-3 minutes)..."
     );
     let started = Instant::now();
     let status = Command::new("bash")
@@ -377,6 +393,92 @@ mod tests {
         drop(first);
         let waited = waiter.join().unwrap();
         assert!(waited >= Duration::from_millis(250), "waited {waited:?}");
+    }
+
+    fn fake_build(tmp: &Path) -> Result<()> {
+        let oci = tmp.join("oci");
+        fs::create_dir_all(&oci)?;
+        fs::write(oci.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        fs::write(oci.join("index.json"), "{}")?;
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_ensures_build_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("base-images").join("x-0123456789abcdef");
+        // A stale temp dir of a killed build is cleaned up.
+        let stale = root
+            .path()
+            .join("base-images/.tmp-x-0123456789abcdef-999999");
+        fs::create_dir_all(&stale).unwrap();
+        let builds = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (dir, builds) = (dir.clone(), builds.clone());
+                std::thread::spawn(move || {
+                    ensure_cached(&dir, |tmp| {
+                        builds.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(200));
+                        fake_build(tmp)
+                    })
+                    .unwrap()
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), dir);
+        }
+        assert_eq!(builds.load(Ordering::SeqCst), 1);
+        assert!(is_complete(&dir));
+        assert!(!stale.exists());
+        // Warm: the builder is not called.
+        ensure_cached(&dir, |_| panic!("rebuilt a cached image")).unwrap();
+        let names: Vec<_> = fs::read_dir(root.path().join("base-images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn failed_build_leaves_nothing_and_is_retried() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("y-0123456789abcdef");
+        let err = ensure_cached(&dir, |tmp| {
+            fs::create_dir_all(tmp.join("oci/blobs"))?;
+            bail!("debootstrap exploded")
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("debootstrap exploded"));
+        assert!(!dir.exists());
+        let err = ensure_cached(&dir, |_| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("no OCI layout"), "{err}");
+        ensure_cached(&dir, fake_build).unwrap();
+        assert!(is_complete(&dir));
+    }
+
+    /// Builds every base image that is not cached yet, printing the time
+    /// each took: `cargo test -p ftl-test-support -- --ignored --nocapture
+    /// warm_all_base_images`.
+    #[test]
+    #[ignore = "builds all base images (minutes, needs root and Debian's mirror)"]
+    fn warm_all_base_images() {
+        for name in BASE_IMAGE_NAMES {
+            let t = Instant::now();
+            let dir = ensure_base_image(name).unwrap();
+            let size: u64 = fs::read_dir(dir.join("blobs/sha256"))
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            eprintln!(
+                "{name}: {:.1?} -> {} ({:.1} MB)",
+                t.elapsed(),
+                dir.display(),
+                size as f64 / 1e6
+            );
+        }
     }
 
     /// Builds (or reuses) the python image; needs root and Debian's mirror

@@ -62,6 +62,10 @@ pub enum Fault {
     },
     /// Wait this long, then forward as usual.
     Delay(Duration),
+    /// Forward, but after this many bytes of the response body reset the
+    /// connection (a download cut short; the client saw the full
+    /// `Content-Length` announced).
+    TruncateResponse(u64),
 }
 
 /// How a rule matches the request path (path and query, e.g.
@@ -128,6 +132,10 @@ impl Rule {
     pub fn delay(delay: Duration) -> Self {
         Self::new(Fault::Delay(delay))
     }
+    /// Forward, then reset the connection after `bytes` of response body.
+    pub fn truncate_response(bytes: u64) -> Self {
+        Self::new(Fault::TruncateResponse(bytes))
+    }
     /// Only requests with this method (`"GET"`, `"PUT"`, ...).
     pub fn method(mut self, method: &str) -> Self {
         self.method = Some(Method::from_bytes(method.as_bytes()).expect("valid HTTP method"));
@@ -191,7 +199,8 @@ pub struct RecordedRequest {
     pub path: String,
     /// Status sent to the client; `None` for a reset (or while in flight).
     pub status: Option<u16>,
-    /// The fault applied, if any: `"reset"`, `"status"`, `"delay"`, or
+    /// The fault applied, if any: `"reset"`, `"status"`, `"delay"`,
+    /// `"truncate"`, or
     /// `"upstream-error"` when the upstream could not be reached (answered 502).
     pub fault: Option<String>,
     /// Bytes of request body received from the client so far.
@@ -372,6 +381,17 @@ impl FaultProxy {
         self.requests().iter().map(|r| r.request_body_bytes).sum()
     }
 
+    /// Request-body bytes sent to blob upload sessions
+    /// (`/v2/.../blobs/uploads/...`): layer and config bytes pushed, not
+    /// counting manifests.
+    pub fn blob_upload_bytes(&self) -> u64 {
+        self.requests()
+            .iter()
+            .filter(|r| r.path.starts_with("/v2/") && r.path.contains("/blobs/uploads/"))
+            .map(|r| r.request_body_bytes)
+            .sum()
+    }
+
     /// Total response-body bytes sent to clients (downloads).
     pub fn response_body_bytes(&self) -> u64 {
         self.requests().iter().map(|r| r.response_body_bytes).sum()
@@ -491,6 +511,7 @@ async fn handle(
     });
     shared.records.lock().unwrap().push(record.clone());
 
+    let mut truncate_at = None;
     match shared.pick_fault(&method, &path) {
         Some(Fault::Reset) => {
             *record.fault.lock().unwrap() = Some("reset".into());
@@ -539,6 +560,10 @@ async fn handle(
             *record.fault.lock().unwrap() = Some("delay".into());
             tokio::time::sleep(delay).await;
         }
+        Some(Fault::TruncateResponse(bytes)) => {
+            *record.fault.lock().unwrap() = Some("truncate".into());
+            truncate_at = Some(bytes);
+        }
         None => {}
     }
 
@@ -555,7 +580,65 @@ async fn handle(
         }
     };
     *record.status.lock().unwrap() = Some(resp.status().as_u16());
+    let resp = match truncate_at {
+        Some(limit) => resp.map(|inner| {
+            Truncating {
+                inner,
+                remaining: limit,
+                fd,
+            }
+            .boxed()
+        }),
+        None => resp,
+    };
     Ok(count_response(resp, &record))
+}
+
+/// A response body cut after `remaining` bytes, ending in an error that makes
+/// hyper drop the connection (with an RST).
+struct Truncating {
+    inner: ProxyBody,
+    remaining: u64,
+    fd: RawFd,
+}
+
+impl hyper::body::Body for Truncating {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        if self.remaining == 0 {
+            set_zero_linger(self.fd);
+            return Poll::Ready(Some(Err("fault proxy: injected truncation".into())));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(mut data) => {
+                    if data.len() as u64 > self.remaining {
+                        data.truncate(self.remaining as usize);
+                    }
+                    self.remaining -= data.len() as u64;
+                    Poll::Ready(Some(Ok(hyper::body::Frame::data(data))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(None) => {
+                // The body was shorter than the limit: cut it at its end.
+                self.remaining = 0;
+                set_zero_linger(self.fd);
+                Poll::Ready(Some(Err("fault proxy: injected truncation".into())))
+            }
+            other => other,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 async fn forward(
@@ -929,6 +1012,26 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn truncates_a_download() {
+        let up = upstream().await;
+        let proxy = FaultProxy::start(&format!("http://{up}")).unwrap();
+        let rule = proxy.add_rule(
+            Rule::truncate_response(100_000)
+                .path_contains("/big/")
+                .nth(1),
+        );
+        let url = format!("{}/big/1000000", proxy.url());
+        assert!(send("GET", &url, "").await.is_err());
+        let (status, _, body) = send("GET", &url, "").await.unwrap();
+        assert_eq!((status, body.len()), (200, 1_000_000));
+        assert_eq!(proxy.fired(rule), 1);
+        let reqs = proxy.requests();
+        assert_eq!(reqs[0].fault.as_deref(), Some("truncate"));
+        assert_eq!(reqs[0].response_body_bytes, 100_000);
+        assert_eq!(reqs[1].response_body_bytes, 1_000_000);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn delays() {
         let up = upstream().await;
         let proxy = FaultProxy::start(&format!("http://{up}")).unwrap();
@@ -1065,9 +1168,9 @@ mod tests {
     }
 
     /// skopeo pushes the python base image through the proxy to a real
-    /// registry: uploads pass (Location rewriting works), a 503 on the
-    /// first upload PUT is survived by skopeo's retry, and a second push
-    /// uploads 0 bytes and downloads no blob.
+    /// registry: a 503 on the first upload PUT fails the push, then the
+    /// push passes (the upload URLs the registry hands out are rewritten to
+    /// the proxy), and a second push uploads 0 bytes and downloads no blob.
     #[test]
     fn skopeo_push_through_proxy_to_docker_registry() {
         let cached = crate::base_images::base_image_dir("python")
@@ -1093,10 +1196,23 @@ mod tests {
                 .path_contains("/blobs/uploads/")
                 .nth(1),
         );
+        // skopeo does not retry a 503 on the upload's closing PUT: the push
+        // fails, and the failure is the injected one.
+        let err = crate::base_images::push_base_image("python", &proxy.host(), "base/python")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("503"), "{err}");
+        assert_eq!(proxy.fired(flaky), 1);
+        assert!(proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "PUT" && r.status == Some(503)));
+
+        proxy.remove_rule(flaky);
+        proxy.clear();
         let reference =
             crate::base_images::push_base_image("python", &proxy.host(), "base/python").unwrap();
         assert!(reference.starts_with(&format!("{}/base/python@sha256:", proxy.host())));
-        assert_eq!(proxy.fired(flaky), 1);
         let reqs = proxy.requests();
         // Every request went through the proxy, including the upload
         // session URLs the registry handed out.
@@ -1104,9 +1220,9 @@ mod tests {
             .iter()
             .any(|r| r.method == "PATCH" || r.method == "PUT"));
         assert!(
-            proxy.request_body_bytes() > 10 << 20,
+            proxy.blob_upload_bytes() > 10 << 20,
             "uploaded {}",
-            proxy.request_body_bytes()
+            proxy.blob_upload_bytes()
         );
         assert_eq!(proxy.blob_gets(), 0);
 
@@ -1114,7 +1230,18 @@ mod tests {
         let again =
             crate::base_images::push_base_image("python", &proxy.host(), "base/python").unwrap();
         assert_eq!(again, reference);
-        assert_eq!(proxy.request_body_bytes(), 0, "{:#?}", proxy.requests());
+        assert_eq!(proxy.blob_upload_bytes(), 0, "{:#?}", proxy.requests());
+        // Only the manifest went up again.
+        assert_eq!(proxy.count("PUT", "/manifests/"), 1);
+        assert_eq!(
+            proxy.request_body_bytes(),
+            proxy
+                .requests()
+                .iter()
+                .filter(|r| r.path.contains("/manifests/"))
+                .map(|r| r.request_body_bytes)
+                .sum::<u64>()
+        );
         assert_eq!(proxy.blob_gets(), 0);
         assert!(proxy.count("HEAD", "/blobs/sha256:") >= 1);
     }
