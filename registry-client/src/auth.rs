@@ -123,11 +123,13 @@ pub(crate) struct TokenResponse {
 impl TokenResponse {
     pub(crate) fn into_token(self) -> Option<Token> {
         let value = self.token.or(self.access_token).filter(|t| !t.is_empty())?;
-        // Refresh a little early; the spec's default lifetime is 60 s.
-        let secs = self.expires_in.unwrap_or(60).max(10);
+        // The spec's default lifetime is 60 s. Refresh a little early (5 s,
+        // or half the lifetime of very short tokens).
+        let life = Duration::from_secs(self.expires_in.unwrap_or(60));
+        let margin = (life / 2).min(Duration::from_secs(5));
         Some(Token {
             value: Secret::new(value),
-            expires: Instant::now() + Duration::from_secs(secs) - Duration::from_secs(5),
+            expires: Instant::now() + life - margin,
         })
     }
 }

@@ -156,6 +156,9 @@ impl Client {
             .user_agent(settings.user_agent.clone())
             .connect_timeout(settings.connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(60));
+        for (host, ip) in &settings.resolve {
+            builder = builder.resolve(host, std::net::SocketAddr::new(*ip, 0));
+        }
         for path in &settings.extra_ca_files {
             let pem = std::fs::read(path).map_err(|e| Error::CaFile {
                 path: path.clone(),
@@ -406,7 +409,21 @@ impl Client {
         } else {
             format!("the credentials for {} were rejected or lack access; check the user name, password and repository permissions", call.registry)
         };
-        let Some(challenge) = Challenge::parse(&header) else {
+        let known = self
+            .inner
+            .schemes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&call.registry)
+            .cloned();
+        // A 401 without a challenge (some proxies strip it) falls back to the
+        // scheme the registry already announced.
+        let parsed = if header.is_empty() {
+            known
+        } else {
+            Challenge::parse(&header)
+        };
+        let Some(challenge) = parsed else {
             if header.is_empty() {
                 return Outcome::Fail(unauthorized(hint));
             }

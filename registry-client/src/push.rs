@@ -2,7 +2,7 @@
 //! and retries, then the manifest, last.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -148,38 +148,53 @@ impl Client {
         }
         tracing::info!(%target, blobs = order.len(), "push started");
         let concurrency = self.inner.settings.max_concurrency.max(1);
+        // After the first failure no new blob starts and blobs in flight stop
+        // before uploading, each closing its own upload session; the stream
+        // is drained so none is dropped mid-request.
+        let failed = AtomicBool::new(false);
         let mut results = futures_util::stream::iter(order.iter().map(|d| {
             let blob = &unique[d];
             let progress = progress.clone();
             let stats = &stats;
+            let failed = &failed;
             async move {
-                let action = self.push_blob(target, blob, progress.clone(), stats).await;
-                if let Ok(a) = &action {
-                    progress.blob_done(&blob.digest, a);
+                if failed.load(Ordering::SeqCst) {
+                    return (blob.digest.clone(), None);
                 }
-                (blob.digest.clone(), action)
+                let action = self
+                    .push_blob(target, blob, progress.clone(), stats, failed)
+                    .await;
+                match &action {
+                    Ok(Some(a)) => progress.blob_done(&blob.digest, a),
+                    Ok(None) => {}
+                    Err(_) => failed.store(true, Ordering::SeqCst),
+                }
+                (blob.digest.clone(), Some(action))
             }
         }))
         .buffer_unordered(concurrency);
         let mut actions: HashMap<Digest, BlobAction> = HashMap::new();
+        let mut first_error: Option<(Digest, Error)> = None;
         while let Some((digest, result)) = results.next().await {
             match result {
-                Ok(action) => {
+                Some(Ok(Some(action))) => {
                     tracing::debug!(%digest, ?action, "blob in place");
                     actions.insert(digest, action);
                 }
-                Err(e) => {
-                    // Dropping the stream cancels the blobs still in flight.
-                    tracing::warn!(%target, %digest, error = %e, "push failed; no manifest written");
-                    return Err(Error::Push {
-                        target: target.to_string(),
-                        digest,
-                        source: Box::new(e),
-                    });
-                }
+                Some(Err(e)) if first_error.is_none() => first_error = Some((digest, e)),
+                Some(Err(e)) => tracing::debug!(%digest, error = %e, "another blob failed too"),
+                Some(Ok(None)) | None => {}
             }
         }
         drop(results);
+        if let Some((digest, e)) = first_error {
+            tracing::warn!(%target, %digest, error = %e, "push failed; no manifest written");
+            return Err(Error::Push {
+                target: target.to_string(),
+                digest,
+                source: Box::new(e),
+            });
+        }
         let manifest_digest = self
             .put_manifest_with(
                 target,
@@ -223,14 +238,15 @@ impl Client {
         blob: &PushBlob,
         progress: Arc<dyn PushProgress>,
         stats: &Stats,
-    ) -> Result<BlobAction, Error> {
+        failed: &AtomicBool,
+    ) -> Result<Option<BlobAction>, Error> {
         let digest = &blob.digest;
         if self
             .head_blob_with(target, digest, Access::PullPush, stats)
             .await?
             .is_some()
         {
-            return Ok(BlobAction::Present);
+            return Ok(Some(BlobAction::Present));
         }
         let mut session: Option<UploadSession> = None;
         let sources: Vec<&String> = blob
@@ -245,9 +261,9 @@ impl Client {
             match self.mount_with(target, digest, from, stats).await {
                 Ok(MountOutcome::Mounted) => {
                     tracing::debug!(%digest, %from, "blob mounted");
-                    return Ok(BlobAction::Mounted {
+                    return Ok(Some(BlobAction::Mounted {
                         from: (*from).clone(),
-                    });
+                    }));
                 }
                 Ok(MountOutcome::NotMounted(s)) => {
                     tracing::debug!(%digest, %from, "mount declined; the registry opened an upload instead");
@@ -277,6 +293,13 @@ impl Client {
         let mut reauthed = false;
         loop {
             attempt += 1;
+            if failed.load(Ordering::SeqCst) {
+                // Another blob failed: the push is over; close our session.
+                if let Some(s) = session.take() {
+                    self.cancel_upload(target, s, stats).await;
+                }
+                return Ok(None);
+            }
             let s = match session.take() {
                 Some(s) => s,
                 None => self.open_upload(target, digest, stats).await?,
@@ -293,7 +316,7 @@ impl Client {
                 )
                 .await;
             let err = match result {
-                Ok(()) => return Ok(BlobAction::Uploaded { bytes: blob.size }),
+                Ok(()) => return Ok(Some(BlobAction::Uploaded { bytes: blob.size })),
                 Err(e) => e,
             };
             let again = if matches!(err, Error::Unauthorized { .. }) && !reauthed {

@@ -2,6 +2,7 @@
 //! (the CLI) fills these in.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ pub struct ClientSettings {
     pub user_agent: String,
     /// Connection timeout.
     pub connect_timeout: Duration,
+    /// Host names resolved to fixed addresses instead of through DNS (like
+    /// curl's `--resolve`); the port comes from the URL.
+    pub resolve: HashMap<String, IpAddr>,
 }
 
 impl Default for ClientSettings {
@@ -50,6 +54,7 @@ impl Default for ClientSettings {
             retry: RetryPolicy::default(),
             user_agent: concat!("ftl-registry-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             connect_timeout: Duration::from_secs(30),
+            resolve: HashMap::new(),
         }
     }
 }

@@ -4,3 +4,5 @@
 
 pub mod base_images;
 pub mod proxy;
+pub mod registry;
+pub mod token;
