@@ -18,6 +18,9 @@ use crate::reference::Reference;
 use crate::secret::{Credential, Secret};
 use crate::settings::ClientSettings;
 
+/// The longest `Retry-After` honoured; longer requests wait this long.
+const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A Registry HTTP API V2 client. Cheap to clone; clones share connections,
 /// credentials and the token cache.
 #[derive(Clone)]
@@ -54,12 +57,14 @@ pub(crate) struct Stats {
 pub(crate) enum Access {
     Pull,
     PullPush,
+    Delete,
 }
 
 pub(crate) fn scope(repository: &str, access: Access) -> String {
     match access {
         Access::Pull => format!("repository:{repository}:pull"),
         Access::PullPush => format!("repository:{repository}:pull,push"),
+        Access::Delete => format!("repository:{repository}:delete"),
     }
 }
 
@@ -131,6 +136,8 @@ enum Outcome {
     /// Authentication was (re)learned; sending again may succeed.
     Reauth(Error),
     Fail(Error),
+    /// A transient status with a `Retry-After` delay.
+    RetryAfter(Error, std::time::Duration),
 }
 
 #[derive(Deserialize)]
@@ -269,6 +276,15 @@ impl Client {
                     let _ = err;
                     continue;
                 }
+                Outcome::RetryAfter(err, after) => {
+                    if attempt < retry.max_attempts.max(1) {
+                        let wait = retry.backoff(attempt).max(after.min(MAX_RETRY_AFTER));
+                        tracing::warn!(description = %call.description, attempt, ?wait, error = %err, "registry asked to retry later");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    err
+                }
                 Outcome::Reauth(err) | Outcome::Fail(err) => err,
             };
             if err.is_transient() && attempt < retry.max_attempts.max(1) {
@@ -292,7 +308,7 @@ impl Client {
     ) -> Result<reqwest::Response, Error> {
         match self.attempt(call, Some(body), stats).await {
             Outcome::Done(resp) => Ok(resp),
-            Outcome::Reauth(err) | Outcome::Fail(err) => Err(err),
+            Outcome::Reauth(err) | Outcome::Fail(err) | Outcome::RetryAfter(err, _) => Err(err),
         }
     }
 
@@ -333,7 +349,17 @@ impl Client {
         if call.expect.contains(&status) {
             return Outcome::Done(resp);
         }
-        Outcome::Fail(self.status_error(call, resp).await)
+        let retry_after = resp
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(std::time::Duration::from_secs);
+        let err = self.status_error(call, resp).await;
+        match retry_after {
+            Some(after) if is_transient_status(status) => Outcome::RetryAfter(err, after),
+            _ => Outcome::Fail(err),
+        }
     }
 
     /// The `Authorization` header value for a call, from what we learned of

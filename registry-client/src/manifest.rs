@@ -32,6 +32,7 @@ const MANIFEST_ACCEPT: &[&str] = &[
 const OK: &[StatusCode] = &[StatusCode::OK];
 const OK_OR_404: &[StatusCode] = &[StatusCode::OK, StatusCode::NOT_FOUND];
 const CREATED: &[StatusCode] = &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED];
+const DELETED: &[StatusCode] = &[StatusCode::ACCEPTED, StatusCode::OK, StatusCode::NO_CONTENT];
 
 /// The sha256 digest of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> Digest {
@@ -271,6 +272,30 @@ impl Client {
         self.send(&call, stats).await?;
         tracing::info!(%reference, %digest, "manifest pushed");
         Ok(digest)
+    }
+
+    /// Deletes a manifest by digest (the registry must allow deletes).
+    /// Tags pointing at it go with it.
+    pub async fn delete_manifest(
+        &self,
+        repository: &Reference,
+        digest: &Digest,
+    ) -> Result<(), Error> {
+        let url = self.repo_url(repository, &format!("manifests/{digest}"));
+        let call = Call::new(
+            Method::DELETE,
+            url,
+            repository,
+            DELETED,
+            format!(
+                "delete of manifest {digest} in {}/{}",
+                repository.registry(),
+                repository.repository()
+            ),
+        )
+        .scope(repository.repository(), Access::Delete);
+        self.send(&call, &Stats::default()).await?;
+        Ok(())
     }
 
     /// Resolves a reference to one platform's image manifest and config.

@@ -200,6 +200,19 @@ impl fmt::Display for Reference {
     }
 }
 
+impl serde::Serialize for Reference {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Reference {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        Reference::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 fn valid_tag(tag: &str) -> bool {
     let b = tag.as_bytes();
     !b.is_empty()
@@ -210,34 +223,34 @@ fn valid_tag(tag: &str) -> bool {
 }
 
 fn valid_registry(registry: &str) -> bool {
-    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
-        // [ipv6]:port
-        match rest.split_once(']') {
-            Some((h, p)) => (
-                h,
-                p.strip_prefix(':').map(Some).unwrap_or(if p.is_empty() {
-                    None
-                } else {
-                    Some("x")
-                }),
-            ),
-            None => return false,
-        }
+    let (host_ok, port) = if let Some(rest) = registry.strip_prefix('[') {
+        // [ipv6] or [ipv6]:port
+        let Some((ip, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port = match after {
+            "" => None,
+            p => match p.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return false,
+            },
+        };
+        (ip.parse::<std::net::Ipv6Addr>().is_ok(), port)
     } else {
-        match registry.rsplit_once(':') {
+        let (host, port) = match registry.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (registry, None),
-        }
+        };
+        let ok = !host.is_empty()
+            && !host.starts_with(['-', '.'])
+            && host
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-'));
+        (ok, port)
     };
-    if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|c| c.is_ascii_digit()) {
-            return false;
-        }
-    }
-    !host.is_empty()
-        && host
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b':'))
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    host_ok && port_ok
 }
 
 fn valid_path_component(c: &str) -> bool {
@@ -333,6 +346,9 @@ mod tests {
             "localhost:port/x",
             "x/-y",
             "a..b",
+            "[::1/x",
+            "[zz]:5000/x",
+            "host:1:2/x",
         ] {
             let err = Reference::parse(bad).expect_err(bad);
             assert!(err.to_string().contains("invalid image reference"), "{err}");

@@ -471,3 +471,48 @@ async fn transient_failures_are_retried() {
     assert!(chain(&err).contains("503"), "{}", chain(&err));
     assert_eq!(proxy.count("PUT", "/blobs/uploads/") - before, 1);
 }
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    use ftl_test_support::proxy::{FaultProxy, Rule};
+    let registry = start(RegistryOptions::plain());
+    let proxy = FaultProxy::start(&format!("http://{}", registry.host())).unwrap();
+    let client = client_for(&registry);
+    let rule = proxy.add_rule(Rule::retry_after(429, 1).method("HEAD").nth(1));
+    let img = image("retry-after", false);
+    let target =
+        ftl_registry_client::Reference::parse(&format!("{}/app/ra:1", proxy.host())).unwrap();
+    let started = std::time::Instant::now();
+    client
+        .push(img.request(&target, &[], true), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(proxy.fired(rule), 1);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn manifests_can_be_deleted() {
+    let registry = start(RegistryOptions::plain());
+    let client = client_for(&registry);
+    let img = image("delete", false);
+    let target = reference(&registry, "app/del:1");
+    let report = client
+        .push(img.request(&target, &[], true), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    client
+        .delete_manifest(&target, &report.manifest_digest)
+        .await
+        .unwrap();
+    assert!(client.head_manifest(&target).await.unwrap().is_none());
+    assert!(client
+        .head_manifest(&report.reference)
+        .await
+        .unwrap()
+        .is_none());
+}
