@@ -658,6 +658,8 @@ async fn forward(
         .path_and_query(pq)
         .build()?;
     strip_hop_by_hop(&mut parts.headers);
+    // The proxy's server side already answered any `100-continue`.
+    parts.headers.remove(header::EXPECT);
     parts.headers.insert(
         header::HOST,
         HeaderValue::from_str(shared.upstream.as_str())?,
