@@ -271,3 +271,50 @@ async fn a_401_in_the_middle_of_a_push_re_authenticates() {
     assert_eq!(tokens.requests(), 2, "the refused token was replaced once");
     assert_eq!(registry.tags("app/reauth"), vec!["1"]);
 }
+
+#[tokio::test]
+async fn identity_tokens_are_exchanged_at_the_realm() {
+    let registry = start(RegistryOptions::token());
+    let (_, pass) = registry.credentials().unwrap();
+    let mut settings = settings_for(&registry);
+    settings
+        .credentials
+        .insert(registry.host(), Credential::IdentityToken(pass.into()));
+    let client = Client::new(settings).unwrap();
+    let img = image("identity", false);
+    let target = reference(&registry, "app/ident:1");
+    client
+        .push(img.request(&target, &[], true), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert!(client.head_manifest(&target).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn an_unreachable_registry_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = Client::new(ClientSettings {
+        retry: ftl_registry_client::RetryPolicy {
+            max_attempts: 2,
+            initial_backoff: std::time::Duration::from_millis(10),
+            max_backoff: std::time::Duration::from_millis(10),
+        },
+        ..ClientSettings::default()
+    })
+    .unwrap();
+    let target =
+        ftl_registry_client::Reference::parse(&format!("127.0.0.1:{port}/app/x:1")).unwrap();
+    let err = client.get_manifest(&target).await.unwrap_err();
+    let text = chain(&err);
+    assert!(matches!(err, Error::Transport { .. }), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/v2/app/x/manifests/1")),
+        "{text}"
+    );
+    assert!(text.contains("check the registry address"), "{text}");
+    assert_eq!(client.request_count(), 2, "connection errors are retried");
+}

@@ -327,16 +327,19 @@ async fn resolve_picks_the_platform_and_fetches_only_manifest_and_config() {
     let arm = image("arm64", false);
     let repo = reference(&registry, "base/multi:1");
     for img in [&amd, &arm] {
-        let by_digest = repo.with_digest(img.manifest_digest());
-        let mut req = img.request(&by_digest, &[], true);
-        req.target = ftl_registry_client::Reference::parse(&format!(
+        // Pushed by digest only, as the members of an index are.
+        let by_digest = ftl_registry_client::Reference::parse(&format!(
             "{}/base/multi@{}",
             registry.host(),
             img.manifest_digest()
         ))
         .unwrap();
-        client.push(req, Arc::new(NoProgress)).await.unwrap();
+        client
+            .push(img.request(&by_digest, &[], true), Arc::new(NoProgress))
+            .await
+            .unwrap();
     }
+    assert!(registry.tags("base/multi").is_empty());
     let index = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": ftl_registry_client::OCI_INDEX,
@@ -515,4 +518,66 @@ async fn manifests_can_be_deleted() {
         .await
         .unwrap()
         .is_none());
+}
+
+#[tokio::test]
+async fn file_sources_stream_and_skopeo_converted_images_resolve() {
+    let registry = start(RegistryOptions::plain());
+    let client = client_for(&registry);
+    // A 1 MB incompressible layer streamed from a file.
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = 0x9E3779B97F4A7C15u64;
+    let noise: Vec<u8> = (0..1_000_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let layer = gzip_tar(&[("noise.bin", &noise)]);
+    let path = dir.path().join("layer.tar.gz");
+    std::fs::write(&path, &layer.0).unwrap();
+    let img = image_with_layers("file", false, vec![layer.clone()]);
+    let target = reference(&registry, "app/file:1");
+    let mut request = img.request(&target, &[], true);
+    request.blobs[1].source = Some(Arc::new(ftl_registry_client::FileSource(path)));
+    let report = client.push(request, Arc::new(NoProgress)).await.unwrap();
+    assert_eq!(report.bytes_uploaded, img.total_blob_bytes());
+
+    // skopeo rewrites the OCI image as Docker v2s2 in another repository;
+    // the client reads what another tool wrote.
+    skopeo(&[
+        "copy",
+        "--quiet",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        "--format",
+        "v2s2",
+        &format!("docker://{}/app/file:1", registry.host()),
+        &format!("docker://{}/app/converted:1", registry.host()),
+    ]);
+    let converted = reference(&registry, "app/converted:1");
+    let resolved = client
+        .resolve(&converted, &default_platform())
+        .await
+        .unwrap();
+    assert_eq!(
+        resolved.manifest_media_type.to_string(),
+        ftl_registry_client::DOCKER_MANIFEST_V2
+    );
+    assert_eq!(
+        resolved.manifest.layers()[0].digest(),
+        &sha256_digest(&layer.0)
+    );
+    let mut reader = client
+        .get_blob(&converted, &sha256_digest(&layer.0))
+        .await
+        .unwrap()
+        .into_reader();
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut back)
+        .await
+        .unwrap();
+    assert_eq!(back, layer.0);
 }

@@ -3,6 +3,8 @@
 //! to anonymous callers), and signs ES256 JWTs whose `x5c` header carries a
 //! self-signed certificate that the registry trusts through its
 //! `rootcertbundle`. It counts requests and records the scopes asked for.
+//! `POST /token` with `grant_type=refresh_token` (docker's identity tokens)
+//! accepts the password as the refresh token.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -245,6 +247,23 @@ fn handle(s: &Shared, conn: TcpStream) -> Result<()> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend(scopes.iter().cloned());
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // OAuth2 (docker's identity tokens): the refresh token is the password.
+    if method == "POST" && param("grant_type") == Some("refresh_token") {
+        if param("refresh_token") != Some(s.config.password.as_str()) {
+            return respond(conn, 401, r#"{"error":"invalid_grant"}"#);
+        }
+        authorization = Some(format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", s.config.username, s.config.password))
+        ));
+    }
     let user = match authorization
         .as_deref()
         .and_then(|a| a.strip_prefix("Basic "))
