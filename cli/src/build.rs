@@ -195,7 +195,11 @@ fn oci_platform(os: &str, arch: &str) -> Platform {
 }
 
 pub fn plugins() -> Vec<Arc<dyn LanguagePlugin>> {
-    vec![Arc::new(ftl_python::PythonPlugin)]
+    vec![
+        Arc::new(ftl_python::PythonPlugin),
+        Arc::new(ftl_java::JavaPlugin),
+        Arc::new(ftl_node::NodePlugin),
+    ]
 }
 
 fn parse_output(args: &BuildArgs) -> Result<(Output, Option<Reference>)> {

@@ -1,0 +1,119 @@
+//! Where the app's start command comes from.
+
+use ftl::{PluginError, SourceTree};
+
+use crate::package::PackageJson;
+
+/// The chosen entrypoint and where it was found (for messages).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entrypoint {
+    pub argv: Vec<String>,
+    pub source: String,
+}
+
+/// `--entrypoint`, else `app.yaml`'s `entrypoint:`, else `npm start` when
+/// package.json has a start script, else `node <main>`, else
+/// `node server.js` when there is one.
+pub fn find(
+    source: &SourceTree,
+    given: Option<&[String]>,
+    pkg: &PackageJson,
+) -> Result<Entrypoint, PluginError> {
+    if let Some(argv) = given.filter(|a| !a.is_empty()) {
+        return Ok(Entrypoint {
+            argv: argv.to_vec(),
+            source: "--entrypoint".into(),
+        });
+    }
+    let app_yaml = source.read_text("app.yaml").map_err(|e| {
+        PluginError::new(format!("cannot read app.yaml: {e}")).in_file("app.yaml", None)
+    })?;
+    if let Some(text) = app_yaml {
+        if let Some((line, cmd)) = app_yaml_entrypoint(&text)? {
+            if cmd.is_empty() {
+                return Err(PluginError::new("`entrypoint:` is empty")
+                    .in_file("app.yaml", Some(line))
+                    .hint(
+                        "write the command on the same line, e.g. `entrypoint: node server.js`",
+                    ));
+            }
+            return Ok(Entrypoint {
+                argv: vec!["/bin/sh".into(), "-c".into(), cmd],
+                source: format!("app.yaml:{line}"),
+            });
+        }
+    }
+    if pkg.script("start").is_some_and(|s| !s.trim().is_empty()) {
+        return Ok(Entrypoint {
+            argv: vec!["npm".into(), "start".into()],
+            source: "package.json scripts.start".into(),
+        });
+    }
+    if let Some(main) = pkg.main() {
+        return Ok(Entrypoint {
+            argv: vec!["node".into(), main.to_string()],
+            source: "package.json main".into(),
+        });
+    }
+    if source.contains("server.js") {
+        return Ok(Entrypoint {
+            argv: vec!["node".into(), "server.js".into()],
+            source: "server.js".into(),
+        });
+    }
+    Err(PluginError::new(
+        "no entrypoint found: package.json has no `start` script and no `main`, and there is no server.js",
+    )
+    .in_file("package.json", None)
+    .hint("add `\"scripts\": {\"start\": \"node app.js\"}` to package.json, `entrypoint: <command>` to app.yaml, or pass --entrypoint; the app must serve HTTP on $PORT"))
+}
+
+/// The top-level `entrypoint:` scalar of an app.yaml and its line.
+fn app_yaml_entrypoint(text: &str) -> Result<Option<(usize, String)>, PluginError> {
+    for (i, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix("entrypoint:") else {
+            continue;
+        };
+        let mut value = rest.trim();
+        if let Some(hash) = value.find(" #") {
+            value = value[..hash].trim_end();
+        }
+        if value.starts_with('|') || value.starts_with('>') {
+            return Err(
+                PluginError::new("multi-line `entrypoint:` values are not supported")
+                    .in_file("app.yaml", Some(i + 1))
+                    .hint("write the command on one line"),
+            );
+        }
+        let unquoted = if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
+        {
+            let inner = &value[1..value.len() - 1];
+            if value.starts_with('\'') {
+                inner.replace("''", "'")
+            } else {
+                inner.replace("\\\"", "\"").replace("\\\\", "\\")
+            }
+        } else {
+            value.to_string()
+        };
+        return Ok(Some((i + 1, unquoted)));
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_yaml_forms() {
+        assert_eq!(
+            app_yaml_entrypoint("runtime: nodejs18\nentrypoint: node app.js # x\n").unwrap(),
+            Some((2, "node app.js".to_string()))
+        );
+        assert_eq!(app_yaml_entrypoint("runtime: nodejs18\n").unwrap(), None);
+        assert!(app_yaml_entrypoint("entrypoint: |\n  a\n").is_err());
+    }
+}

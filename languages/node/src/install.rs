@@ -1,0 +1,567 @@
+//! The build steps: production dependencies (npm ci / yarn in the sandbox)
+//! and the app after its `gcp-build` script.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ftl::{
+    BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
+    StepContext, StepNetwork,
+};
+use serde_json::{json, Value};
+
+use crate::npmrc::Npmrc;
+use crate::package::{Lockfile, PackageJson};
+use crate::probe::Probe;
+
+/// Where the secret `.npmrc` is mounted (read-only, outside the app
+/// directory, so nothing of it can land in a layer).
+pub(crate) const SECRETS: &str = "/ftl-secrets";
+
+/// The package manager that installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Manager {
+    Npm { version: String },
+    Yarn { version: String },
+}
+
+impl Manager {
+    pub fn key_doc(&self) -> Value {
+        match self {
+            Manager::Npm { version } => json!({"tool": "npm", "version": version}),
+            Manager::Yarn { version } => json!({"tool": "yarn", "version": version}),
+        }
+    }
+
+    fn yarn_berry(version: &str) -> bool {
+        version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .is_some_and(|m| m >= 2)
+    }
+
+    /// The install command's arguments.
+    pub fn install_args(&self, locked: bool, production: bool) -> Vec<String> {
+        let mut a: Vec<&str> = match self {
+            Manager::Npm { .. } => {
+                let mut a = vec!["npm", if locked { "ci" } else { "install" }];
+                a.push(if production {
+                    "--omit=dev"
+                } else {
+                    "--include=dev"
+                });
+                a.extend(["--no-audit", "--no-fund", "--no-update-notifier"]);
+                a
+            }
+            Manager::Yarn { version } if Self::yarn_berry(version) => {
+                vec!["yarn", "install", "--immutable"]
+            }
+            Manager::Yarn { .. } => {
+                let mut a = vec!["yarn", "install", "--frozen-lockfile", "--non-interactive"];
+                if production {
+                    a.push("--production");
+                }
+                a.extend(["--cache-folder", "/tmp/yarn-cache"]);
+                a
+            }
+        };
+        if !locked && matches!(self, Manager::Yarn { .. }) {
+            a.retain(|x| *x != "--frozen-lockfile" && *x != "--immutable");
+        }
+        a.into_iter().map(String::from).collect()
+    }
+
+    pub fn install_command(&self, locked: bool, production: bool) -> String {
+        self.install_args(locked, production).join(" ")
+    }
+
+    pub fn run_command(&self) -> &'static str {
+        match self {
+            Manager::Npm { .. } => "npm run",
+            Manager::Yarn { .. } => "yarn run",
+        }
+    }
+}
+
+/// Everything the install steps need.
+#[derive(Debug, Clone)]
+pub(crate) struct InstallPlan {
+    pub pkg: PackageJson,
+    pub lock: Option<Lockfile>,
+    pub manager: Manager,
+    pub npmrc: Option<Npmrc>,
+    pub probe: Probe,
+    pub app_dir: String,
+    pub timeout: Duration,
+    pub base_ref: String,
+}
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> PluginError {
+    PluginError::new(format!("{what} {}: {e}", path.display()))
+}
+
+impl InstallPlan {
+    /// Writes the secret `.npmrc` (0600) into its own directory of the
+    /// scratch space; returns the mount.
+    fn secrets(&self, scratch: &Path) -> Result<Option<ExecMount>, PluginError> {
+        let Some(rc) = &self.npmrc else {
+            return Ok(None);
+        };
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = scratch.join("secrets");
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+        let file = dir.join("npmrc");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(|e| io_err("cannot create", &file, e))?;
+        f.write_all(rc.secret_text().as_bytes())
+            .map_err(|e| io_err("cannot write", &file, e))?;
+        Ok(Some(ExecMount {
+            host: dir,
+            target: SECRETS.into(),
+            writable: false,
+        }))
+    }
+
+    fn request(
+        &self,
+        label: &str,
+        args: Vec<String>,
+        app: &Path,
+        secrets: &Option<ExecMount>,
+    ) -> ExecRequest {
+        let mut req = ExecRequest::new(label, args);
+        req.cwd = self.app_dir.clone();
+        req.mounts = vec![ExecMount {
+            host: app.to_path_buf(),
+            target: self.app_dir.clone(),
+            writable: true,
+        }];
+        req.mounts.extend(secrets.iter().cloned());
+        let userconfig = if secrets.is_some() {
+            format!("{SECRETS}/npmrc")
+        } else {
+            "/dev/null".to_string()
+        };
+        req.env = vec![
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("npm_config_cache".into(), "/tmp/npm-cache".into()),
+            ("npm_config_userconfig".into(), userconfig),
+            ("npm_config_update_notifier".into(), "false".into()),
+            ("npm_config_fund".into(), "false".into()),
+            ("npm_config_audit".into(), "false".into()),
+            ("npm_config_progress".into(), "false".into()),
+            ("npm_config_devdir".into(), "/tmp/node-gyp".into()),
+            ("YARN_CACHE_FOLDER".into(), "/tmp/yarn-cache".into()),
+            ("CI".into(), "true".into()),
+        ];
+        req.network = StepNetwork::Egress;
+        req.timeout = self.timeout;
+        req
+    }
+
+    /// Runs the install in `app` (mounted at the app directory).
+    fn install(
+        &self,
+        ctx: &StepContext<'_>,
+        app: &Path,
+        secrets: &Option<ExecMount>,
+        production: bool,
+    ) -> Result<(), PluginError> {
+        let args = self.manager.install_args(self.lock.is_some(), production);
+        let label = self
+            .manager
+            .install_command(self.lock.is_some(), production);
+        let out = ctx.exec.run(&self.request(&label, args, app, secrets))?;
+        if out.success() {
+            tracing::debug!(output = %out.tail(5), "{label}");
+            return Ok(());
+        }
+        Err(self.explain(&label, &out))
+    }
+
+    /// Turns an install failure into a message naming the package and its
+    /// line in package.json (or the lockfile).
+    pub(crate) fn explain(&self, label: &str, out: &ExecOutput) -> PluginError {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lock_file = self
+            .lock
+            .as_ref()
+            .map(|l| l.kind.file())
+            .unwrap_or("package-lock.json");
+        if out.timed_out {
+            return PluginError::new(format!(
+                "`{label}` timed out after {}s (node.install_timeout):\n{}",
+                self.timeout.as_secs(),
+                out.tail(15)
+            ));
+        }
+        // npm ci: lockfile out of sync with package.json.
+        if text.contains("can only install packages when your package.json and") {
+            let detail: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("Missing:") || l.contains("Invalid:"))
+                .map(|l| strip_npm_prefix(l))
+                .collect();
+            let name = detail.first().and_then(|l| package_in(l));
+            let mut e = PluginError::new(format!(
+                "{lock_file} is out of sync with package.json{}",
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", detail.join("; "))
+                }
+            ))
+            .hint(format!(
+                "run `npm install` to update {lock_file} and add it to the app"
+            ));
+            e = match name.and_then(|n| self.pkg.line_of_dep(&n)) {
+                Some(line) => e.in_file("package.json", Some(line)),
+                None => e.in_file(lock_file, None),
+            };
+            return e;
+        }
+        // A package (or version) that does not exist.
+        let not_found = text.lines().find_map(|l| {
+            let l = strip_npm_prefix(l);
+            if let Some(rest) = l.strip_prefix("404") {
+                let rest = rest.trim();
+                if let Some(spec) = rest.strip_suffix("is not in this registry.") {
+                    return Some((spec.trim().trim_matches('\'').to_string(), false));
+                }
+            }
+            if let Some(spec) = l.strip_prefix("notarget No matching version found for ") {
+                return Some((spec.trim_end_matches('.').to_string(), true));
+            }
+            if l.contains("Couldn't find package \"") {
+                let s = l.split("Couldn't find package \"").nth(1)?;
+                return Some((s.split('"').next()?.to_string(), false));
+            }
+            None
+        });
+        if let Some((spec, version_only)) = not_found {
+            let name = package_name(&spec);
+            let registry = self
+                .npmrc
+                .as_ref()
+                .and_then(|r| r.registry())
+                .unwrap_or("https://registry.npmjs.org/");
+            let msg = if version_only {
+                format!(
+                    "no version of package `{name}` matches `{spec}` on the registry {registry}"
+                )
+            } else {
+                format!("package `{name}` (`{spec}`) does not exist on the registry {registry}")
+            };
+            let mut e = PluginError::new(msg).hint(
+                "check the package name and version in package.json (npm view NAME versions)",
+            );
+            if let Some(line) = self.pkg.line_of_dep(&name) {
+                e = e.in_file("package.json", Some(line));
+            } else if let Some(l) = &self.lock {
+                e = e.in_file(
+                    l.kind.file(),
+                    crate::package::line_of_key(
+                        &String::from_utf8_lossy(&l.bytes),
+                        &format!("node_modules/{name}"),
+                        None,
+                    ),
+                );
+            }
+            return e;
+        }
+        // Native modules without a toolchain.
+        if text.contains("gyp ERR!") || text.contains("node-gyp") && text.contains("rebuild") {
+            let module = text
+                .lines()
+                .filter_map(|l| {
+                    let l = strip_npm_prefix(l);
+                    let p = l.strip_prefix("path ")?.trim();
+                    let i = p.rfind("node_modules/")?;
+                    Some(p[i + "node_modules/".len()..].to_string())
+                })
+                .next()
+                .or_else(|| {
+                    text.lines().find_map(|l| {
+                        let i = l.find("gyp ERR! cwd ")?;
+                        let p = l[i + "gyp ERR! cwd ".len()..].trim();
+                        let j = p.rfind("node_modules/")?;
+                        Some(p[j + "node_modules/".len()..].to_string())
+                    })
+                })
+                .unwrap_or_else(|| "a native module".into());
+            let missing = self.probe.missing_toolchain();
+            if !missing.is_empty() {
+                let mut e = PluginError::new(format!(
+                    "native module `{module}` must be compiled with node-gyp, but the base image {} has no C/C++ toolchain (missing: {})",
+                    self.base_ref,
+                    missing.join(", ")
+                ))
+                .hint("use a base image with build tools (on Debian: apt-get install g++ make python3), or a version of the package that ships prebuilt binaries");
+                if let Some(line) = self.pkg.line_of_dep(&module) {
+                    e = e.in_file("package.json", Some(line));
+                }
+                return e;
+            }
+            return PluginError::new(format!(
+                "building native module `{module}` with node-gyp failed:\n{}",
+                out.tail(25)
+            ))
+            .hint("check the module supports node ".to_string() + &self.probe.node);
+        }
+        if text.contains("ENOTFOUND")
+            || text.contains("ECONNREFUSED")
+            || text.contains("ETIMEDOUT")
+            || text.contains("EAI_AGAIN")
+        {
+            return PluginError::new(format!(
+                "`{label}` could not reach the package registry:\n{}",
+                out.tail(10)
+            ))
+            .hint("check the network, proxy settings and the registry in .npmrc");
+        }
+        PluginError::new(format!(
+            "`{label}` failed (exit {:?}):\n{}",
+            out.code,
+            out.tail(20)
+        ))
+    }
+}
+
+fn strip_npm_prefix(l: &str) -> &str {
+    let l = l.trim();
+    for p in ["npm ERR!", "npm error", "error"] {
+        if let Some(r) = l.strip_prefix(p) {
+            return r.trim();
+        }
+    }
+    l
+}
+
+/// `name` of `name@spec` (scoped names keep their first `@`).
+fn package_name(spec: &str) -> String {
+    let spec = spec.trim().trim_matches('\'').trim_matches('"');
+    let (scope, rest) = if let Some(r) = spec.strip_prefix('@') {
+        ("@", r)
+    } else {
+        ("", spec)
+    };
+    format!("{scope}{}", rest.split('@').next().unwrap_or(rest))
+}
+
+/// The package named in npm's `Missing: x@1 from lock file` line.
+fn package_in(line: &str) -> Option<String> {
+    let rest = line
+        .split_once("Missing:")
+        .or_else(|| line.split_once("Invalid:"))?
+        .1
+        .trim();
+    let spec = rest.split_whitespace().next()?;
+    Some(package_name(spec))
+}
+
+fn check(out: ExecOutput, what: &str) -> Result<ExecOutput, PluginError> {
+    if out.success() {
+        return Ok(out);
+    }
+    let how = if out.timed_out {
+        "timed out".to_string()
+    } else if out.oom {
+        "ran out of memory".to_string()
+    } else if let Some(s) = out.signal {
+        format!("was killed by signal {s}")
+    } else {
+        format!("exited with {}", out.code.unwrap_or(-1))
+    };
+    Err(PluginError::new(format!("{what} {how}:\n{}", out.tail(20))))
+}
+
+/// Installs the production dependencies from package.json and the lockfile
+/// only (no app source), and returns `node_modules`.
+pub(crate) struct DepsStep {
+    plan: Arc<InstallPlan>,
+}
+
+impl DepsStep {
+    pub(crate) fn new(plan: Arc<InstallPlan>) -> Self {
+        DepsStep { plan }
+    }
+}
+
+impl BuildStep for DepsStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let plan = &self.plan;
+        let app = ctx.scratch.join("app");
+        std::fs::create_dir_all(&app).map_err(|e| io_err("cannot create", &app, e))?;
+        let pj = app.join("package.json");
+        std::fs::write(&pj, plan.pkg.without_scripts())
+            .map_err(|e| io_err("cannot write", &pj, e))?;
+        if let Some(lock) = &plan.lock {
+            let p = app.join(lock.kind.file());
+            std::fs::write(&p, &lock.bytes).map_err(|e| io_err("cannot write", &p, e))?;
+        }
+        let secrets = plan.secrets(ctx.scratch)?;
+        plan.install(ctx, &app, &secrets, true)?;
+        let modules = app.join("node_modules");
+        if !modules.is_dir() {
+            std::fs::create_dir_all(&modules).map_err(|e| io_err("cannot create", &modules, e))?;
+        }
+        let to = format!("{}/node_modules", plan.app_dir.trim_end_matches('/'));
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    LayerContents {
+                        inputs: vec![LayerInput::Tree {
+                            from: modules.clone(),
+                            to: to.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// Copies the app, installs every dependency (dev too), runs `gcp-build`,
+/// and returns the app without `node_modules`.
+pub(crate) struct GcpBuildStep {
+    plan: Arc<InstallPlan>,
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+}
+
+impl GcpBuildStep {
+    pub(crate) fn new(plan: Arc<InstallPlan>, root: PathBuf, paths: Vec<PathBuf>) -> Self {
+        GcpBuildStep { plan, root, paths }
+    }
+}
+
+fn copy_entries(root: &Path, paths: &[PathBuf], to: &Path) -> Result<(), PluginError> {
+    for rel in paths {
+        let from = root.join(rel);
+        let dest = to.join(rel);
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
+        }
+        if meta.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| io_err("cannot create", &dest, e))?;
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&from).map_err(|e| io_err("cannot read", &from, e))?;
+            std::os::unix::fs::symlink(target, &dest)
+                .map_err(|e| io_err("cannot create", &dest, e))?;
+        } else if meta.is_file() {
+            std::fs::copy(&from, &dest).map_err(|e| io_err("cannot copy", &from, e))?;
+        }
+    }
+    Ok(())
+}
+
+impl BuildStep for GcpBuildStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let plan = &self.plan;
+        let app = ctx.scratch.join("app");
+        std::fs::create_dir_all(&app).map_err(|e| io_err("cannot create", &app, e))?;
+        copy_entries(&self.root, &self.paths, &app)?;
+        let secrets = plan.secrets(ctx.scratch)?;
+        plan.install(ctx, &app, &secrets, false)?;
+        let mut args: Vec<String> = plan
+            .manager
+            .run_command()
+            .split(' ')
+            .map(String::from)
+            .collect();
+        args.push("gcp-build".into());
+        let label = format!("{} gcp-build", plan.manager.run_command());
+        let out = ctx.exec.run(&plan.request(&label, args, &app, &secrets))?;
+        check(out, "the `gcp-build` script of package.json").map_err(|e| {
+            e.in_file(
+                "package.json",
+                plan.pkg.line_of_key("gcp-build", Some("scripts")),
+            )
+        })?;
+        // Dev dependencies are not shipped; production ones are their own
+        // layer.
+        let modules = app.join("node_modules");
+        if modules.exists() {
+            std::fs::remove_dir_all(&modules).map_err(|e| io_err("cannot remove", &modules, e))?;
+        }
+        if plan.lock.is_none() {
+            // The lockfile npm resolved here is not part of the app.
+            for f in ["package-lock.json", "yarn.lock"] {
+                if !self.paths.iter().any(|p| p == Path::new(f)) {
+                    let _ = std::fs::remove_file(app.join(f));
+                }
+            }
+        }
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    LayerContents {
+                        inputs: vec![LayerInput::Tree {
+                            from: app.clone(),
+                            to: plan.app_dir.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(package_name("'nope-xyz@^1.0.0'"), "nope-xyz");
+        assert_eq!(package_name("@scope/pkg@1"), "@scope/pkg");
+        assert_eq!(
+            package_in("Missing: left-pad@1.3.0 from lock file").as_deref(),
+            Some("left-pad")
+        );
+    }
+
+    #[test]
+    fn commands() {
+        let npm = Manager::Npm {
+            version: "9.2.0".into(),
+        };
+        assert_eq!(
+            npm.install_command(true, true),
+            "npm ci --omit=dev --no-audit --no-fund --no-update-notifier"
+        );
+        assert_eq!(
+            npm.install_command(false, true),
+            "npm install --omit=dev --no-audit --no-fund --no-update-notifier"
+        );
+        let yarn = Manager::Yarn {
+            version: "1.22.19".into(),
+        };
+        assert_eq!(yarn.install_command(true, true), "yarn install --frozen-lockfile --non-interactive --production --cache-folder /tmp/yarn-cache");
+    }
+}

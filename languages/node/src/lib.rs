@@ -1,0 +1,112 @@
+//! ftl-node: the Node.js (npm) language plugin.
+//!
+//! Plans a Node.js app as, in order: its production dependencies
+//! (`node_modules`, installed by the base image's own npm with
+//! `npm ci --omit=dev` inside the sandbox, or by yarn for a `yarn.lock`),
+//! placed at `<app_dir>/node_modules`, then the app's source at the app
+//! directory (after the `gcp-build` script, when package.json has one).
+//!
+//! The dependency layer's key names the lockfile's bytes, the fields of
+//! package.json that change what is installed, the node and npm (or yarn)
+//! of the base image (read by a probe that runs the base's node), the
+//! platform, the C/C++ toolchain native modules compile with, and the npm
+//! configuration that changes resolution (`.npmrc`, `npm_config_*` in the
+//! base config, the base's global npmrc), with credentials hashed. Without a
+//! lockfile, npm resolves one in the sandbox and the layer is unpinned (its
+//! cache entry expires after the TTL).
+//!
+//! `.npmrc` (with its auth tokens) reaches the install only as a file
+//! mounted read-only outside the app directory (`NPM_CONFIG_USERCONFIG`);
+//! it is never written into a layer, and the app layer leaves it out.
+//!
+//! Settings (`--set name=value`):
+//!
+//! | name | default | meaning |
+//! |---|---|---|
+//! | `node.install_timeout` | `1200` | seconds an install (or `gcp-build`) may take |
+//! | `node.gcp_build` | `true` | run the `gcp-build` script when package.json has one |
+
+mod entrypoint;
+mod install;
+pub mod npmrc;
+pub mod package;
+mod plan;
+pub mod probe;
+
+use std::time::Duration;
+
+use ftl::{BuildOptions, LanguagePlugin, LayerPlan, PlanContext, PluginError, SourceTree};
+
+pub use entrypoint::Entrypoint;
+pub use plan::KEY_VERSION;
+pub use probe::{Probe, PROBE_SCRIPT};
+
+/// The Node.js plugin.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NodePlugin;
+
+impl LanguagePlugin for NodePlugin {
+    fn id(&self) -> &'static str {
+        "node"
+    }
+
+    fn detect(&self, source: &SourceTree) -> bool {
+        source.contains("package.json")
+    }
+
+    fn plan(&self, ctx: &PlanContext<'_>) -> Result<LayerPlan, PluginError> {
+        let settings = Settings::from_options(ctx.options)?;
+        plan::plan(ctx, &settings)
+    }
+}
+
+/// The plugin's settings, read from `node.*` build settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub install_timeout: Duration,
+    pub gcp_build: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            install_timeout: Duration::from_secs(1200),
+            gcp_build: true,
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the `node.*` settings; unknown ones are an error.
+    pub fn from_options(options: &BuildOptions) -> Result<Settings, PluginError> {
+        let mut s = Settings::default();
+        for (name, value) in &options.settings {
+            let Some(key) = name.strip_prefix("node.") else {
+                continue;
+            };
+            let bad = |why: &str| PluginError::new(format!("setting {name}={value}: {why}"));
+            match key {
+                "install_timeout" => {
+                    s.install_timeout = Duration::from_secs(
+                        value
+                            .parse()
+                            .map_err(|_| bad("expected a number of seconds"))?,
+                    )
+                }
+                "gcp_build" => {
+                    s.gcp_build = match value.as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(bad("expected true or false")),
+                    }
+                }
+                _ => {
+                    return Err(
+                        bad("unknown setting").hint("known: node.install_timeout, node.gcp_build")
+                    )
+                }
+            }
+        }
+        Ok(s)
+    }
+}

@@ -1,0 +1,1 @@
+require("ftl-no-such-package-7c1e9a");

@@ -1,0 +1,1 @@
+exports.message = () => "Hello from Express on ftl";
