@@ -133,6 +133,22 @@ if ! { chroot "$ROOTFS" "${chroot_env[@]}" apt-get update -q &&
     die "installing '$PACKAGES' into the $SUITE rootfs failed (see above)"
 fi
 chroot "$ROOTFS" "${chroot_env[@]}" apt-get clean
+# ca-certificates-java writes the JDK trust store as PKCS12 with a random salt
+# and MAC: different bytes on every build. Rewrite it without encryption and
+# MAC (trusted certificates are public; the JDK reads it the same), which is
+# a pure function of the certificates.
+if [[ -f $ROOTFS/etc/ssl/certs/java/cacerts ]] && [[ -x $ROOTFS/usr/bin/keytool ]]; then
+    log "rewriting the Java trust store deterministically"
+    if ! chroot "$ROOTFS" "${chroot_env[@]}" keytool -importkeystore -noprompt \
+        -srckeystore /etc/ssl/certs/java/cacerts -srcstorepass changeit \
+        -destkeystore /tmp/cacerts -deststoretype PKCS12 -deststorepass changeit \
+        -J-Dkeystore.pkcs12.certProtectionAlgorithm=NONE \
+        -J-Dkeystore.pkcs12.macAlgorithm=NONE >"$WORK/keytool.log" 2>&1; then
+        tail -n 20 "$WORK/keytool.log" >&2
+        die "rewriting /etc/ssl/certs/java/cacerts failed (see above)"
+    fi
+    cat "$ROOTFS/tmp/cacerts" >"$ROOTFS/etc/ssl/certs/java/cacerts"
+fi
 umount "$ROOTFS/proc"
 
 # 4. strip what a base image does not need and what varies run to run ---------
