@@ -48,7 +48,6 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 "${SUDO[@]}" apt-get update -q
 "${SUDO[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
-
-# Debian's docker-registry package enables a service on :5000; the tests
-# start their own registries on free ports and do not need it.
 echo "ensure-deps: installed ${missing[*]}"
+# Note: where systemd runs, Debian's docker-registry package also starts a
+# registry on :5000. The tests start their own on free ports and ignore it.
