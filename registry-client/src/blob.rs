@@ -319,29 +319,33 @@ impl Client {
         self.session_from(&call, &resp)
     }
 
-    /// Deletes an upload session we will not finish; errors are only logged.
+    /// Deletes an upload session we will not finish; errors are only
+    /// logged. Distribution authorizes a DELETE with the `delete` action,
+    /// so the call asks for that scope alone: a refusal neither disturbs
+    /// the pull/push token nor fails the push (unused sessions expire).
     pub(crate) async fn cancel_upload(
         &self,
         target: &Reference,
         session: UploadSession,
         stats: &Stats,
     ) {
-        let call = Call::new(
+        let mut call = Call::new(
             Method::DELETE,
             session.location,
             target,
             DELETED,
             format!("cancel of an upload to {}", target.repository()),
         )
-        .scope(target.repository(), Access::PullPush);
+        .scope(target.repository(), Access::Delete);
+        call.best_effort = true;
         if let Err(e) = self.send(&call, stats).await {
             tracing::debug!(error = %e, "could not cancel an upload session");
         }
     }
 
     /// Uploads a blob to `target` (POST, then one streamed PUT, or chunked
-    /// PATCHes above the configured threshold), without retries. Returns the
-    /// bytes sent.
+    /// PATCHes above the configured threshold), without retries; a failed
+    /// upload's session is cancelled. Returns the bytes sent.
     pub async fn upload_blob(
         &self,
         target: &Reference,
@@ -350,26 +354,32 @@ impl Client {
         source: &dyn BlobSource,
     ) -> Result<u64, Error> {
         let stats = Stats::default();
-        let session = self.open_upload(target, digest, &stats).await?;
-        self.finish_upload(
-            target,
-            session,
-            digest,
-            size,
-            source,
-            Arc::new(NoProgress),
-            &stats,
-        )
-        .await?;
+        let mut session = self.open_upload(target, digest, &stats).await?;
+        let result = self
+            .finish_upload(
+                target,
+                &mut session,
+                digest,
+                size,
+                source,
+                Arc::new(NoProgress),
+                &stats,
+            )
+            .await;
+        if let Err(e) = result {
+            self.cancel_upload(target, session, &stats).await;
+            return Err(e);
+        }
         Ok(size)
     }
 
-    /// Sends the blob's bytes into an open session and commits it.
+    /// Sends the blob's bytes into an open session and commits it. On
+    /// failure `session` holds the latest location, for cancelling.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn finish_upload(
         &self,
         target: &Reference,
-        session: UploadSession,
+        session: &mut UploadSession,
         digest: &Digest,
         size: u64,
         source: &dyn BlobSource,
@@ -396,14 +406,14 @@ impl Client {
     async fn upload_single(
         &self,
         target: &Reference,
-        session: UploadSession,
+        session: &mut UploadSession,
         digest: &Digest,
         size: u64,
         reader: Box<dyn AsyncRead + Send + Unpin>,
         progress: Arc<dyn PushProgress>,
         stats: &Stats,
     ) -> Result<(), Error> {
-        let mut url = session.location;
+        let mut url = session.location.clone();
         url.query_pairs_mut().append_pair("digest", digest.as_ref());
         let call = Call::new(
             Method::PUT,
@@ -432,7 +442,7 @@ impl Client {
     async fn upload_chunked(
         &self,
         target: &Reference,
-        session: UploadSession,
+        session: &mut UploadSession,
         digest: &Digest,
         size: u64,
         mut reader: Box<dyn AsyncRead + Send + Unpin>,
@@ -440,7 +450,6 @@ impl Client {
         stats: &Stats,
     ) -> Result<(), Error> {
         let chunk_size = self.inner.settings.chunk_size.max(1) as usize;
-        let mut location = session.location;
         let mut offset = 0u64;
         let description = format!("chunked upload of blob {digest} to {}", target.repository());
         let mut buf = vec![0u8; chunk_size];
@@ -465,7 +474,7 @@ impl Client {
             let end = offset + filled as u64 - 1;
             let call = Call::new(
                 Method::PATCH,
-                location.clone(),
+                session.location.clone(),
                 target,
                 ACCEPTED,
                 description.clone(),
@@ -476,7 +485,7 @@ impl Client {
             .header(CONTENT_LENGTH, &filled.to_string())
             .body(Bytes::copy_from_slice(&buf[..filled]));
             let resp = self.send(&call, stats).await?;
-            location = self.session_from(&call, &resp)?.location;
+            session.location = self.session_from(&call, &resp)?.location;
             offset += filled as u64;
             progress.bytes_sent(digest, filled as u64);
             if filled < chunk_size {
@@ -486,6 +495,7 @@ impl Client {
         if offset != size {
             tracing::warn!(%digest, expected = size, sent = offset, "blob source size differs from the descriptor");
         }
+        let mut location = session.location.clone();
         location
             .query_pairs_mut()
             .append_pair("digest", digest.as_ref());

@@ -85,6 +85,8 @@ pub(crate) struct Call {
     pub(crate) expect: &'static [StatusCode],
     /// What the call is for, in errors and logs.
     pub(crate) description: String,
+    /// Sent once: no retries, no re-authentication (cleanup calls).
+    pub(crate) best_effort: bool,
 }
 
 impl Call {
@@ -105,6 +107,7 @@ impl Call {
             scopes: Vec::new(),
             expect,
             description,
+            best_effort: false,
         }
     }
 
@@ -269,11 +272,15 @@ impl Client {
             let body = call.body.clone().map(reqwest::Body::from);
             let err = match self.attempt(call, body, stats).await {
                 Outcome::Done(resp) => return Ok(resp),
-                Outcome::Reauth(err) if !reauthed => {
+                Outcome::Reauth(err) | Outcome::Fail(err) | Outcome::RetryAfter(err, _)
+                    if call.best_effort =>
+                {
+                    return Err(err)
+                }
+                Outcome::Reauth(_) if !reauthed => {
                     reauthed = true;
                     attempt -= 1;
                     tracing::debug!(description = %call.description, "retrying with new credentials");
-                    let _ = err;
                     continue;
                 }
                 Outcome::RetryAfter(err, after) => {

@@ -300,14 +300,14 @@ impl Client {
                 }
                 return Ok(None);
             }
-            let s = match session.take() {
+            let mut s = match session.take() {
                 Some(s) => s,
                 None => self.open_upload(target, digest, stats).await?,
             };
             let result = self
                 .finish_upload(
                     target,
-                    s,
+                    &mut s,
                     digest,
                     blob.size,
                     source,
@@ -317,7 +317,11 @@ impl Client {
                 .await;
             let err = match result {
                 Ok(()) => return Ok(Some(BlobAction::Uploaded { bytes: blob.size })),
-                Err(e) => e,
+                Err(e) => {
+                    // Close the session; a retry opens a fresh one.
+                    self.cancel_upload(target, s, stats).await;
+                    e
+                }
             };
             let again = if matches!(err, Error::Unauthorized { .. }) && !reauthed {
                 // A token expired mid-upload: the challenge was re-learned;

@@ -268,7 +268,17 @@ async fn a_401_in_the_middle_of_a_push_re_authenticates() {
         .unwrap();
     assert_eq!(proxy.fired(rule), 1);
     assert_eq!(report.bytes_uploaded, img.total_blob_bytes());
-    assert_eq!(tokens.requests(), 2, "the refused token was replaced once");
+    let push_tokens = tokens
+        .scopes_requested()
+        .iter()
+        .filter(|s| *s == "repository:app/reauth:pull,push")
+        .count();
+    assert_eq!(
+        push_tokens,
+        2,
+        "the refused token was replaced once: {:?}",
+        tokens.scopes_requested()
+    );
     assert_eq!(registry.tags("app/reauth"), vec!["1"]);
 }
 

@@ -315,6 +315,11 @@ async fn a_failing_push_writes_no_manifest() {
         "{text}"
     );
     assert_eq!(registry.manifest_count("app/failing"), 0);
+    assert_eq!(
+        registry.open_uploads("app/failing"),
+        0,
+        "the failed upload is closed"
+    );
     assert!(registry.tags("app/failing").is_empty());
     assert!(client.head_manifest(&target).await.unwrap().is_none());
 }
