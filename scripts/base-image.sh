@@ -4,7 +4,7 @@
 #
 #   scripts/base-image.sh NAME OUTDIR
 #
-# NAME: python | python-trixie | node | java
+# NAME: python | python-trixie | node | node-build | java
 # OUTDIR must not exist or be empty; it receives oci-layout, index.json and
 # blobs/sha256/*.
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 
 die() { echo "base-image.sh: $*" >&2; exit 1; }
 
-[[ $# -eq 2 ]] || die "usage: $0 NAME OUTDIR   (NAME: python | python-trixie | node | java)"
+[[ $# -eq 2 ]] || die "usage: $0 NAME OUTDIR   (NAME: python | python-trixie | node | node-build | java)"
 NAME=$1
 OUTDIR=$2
 
@@ -52,12 +52,17 @@ node)
     PACKAGES="nodejs npm ca-certificates"
     CMD='["node"]'
     ;;
+node-build)
+    # node plus a C/C++ toolchain, for native modules (node-gyp).
+    PACKAGES="nodejs npm ca-certificates g++ make python3"
+    CMD='["node"]'
+    ;;
 java)
     PACKAGES="openjdk-17-jre-headless ca-certificates"
     CMD='["java","-version"]'
     EXTRA_ENV=("JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64")
     ;;
-*) die "unknown image name '$NAME' (expected python, python-trixie, node or java)" ;;
+*) die "unknown image name '$NAME' (expected python, python-trixie, node, node-build or java)" ;;
 esac
 
 need() { # need TOOL APT-PACKAGE

@@ -10,7 +10,7 @@ use ftl_test_support::rig::{app_layers, copy_tree, Rig};
 
 fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
-    RIG.get_or_init(|| Rig::start(env!("CARGO_BIN_EXE_ftl"), &["node"]).expect("test rig starts"))
+    RIG.get_or_init(|| Rig::start(env!("CARGO_BIN_EXE_ftl"), &["node", "node-build"]).expect("test rig starts"))
 }
 
 fn testdata(app: &str) -> PathBuf {
@@ -205,6 +205,17 @@ fn gcp_build_output_ships_and_dev_dependencies_do_not() {
     let again = rig.build(cache.path(), &app, &rig.base("node"), &image, &[]).report();
     assert_eq!(again["layers_built"], 0);
     assert_eq!(again["bytes_uploaded"], 0);
+}
+
+#[test]
+fn native_module_builds_with_the_base_toolchain() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let image = rig.image("node/native:e2e");
+    let r = rig.build(cache.path(), &testdata("native"), &rig.base("node-build"), &image, &["--verify"]).report();
+    assert_eq!(r["verify"]["status"], 200, "{r:#}");
+    let deps = layer_files(rig, &layer_digest(&r, "node_modules"));
+    assert!(deps.iter().any(|f| f.starts_with("srv/node_modules/epoll/build/Release/") && f.ends_with(".node")), "{deps:?}");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! | `python`        | bookworm minbase + python3 python3-venv python3-pip (3.11)      |
 //! | `python-trixie` | trixie minbase + python3 python3-venv python3-pip (3.13)        |
 //! | `node`          | bookworm minbase + nodejs npm (node 18)                         |
+//! | `node-build`    | `node` + g++ make python3 (native modules with node-gyp)        |
 //! | `java`          | bookworm minbase + openjdk-17-jre-headless                      |
 //!
 //! All include ca-certificates. Each is one gzip layer tagged `latest`.
@@ -29,7 +30,7 @@ use sha2::{Digest, Sha256};
 const SCRIPT: &str = include_str!("../../scripts/base-image.sh");
 
 /// Every image `ensure_base_image` knows.
-pub const BASE_IMAGE_NAMES: &[&str] = &["python", "python-trixie", "node", "java"];
+pub const BASE_IMAGE_NAMES: &[&str] = &["python", "python-trixie", "node", "node-build", "java"];
 
 /// First 16 hex digits of the sha256 of `scripts/base-image.sh`: the cache key.
 pub fn script_hash() -> String {
