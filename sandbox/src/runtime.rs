@@ -138,12 +138,9 @@ pub(crate) struct Plan {
     /// Candidate paths for argv[0] (PATH lookup done in advance).
     exec_candidates: Vec<CString>,
     pub(crate) oom_score_adj: Option<i32>,
-    pub(crate) terminal: bool,
-    pub(crate) args_display: String,
     /// Cgroup path from the spec, when set.
     pub(crate) cgroups_path: Option<PathBuf>,
     pub(crate) resources: Option<oci_spec::runtime::LinuxResources>,
-    pub(crate) new_pidns: bool,
     /// SIGKILL the init when the thread that started it exits (`run`).
     pub(crate) die_with_parent: bool,
 }
@@ -365,7 +362,6 @@ impl Plan {
         let mut unshare_cgroupns = false;
         let mut userns = false;
         let mut mount_ns = false;
-        let mut new_pidns = false;
         let mut new_netns = false;
         for (i, ns) in linux.namespaces().iter().flatten().enumerate() {
             let flag = match ns.typ() {
@@ -407,10 +403,6 @@ impl Plan {
                 libc::CLONE_NEWCGROUP => unshare_cgroupns = true,
                 libc::CLONE_NEWUSER => {
                     userns = true;
-                    clone_flags |= flag;
-                }
-                libc::CLONE_NEWPID => {
-                    new_pidns = true;
                     clone_flags |= flag;
                 }
                 libc::CLONE_NEWNET => {
@@ -843,11 +835,8 @@ impl Plan {
             envp,
             exec_candidates,
             oom_score_adj: process.oom_score_adj(),
-            terminal: process.terminal().unwrap_or(false),
-            args_display: args.join(" "),
             cgroups_path: linux.cgroups_path().clone(),
             resources: linux.resources().clone(),
-            new_pidns,
             die_with_parent: false,
         })
     }

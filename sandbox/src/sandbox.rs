@@ -562,7 +562,7 @@ pub struct Running {
 
 enum RunningInner {
     Embedded(Box<Started>),
-    External(crate::external::ExternalRunning),
+    External(Box<crate::external::ExternalRunning>),
 }
 
 fn reader(fd: Option<OwnedFd>, buf: Buffer) -> Option<JoinHandle<()>> {
@@ -615,7 +615,7 @@ impl Running {
             .flatten()
             .collect();
         Running {
-            inner: RunningInner::External(ext),
+            inner: RunningInner::External(Box::new(ext)),
             stdout,
             stderr,
             readers,
