@@ -293,7 +293,7 @@ impl Client {
             .and_then(|l| call.url.join(l).ok())
             .ok_or_else(|| Error::InvalidResponse {
                 what: format!("{} (upload session)", call.description),
-                url: call.url.to_string(),
+                url: crate::client::shown_url(&call.url),
                 reason: "the response has no usable Location header".into(),
             })?;
         Ok(UploadSession { location })

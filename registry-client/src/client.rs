@@ -431,7 +431,7 @@ impl Client {
         let unauthorized = |hint: String| Error::Unauthorized {
             description: call.description.clone(),
             registry: call.registry.clone(),
-            url: call.url.to_string(),
+            url: shown_url(&call.url),
             hint,
         };
         let hint = if cred.is_anonymous() {
@@ -616,7 +616,7 @@ impl Client {
         self.transport_error_parts(
             &call.description,
             call.method.as_str(),
-            call.url.as_str(),
+            &shown_url(&call.url),
             e,
         )
     }
@@ -641,14 +641,14 @@ impl Client {
             return Error::Tls {
                 host,
                 description: description.to_owned(),
-                source: e,
+                source: e.without_url(),
             };
         }
         Error::Transport {
             description: description.to_owned(),
             method: method.to_owned(),
             url: url.to_owned(),
-            source: e,
+            source: e.without_url(),
         }
     }
 
@@ -656,7 +656,7 @@ impl Client {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
         let message = registry_message(&body);
-        let url = call.url.to_string();
+        let url = shown_url(&call.url);
         match status {
             StatusCode::NOT_FOUND => Error::NotFound {
                 what: call.description.clone(),
@@ -693,6 +693,25 @@ pub(crate) fn registry_message(body: &[u8]) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// A URL for messages: upload sessions' opaque `_state` parameter dropped.
+pub(crate) fn shown_url(url: &Url) -> String {
+    if !url.query_pairs().any(|(k, _)| k == "_state") {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "_state")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        shown.set_query(None);
+    } else {
+        shown.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    shown.to_string()
 }
 
 fn host_of(registry: &str) -> &str {
@@ -763,6 +782,18 @@ mod tests {
             c.repo_url(&r, "blobs/uploads/").as_str(),
             "https://registry-1.docker.io/v2/library/python/blobs/uploads/"
         );
+    }
+
+    #[test]
+    fn upload_state_is_not_shown() {
+        let u = Url::parse("http://r:5000/v2/a/blobs/uploads/u1?_state=abc&digest=sha256%3A00")
+            .unwrap();
+        assert_eq!(
+            shown_url(&u),
+            "http://r:5000/v2/a/blobs/uploads/u1?digest=sha256%3A00"
+        );
+        let u = Url::parse("http://r:5000/v2/a/blobs/uploads/u1?_state=abc").unwrap();
+        assert_eq!(shown_url(&u), "http://r:5000/v2/a/blobs/uploads/u1");
     }
 
     #[test]

@@ -477,7 +477,7 @@ pub fn select_platform(
         d.platform().as_ref().is_some_and(|p| {
             p.os() == want.os()
                 && p.architecture() == want.architecture()
-                && (want.variant().is_none() || p.variant() == want.variant())
+                && (want.variant().is_none() || normal_variant(p) == normal_variant(want))
         })
     });
     match found {
@@ -495,6 +495,14 @@ pub fn select_platform(
     }
 }
 
+/// The variant, with arm64's implied `v8` made explicit (as docker does).
+fn normal_variant(p: &Platform) -> Option<&str> {
+    match (p.architecture(), p.variant().as_deref()) {
+        (Arch::ARM64, None) => Some("v8"),
+        (_, v) => v,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -502,7 +510,7 @@ mod tests {
     #[test]
     fn picks_platform_from_docker_list() {
         let list = r#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[
-          {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":1,"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","platform":{"architecture":"arm64","os":"linux","variant":"v8"}},
+          {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":1,"digest":"sha256:1111111111111111111111111111111111111111111111111111111111111111","platform":{"architecture":"arm64","os":"linux"}},
           {"mediaType":"application/vnd.docker.distribution.manifest.v2+json","size":1,"digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","platform":{"architecture":"amd64","os":"linux"}},
           {"mediaType":"application/vnd.oci.image.manifest.v1+json","size":1,"digest":"sha256:3333333333333333333333333333333333333333333333333333333333333333","platform":{"architecture":"unknown","os":"unknown"}}]}"#;
         let r = Reference::parse("python:3").unwrap();
@@ -525,6 +533,16 @@ mod tests {
             .unwrap()
             .to_string()
             .starts_with("sha256:1111"));
+        let arm_v8 = PlatformBuilder::default()
+            .os(Os::Linux)
+            .architecture(Arch::ARM64)
+            .variant("v8")
+            .build()
+            .unwrap();
+        assert!(select_platform(&r, &index, &arm_v8)
+            .unwrap()
+            .to_string()
+            .starts_with("sha256:1111"));
         let s390 = PlatformBuilder::default()
             .os(Os::Linux)
             .architecture(Arch::s390x)
@@ -532,7 +550,7 @@ mod tests {
             .unwrap();
         let err = select_platform(&r, &index, &s390).unwrap_err().to_string();
         assert!(
-            err.contains("linux/s390x") && err.contains("linux/arm64/v8"),
+            err.contains("linux/s390x") && err.contains("linux/arm64, linux/amd64"),
             "{err}"
         );
     }

@@ -583,3 +583,36 @@ async fn file_sources_stream_and_skopeo_converted_images_resolve() {
         .unwrap();
     assert_eq!(back, layer.0);
 }
+
+#[tokio::test]
+async fn concurrency_one_pushes_blob_after_blob() {
+    use ftl_test_support::proxy::FaultProxy;
+    let registry = start(RegistryOptions::plain());
+    let proxy = FaultProxy::start(&format!("http://{}", registry.host())).unwrap();
+    let client = Client::new(ClientSettings {
+        max_concurrency: 1,
+        ..settings_for(&registry)
+    })
+    .unwrap();
+    let img = image("sequential", false);
+    let target =
+        ftl_registry_client::Reference::parse(&format!("{}/app/seq:1", proxy.host())).unwrap();
+    client
+        .push(img.request(&target, &[], true), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    let methods: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| r.method.to_string())
+        .collect();
+    let per_blob = ["HEAD", "POST", "PUT"];
+    let expected: Vec<&str> = per_blob
+        .iter()
+        .cycle()
+        .take(9)
+        .copied()
+        .chain(["PUT"])
+        .collect();
+    assert_eq!(methods, expected);
+}
