@@ -266,6 +266,11 @@ impl Registry {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
+    /// The registry process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
