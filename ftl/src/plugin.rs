@@ -88,7 +88,30 @@ pub enum StepNetwork {
     Egress,
 }
 
-/// One command to run in the sandbox on the base image's rootfs.
+/// The root filesystem a step runs on (always read-only; `/tmp` is a
+/// tmpfs, and the request's mounts are the only writable paths).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StepRoot {
+    /// The base image's rootfs (the default): the libc, interpreter and ABI
+    /// the app runs with.
+    #[default]
+    Base,
+    /// The host's system directories (`/usr`, `/etc`, `/opt`, `/bin`,
+    /// `/lib*`, ... read-only, as `runsc do` runs commands, but not homes
+    /// or other mounts): for toolchains a runtime-only base lacks (a JDK and
+    /// Maven on a JRE base). The base's env is not applied (PATH is the
+    /// standard one plus the request's env), and mount targets must lie
+    /// below `/tmp`, so that nothing is created on the host's filesystem.
+    /// Not memoized as a probe: its identity is not the base digest.
+    Host,
+    /// The rootfs of another image (a builder image such as
+    /// `maven:3-eclipse-temurin-17`), pulled and unpacked once per digest
+    /// like the base; its config's env is applied instead of the base's.
+    Image(String),
+}
+
+/// One command to run in the sandbox, on the base image's rootfs unless
+/// [`ExecRequest::root`] says otherwise.
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
     /// Short name for progress and errors, e.g. `pip install`.
@@ -100,6 +123,8 @@ pub struct ExecRequest {
     pub mounts: Vec<ExecMount>,
     pub network: StepNetwork,
     pub timeout: Duration,
+    /// The root filesystem (default: the base image's).
+    pub root: StepRoot,
 }
 
 impl ExecRequest {
@@ -115,6 +140,7 @@ impl ExecRequest {
             mounts: Vec::new(),
             network: StepNetwork::None,
             timeout: Duration::from_secs(600),
+            root: StepRoot::Base,
         }
     }
 }
@@ -151,6 +177,18 @@ impl ExecOutput {
 /// Runs commands in the sandbox. Implemented by the engine.
 pub trait Exec: Send + Sync {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
+
+    /// A host directory that persists across builds on this machine (under
+    /// the ftl cache directory), created if missing, for a build tool's own
+    /// cache that a step mounts read-write (Maven's local repository, npm's
+    /// cache). `name` is `[A-Za-z0-9._-]+`; plugins prefix it with their id.
+    /// Its contents must never decide a layer's key: a layer built with it
+    /// must equal one built without it.
+    fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
+        Err(PluginError::new(format!(
+            "no persistent directory `{name}` in this context"
+        )))
+    }
 }
 
 /// Everything a plugin sees while planning.

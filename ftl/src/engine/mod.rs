@@ -311,6 +311,11 @@ impl Engine {
             base_env: base.info.env(),
             handle: tokio::runtime::Handle::current(),
             observer: observer.clone(),
+            cache_dir: self.settings.cache_dir.clone(),
+            client: self.client.clone(),
+            cache: self.cache.clone(),
+            platform: req.platform.clone(),
+            images: Mutex::new(HashMap::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -1044,19 +1049,169 @@ pub(crate) struct SandboxExec {
     base_env: Vec<(String, String)>,
     handle: tokio::runtime::Handle,
     observer: Arc<dyn Observer>,
+    /// For [`Exec::persistent_dir`] and builder images' rootfs.
+    cache_dir: PathBuf,
+    client: Client,
+    cache: Cache,
+    platform: Platform,
+    /// Builder images ([`StepRoot::Image`]) by reference: rootfs and env.
+    images: Mutex<HashMap<String, Arc<(base::LazyRootfs, Vec<(String, String)>)>>>,
+}
+
+/// The PATH of steps on the host's root.
+const HOST_STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl SandboxExec {
+    /// The rootfs and the env applied before the request's, for `root`.
+    fn root_for(&self, root: &StepRoot) -> Result<(PathBuf, Vec<(String, String)>), PluginError> {
+        match root {
+            StepRoot::Base => {
+                let rootfs = self
+                    .handle
+                    .block_on(self.rootfs.ensure())
+                    .map_err(|e| PluginError::new(e.to_string()))?;
+                Ok((rootfs, self.base_env.clone()))
+            }
+            StepRoot::Host => Ok((
+                self.host_root()?,
+                vec![("PATH".to_string(), HOST_STEP_PATH.to_string())],
+            )),
+            StepRoot::Image(reference) => {
+                let existing = self
+                    .images
+                    .lock()
+                    .expect("not poisoned")
+                    .get(reference)
+                    .cloned();
+                let image = match existing {
+                    Some(i) => i,
+                    None => {
+                        let parsed: Reference = reference.parse().map_err(|e| {
+                            PluginError::new(format!("builder image `{reference}`: {e}"))
+                        })?;
+                        let image = self
+                            .handle
+                            .block_on(base::BaseImage::resolve(
+                                &self.client,
+                                &parsed,
+                                &self.platform,
+                            ))
+                            .map_err(|e| {
+                                PluginError::new(format!("builder image `{reference}`: {e}"))
+                            })?;
+                        let env = image.info.env();
+                        let lazy = base::LazyRootfs::new(
+                            self.client.clone(),
+                            self.cache.clone(),
+                            self.cache_dir.join("rootfs"),
+                            image,
+                        );
+                        let i = Arc::new((lazy, env));
+                        self.images
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(reference.clone(), i.clone());
+                        i
+                    }
+                };
+                let rootfs = self
+                    .handle
+                    .block_on(image.0.ensure())
+                    .map_err(|e| PluginError::new(format!("builder image `{reference}`: {e}")))?;
+                Ok((rootfs, image.1.clone()))
+            }
+        }
+    }
+}
+
+/// The host directories a [`StepRoot::Host`] step sees (read-only): the
+/// system, not the host's homes, services' state or other mounts.
+const HOST_ROOT_DIRS: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt",
+];
+
+impl SandboxExec {
+    /// A root for steps on the host's toolchain: a directory of the cache
+    /// holding the host's top-level symlinks (`bin -> usr/bin`) and empty
+    /// mountpoints, onto which [`HOST_ROOT_DIRS`] are bound read-only (the
+    /// host's `/` itself cannot be the new root of a mount namespace).
+    fn host_root(&self) -> Result<PathBuf, PluginError> {
+        let root = self.cache_dir.join("host-root-v1");
+        let io =
+            |e: std::io::Error| PluginError::new(format!("cannot prepare {}: {e}", root.display()));
+        std::fs::create_dir_all(&root).map_err(io)?;
+        for name in HOST_ROOT_DIRS {
+            let host = Path::new("/").join(name);
+            let at = root.join(name);
+            let Ok(meta) = std::fs::symlink_metadata(&host) else {
+                continue;
+            };
+            if std::fs::symlink_metadata(&at).is_ok() {
+                continue;
+            }
+            let made = if meta.file_type().is_symlink() {
+                std::fs::read_link(&host).and_then(|t| std::os::unix::fs::symlink(t, &at))
+            } else if meta.is_dir() {
+                std::fs::create_dir(&at)
+            } else {
+                continue;
+            };
+            if let Err(e) = made {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    return Err(io(e));
+                }
+            }
+        }
+        Ok(root)
+    }
+
+    /// The read-only mounts of [`HOST_ROOT_DIRS`] that are directories.
+    fn host_mounts() -> Vec<ExecMount> {
+        HOST_ROOT_DIRS
+            .iter()
+            .map(|n| Path::new("/").join(n))
+            .filter(|p| {
+                std::fs::symlink_metadata(p)
+                    .is_ok_and(|m| m.is_dir() && !m.file_type().is_symlink())
+            })
+            .map(|p| ExecMount {
+                target: p.to_string_lossy().into_owned(),
+                host: p,
+                writable: false,
+            })
+            .collect()
+    }
 }
 
 /// Where the build-time CA bundle appears inside a step.
 pub const STEP_CA_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where it appears in steps on the host's root ([`StepRoot::Host`]).
+pub const HOST_STEP_CA_PATH: &str = "/tmp/ftl-ca/ca-certificates.crt";
 
 impl Exec for SandboxExec {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let rootfs = self
-            .handle
-            .block_on(self.rootfs.ensure())
-            .map_err(|e| PluginError::new(e.to_string()))?;
+        if request.root == StepRoot::Host {
+            // Mountpoints are created on the root: below /tmp (a tmpfs in
+            // the sandbox) they never touch the host's filesystem.
+            if let Some(m) = request
+                .mounts
+                .iter()
+                .find(|m| !m.target.starts_with("/tmp/") || m.target.split('/').any(|c| c == ".."))
+            {
+                return Err(PluginError::new(format!(
+                    "`{}`: a step on the host's root can only mount below /tmp, not at {}",
+                    request.label, m.target
+                )));
+            }
+        }
+        let (rootfs, root_env) = self.root_for(&request.root)?;
         let mut req = request.clone();
-        let mut env = self.base_env.clone();
+        if request.root == StepRoot::Host {
+            let mut mounts = Self::host_mounts();
+            mounts.append(&mut req.mounts);
+            req.mounts = mounts;
+        }
+        let mut env = root_env;
         for (k, v) in std::mem::take(&mut req.env) {
             env.retain(|(name, _)| *name != k);
             env.push((k, v));
@@ -1064,9 +1219,15 @@ impl Exec for SandboxExec {
         req.env = env;
         if req.network == StepNetwork::Egress {
             if let Some(ca) = &self.build_env.ca_bundle {
+                // The host's /etc is a read-only mount: no mountpoint there.
+                let ca_path = if req.root == StepRoot::Host {
+                    HOST_STEP_CA_PATH
+                } else {
+                    STEP_CA_PATH
+                };
                 req.mounts.push(ExecMount {
                     host: ca.clone(),
-                    target: STEP_CA_PATH.into(),
+                    target: ca_path.into(),
                     writable: false,
                 });
                 for var in [
@@ -1077,7 +1238,7 @@ impl Exec for SandboxExec {
                     "CURL_CA_BUNDLE",
                     "npm_config_cafile",
                 ] {
-                    req.env.push((var.into(), STEP_CA_PATH.into()));
+                    req.env.push((var.into(), ca_path.into()));
                 }
             }
             req.env.extend(self.build_env.proxy_env.iter().cloned());
@@ -1088,5 +1249,22 @@ impl Exec for SandboxExec {
         self.observer
             .event(&Event::StepFinished(req.label.clone(), t.elapsed()));
         out
+    }
+
+    fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
+        if name.is_empty()
+            || name.starts_with('.')
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(PluginError::new(format!(
+                "invalid persistent directory name `{name}`"
+            )));
+        }
+        let dir = self.cache_dir.join("persistent").join(name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(dir)
     }
 }

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::{regcache, SandboxExec};
 use crate::key::CacheKey;
-use crate::plugin::{Exec, ExecOutput, ExecRequest, PluginError, StepNetwork};
+use crate::plugin::{Exec, ExecOutput, ExecRequest, PluginError, StepNetwork, StepRoot};
 
 #[derive(Serialize, Deserialize)]
 struct Memo {
@@ -75,8 +75,10 @@ impl ProbeExec {
 
 impl Exec for ProbeExec {
     fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        // Only pure probes are memoized: no network, nothing mounted.
-        if req.network != StepNetwork::None || !req.mounts.is_empty() {
+        // Only pure probes of the base are memoized: no network, nothing
+        // mounted, on the base's root (the key names the base digest).
+        if req.network != StepNetwork::None || !req.mounts.is_empty() || req.root != StepRoot::Base
+        {
             return self.inner.run(req);
         }
         let key = self.key(req);
@@ -119,6 +121,10 @@ impl Exec for ProbeExec {
                 .push((key.hex, bytes));
         }
         Ok(out)
+    }
+
+    fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
+        self.inner.persistent_dir(name)
     }
 }
 

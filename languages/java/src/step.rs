@@ -1,0 +1,497 @@
+//! The build steps: Maven in the sandbox, and the prebuilt jar's layers.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ftl::{
+    BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
+    StepContext, StepNetwork,
+};
+
+use crate::jar::Jar;
+use crate::plan::{is_snapshot_jar, join, split_entries, JarPlan, MavenPlan};
+use crate::pom;
+
+/// Where the step's scratch directory is mounted (read-write): the
+/// project's copy (`src/`), the settings, the copied dependencies (`lib/`).
+/// Below /tmp so that it works on any [`ftl::StepRoot`].
+pub(crate) const WORK: &str = "/tmp/ftl-java";
+/// Where the persistent local Maven repository is mounted (read-write).
+pub(crate) const REPO: &str = "/tmp/ftl-m2";
+/// The persistent directory holding the local Maven repository.
+pub(crate) const REPO_DIR: &str = "java-maven-repo";
+/// Any fixed instant: what jars Maven builds (project modules) carry.
+const OUTPUT_TIMESTAMP: &str = "1980-01-01T00:00:02Z";
+const SOURCE_DATE_EPOCH: &str = "315532802";
+
+fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> PluginError {
+    PluginError::new(format!("{what} {}: {e}", path.display()))
+}
+
+pub(crate) struct MavenStep {
+    plan: Arc<MavenPlan>,
+}
+
+impl MavenStep {
+    pub(crate) fn new(plan: Arc<MavenPlan>) -> Self {
+        MavenStep { plan }
+    }
+
+    /// The `mvn` command line.
+    pub(crate) fn args(&self) -> Vec<String> {
+        let p = &self.plan;
+        let mut args: Vec<String> = vec![
+            "mvn".into(),
+            "-B".into(),
+            "--no-transfer-progress".into(),
+            format!("-Dmaven.repo.local={REPO}"),
+            format!("-Dproject.build.outputTimestamp={OUTPUT_TIMESTAMP}"),
+        ];
+        if p.maven_settings.is_some() {
+            args.extend(["-s".into(), format!("{WORK}/settings.xml")]);
+        }
+        if !p.module.is_empty() {
+            args.extend(["-pl".into(), p.module.clone(), "-am".into()]);
+        }
+        args.extend(p.settings.maven_args.iter().cloned());
+        args.extend([
+            "package".into(),
+            format!(
+                "org.apache.maven.plugins:maven-dependency-plugin:{}:copy-dependencies",
+                p.dependency_plugin
+            ),
+            "-DincludeScope=runtime".into(),
+            format!("-DoutputDirectory={WORK}/lib"),
+            "-Dmdep.useBaseVersion=true".into(),
+        ]);
+        args
+    }
+
+    pub(crate) fn request(&self, work: &Path, repo: &Path) -> ExecRequest {
+        let mut req = ExecRequest::new("mvn package", self.args());
+        req.root = self.plan.settings.builder.clone();
+        req.cwd = format!("{WORK}/src");
+        req.network = StepNetwork::Egress;
+        req.timeout = self.plan.settings.build_timeout;
+        req.env = vec![
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+            ("SOURCE_DATE_EPOCH".into(), SOURCE_DATE_EPOCH.into()),
+            ("MAVEN_OPTS".into(), "-Djava.io.tmpdir=/tmp".into()),
+        ];
+        req.mounts = vec![
+            ExecMount {
+                host: work.to_path_buf(),
+                target: WORK.into(),
+                writable: true,
+            },
+            ExecMount {
+                host: repo.to_path_buf(),
+                target: REPO.into(),
+                writable: true,
+            },
+        ];
+        req
+    }
+
+    /// Turns Maven's failure into one error naming the pom line, source line
+    /// or artifact.
+    pub(crate) fn explain(&self, out: &ExecOutput) -> PluginError {
+        let text = format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        explain_failure(&self.plan.poms, &text, out)
+    }
+}
+
+/// Artifacts Maven says it could not resolve, as (group, artifact, version).
+pub(crate) fn unresolved_artifacts(text: &str) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for marker in [
+        "Could not find artifact ",
+        "Could not transfer artifact ",
+        "Failure to find ",
+        "artifacts could not be resolved: ",
+        "artifact is missing: ",
+    ] {
+        let mut rest = text;
+        while let Some(i) = rest.find(marker) {
+            rest = &rest[i + marker.len()..];
+            let list_end = rest.find(['\n', ';']).unwrap_or(rest.len());
+            let list = &rest[..list_end];
+            let list = list.split(": ").next().unwrap_or(list);
+            for token in list
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+            {
+                let parts: Vec<&str> = token.split(':').collect();
+                if parts.len() < 4 || parts.iter().any(|p| p.is_empty() || p.contains('/')) {
+                    if marker != "artifacts could not be resolved: " {
+                        break;
+                    }
+                    continue;
+                }
+                let c = (
+                    parts[0].to_string(),
+                    parts[1].to_string(),
+                    parts[parts.len() - 1].to_string(),
+                );
+                if !out.contains(&c) {
+                    out.push(c);
+                }
+                if marker != "artifacts could not be resolved: " {
+                    break;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn explain_failure(poms: &[pom::Pom], text: &str, out: &ExecOutput) -> PluginError {
+    let how = if out.timed_out {
+        "timed out".to_string()
+    } else if out.oom {
+        "ran out of memory".to_string()
+    } else if let Some(s) = out.signal {
+        format!("was killed by signal {s}")
+    } else {
+        format!("exited with {}", out.code.unwrap_or(-1))
+    };
+    // A dependency that cannot be resolved: point at its declaration.
+    let missing = unresolved_artifacts(text);
+    if let Some((g, a, v)) = missing.first() {
+        let plugin = text.contains(&format!("Plugin {g}:{a}:"))
+            || text.contains(&format!("plugin {g}:{a}:"));
+        let what = if plugin { "plugin" } else { "dependency" };
+        let mut err = PluginError::new(format!(
+            "{what} {g}:{a}:{v} cannot be resolved from the configured repositories"
+        ))
+        .hint("check its coordinates and version, and that the repositories in settings.xml (java.maven_settings) serve it");
+        if let Some((p, line)) = poms
+            .iter()
+            .find_map(|p| pom::dependency_line(p, g, a).map(|l| (p, l)))
+        {
+            err = err.in_file(&p.file, Some(line));
+        } else if let Some(p) = poms.first() {
+            err = err.in_file(&p.file, None);
+        }
+        return err;
+    }
+    // javac: `[ERROR] /tmp/ftl-java/src/path/A.java:[12,5] message`.
+    let prefix = format!("{WORK}/src/");
+    for line in text.lines() {
+        let l = line.trim_start_matches("[ERROR]").trim();
+        if let Some(rest) = l.strip_prefix(&prefix) {
+            if let Some((file, tail)) = rest.split_once(":[") {
+                let lineno = tail
+                    .split([',', ']'])
+                    .next()
+                    .and_then(|n| n.parse::<usize>().ok());
+                let msg = tail.split_once("] ").map(|x| x.1).unwrap_or(tail);
+                return PluginError::new(format!("compilation failed: {msg}"))
+                    .in_file(file, lineno);
+            }
+        }
+        // A pom Maven cannot read: `... @ line 22, column 5`.
+        if l.contains("Non-parseable POM") || l.contains("Malformed POM") {
+            let file = l
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches(':').strip_prefix(&prefix))
+                .unwrap_or("pom.xml")
+                .to_string();
+            let lineno = l
+                .split_once("@ line ")
+                .and_then(|(_, r)| r.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|n| n.parse().ok());
+            return PluginError::new(format!("Maven cannot read the pom: {l}"))
+                .in_file(file, lineno);
+        }
+    }
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("[ERROR]") && l.len() > "[ERROR] ".len())
+        .take(8)
+        .collect();
+    let detail = if errors.is_empty() {
+        out.tail(20)
+    } else {
+        errors.join("\n")
+    };
+    PluginError::new(format!("mvn package {how}:\n{detail}")).in_file(
+        poms.first()
+            .map(|p| p.file.clone())
+            .unwrap_or_else(|| "pom.xml".into()),
+        None,
+    )
+}
+
+/// Copies the project (less build output) to `dest`.
+fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
+    std::fs::create_dir_all(dest).map_err(|e| io_err("cannot create", dest, e))?;
+    for rel in ctx.source.entries() {
+        if crate::plan::is_build_output(ctx.source, rel) {
+            continue;
+        }
+        let from = ctx.source.root().join(rel);
+        let to = dest.join(rel);
+        let meta = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
+        if meta.is_dir() {
+            std::fs::create_dir_all(&to).map_err(|e| io_err("cannot create", &to, e))?;
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&from).map_err(|e| io_err("cannot read", &from, e))?;
+            std::os::unix::fs::symlink(target, &to).map_err(|e| io_err("cannot create", &to, e))?;
+        } else if meta.is_file() {
+            std::fs::copy(&from, &to).map_err(|e| io_err("cannot copy", &from, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Files below `root` (relative, sorted) for which `keep` holds, with their
+/// ancestor directories.
+fn select_files(root: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, PluginError> {
+    let mut out = BTreeSet::new();
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
+        let entry = entry.map_err(|e| io_err("cannot read", root, e))?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .expect("below root")
+            .to_path_buf();
+        if !keep(&rel) {
+            continue;
+        }
+        let mut parent = rel.parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            out.insert(p.to_path_buf());
+            parent = p.parent();
+        }
+        out.insert(rel);
+    }
+    Ok(out.into_iter().collect())
+}
+
+impl BuildStep for MavenStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let p = &self.plan;
+        let work = ctx.scratch;
+        let src = work.join("src");
+        copy_project(ctx, &src)?;
+        if let Some((host, _)) = &p.maven_settings {
+            let to = work.join("settings.xml");
+            std::fs::copy(host, &to).map_err(|e| io_err("cannot copy", host, e))?;
+        }
+        // The sandbox may run as another uid: everything writable.
+        let _ = std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o777));
+        let repo = ctx.exec.persistent_dir(REPO_DIR)?;
+        let out = ctx.exec.run(&self.request(work, &repo))?;
+        if !out.success() {
+            return Err(self.explain(&out));
+        }
+        tracing::debug!(output = %out.tail(10), "mvn package");
+
+        let module_dir = src.join(&p.module);
+        let classes_dir = module_dir.join("target/classes");
+        let resources_src = module_dir.join("src/main/resources");
+        let is_resource = |rel: &Path| {
+            rel.extension().is_none_or(|e| e != "class") && resources_src.join(rel).is_file()
+        };
+        let lib_dir = work.join("lib");
+        let libs: Vec<String> = match std::fs::read_dir(&lib_dir) {
+            Ok(rd) => {
+                let mut v: Vec<String> = rd
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".jar"))
+                    .collect();
+                v.sort();
+                v
+            }
+            Err(_) => Vec::new(),
+        };
+        let is_module = |name: &str| {
+            p.reactor.iter().any(|a| {
+                name.strip_prefix(a.as_str())
+                    .and_then(|r| r.strip_prefix('-'))
+                    .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+            })
+        };
+        let libs_to = join(&p.app_dir, "libs");
+        let libs_layer = |names: Vec<String>| LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: lib_dir.clone(),
+                to: libs_to.clone(),
+                paths: names.into_iter().map(PathBuf::from).collect(),
+            }],
+        };
+        let mut result = Vec::new();
+        for &i in wanted {
+            let contents = if i == p.classes_layer {
+                LayerContents {
+                    inputs: vec![LayerInput::Files {
+                        root: classes_dir.clone(),
+                        to: join(&p.app_dir, "classes"),
+                        paths: select_files(&classes_dir, |r| !is_resource(r))?,
+                    }],
+                }
+            } else if i == p.resources_layer {
+                LayerContents {
+                    inputs: vec![LayerInput::Files {
+                        root: classes_dir.clone(),
+                        to: join(&p.app_dir, "resources"),
+                        paths: select_files(&classes_dir, is_resource)?,
+                    }],
+                }
+            } else if Some(i) == p.modules_layer {
+                libs_layer(libs.iter().filter(|n| is_module(n)).cloned().collect())
+            } else if Some(i) == p.snapshot_layer {
+                libs_layer(
+                    libs.iter()
+                        .filter(|n| !is_module(n) && is_snapshot_jar(n))
+                        .cloned()
+                        .collect(),
+                )
+            } else if i == p.release_layer {
+                libs_layer(
+                    libs.iter()
+                        .filter(|n| {
+                            !(p.modules_layer.is_some() && is_module(n))
+                                && !(p.snapshot_layer.is_some() && is_snapshot_jar(n))
+                        })
+                        .cloned()
+                        .collect(),
+                )
+            } else {
+                return Err(PluginError::new(format!("no layer {i} in the Maven step")));
+            };
+            result.push((i, contents));
+        }
+        Ok(result)
+    }
+}
+
+/// A prebuilt app's dependency jars.
+pub(crate) struct LibsStep {
+    pub root: PathBuf,
+    pub to: String,
+    pub names: Vec<PathBuf>,
+}
+
+impl BuildStep for LibsStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        _ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                (
+                    i,
+                    LayerContents {
+                        inputs: vec![LayerInput::Files {
+                            root: self.root.clone(),
+                            to: self.to.clone(),
+                            paths: self.names.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect())
+    }
+}
+
+/// A prebuilt jar, exploded into resources and classes.
+pub(crate) struct JarStep {
+    pub plan: JarPlan,
+}
+
+impl BuildStep for JarStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let p = &self.plan;
+        let mut jar = Jar::open(&p.jar).map_err(|e| io_err("cannot read", &p.jar, e))?;
+        let (resources, classes) = split_entries(&jar);
+        let mut out = Vec::new();
+        for &i in wanted {
+            let (entries, name) = if i == p.classes_layer {
+                (&classes, "classes")
+            } else if i == p.resources_layer {
+                (&resources, "resources")
+            } else {
+                return Err(PluginError::new(format!("no layer {i} in the jar step")));
+            };
+            let dir = ctx.scratch.join(name);
+            std::fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
+            for e in entries {
+                if !e.is_safe() {
+                    return Err(PluginError::new(format!("unsafe jar entry {}", e.name)));
+                }
+                let to = dir.join(&e.name);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|err| io_err("cannot create", parent, err))?;
+                }
+                let bytes = jar
+                    .read(e)
+                    .map_err(|err| io_err("cannot read", &p.jar, err))?;
+                std::fs::write(&to, bytes).map_err(|err| io_err("cannot write", &to, err))?;
+            }
+            out.push((
+                i,
+                LayerContents {
+                    inputs: vec![LayerInput::Tree {
+                        from: dir,
+                        to: join(&p.app_dir, name),
+                    }],
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_unresolved_artifacts() {
+        let text = "[ERROR] Failed to execute goal on project hello: Could not resolve dependencies for project com.example:hello:jar:1.0.0: Could not find artifact org.apache.commons:commons-lang3-does-not-exist:jar:3.12.0 in debian (file:///usr/share/maven-repo) -> [Help 1]";
+        assert_eq!(
+            unresolved_artifacts(text),
+            vec![(
+                "org.apache.commons".into(),
+                "commons-lang3-does-not-exist".into(),
+                "3.12.0".into()
+            )]
+        );
+        let text = "[ERROR] Failed to execute goal on project app: Could not resolve dependencies for project a:app:jar:1: The following artifacts could not be resolved: com.x:one:jar:1.0, com.x:two:jar:2.0: Could not transfer artifact com.x:one:jar:1.0 from/to central";
+        assert_eq!(
+            unresolved_artifacts(text)
+                .iter()
+                .map(|c| c.1.as_str())
+                .collect::<Vec<_>>(),
+            ["one", "two"]
+        );
+    }
+}
