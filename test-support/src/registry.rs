@@ -155,89 +155,46 @@ impl Registry {
                 section
             }
         };
-        let config = format!(
-            "version: 0.1\n\
-             log:\n  level: warn\n  accesslog:\n    disabled: true\n\
-             storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: ftl-test-secret-{port}\n{tls_section}\
-             {auth_section}",
-            storage = storage.display(),
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config)?;
-        let log = std::fs::File::create(dir.path().join("registry.log"))?;
-        let mut cmd = Command::new(REGISTRY_BINARY);
-        cmd.arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {REGISTRY_BINARY}"))?;
-        let mut registry = Self {
-            child,
-            dir,
-            port,
-            options,
-            ca_pem,
-            token_server,
-        };
-        registry.wait_ready()?;
-        Ok(registry)
-    }
-
-    fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // The port is free when picked but could be taken before the
+        // registry binds it: on "address already in use", pick another.
+        let mut attempt = 0;
         loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "docker-registry exited with {status} before answering; its log:\n{}",
-                    self.log()
-                );
+            attempt += 1;
+            let port = if attempt == 1 { port } else { free_port()? };
+            let config = format!(
+                "version: 0.1\n\
+                 log:\n  level: warn\n  accesslog:\n    disabled: true\n\
+                 storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\n\
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: ftl-test-secret-{port}\n{tls_section}\
+                 {auth_section}",
+                storage = storage.display(),
+            );
+            let config_path = dir.path().join("config.yml");
+            std::fs::write(&config_path, config)?;
+            let log_path = dir.path().join("registry.log");
+            let mut child = spawn_registry(&config_path, &log_path)?;
+            match wait_ready(&mut child, port, options.tls, &log_path) {
+                Ok(()) => {
+                    return Ok(Self {
+                        child,
+                        dir,
+                        port,
+                        options,
+                        ca_pem,
+                        token_server,
+                    })
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    if attempt < 3 && log.contains("address already in use") {
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
-            if self.answers() {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "docker-registry did not answer GET /v2/ on port {} within 15 s; its log:\n{}",
-                    self.port,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(25));
         }
-    }
-
-    fn answers(&self) -> bool {
-        let Ok(mut conn) =
-            TcpStream::connect_timeout(&self.socket_addr(), Duration::from_millis(200))
-        else {
-            return false;
-        };
-        if self.options.tls {
-            // The listener is up; the TLS stack answers once it accepts.
-            return true;
-        }
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        if conn
-            .write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-            .is_err()
-        {
-            return false;
-        }
-        let mut buf = [0u8; 12];
-        conn.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
     }
 
     /// `http://127.0.0.1:<port>` (or `https://ftl-registry.test:<port>` for
@@ -389,6 +346,76 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn spawn_registry(config: &Path, log_path: &Path) -> Result<Child> {
+    let log = std::fs::File::create(log_path)?;
+    let mut cmd = Command::new(REGISTRY_BINARY);
+    cmd.arg("serve")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {REGISTRY_BINARY}"))
+}
+
+/// Waits until the registry answers `GET /v2/` (any status) on `port`.
+fn wait_ready(child: &mut Child, port: u16, tls: bool, log_path: &Path) -> Result<()> {
+    let log = || std::fs::read_to_string(log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "docker-registry exited with {status} before answering; its log:\n{}",
+                log()
+            );
+        }
+        if answers(port, tls) {
+            // Make sure it is ours that answered, not a squatter on the port.
+            std::thread::sleep(Duration::from_millis(20));
+            if let Some(status) = child.try_wait()? {
+                bail!("docker-registry exited with {status}; its log:\n{}", log());
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "docker-registry did not answer GET /v2/ on port {port} within 15 s; its log:\n{}",
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn answers(port: u16, tls: bool) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut conn) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if tls {
+        // The listener is up; the TLS stack answers once it accepts.
+        return true;
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if conn
+        .write_all(b"GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 12];
+    conn.read_exact(&mut buf).is_ok() && buf.starts_with(b"HTTP/1.")
 }
 
 fn free_port() -> Result<u16> {
