@@ -125,6 +125,12 @@ impl Client {
                 });
             }
         }
+        // Bad extra tags fail before anything is sent.
+        let tagged: Vec<Reference> = request
+            .extra_tags
+            .iter()
+            .map(|t| target.with_tag(t))
+            .collect::<Result<_, _>>()?;
         // Each digest once; merge mount sources, keep the first source.
         let mut order: Vec<Digest> = Vec::new();
         let mut unique: HashMap<Digest, PushBlob> = HashMap::new();
@@ -203,10 +209,9 @@ impl Client {
                 &stats,
             )
             .await?;
-        for tag in &request.extra_tags {
-            let tagged = target.with_tag(tag)?;
+        for tagged in &tagged {
             self.put_manifest_with(
-                &tagged,
+                tagged,
                 request.manifest.clone(),
                 &request.manifest_media_type,
                 &stats,
