@@ -312,6 +312,15 @@ impl FileLock {
             .write(true)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            let _ = writeln!(file, "{}", std::process::id());
+            return Ok(Self { file });
+        }
+        eprintln!(
+            "ftl-test-support: waiting for another process to finish {}",
+            path.display()
+        );
         loop {
             // SAFETY: flock on a file descriptor we own.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
