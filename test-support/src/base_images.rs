@@ -134,7 +134,13 @@ fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
                 tmp.join("oci").display()
             );
         }
-        fs::rename(tmp.join("oci"), dir).with_context(|| {
+        let renamed = fs::rename(tmp.join("oci"), dir);
+        if renamed.is_err() && is_complete(dir) {
+            // A builder that does not take the lock (a script) got there
+            // first: same script, same image; keep theirs.
+            return Ok(());
+        }
+        renamed.with_context(|| {
             format!(
                 "moving the built image {} to {}",
                 tmp.join("oci").display(),
@@ -450,6 +456,25 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with(".tmp-")), "{names:?}");
+    }
+
+    #[test]
+    fn a_lockless_builder_that_finishes_first_wins() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("z-0123456789abcdef");
+        let d = dir.clone();
+        let got = ensure_cached(&dir, move |tmp| {
+            fake_build(tmp)?;
+            // Meanwhile a script without the lock renamed its build in.
+            let other = d.with_extension("tmp.1");
+            fake_build(&other)?;
+            fs::rename(other.join("oci"), &d)?;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, dir);
+        assert!(is_complete(&dir));
+        assert!(!dir.join("oci").exists());
     }
 
     #[test]
