@@ -19,6 +19,15 @@ use crate::probe::Probe;
 /// directory, so nothing of it can land in a layer).
 pub(crate) const SECRETS: &str = "/ftl-secrets";
 
+/// Where the package managers' download cache is mounted.
+pub(crate) const PKG_CACHE: &str = "/ftl-package-cache";
+
+/// Extra mounts of an install step.
+pub(crate) struct Mounts {
+    secrets: Option<ExecMount>,
+    cache: Option<ExecMount>,
+}
+
 /// The package manager that installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Manager {
@@ -63,7 +72,6 @@ impl Manager {
                 if production {
                     a.push("--production");
                 }
-                a.extend(["--cache-folder", "/tmp/yarn-cache"]);
                 a
             }
         };
@@ -129,13 +137,28 @@ impl InstallPlan {
         }))
     }
 
-    fn request(
-        &self,
-        label: &str,
-        args: Vec<String>,
-        app: &Path,
-        secrets: &Option<ExecMount>,
-    ) -> ExecRequest {
+    /// The mounts every command of a step gets besides the app: the secret
+    /// npmrc and the package managers' download cache (kept across builds
+    /// on this machine when the engine offers a persistent directory; its
+    /// contents never change what is installed, only how fast).
+    fn mounts(&self, ctx: &StepContext<'_>) -> Result<Mounts, PluginError> {
+        let secrets = self.secrets(ctx.scratch)?;
+        let cache = match ctx.exec.persistent_dir("node-package-cache") {
+            Ok(dir) => Some(ExecMount {
+                host: dir,
+                target: PKG_CACHE.into(),
+                writable: true,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "no persistent package cache; npm downloads into /tmp");
+                None
+            }
+        };
+        Ok(Mounts { secrets, cache })
+    }
+
+    fn request(&self, label: &str, args: Vec<String>, app: &Path, m: &Mounts) -> ExecRequest {
+        let (secrets, cache) = (&m.secrets, &m.cache);
         let mut req = ExecRequest::new(label, args);
         req.cwd = self.app_dir.clone();
         req.mounts = vec![ExecMount {
@@ -144,6 +167,11 @@ impl InstallPlan {
             writable: true,
         }];
         req.mounts.extend(secrets.iter().cloned());
+        req.mounts.extend(cache.iter().cloned());
+        let cache_root = cache
+            .as_ref()
+            .map(|m| m.target.clone())
+            .unwrap_or_else(|| "/tmp".to_string());
         let userconfig = if secrets.is_some() {
             format!("{SECRETS}/npmrc")
         } else {
@@ -152,14 +180,14 @@ impl InstallPlan {
         req.env = vec![
             ("HOME".into(), "/tmp".into()),
             ("TMPDIR".into(), "/tmp".into()),
-            ("npm_config_cache".into(), "/tmp/npm-cache".into()),
+            ("npm_config_cache".into(), format!("{cache_root}/npm")),
             ("npm_config_userconfig".into(), userconfig),
             ("npm_config_update_notifier".into(), "false".into()),
             ("npm_config_fund".into(), "false".into()),
             ("npm_config_audit".into(), "false".into()),
             ("npm_config_progress".into(), "false".into()),
             ("npm_config_devdir".into(), "/tmp/node-gyp".into()),
-            ("YARN_CACHE_FOLDER".into(), "/tmp/yarn-cache".into()),
+            ("YARN_CACHE_FOLDER".into(), format!("{cache_root}/yarn")),
             ("CI".into(), "true".into()),
         ];
         req.network = StepNetwork::Egress;
@@ -172,14 +200,14 @@ impl InstallPlan {
         &self,
         ctx: &StepContext<'_>,
         app: &Path,
-        secrets: &Option<ExecMount>,
+        mounts: &Mounts,
         production: bool,
     ) -> Result<(), PluginError> {
         let args = self.manager.install_args(self.lock.is_some(), production);
         let label = self
             .manager
             .install_command(self.lock.is_some(), production);
-        let out = ctx.exec.run(&self.request(&label, args, app, secrets))?;
+        let out = ctx.exec.run(&self.request(&label, args, app, mounts))?;
         if out.success() {
             tracing::debug!(output = %out.tail(5), "{label}");
             return Ok(());
@@ -212,7 +240,7 @@ impl InstallPlan {
             let detail: Vec<&str> = text
                 .lines()
                 .filter(|l| l.contains("Missing:") || l.contains("Invalid:"))
-                .map(|l| strip_npm_prefix(l))
+                .map(strip_npm_prefix)
                 .collect();
             let name = detail.first().and_then(|l| package_in(l));
             let mut e = PluginError::new(format!(
@@ -415,8 +443,8 @@ impl BuildStep for DepsStep {
             let p = app.join(lock.kind.file());
             std::fs::write(&p, &lock.bytes).map_err(|e| io_err("cannot write", &p, e))?;
         }
-        let secrets = plan.secrets(ctx.scratch)?;
-        plan.install(ctx, &app, &secrets, true)?;
+        let mounts = plan.mounts(ctx)?;
+        plan.install(ctx, &app, &mounts, true)?;
         let modules = app.join("node_modules");
         if !modules.is_dir() {
             std::fs::create_dir_all(&modules).map_err(|e| io_err("cannot create", &modules, e))?;
@@ -484,8 +512,8 @@ impl BuildStep for GcpBuildStep {
         let app = ctx.scratch.join("app");
         std::fs::create_dir_all(&app).map_err(|e| io_err("cannot create", &app, e))?;
         copy_entries(&self.root, &self.paths, &app)?;
-        let secrets = plan.secrets(ctx.scratch)?;
-        plan.install(ctx, &app, &secrets, false)?;
+        let mounts = plan.mounts(ctx)?;
+        plan.install(ctx, &app, &mounts, false)?;
         let mut args: Vec<String> = plan
             .manager
             .run_command()
@@ -494,7 +522,7 @@ impl BuildStep for GcpBuildStep {
             .collect();
         args.push("gcp-build".into());
         let label = format!("{} gcp-build", plan.manager.run_command());
-        let out = ctx.exec.run(&plan.request(&label, args, &app, &secrets))?;
+        let out = ctx.exec.run(&plan.request(&label, args, &app, &mounts))?;
         check(out, "the `gcp-build` script of package.json").map_err(|e| {
             e.in_file(
                 "package.json",
@@ -562,6 +590,9 @@ mod tests {
         let yarn = Manager::Yarn {
             version: "1.22.19".into(),
         };
-        assert_eq!(yarn.install_command(true, true), "yarn install --frozen-lockfile --non-interactive --production --cache-folder /tmp/yarn-cache");
+        assert_eq!(
+            yarn.install_command(true, true),
+            "yarn install --frozen-lockfile --non-interactive --production"
+        );
     }
 }

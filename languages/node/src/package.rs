@@ -279,12 +279,14 @@ pub fn check_npm_lock_in_sync(
                             format!("`{name}@{spec}` ({section}) is missing from the lockfile"),
                         ))
                     }
-                    Some(locked) if locked != spec => return Err(out_of_sync(
-                        name,
-                        format!(
+                    Some(locked) if locked != spec => {
+                        return Err(out_of_sync(
+                            name,
+                            format!(
                             "`{name}` is `{spec}` in package.json but `{locked}` in the lockfile"
                         ),
-                    )),
+                        ))
+                    }
                     _ => {}
                 }
             }
@@ -313,11 +315,12 @@ pub fn check_npm_lock_in_sync(
     Ok(())
 }
 
+/// Reads a file of the app: its bytes, or `None` when absent.
+pub type ReadFile<'a> = dyn Fn(&Path) -> Result<Option<Vec<u8>>, PluginError> + 'a;
+
 /// Reads the lockfile, if any, preferring npm-shrinkwrap.json, then
 /// package-lock.json, then yarn.lock.
-pub fn find_lockfile(
-    read: &dyn Fn(&Path) -> Result<Option<Vec<u8>>, PluginError>,
-) -> Result<Option<Lockfile>, PluginError> {
+pub fn find_lockfile(read: &ReadFile<'_>) -> Result<Option<Lockfile>, PluginError> {
     for kind in [LockKind::Shrinkwrap, LockKind::PackageLock, LockKind::Yarn] {
         if let Some(bytes) = read(Path::new(kind.file()))? {
             return Ok(Some(Lockfile { kind, bytes }));

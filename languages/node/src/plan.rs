@@ -77,12 +77,8 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         let text = String::from_utf8_lossy(&l.bytes);
         check_npm_lock_in_sync(&pkg, l.kind, &text)?;
     }
-    let npmrc = match read_bytes(Path::new(".npmrc"))? {
-        Some(b) => Some(Npmrc::parse(&String::from_utf8_lossy(&b), &|n| {
-            std::env::var(n).ok()
-        })),
-        None => None,
-    };
+    let npmrc = read_bytes(Path::new(".npmrc"))?
+        .map(|b| Npmrc::parse(&String::from_utf8_lossy(&b), &|n| std::env::var(n).ok()));
 
     let probe = probe::probe(ctx.exec, &ctx.base.reference)?;
     let manager = match lock.as_ref().map(|l| l.kind) {

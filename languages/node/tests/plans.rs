@@ -15,11 +15,16 @@ use ftl_node::NodePlugin;
 use serde_json::{json, Value};
 
 fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/node").join(app)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata/node")
+        .join(app)
 }
 
 fn base_with_env(env: &[&str]) -> BaseInfo {
-    let mut e = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8"];
+    let mut e = vec![
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG=C.UTF-8",
+    ];
     e.extend_from_slice(env);
     let config: oci_spec::image::ImageConfiguration = serde_json::from_value(json!({
         "architecture": "amd64",
@@ -30,7 +35,8 @@ fn base_with_env(env: &[&str]) -> BaseInfo {
     .unwrap();
     BaseInfo {
         reference: "localhost:5000/base/node:latest".into(),
-        manifest_digest: "sha256:2222222222222222222222222222222222222222222222222222222222222222".into(),
+        manifest_digest: "sha256:2222222222222222222222222222222222222222222222222222222222222222"
+            .into(),
         config,
         platform: "linux/amd64".into(),
     }
@@ -51,7 +57,10 @@ struct ProbeExec {
 
 impl ProbeExec {
     fn new(probe: Value) -> Self {
-        ProbeExec { probe, requests: Mutex::new(Vec::new()) }
+        ProbeExec {
+            probe,
+            requests: Mutex::new(Vec::new()),
+        }
     }
 }
 
@@ -59,20 +68,46 @@ impl Exec for ProbeExec {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
         self.requests.lock().unwrap().push(request.clone());
         assert_eq!(request.label, "node probe", "planning runs only the probe");
-        assert_eq!(request.network, ftl::StepNetwork::None, "the probe needs no network");
-        assert!(request.mounts.is_empty(), "the probe mounts nothing (so the engine memoizes it)");
-        Ok(ExecOutput { code: Some(0), stdout: format!("{}\n", self.probe).into_bytes(), ..ExecOutput::default() })
+        assert_eq!(
+            request.network,
+            ftl::StepNetwork::None,
+            "the probe needs no network"
+        );
+        assert!(
+            request.mounts.is_empty(),
+            "the probe mounts nothing (so the engine memoizes it)"
+        );
+        Ok(ExecOutput {
+            code: Some(0),
+            stdout: format!("{}\n", self.probe).into_bytes(),
+            ..ExecOutput::default()
+        })
     }
 }
 
-fn plan_full(app: &Path, options: &BuildOptions, exec: &dyn Exec, base: &BaseInfo) -> Result<LayerPlan, PluginError> {
+fn plan_full(
+    app: &Path,
+    options: &BuildOptions,
+    exec: &dyn Exec,
+    base: &BaseInfo,
+) -> Result<LayerPlan, PluginError> {
     let source = SourceTree::scan(app).unwrap();
-    let ctx = PlanContext { source: &source, base, options, exec };
+    let ctx = PlanContext {
+        source: &source,
+        base,
+        options,
+        exec,
+    };
     NodePlugin.plan(&ctx)
 }
 
 fn plan(app: &str) -> Result<LayerPlan, PluginError> {
-    plan_full(&testdata(app), &BuildOptions::default(), &ProbeExec::new(bookworm_probe()), &base_with_env(&[]))
+    plan_full(
+        &testdata(app),
+        &BuildOptions::default(),
+        &ProbeExec::new(bookworm_probe()),
+        &base_with_env(&[]),
+    )
 }
 
 /// The plan as JSON: layers (name, pinned, created_by, key inputs), config.
@@ -108,7 +143,11 @@ fn detects_package_json() {
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata/python");
     if let Ok(dirs) = std::fs::read_dir(py) {
         for d in dirs.flatten().filter(|d| d.path().is_dir()) {
-            assert!(!NodePlugin.detect(&SourceTree::scan(&d.path()).unwrap()), "{}", d.path().display());
+            assert!(
+                !NodePlugin.detect(&SourceTree::scan(&d.path()).unwrap()),
+                "{}",
+                d.path().display()
+            );
         }
     }
 }
@@ -123,7 +162,10 @@ fn express_with_lockfile() {
 fn no_lockfile_is_unpinned() {
     let p = plan("nolock").unwrap();
     assert!(!p.layers[0].pinned);
-    assert_eq!(p.config.entrypoint, Some(vec!["node".to_string(), "index.js".to_string()]));
+    assert_eq!(
+        p.config.entrypoint,
+        Some(vec!["node".to_string(), "index.js".to_string()])
+    );
     insta::assert_json_snapshot!(render(&p));
 }
 
@@ -158,7 +200,12 @@ fn keys_follow_their_inputs() {
     let opts = BuildOptions::default();
     let probe = ProbeExec::new(bookworm_probe());
     let base = base_with_env(&[]);
-    let keys = |p: &LayerPlan| -> BTreeMap<String, String> { p.layers.iter().map(|l| (l.name.clone(), l.key.hex.clone())).collect() };
+    let keys = |p: &LayerPlan| -> BTreeMap<String, String> {
+        p.layers
+            .iter()
+            .map(|l| (l.name.clone(), l.key.hex.clone()))
+            .collect()
+    };
     let k0 = keys(&plan_full(&app, &opts, &probe, &base).unwrap());
 
     // App code: only the app key changes.
@@ -169,13 +216,22 @@ fn keys_follow_their_inputs() {
 
     // The start script and description do not change what is installed.
     let pj = std::fs::read_to_string(app.join("package.json")).unwrap();
-    std::fs::write(app.join("package.json"), pj.replace("node server.js", "node  server.js").replace("An Express app", "An app")).unwrap();
+    std::fs::write(
+        app.join("package.json"),
+        pj.replace("node server.js", "node  server.js")
+            .replace("An Express app", "An app"),
+    )
+    .unwrap();
     let k2 = keys(&plan_full(&app, &opts, &probe, &base).unwrap());
     assert_eq!(k1["node_modules"], k2["node_modules"]);
 
     // Lockfile bytes, node version, npm version, platform, npmrc, base npm env: each changes it.
     let lock = std::fs::read_to_string(app.join("package-lock.json")).unwrap();
-    std::fs::write(app.join("package-lock.json"), lock.replacen("\"requires\": true", "\"requires\": false", 1)).unwrap();
+    std::fs::write(
+        app.join("package-lock.json"),
+        lock.replacen("\"requires\": true", "\"requires\": false", 1),
+    )
+    .unwrap();
     let k3 = keys(&plan_full(&app, &opts, &probe, &base).unwrap());
     assert_ne!(k2["node_modules"], k3["node_modules"]);
 
@@ -184,7 +240,10 @@ fn keys_follow_their_inputs() {
     other["modules"] = json!("115");
     let k4 = keys(&plan_full(&app, &opts, &ProbeExec::new(other), &base).unwrap());
     assert_ne!(k3["node_modules"], k4["node_modules"]);
-    assert_eq!(k3["app"], k4["app"], "the app layer is the same bytes on another node");
+    assert_eq!(
+        k3["app"], k4["app"],
+        "the app layer is the same bytes on another node"
+    );
 
     let mut other = bookworm_probe();
     other["npm"]["version"] = json!("10.2.4");
@@ -193,10 +252,16 @@ fn keys_follow_their_inputs() {
 
     let mut arm = base_with_env(&[]);
     arm.platform = "linux/arm64".into();
-    assert_ne!(k3["node_modules"], keys(&plan_full(&app, &opts, &probe, &arm).unwrap())["node_modules"]);
+    assert_ne!(
+        k3["node_modules"],
+        keys(&plan_full(&app, &opts, &probe, &arm).unwrap())["node_modules"]
+    );
 
     let env_base = base_with_env(&["npm_config_registry=https://mirror.example/"]);
-    assert_ne!(k3["node_modules"], keys(&plan_full(&app, &opts, &probe, &env_base).unwrap())["node_modules"]);
+    assert_ne!(
+        k3["node_modules"],
+        keys(&plan_full(&app, &opts, &probe, &env_base).unwrap())["node_modules"]
+    );
 
     std::fs::write(app.join(".npmrc"), "legacy-peer-deps=true\n").unwrap();
     let k6 = keys(&plan_full(&app, &opts, &probe, &base).unwrap());
@@ -224,7 +289,15 @@ fn entrypoint_order() {
     let tmp = tempfile::tempdir().unwrap();
     let app = tmp.path();
     let write = |f: &str, s: &str| std::fs::write(app.join(f), s).unwrap();
-    let ep = |opts: &BuildOptions| plan_full(app, opts, &ProbeExec::new(bookworm_probe()), &base_with_env(&[])).map(|p| p.config.entrypoint.unwrap());
+    let ep = |opts: &BuildOptions| {
+        plan_full(
+            app,
+            opts,
+            &ProbeExec::new(bookworm_probe()),
+            &base_with_env(&[]),
+        )
+        .map(|p| p.config.entrypoint.unwrap())
+    };
     let opts = BuildOptions::default();
 
     write("package.json", "{\"name\": \"x\"}");
@@ -236,21 +309,39 @@ fn entrypoint_order() {
     assert_eq!(ep(&opts).unwrap(), ["node", "server.js"]);
     write("package.json", "{\"name\": \"x\", \"main\": \"app.js\"}");
     assert_eq!(ep(&opts).unwrap(), ["node", "app.js"]);
-    write("package.json", "{\"name\": \"x\", \"main\": \"app.js\", \"scripts\": {\"start\": \"node app.js\"}}");
+    write(
+        "package.json",
+        "{\"name\": \"x\", \"main\": \"app.js\", \"scripts\": {\"start\": \"node app.js\"}}",
+    );
     assert_eq!(ep(&opts).unwrap(), ["npm", "start"]);
     write("app.yaml", "runtime: nodejs18\nentrypoint: node other.js\n");
     assert_eq!(ep(&opts).unwrap(), ["/bin/sh", "-c", "node other.js"]);
-    let given = BuildOptions { entrypoint: Some(vec!["node".into(), "given.js".into()]), ..BuildOptions::default() };
+    let given = BuildOptions {
+        entrypoint: Some(vec!["node".into(), "given.js".into()]),
+        ..BuildOptions::default()
+    };
     assert_eq!(ep(&given).unwrap(), ["node", "given.js"]);
 }
 
 #[test]
 fn config_env_and_app_dir() {
-    let opts = BuildOptions { app_dir: "/app/".into(), ..BuildOptions::default() };
-    let p = plan_full(&testdata("express"), &opts, &ProbeExec::new(bookworm_probe()), &base_with_env(&[])).unwrap();
+    let opts = BuildOptions {
+        app_dir: "/app/".into(),
+        ..BuildOptions::default()
+    };
+    let p = plan_full(
+        &testdata("express"),
+        &opts,
+        &ProbeExec::new(bookworm_probe()),
+        &base_with_env(&[]),
+    )
+    .unwrap();
     assert_eq!(p.config.workdir.as_deref(), Some("/app"));
     assert!(p.config.env.contains(&("PORT".into(), "8080".into())));
-    assert!(p.config.env.contains(&("NODE_ENV".into(), "production".into())));
+    assert!(p
+        .config
+        .env
+        .contains(&("NODE_ENV".into(), "production".into())));
     assert_eq!(p.layers[0].key.inputs()["app_dir"], "/app");
 }
 
@@ -269,17 +360,34 @@ fn base_without_node() {
     struct NoNode;
     impl Exec for NoNode {
         fn run(&self, _: &ExecRequest) -> Result<ExecOutput, PluginError> {
-            Ok(ExecOutput { code: Some(127), stderr: b"exec: node: not found".to_vec(), ..ExecOutput::default() })
+            Ok(ExecOutput {
+                code: Some(127),
+                stderr: b"exec: node: not found".to_vec(),
+                ..ExecOutput::default()
+            })
         }
     }
-    let e = plan_full(&testdata("express"), &BuildOptions::default(), &NoNode, &base_with_env(&[])).unwrap_err();
+    let e = plan_full(
+        &testdata("express"),
+        &BuildOptions::default(),
+        &NoNode,
+        &base_with_env(&[]),
+    )
+    .unwrap_err();
     insta::assert_snapshot!(e.to_string(), @"the base image localhost:5000/base/node:latest has no `node`; use a Node.js base image (for example node:20-slim, or Debian with the nodejs and npm packages)");
 }
 
 #[test]
 fn unknown_setting() {
     let mut opts = BuildOptions::default();
-    opts.settings.insert("node.instal_timeout".into(), "5".into());
-    let e = plan_full(&testdata("express"), &opts, &ProbeExec::new(bookworm_probe()), &base_with_env(&[])).unwrap_err();
+    opts.settings
+        .insert("node.instal_timeout".into(), "5".into());
+    let e = plan_full(
+        &testdata("express"),
+        &opts,
+        &ProbeExec::new(bookworm_probe()),
+        &base_with_env(&[]),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("unknown setting"), "{e}");
 }
