@@ -8,6 +8,30 @@
 //! authentication, retries and error mapping. The library never prints; it
 //! emits `tracing` events. Credentials never reach logs, errors or `Debug`.
 //!
+//! How it behaves:
+//!
+//! - **Transport.** Plain HTTP for `localhost`, `127.0.0.0/8`, `[::1]` and
+//!   [`ClientSettings::insecure_registries`]; HTTPS otherwise, trusting the
+//!   system roots plus [`ClientSettings::extra_ca_files`].
+//! - **Auth.** A request goes out anonymously until the registry answers
+//!   401; its challenge (Basic, or Bearer with realm and service) is
+//!   remembered per registry, and later requests authenticate up front.
+//!   Bearer tokens are cached per (registry, scope) and refreshed before
+//!   they expire; a 401 drops the token used and retries once. A mount asks
+//!   for `pull,push` on the target and `pull` on the source. Credentials
+//!   come from [`ClientSettings::credentials`], then the docker config in
+//!   [`ClientSettings::docker_config_dir`] (`auths`, `credHelpers`,
+//!   `credsStore`).
+//! - **Retries.** 408, 429 (honouring `Retry-After`), 5xx and connection
+//!   errors are retried with capped exponential backoff and jitter. A blob
+//!   upload is retried from a fresh session by reopening its
+//!   [`BlobSource`], only when the source says it can be reopened.
+//! - **Push.** [`Client::push`] HEADs each blob in the target, mounts it
+//!   from the listed repositories, else uploads it (POST, then one streamed
+//!   PUT, or PATCH chunks above a threshold; never a monolithic POST), each
+//!   digest once, at most [`ClientSettings::max_concurrency`] at a time. The
+//!   manifest is PUT last, and only when every blob is in place.
+//!
 //! ```no_run
 //! use std::sync::Arc;
 //! use ftl_registry_client::{Client, ClientSettings, Reference, default_platform};
