@@ -5,4 +5,5 @@
 pub mod base_images;
 pub mod proxy;
 pub mod registry;
+pub mod rig;
 pub mod token;

@@ -1,0 +1,309 @@
+//! The Python plugin end to end, as a user runs it: a real registry, base
+//! images built from Debian packages, real pip in ftl's sandbox.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ftl_test_support::proxy::FaultProxy;
+use ftl_test_support::rig::{app_layers, copy_tree, Rig};
+
+fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| {
+        Rig::start(env!("CARGO_BIN_EXE_ftl"), &["python", "python-trixie"])
+            .expect("test rig starts")
+    })
+}
+
+fn testdata(app: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/python")
+        .join(app)
+}
+
+/// A private copy of a testdata app, to edit.
+fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join(app);
+    copy_tree(&testdata(app), &dest).unwrap();
+    (tmp, dest)
+}
+
+fn built(report: &serde_json::Value) -> Vec<String> {
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.2 == "built")
+        .map(|l| l.0)
+        .collect()
+}
+
+fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
+    app_layers(report).into_iter().map(|l| (l.0, l.1)).collect()
+}
+
+#[test]
+fn flask_builds_verifies_and_rebuilds_incrementally() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("flask");
+    let image = rig.image("py/flask:e2e");
+    let base = rig.base("python");
+
+    // Cold: everything built, pushed, and the app answers HTTP 200 in the sandbox.
+    let cold = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("python: virtualenv /env")
+    );
+    assert_eq!(names.last().map(String::as_str), Some("app"));
+    assert!(
+        names.iter().any(|n| n == "python: flask==3.0.3"),
+        "{names:?}"
+    );
+    assert_eq!(
+        built(&cold).len(),
+        names.len(),
+        "a cold build builds every layer"
+    );
+
+    // Unchanged: nothing built, nothing uploaded, same digest.
+    let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(noop["digest"], cold["digest"]);
+    assert_eq!(noop["layers_built"], 0);
+    assert_eq!(noop["bytes_uploaded"], 0);
+
+    // One line of app code: exactly one new layer, only it uploaded.
+    let main = std::fs::read_to_string(app.join("main.py")).unwrap();
+    std::fs::write(app.join("main.py"), main + "\n# a change\n").unwrap();
+    let change = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(built(&change), ["app"]);
+    let uploaded: Vec<String> = app_layers(&change)
+        .into_iter()
+        .filter(|l| l.3 == "uploaded")
+        .map(|l| l.0)
+        .collect();
+    assert_eq!(uploaded, ["app"]);
+    assert_ne!(change["digest"], cold["digest"]);
+
+    // One added pinned requirement: only its layer is built; every other
+    // dependency layer keeps its digest.
+    let reqs = std::fs::read_to_string(app.join("requirements.txt")).unwrap();
+    std::fs::write(app.join("requirements.txt"), reqs + "six==1.16.0\n").unwrap();
+    let added = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(added["verify"]["status"], 200);
+    assert_eq!(built(&added), ["python: six==1.16.0"], "{added:#}");
+    let before = digests(&change);
+    for (name, digest) in digests(&added) {
+        if let Some((_, old)) = before.iter().find(|(n, _)| *n == name) {
+            assert_eq!(&digest, old, "layer {name} changed");
+        }
+    }
+}
+
+#[test]
+fn a_second_machine_hits_the_registry_cache_without_downloading_layers() {
+    let rig = rig();
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    let base = format!("{}/base/python:latest", proxy.host());
+    let image = format!("{}/py/nodeps:machines", proxy.host());
+    let app = testdata("nodeps");
+    let first = tempfile::tempdir().unwrap();
+    let a = rig.build(first.path(), &app, &base, &image, &[]).report();
+    assert!(!built(&a).is_empty());
+
+    // Another machine: an empty local cache, the same registry.
+    proxy.clear();
+    let second = tempfile::tempdir().unwrap();
+    let b = rig.build(second.path(), &app, &base, &image, &[]).report();
+    assert_eq!(b["digest"], a["digest"]);
+    assert_eq!(b["layers_built"], 0, "{b:#}");
+    assert_eq!(b["bytes_uploaded"], 0);
+    for l in app_layers(&b) {
+        assert_eq!(l.2, "registry-cache", "{l:?}");
+    }
+    assert_eq!(
+        proxy.blob_gets(),
+        0,
+        "no blob was downloaded: {:#?}",
+        proxy.requests()
+    );
+}
+
+#[test]
+fn another_python_version_rebuilds_dependencies() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let app = testdata("flask");
+    let image = rig.image("py/flask:versions");
+    let bookworm = rig
+        .build(cache.path(), &app, &rig.base("python"), &image, &[])
+        .report();
+    let trixie = rig
+        .build(
+            cache.path(),
+            &app,
+            &rig.base("python-trixie"),
+            &image,
+            &["--verify"],
+        )
+        .report();
+    assert_eq!(trixie["verify"]["status"], 200);
+    // Every dependency layer is rebuilt: the key holds the interpreter
+    // version and ABI read from the base. The app layer is the same bytes.
+    let rebuilt = built(&trixie);
+    assert!(
+        rebuilt.iter().any(|n| n == "python: flask==3.0.3"),
+        "{rebuilt:?}"
+    );
+    assert!(
+        rebuilt.iter().any(|n| n == "python: virtualenv /env"),
+        "{rebuilt:?}"
+    );
+    assert!(!rebuilt.iter().any(|n| n == "app"));
+    assert_ne!(bookworm["digest"], trixie["digest"]);
+}
+
+#[test]
+fn same_interpreter_on_another_base_digest_reuses_dependency_layers() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    // Another base with the same interpreter: the python base plus a file.
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::write(extra.path().join("motd"), "another base\n").unwrap();
+    let base2 = rig.image("base/python-plus:latest");
+    let made = rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            extra.path().to_str().unwrap(),
+            "--base",
+            &rig.base("python"),
+            "--image",
+            &base2,
+            "--language",
+            "generic",
+            "--app-dir",
+            "/etc/ftl-extra",
+            "--json",
+        ],
+    );
+    let made = made.report();
+    assert_eq!(made["layers_built"], 1);
+
+    let app = testdata("flask");
+    let image = rig.image("py/flask:rebased");
+    let first = rig
+        .build(cache.path(), &app, &rig.base("python"), &image, &[])
+        .report();
+    let second = rig.build(cache.path(), &app, &base2, &image, &[]).report();
+    // Design decision: dependency layers are keyed by the interpreter
+    // (version, ABI, platform, libc) read from the base, not by the base's
+    // digest, so they are reused on a rebased image.
+    assert_eq!(second["layers_built"], 0, "{second:#}");
+    assert_ne!(first["digest"], second["digest"]);
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_push_nothing() {
+    let rig = rig();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "bad-missing-package",
+            &["requirements.txt:1", "ftl-this-package-does-not-exist"],
+        ),
+        ("bad-syntax", &["requirements.txt:3", "werkzeug=>3.0"]),
+        (
+            "bad-no-entrypoint",
+            &["no entrypoint found", "--entrypoint"],
+        ),
+        (
+            "bad-incomplete-pins",
+            &["requirements.txt", "werkzeug", "jinja2"],
+        ),
+    ];
+    for (app, needles) in cases {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = format!("py/{app}");
+        let run = rig.build(
+            cache.path(),
+            &testdata(app),
+            &rig.base("python"),
+            &rig.image(&format!("{repo}:x")),
+            &[],
+        );
+        let err = run.error();
+        for needle in *needles {
+            assert!(
+                err.contains(needle),
+                "{app}: error should mention {needle:?}:\n{err}"
+            );
+        }
+        assert!(
+            err.lines().count() <= 40,
+            "{app}: error is a message, not a dump:\n{err}"
+        );
+        assert!(rig.registry.tags(&repo).is_empty(), "{app}: nothing pushed");
+        // No cache entry points at a blob that is not there.
+        let keys = cache.path().join("keys-v1");
+        for entry in std::fs::read_dir(&keys).into_iter().flatten().flatten() {
+            let e: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+            let hex = e["digest"].as_str().unwrap().trim_start_matches("sha256:");
+            assert!(
+                cache.path().join("blobs/sha256").join(hex).is_file(),
+                "{app}: dangling cache entry {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn two_builds_at_once_share_the_cache() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let app = testdata("includes");
+    let base = rig.base("python");
+    let image = rig.image("py/includes:concurrent");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let mut cmd = rig.command(
+                cache.path(),
+                &[
+                    "build",
+                    app.to_str().unwrap(),
+                    "--base",
+                    &base,
+                    "--image",
+                    &image,
+                    "--json",
+                ],
+            );
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    let reports: Vec<serde_json::Value> = runs
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(reports[0]["digest"], reports[1]["digest"]);
+    // And the cache they left is whole: a third build builds nothing.
+    let again = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(again["layers_built"], 0);
+    assert_eq!(again["digest"], reports[0]["digest"]);
+}

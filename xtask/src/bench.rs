@@ -1,0 +1,347 @@
+//! Benchmarks that print numbers (not timed tests).
+//!
+//! - `layers`: reproducible layer build throughput on ~200 MB of real files
+//!   (MB/s of uncompressed input), at the default level and others.
+//! - `push`: push of a ~50 MB layer to a local registry (MB/s), and the
+//!   no-op rebuild+push latency of a small app (ms).
+//! - `python`: the four scenarios on testdata/python/flask.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use ftl::layer::{write_layer, LayerSettings};
+use ftl::{LayerContents, LayerInput};
+use ftl_test_support::rig::{copy_tree, Rig};
+
+use crate::{build_ftl, root};
+
+pub fn main(args: &[String]) -> Result<()> {
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    match what {
+        "layers" => layers(),
+        "push" => push(),
+        "python" => python(),
+        "all" => {
+            layers()?;
+            push()?;
+            python()
+        }
+        other => bail!("unknown benchmark {other:?}: layers, push, python, all"),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    v[v.len() / 2]
+}
+
+/// Directories of real files under /usr adding up to at least `want` bytes.
+fn real_tree(want: u64) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut total = 0;
+    for top in [
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/share",
+        "/usr/lib",
+        "/usr/bin",
+    ] {
+        let Ok(rd) = std::fs::read_dir(top) else {
+            continue;
+        };
+        let mut entries: Vec<PathBuf> = rd
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && !p.is_symlink())
+            .collect();
+        entries.sort();
+        for d in entries {
+            if total >= want {
+                return dirs;
+            }
+            let size: u64 = walk_size(&d);
+            if size == 0 || size > want {
+                continue;
+            }
+            total += size;
+            dirs.push(d);
+        }
+    }
+    dirs
+}
+
+fn walk_size(d: &Path) -> u64 {
+    let mut n = 0;
+    let mut stack = vec![d.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file() {
+                n += m.len();
+            }
+        }
+    }
+    n
+}
+
+fn layers() -> Result<()> {
+    let dirs = real_tree(200 << 20);
+    let contents = LayerContents {
+        inputs: dirs
+            .iter()
+            .map(|d| LayerInput::Tree {
+                from: d.clone(),
+                to: format!("/data{}", d.display()),
+            })
+            .collect(),
+    };
+    // Warm the page cache so the numbers measure the pipeline, not the disk.
+    let probe = write_layer(&contents, LayerSettings::default(), std::io::sink())?;
+    let mb = probe.uncompressed_size as f64 / 1e6;
+    println!(
+        "\nlayer build: {} entries, {:.0} MB uncompressed, from {} directories of /usr",
+        probe.entries,
+        mb,
+        dirs.len()
+    );
+    println!(
+        "{:<8} {:>10} {:>12} {:>8}",
+        "level", "MB/s", "compressed", "ratio"
+    );
+    for level in [1u32, 3, 6] {
+        let settings = LayerSettings {
+            level,
+            ..LayerSettings::default()
+        };
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..3 {
+            let out = tempfile::tempfile()?;
+            let t = Instant::now();
+            let d = write_layer(&contents, settings, std::io::BufWriter::new(out))?;
+            times.push(t.elapsed().as_secs_f64());
+            size = d.size;
+        }
+        let secs = median(times);
+        let default = if level == ftl::layer::DEFAULT_LEVEL {
+            " (default)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<8} {:>10.1} {:>12} {:>8.2}{default}",
+            level,
+            mb / secs,
+            size,
+            size as f64 / probe.uncompressed_size as f64
+        );
+    }
+    Ok(())
+}
+
+fn ftl_json(ftl: &Path, cache: &Path, args: &[&str]) -> Result<(serde_json::Value, f64)> {
+    let t = Instant::now();
+    let out = Command::new(ftl)
+        .args(args)
+        .arg("--json")
+        .env("FTL_CACHE_DIR", cache)
+        .output()?;
+    let wall = t.elapsed().as_secs_f64() * 1000.0;
+    if !out.status.success() {
+        bail!(
+            "ftl {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        serde_json::from_slice(&out.stdout).context("ftl --json output")?,
+        wall,
+    ))
+}
+
+fn phase(report: &serde_json::Value, name: &str) -> f64 {
+    report["timings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["phase"] == name)
+        .and_then(|t| t["ms"].as_f64())
+        .unwrap_or(0.0)
+}
+
+fn push() -> Result<()> {
+    let ftl = build_ftl()?;
+    let rig = Rig::start(&ftl, &["python"])?;
+    let work = tempfile::tempdir()?;
+    // ~50 MB of real, compressible-as-usual files.
+    let src = work.path().join("big");
+    std::fs::create_dir_all(&src)?;
+    let mut total = 0;
+    for d in real_tree(60 << 20) {
+        let dest = src.join(d.strip_prefix("/")?.to_string_lossy().replace('/', "_"));
+        copy_tree(&d, &dest)?;
+        total += walk_size(&dest);
+        if total >= 50 << 20 {
+            break;
+        }
+    }
+    let mut rates = Vec::new();
+    let mut size = 0.0;
+    for i in 0..3 {
+        let cache = work.path().join(format!("cache-{i}"));
+        let image = rig.image(&format!("bench/push{i}:latest"));
+        let (report, _) = ftl_json(
+            &ftl,
+            &cache,
+            &[
+                "build",
+                src.to_str().unwrap(),
+                "--base",
+                &rig.base("python"),
+                "--image",
+                &image,
+                "--language",
+                "generic",
+                "--no-registry-cache",
+            ],
+        )?;
+        size = report["bytes_uploaded"].as_f64().unwrap_or(0.0);
+        rates.push(size / 1e6 / (phase(&report, "push") / 1000.0));
+    }
+    println!(
+        "\npush: {:.1} MB layer to a local registry: {:.0} MB/s (median of 3)",
+        size / 1e6,
+        median(rates)
+    );
+
+    let app = root().join("testdata/python/nodeps");
+    let cache = work.path().join("noop-cache");
+    let image = rig.image("bench/noop:latest");
+    let args = [
+        "build",
+        app.to_str().unwrap(),
+        "--base",
+        &rig.base("python"),
+        "--image",
+        &image,
+        "--language",
+        "generic",
+        "--entrypoint",
+        "python3 main.py",
+    ];
+    ftl_json(&ftl, &cache, &args)?;
+    let mut engine = Vec::new();
+    let mut wall = Vec::new();
+    for _ in 0..10 {
+        let (r, w) = ftl_json(&ftl, &cache, &args)?;
+        assert_eq!(r["bytes_uploaded"], 0);
+        engine.push(phase(&r, "total"));
+        wall.push(w);
+    }
+    println!("no-op rebuild+push of a small app: {:.0} ms in the engine, {:.0} ms for the whole process (medians of 10)", median(engine), median(wall));
+    Ok(())
+}
+
+fn python() -> Result<()> {
+    let ftl = build_ftl()?;
+    let rig = Rig::start(&ftl, &["python"])?;
+    let work = tempfile::tempdir()?;
+    let runs = 3;
+    let mut rows: Vec<(String, Vec<f64>, f64, f64)> = Vec::new();
+    let mut record = |name: &str, ms: f64, r: &serde_json::Value| {
+        let bytes = r["bytes_uploaded"].as_f64().unwrap_or(0.0);
+        let built = r["layers_built"].as_f64().unwrap_or(0.0);
+        match rows.iter_mut().find(|row| row.0 == name) {
+            Some(row) => row.1.push(ms),
+            None => rows.push((name.to_string(), vec![ms], bytes, built)),
+        }
+    };
+    for i in 0..runs {
+        let app = work.path().join(format!("flask-{i}"));
+        copy_tree(&root().join("testdata/python/flask"), &app)?;
+        let cache = work.path().join(format!("cache-{i}"));
+        // A fresh repository: its registry cache is empty too.
+        let image = rig.image(&format!("bench/flask{i}:latest"));
+        let base = rig.base("python");
+        let args = |extra: &[&'static str]| -> Vec<String> {
+            let mut a = vec![
+                "build".to_string(),
+                app.display().to_string(),
+                "--base".into(),
+                base.clone(),
+                "--image".into(),
+                image.clone(),
+            ];
+            a.extend(extra.iter().map(|s| s.to_string()));
+            a
+        };
+        let call = |a: Vec<String>| -> Result<(serde_json::Value, f64)> {
+            let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+            ftl_json(&ftl, &cache, &refs)
+        };
+        let (r, ms) = call(args(&[]))?;
+        record("cold (empty caches)", ms, &r);
+        let (r, ms) = call(args(&[]))?;
+        record("no-op rebuild", ms, &r);
+        let main = std::fs::read_to_string(app.join("main.py"))?;
+        std::fs::write(app.join("main.py"), format!("{main}\n# change {i}\n"))?;
+        let (r, ms) = call(args(&[]))?;
+        record("one-line app change", ms, &r);
+        let reqs = std::fs::read_to_string(app.join("requirements.txt"))?;
+        std::fs::write(app.join("requirements.txt"), format!("{reqs}six==1.16.0\n"))?;
+        let (r, ms) = call(args(&[]))?;
+        record("one added dependency (six)", ms, &r);
+    }
+    // pip itself, on the host, for the same lock: the floor for a cold build.
+    let mut pip = Vec::new();
+    for _ in 0..runs {
+        let venv = tempfile::tempdir()?;
+        let t = Instant::now();
+        let ok = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv.path())
+            .status()?
+            .success()
+            && Command::new(venv.path().join("bin/pip"))
+                .args([
+                    "install",
+                    "-q",
+                    "--no-deps",
+                    "--no-cache-dir",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(root().join("testdata/python/flask/requirements.txt"))
+                .status()?
+                .success();
+        if !ok {
+            bail!("host pip install failed");
+        }
+        pip.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    println!("\npython: testdata/python/flask, medians of {runs} runs (whole `ftl build` process)");
+    println!(
+        "{:<30} {:>10} {:>14} {:>13}",
+        "scenario", "ms", "bytes uploaded", "layers built"
+    );
+    for (name, times, bytes, built) in &rows {
+        println!(
+            "{:<30} {:>10.0} {:>14.0} {:>13.0}",
+            name,
+            median(times.clone()),
+            bytes,
+            built
+        );
+    }
+    println!(
+        "{:<30} {:>10.0}",
+        "host: venv + pip install (ref)",
+        median(pip)
+    );
+    Ok(())
+}

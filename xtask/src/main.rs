@@ -1,0 +1,139 @@
+//! Project tasks: `cargo xtask demo` (the main job, end to end),
+//! `cargo xtask test` (the whole test suite, as CI runs it) and
+//! `cargo xtask bench ...` (the benchmarks, printing numbers).
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use ftl_test_support::rig::Rig;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn ensure_deps() -> Result<()> {
+    run(Command::new("bash").arg(root().join("scripts/ensure-deps.sh")))
+}
+
+/// Builds the ftl binary (release) and returns its path.
+fn build_ftl() -> Result<PathBuf> {
+    run(Command::new(env!("CARGO")).current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "ftl-cli",
+    ]))?;
+    Ok(root().join("target/release/ftl"))
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let app = args
+        .first()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("testdata/python/flask"));
+    ensure_deps()?;
+    let ftl = build_ftl()?;
+    eprintln!("==> starting a local registry and pushing the python base image (built from Debian packages on first use; a few minutes once)");
+    let rig = Rig::start(&ftl, &["python"])?;
+    let base = rig.base("python");
+    let image = rig.image("demo/app:latest");
+    let cache = std::env::var_os("FTL_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/demo-cache"));
+    eprintln!(
+        "==> ftl build {} --base {base} --image {image} --verify",
+        app.display()
+    );
+    let status = Command::new(&ftl)
+        .args([
+            "build",
+            app.to_str().context("utf-8 path")?,
+            "--base",
+            &base,
+            "--image",
+            &image,
+            "--verify",
+        ])
+        .env("FTL_CACHE_DIR", &cache)
+        .status()?;
+    if !status.success() {
+        bail!("the demo build failed");
+    }
+    eprintln!("==> again, unchanged: a manifest check");
+    let status = Command::new(&ftl)
+        .args([
+            "build",
+            app.to_str().context("utf-8 path")?,
+            "--base",
+            &base,
+            "--image",
+            &image,
+        ])
+        .env("FTL_CACHE_DIR", &cache)
+        .status()?;
+    if !status.success() {
+        bail!("the demo rebuild failed");
+    }
+    run(Command::new(&ftl).args(["inspect", &image]))?;
+    eprintln!("==> done; the registry stops now");
+    Ok(())
+}
+
+fn test() -> Result<()> {
+    ensure_deps()?;
+    let cargo = env!("CARGO");
+    run(Command::new(cargo)
+        .current_dir(root())
+        .args(["fmt", "--all", "--", "--check"]))?;
+    run(Command::new(cargo).current_dir(root()).args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--quiet",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new(cargo)
+        .current_dir(root())
+        .args(["test", "--workspace", "--no-fail-fast"]))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(),
+        Some("bench") => bench::main(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask demo [APP_DIR] | test | bench [layers|push|noop|python|all]"
+            );
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
