@@ -14,8 +14,6 @@ use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use flate2::write::GzEncoder;
-use flate2::Compression;
 use sha2::{Digest as _, Sha256};
 
 use crate::plugin::{LayerContents, LayerInput};
@@ -40,6 +38,9 @@ pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub struct LayerSettings {
     pub mtime: u64,
     pub level: u32,
+    /// Compression threads. Not part of the output's identity: any count
+    /// gives the same bytes (see [`crate::gzip`]).
+    pub threads: usize,
 }
 
 impl Default for LayerSettings {
@@ -47,6 +48,7 @@ impl Default for LayerSettings {
         LayerSettings {
             mtime: DEFAULT_MTIME,
             level: DEFAULT_LEVEL,
+            threads: crate::gzip::default_threads(),
         }
     }
 }
@@ -265,7 +267,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header
 pub fn write_layer(
     contents: &LayerContents,
     settings: LayerSettings,
-    out: impl Write,
+    out: impl Write + Send,
 ) -> Result<LayerDigests, LayerError> {
     let entries = Entries::collect(contents)?;
     let count = entries.0.len();
@@ -274,12 +276,35 @@ pub fn write_layer(
         hasher: Sha256::new(),
         count: 0,
     };
-    let gz = GzEncoder::new(compressed, Compression::new(settings.level));
-    let raw = HashWriter {
-        inner: gz,
-        hasher: Sha256::new(),
-        count: 0,
-    };
+    let (mut compressed, tarred) =
+        crate::gzip::compress(compressed, settings.level, settings.threads, |sink| {
+            let raw = HashWriter {
+                inner: sink,
+                hasher: Sha256::new(),
+                count: 0,
+            };
+            Ok(write_tar(&entries, settings.mtime, raw))
+        })
+        .map_err(LayerError::Write)?;
+    let (diff_id, uncompressed_size) = tarred?;
+    compressed.flush().map_err(LayerError::Write)?;
+    let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
+    Ok(LayerDigests {
+        digest,
+        diff_id,
+        size: compressed.count,
+        uncompressed_size,
+        entries: count,
+    })
+}
+
+/// Writes the tar stream of `entries` to `raw`; returns the diffID and the
+/// uncompressed size.
+fn write_tar<W: Write>(
+    entries: &Entries,
+    mtime: u64,
+    raw: HashWriter<W>,
+) -> Result<(String, u64), LayerError> {
     let mut builder = tar::Builder::new(raw);
     builder.mode(tar::HeaderMode::Deterministic);
     let mut first_of_inode: HashMap<(u64, u64), String> = HashMap::new();
@@ -287,24 +312,19 @@ pub fn write_layer(
     for (name, entry) in &entries.0 {
         match entry {
             Entry::Dir { mode } => {
-                let mut h = header(tar::EntryType::Directory, *mode, 0, settings.mtime);
+                let mut h = header(tar::EntryType::Directory, *mode, 0, mtime);
                 builder
                     .append_data(&mut h, format!("{name}/"), io::empty())
                     .map_err(w)?;
             }
             Entry::Bytes { data, mode } => {
-                let mut h = header(
-                    tar::EntryType::Regular,
-                    *mode,
-                    data.len() as u64,
-                    settings.mtime,
-                );
+                let mut h = header(tar::EntryType::Regular, *mode, data.len() as u64, mtime);
                 builder
                     .append_data(&mut h, name, data.as_slice())
                     .map_err(w)?;
             }
             Entry::Symlink { target } => {
-                let mut h = header(tar::EntryType::Symlink, 0o777, 0, settings.mtime);
+                let mut h = header(tar::EntryType::Symlink, 0o777, 0, mtime);
                 builder.append_link(&mut h, name, target).map_err(w)?;
             }
             Entry::File {
@@ -315,7 +335,7 @@ pub fn write_layer(
             } => {
                 if let Some(ino) = inode {
                     if let Some(first) = first_of_inode.get(ino) {
-                        let mut h = header(tar::EntryType::Link, *mode, 0, settings.mtime);
+                        let mut h = header(tar::EntryType::Link, *mode, 0, mtime);
                         builder.append_link(&mut h, name, first).map_err(w)?;
                         continue;
                     }
@@ -327,7 +347,7 @@ pub fn write_layer(
                 })?;
                 // The size is the one read at collection time; a file that
                 // changes under us is an error, not a corrupt layer.
-                let mut h = header(tar::EntryType::Regular, *mode, *size, settings.mtime);
+                let mut h = header(tar::EntryType::Regular, *mode, *size, mtime);
                 let mut limited = ExactReader {
                     inner: file,
                     left: *size,
@@ -348,18 +368,10 @@ pub fn write_layer(
         }
     }
     let raw = builder.into_inner().map_err(w)?;
-    let diff_id = format!("sha256:{}", hex::encode(raw.hasher.finalize()));
-    let uncompressed_size = raw.count;
-    let mut compressed = raw.inner.finish().map_err(w)?;
-    compressed.flush().map_err(w)?;
-    let digest = format!("sha256:{}", hex::encode(compressed.hasher.finalize()));
-    Ok(LayerDigests {
-        digest,
-        diff_id,
-        size: compressed.count,
-        uncompressed_size,
-        entries: count,
-    })
+    Ok((
+        format!("sha256:{}", hex::encode(raw.hasher.finalize())),
+        raw.count,
+    ))
 }
 
 /// Reads exactly `left` bytes, failing if the file is shorter or longer
@@ -471,7 +483,7 @@ mod tests {
         );
         assert_eq!(
             a.digest,
-            "sha256:c55bf1e792e9229fcaab92b3a296abf86fbbf63c45410030d5be6a1d16cc890d"
+            "sha256:4908e563a8da19ff5538d074feeca43f6ebe219638a9ce7163092b55871e92f4"
         );
 
         // The tar has parents, sorted names, root ownership, fixed mtime,

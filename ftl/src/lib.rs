@@ -7,6 +7,7 @@
 pub mod app;
 pub mod engine;
 pub mod export;
+pub mod gzip;
 pub mod image;
 pub mod key;
 pub mod layer;
