@@ -15,14 +15,19 @@ fn rig() -> &'static Rig {
 }
 
 fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/java").join(app)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/java")
+        .join(app)
 }
 
 /// The offline Maven settings and the host toolchain.
 fn maven_flags() -> Vec<String> {
     vec![
         "--set".into(),
-        format!("java.maven_settings={}", testdata("settings-offline.xml").display()),
+        format!(
+            "java.maven_settings={}",
+            testdata("settings-offline.xml").display()
+        ),
         "--set".into(),
         "java.builder=host".into(),
     ]
@@ -37,11 +42,19 @@ fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn built(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report).into_iter().filter(|l| l.2 == "built").map(|l| l.0).collect()
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.2 == "built")
+        .map(|l| l.0)
+        .collect()
 }
 
 fn uploaded(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report).into_iter().filter(|l| l.3 == "uploaded").map(|l| l.0).collect()
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.3 == "uploaded")
+        .map(|l| l.0)
+        .collect()
 }
 
 fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
@@ -65,14 +78,27 @@ fn maven_app_builds_verifies_and_rebuilds_incrementally() {
 
     // Cold: Maven runs in the sandbox, every layer built and pushed, and
     // the app answers HTTP 200 on the JRE base in the sandbox.
-    let cold = rig.build(cache.path(), &app, &base, &image, &flags(&mf, &["--verify"])).report();
+    let cold = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &flags(&mf, &["--verify"]),
+        )
+        .report();
     assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
     let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
-    assert_eq!(names, ["java: dependencies", "java: resources", "java: classes"]);
+    assert_eq!(
+        names,
+        ["java: dependencies", "java: resources", "java: classes"]
+    );
     assert_eq!(built(&cold), names, "a cold build builds every layer");
 
     // Unchanged: nothing built, nothing uploaded, same digest.
-    let noop = rig.build(cache.path(), &app, &base, &image, &flags(&mf, &[])).report();
+    let noop = rig
+        .build(cache.path(), &app, &base, &image, &flags(&mf, &[]))
+        .report();
     assert_eq!(noop["digest"], cold["digest"]);
     assert_eq!(noop["layers_built"], 0);
     assert_eq!(noop["bytes_uploaded"], 0);
@@ -80,8 +106,20 @@ fn maven_app_builds_verifies_and_rebuilds_incrementally() {
     // One changed class: only the classes layer is built and pushed.
     let file = app.join("src/main/java/com/example/hello/Greeting.java");
     let src = std::fs::read_to_string(&file).unwrap();
-    std::fs::write(&file, src.replace("\" from ftl\\n\"", "\" from ftl, changed\\n\"")).unwrap();
-    let change = rig.build(cache.path(), &app, &base, &image, &flags(&mf, &["--verify"])).report();
+    std::fs::write(
+        &file,
+        src.replace("\" from ftl\\n\"", "\" from ftl, changed\\n\""),
+    )
+    .unwrap();
+    let change = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &flags(&mf, &["--verify"]),
+        )
+        .report();
     assert_eq!(change["verify"]["status"], 200);
     assert_eq!(built(&change), ["java: classes"], "{change:#}");
     assert_eq!(uploaded(&change), ["java: classes"], "{change:#}");
@@ -89,7 +127,139 @@ fn maven_app_builds_verifies_and_rebuilds_incrementally() {
     let before = digests(&cold);
     for (name, digest) in digests(&change) {
         if name != "java: classes" {
-            assert!(before.contains(&(name.clone(), digest)), "layer {name} changed");
+            assert!(
+                before.contains(&(name.clone(), digest)),
+                "layer {name} changed"
+            );
         }
     }
+}
+
+#[test]
+fn maven_dependency_change_rebuilds_from_the_pom_and_uploads_the_dependency() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("hello-maven");
+    let image = rig.image("java/hello-deps:e2e");
+    let base = rig.base("java");
+    let mf = maven_flags();
+    let first = rig
+        .build(cache.path(), &app, &base, &image, &flags(&mf, &[]))
+        .report();
+
+    // One more dependency (one Debian ships, so the offline mirror has it).
+    let pom = std::fs::read_to_string(app.join("pom.xml")).unwrap();
+    let dep = "<dependency><groupId>commons-cli</groupId><artifactId>commons-cli</artifactId><version>1.5.0</version></dependency>";
+    std::fs::write(
+        app.join("pom.xml"),
+        pom.replacen("<dependencies>", &format!("<dependencies>{dep}"), 1),
+    )
+    .unwrap();
+    let added = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &flags(&mf, &["--verify"]),
+        )
+        .report();
+    assert_eq!(added["verify"]["status"], 200, "{added:#}");
+    // The pom is the build definition: every layer is rebuilt (one Maven
+    // run), but only the dependency layer has new bytes to upload.
+    assert_eq!(uploaded(&added), ["java: dependencies"], "{added:#}");
+    let before = digests(&first);
+    for (name, digest) in digests(&added) {
+        let same = before.contains(&(name.clone(), digest));
+        assert_eq!(same, name != "java: dependencies", "layer {name}");
+    }
+}
+
+#[test]
+fn prebuilt_jar_and_lib_build_without_maven_and_verify() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("prebuilt");
+    let image = rig.image("java/prebuilt:e2e");
+    let base = rig.base("java");
+
+    // No builder setting: a prebuilt jar needs no JDK or Maven.
+    let cold = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        names,
+        ["java: dependencies", "java: resources", "java: classes"]
+    );
+
+    let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(noop["digest"], cold["digest"]);
+    assert_eq!(noop["layers_built"], 0);
+    assert_eq!(noop["bytes_uploaded"], 0);
+
+    // The same jar with another dependency jar beside it: only the
+    // dependency layer changes.
+    std::fs::copy(
+        "/usr/share/java/commons-cli.jar",
+        app.join("target/lib/commons-cli-1.5.0.jar"),
+    )
+    .unwrap();
+    let more = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(built(&more), ["java: dependencies"], "{more:#}");
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_push_nothing() {
+    let rig = rig();
+    let mf = maven_flags();
+    let cases: &[(&str, &[&str])] = &[
+        ("bad-pom-syntax", &["pom.xml:21:", "not well-formed XML"]),
+        (
+            "bad-missing-dependency",
+            &[
+                "pom.xml:21:",
+                "org.apache.commons:commons-lang3-does-not-exist:3.12.0",
+                "cannot be resolved",
+            ],
+        ),
+    ];
+    for (app, needles) in cases {
+        let cache = tempfile::tempdir().unwrap();
+        let repo = format!("java/{app}");
+        let run = rig.build(
+            cache.path(),
+            &testdata(app),
+            &rig.base("java"),
+            &rig.image(&format!("{repo}:x")),
+            &flags(&mf, &[]),
+        );
+        let err = run.error();
+        for n in *needles {
+            assert!(err.contains(n), "{app}: {n:?} not in:\n{err}");
+        }
+        assert_eq!(
+            err.trim().lines().count(),
+            1,
+            "{app}: one clear error:\n{err}"
+        );
+        assert!(rig.registry.tags(&repo).is_empty(), "{app}: nothing pushed");
+    }
+
+    // A JRE-only base and no builder: says what to do.
+    let cache = tempfile::tempdir().unwrap();
+    let run = rig.build(
+        cache.path(),
+        &testdata("hello-maven"),
+        &rig.base("java"),
+        &rig.image("java/nojdk:x"),
+        &[],
+    );
+    let err = run.error();
+    assert!(
+        err.contains("has neither a JDK (javac) nor Maven (mvn)") && err.contains("java.builder"),
+        "{err}"
+    );
+    assert!(rig.registry.tags("java/nojdk").is_empty());
 }

@@ -103,12 +103,12 @@ fn probe(ctx: &PlanContext<'_>, settings: &Settings) -> Result<Toolchain, Plugin
     let t = Toolchain::parse(&String::from_utf8_lossy(&out.stdout));
     if t.javac.is_none() || t.mvn.is_none() {
         let missing = match (&t.javac, &t.mvn) {
-            (None, None) => "a JDK (javac) nor Maven (mvn)",
-            (None, _) => "a JDK (javac)",
-            _ => "Maven (mvn)",
+            (None, None) => "neither a JDK (javac) nor Maven (mvn)",
+            (None, _) => "no JDK (javac)",
+            _ => "no Maven (mvn)",
         };
         return Err(PluginError::new(format!(
-            "{} has no {missing} to build pom.xml with",
+            "{} has {missing} to build pom.xml with",
             builder_name(&settings.builder, &ctx.base.reference)
         ))
         .in_file("pom.xml", None)

@@ -56,8 +56,23 @@ fn child_text(node: roxmltree::Node<'_, '_>, name: &str) -> Option<String> {
 pub fn parse(file: &Path, text: &str) -> Result<Pom, PluginError> {
     let doc = roxmltree::Document::parse(text).map_err(|e| {
         let pos = e.pos();
+        let mut row = pos.row as usize;
+        // An error found at the start of a line (an unclosed tag on the line
+        // before) belongs to the previous non-blank line.
+        let lines: Vec<&str> = text.lines().collect();
+        if let Some(line) = lines.get(row.wrapping_sub(1)) {
+            let before: String = line
+                .chars()
+                .take((pos.col as usize).saturating_sub(1))
+                .collect();
+            if before.trim().is_empty() {
+                if let Some(prev) = (1..row).rev().find(|&r| !lines[r - 1].trim().is_empty()) {
+                    row = prev;
+                }
+            }
+        }
         PluginError::new(format!("pom.xml is not well-formed XML: {e}"))
-            .in_file(file, Some(pos.row as usize))
+            .in_file(file, Some(row))
             .hint("fix the XML; `mvn validate` shows the same error")
     })?;
     let root = doc.root_element();
@@ -119,11 +134,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Pom, PluginError> {
                     .ancestors()
                     .any(|a| a.is_element() && a.tag_name().name() == "plugin");
                 if !in_plugin {
+                    // The line naming the artifact: what a user fixes.
+                    let at = child(node, "artifactId").unwrap_or(node);
                     pom.dependencies.push(Dependency {
                         group_id,
                         artifact_id,
                         version,
-                        line: line_of(node),
+                        line: line_of(at),
                     });
                 }
             }
@@ -215,7 +232,7 @@ mod tests {
         );
         assert_eq!(
             dependency_line(&pom, "org.apache.commons", "commons-lang3"),
-            Some(8)
+            Some(10)
         );
     }
 
@@ -227,10 +244,10 @@ mod tests {
         );
         let e = parse(Path::new("pom.xml"), &bad).unwrap_err();
         assert_eq!(e.file.as_deref(), Some(Path::new("pom.xml")));
-        assert_eq!(e.line, Some(11), "{e}");
+        assert_eq!(e.line, Some(10), "the unclosed tag's line: {e}");
         assert!(
             e.to_string()
-                .starts_with("pom.xml:11: pom.xml is not well-formed XML"),
+                .starts_with("pom.xml:10: pom.xml is not well-formed XML"),
             "{e}"
         );
     }
