@@ -1,7 +1,9 @@
 //! ftl-java: the Java language plugin (Maven projects and prebuilt jars).
 //!
-//! A Maven project (`pom.xml`) is built by `mvn -B package` plus the
-//! dependency plugin's `copy-dependencies` (runtime scope) in the sandbox,
+//! A Maven project (`pom.xml`) is built by `mvn -B process-classes` (as
+//! `mvn compile jib:build` does; `package` for multi-module builds, or
+//! `java.maven_goal`) plus the dependency plugin's `copy-dependencies`
+//! (runtime scope, only when a dependency layer missed) in the sandbox,
 //! with the local Maven repository as a persistent read-write build cache
 //! ([`ftl::Exec::persistent_dir`]). Its output is layered as Jib does, from
 //! least to most often changed, each layer keyed by what changes it:
@@ -35,7 +37,8 @@
 //! |---|---|---|
 //! | `java.builder` | `base` | where Maven and the JDK come from: `base` (the base image), `host` (the host's root, read-only), or a builder image reference |
 //! | `java.maven_settings` | `.mvn/settings.xml`, else `settings.xml` of the app | Maven `settings.xml` (relative to the app, or an absolute host path) |
-//! | `java.maven_args` | | extra Maven arguments (shell words), e.g. `-DskipTests -Pprod` |
+//! | `java.maven_args` | | extra Maven arguments (shell words), e.g. `-Pprod` |
+//! | `java.maven_goal` | `process-classes` (`package` with modules) | the phase Maven runs to, e.g. `package` to run the tests |
 //! | `java.module` | the root project | the module directory of the app in a multi-module build |
 //! | `java.main_class` | from the pom / manifest | the class to run |
 //! | `java.jvm_flags` | | JVM flags (shell words) |
@@ -83,6 +86,9 @@ pub struct Settings {
     pub builder: StepRoot,
     pub maven_settings: Option<PathBuf>,
     pub maven_args: Vec<String>,
+    /// The Maven phase or goal to run instead of the default
+    /// (`process-classes`, or `package` for multi-module builds).
+    pub maven_goal: Option<String>,
     pub module: Option<String>,
     pub main_class: Option<String>,
     pub jvm_flags: Vec<String>,
@@ -97,6 +103,7 @@ impl Default for Settings {
             builder: StepRoot::Base,
             maven_settings: None,
             maven_args: Vec::new(),
+            maven_goal: None,
             module: None,
             main_class: None,
             jvm_flags: Vec::new(),
@@ -110,7 +117,7 @@ impl Default for Settings {
 /// The dependency plugin version used when the pom names none.
 pub const DEFAULT_DEPENDENCY_PLUGIN: &str = "3.6.1";
 
-const KNOWN: &str = "known: java.builder, java.maven_settings, java.maven_args, java.module, java.main_class, java.jvm_flags, java.jar, java.dependency_plugin, java.build_timeout";
+const KNOWN: &str = "known: java.builder, java.maven_settings, java.maven_args, java.maven_goal, java.module, java.main_class, java.jvm_flags, java.jar, java.dependency_plugin, java.build_timeout";
 
 impl Settings {
     /// Reads the `java.*` settings; unknown ones are an error.
@@ -145,6 +152,7 @@ impl Settings {
                 }
                 "maven_settings" => s.maven_settings = Some(PathBuf::from(value)),
                 "maven_args" => s.maven_args = words(value)?,
+                "maven_goal" => s.maven_goal = Some(value.clone()).filter(|v| !v.is_empty()),
                 "module" => {
                     let m = value.trim_matches('/');
                     rel(m)?;

@@ -502,7 +502,15 @@ fn maven_step_layers_classes_resources_and_libs() {
         assert_eq!(req.root, StepRoot::Host);
         assert_eq!(req.network, ftl::StepNetwork::Egress);
         assert!(req.args.iter().any(|a| a == "-s"), "{:?}", req.args);
-        assert!(req.args.iter().any(|a| a == "package"));
+        assert!(
+            req.args.iter().any(|a| a == "process-classes"),
+            "{:?}",
+            req.args
+        );
+        assert!(
+            req.args.iter().any(|a| a.ends_with(":copy-dependencies")),
+            "a dependency layer is wanted"
+        );
         assert!(req.mounts.iter().all(|m| m.target.starts_with("/tmp/")));
         assert!(
             req.mounts
@@ -622,4 +630,33 @@ fn jar_step_explodes_the_jar() {
         b"hello, world\n"
     );
     assert!(!from.join("META-INF/MANIFEST.MF").exists());
+}
+
+#[test]
+fn classes_only_skips_the_dependency_plugin() {
+    let mut exec = FakeExec::new(BOOKWORM_PROBE);
+    exec.maven = Box::new(|req| {
+        assert!(
+            req.args.iter().any(|a| a == "process-classes"),
+            "{:?}",
+            req.args
+        );
+        assert!(
+            !req.args.iter().any(|a| a.contains("copy-dependencies")),
+            "{:?}",
+            req.args
+        );
+        let classes = mounted(req, "/tmp/ftl-java").join("src/target/classes");
+        std::fs::create_dir_all(&classes).unwrap();
+        std::fs::write(classes.join("A.class"), "a").unwrap();
+        ExecOutput {
+            code: Some(0),
+            ..Default::default()
+        }
+    });
+    let out = run_step(&testdata("hello-maven"), &exec, &[2]).unwrap();
+    assert_eq!(
+        listing(&out[0].1),
+        ("/srv/classes".to_string(), "A.class\n".to_string())
+    );
 }
