@@ -18,7 +18,8 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -79,7 +80,7 @@ fn is_complete(dir: &Path) -> bool {
 /// the result. A warm cache costs two `stat`s.
 pub fn ensure_base_image(name: &str) -> Result<PathBuf> {
     let dir = base_image_dir(name)?;
-    ensure_cached(&dir, |tmp| {
+    ensure_cached(&dir, |tmp, lock_fd| {
         if unsafe { libc::geteuid() } != 0 {
             bail!(
                 "base image '{name}' is not cached at {} and building it needs root \
@@ -88,16 +89,18 @@ pub fn ensure_base_image(name: &str) -> Result<PathBuf> {
                 dir.display()
             );
         }
-        build_into(name, tmp)
+        build_into(name, tmp, lock_fd)
     })
 }
 
 /// The cache discipline, apart from what is built: returns `dir` if it is a
 /// complete OCI layout; otherwise, under an exclusive lock on
-/// `<parent>/.<dirname>.lock`, calls `build(tmp)` which must write the layout
-/// to `tmp/oci`, and renames that to `dir`. Waiters that find `dir` complete
+/// `<parent>/.<dirname>.lock`, calls `build(tmp, lock_fd)` which must write
+/// the layout to `tmp/oci`, and renames that to `dir`. A builder hands
+/// `lock_fd` to its child processes so that the lock outlives a killed test
+/// process for as long as its build script still runs. Waiters that find `dir` complete
 /// after the lock return at once.
-fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+fn ensure_cached(dir: &Path, build: impl FnOnce(&Path, RawFd) -> Result<()>) -> Result<PathBuf> {
     if is_complete(dir) {
         return Ok(dir.to_path_buf());
     }
@@ -106,7 +109,7 @@ fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
         .with_context(|| format!("creating the base image cache {}", parent.display()))?;
     let key = dir.file_name().unwrap().to_string_lossy().into_owned();
 
-    let _lock = FileLock::acquire(&parent.join(format!(".{key}.lock")))?;
+    let lock = FileLock::acquire(&parent.join(format!(".{key}.lock")))?;
     // Someone else may have built it while we waited.
     if is_complete(dir) {
         return Ok(dir.to_path_buf());
@@ -117,6 +120,9 @@ fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
         let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         if file_name.starts_with(&format!(".tmp-{key}-")) {
+            // A build killed mid-way may have left /proc mounted in its
+            // rootfs: detach mounts before deleting anything.
+            unmount_under(&entry.path());
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -127,7 +133,7 @@ fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
 
     let tmp = parent.join(format!(".tmp-{key}-{}", std::process::id()));
     fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let result = build(&tmp).and_then(|()| {
+    let result = build(&tmp, lock.file.as_raw_fd()).and_then(|()| {
         if !is_complete(&tmp.join("oci")) {
             bail!(
                 "the build left no OCI layout in {}",
@@ -149,11 +155,34 @@ fn ensure_cached(dir: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<
         })
     });
     let _ = fs::remove_dir_all(&tmp);
+    drop(lock);
     result?;
     Ok(dir.to_path_buf())
 }
 
-fn build_into(name: &str, tmp: &Path) -> Result<()> {
+/// Lazily unmounts every mount point at or below `dir`, deepest first.
+fn unmount_under(dir: &Path) {
+    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        // /proc/mounts escapes spaces etc. as octal; our paths have none.
+        .filter(|p| *p == prefix || p.starts_with(&format!("{prefix}/")))
+        .map(str::to_string)
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        if let Ok(c) = std::ffi::CString::new(point) {
+            // SAFETY: a valid C string; MNT_DETACH never blocks.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn build_into(name: &str, tmp: &Path, lock_fd: RawFd) -> Result<()> {
     let script = tmp.join("base-image.sh");
     fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
     let log_path = tmp.join("build.log");
@@ -163,7 +192,19 @@ fn build_into(name: &str, tmp: &Path) -> Result<()> {
          (first use of this script version; 1-3 minutes)..."
     );
     let started = Instant::now();
-    let status = Command::new("bash")
+    let mut command = Command::new("bash");
+    // SAFETY: only fcntl, which is async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            // Let the script inherit the lock: it stays held while the
+            // script runs even if this process is killed.
+            if libc::fcntl(lock_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let status = command
         .arg(&script)
         .arg(name)
         .arg(tmp.join("oci"))
@@ -434,7 +475,7 @@ mod tests {
             .map(|_| {
                 let (dir, builds) = (dir.clone(), builds.clone());
                 std::thread::spawn(move || {
-                    ensure_cached(&dir, |tmp| {
+                    ensure_cached(&dir, |tmp, _| {
                         builds.fetch_add(1, Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(200));
                         fake_build(tmp)
@@ -450,7 +491,7 @@ mod tests {
         assert!(is_complete(&dir));
         assert!(!stale.exists());
         // Warm: the builder is not called.
-        ensure_cached(&dir, |_| panic!("rebuilt a cached image")).unwrap();
+        ensure_cached(&dir, |_, _| panic!("rebuilt a cached image")).unwrap();
         let names: Vec<_> = fs::read_dir(root.path().join("base-images"))
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -463,7 +504,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("z-0123456789abcdef");
         let d = dir.clone();
-        let got = ensure_cached(&dir, move |tmp| {
+        let got = ensure_cached(&dir, move |tmp, _| {
             fake_build(tmp)?;
             // Meanwhile a script without the lock renamed its build in.
             let other = d.with_extension("tmp.1");
@@ -478,19 +519,47 @@ mod tests {
     }
 
     #[test]
+    fn stale_build_mounts_are_detached_before_removal() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root to mount");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let point = root.path().join("rootfs/proc");
+        fs::create_dir_all(&point).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipping: cannot mount tmpfs here");
+            return;
+        }
+        let mounted = || {
+            fs::read_to_string("/proc/self/mounts")
+                .unwrap()
+                .contains(&*point.to_string_lossy())
+        };
+        assert!(mounted());
+        unmount_under(root.path());
+        assert!(!mounted());
+    }
+
+    #[test]
     fn failed_build_leaves_nothing_and_is_retried() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("y-0123456789abcdef");
-        let err = ensure_cached(&dir, |tmp| {
+        let err = ensure_cached(&dir, |tmp, _| {
             fs::create_dir_all(tmp.join("oci/blobs"))?;
             bail!("debootstrap exploded")
         })
         .unwrap_err();
         assert!(err.to_string().contains("debootstrap exploded"));
         assert!(!dir.exists());
-        let err = ensure_cached(&dir, |_| Ok(())).unwrap_err();
+        let err = ensure_cached(&dir, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("no OCI layout"), "{err}");
-        ensure_cached(&dir, fake_build).unwrap();
+        ensure_cached(&dir, |t, _| fake_build(t)).unwrap();
         assert!(is_complete(&dir));
     }
 
