@@ -17,41 +17,64 @@ use crate::requirements::normalize;
 use crate::Compile;
 
 /// Where the step's work directory (requirement files, scripts) is
-/// mounted, read-only.
+/// mounted (writable: pip writes its report there).
 pub(crate) const WORK: &str = "/ftl-work";
+
+/// pip's download cache, shared by the runs of one step (the lock check's
+/// downloads are reused by the install).
+const PIP_CACHE: &str = "/ftl-pip-cache";
 
 /// The mtime-independent `.pyc`s and reproducible sdist builds.
 const SOURCE_DATE_EPOCH: &str = "315532800";
 
-/// Lists, for each installed distribution's requirements, the ones that
-/// are not in the pinned set. Runs in the venv's interpreter with pip's
-/// vendored `packaging` (argv: pip path, JSON spec).
-const CHECK_SCRIPT: &str = r#"
-import json, sys
-sys.path.insert(0, sys.argv[1])
-spec = json.loads(sys.argv[2])
-try:
-    import importlib.metadata as md
-    from pip._vendor.packaging.requirements import Requirement
-    from pip._vendor.packaging.utils import canonicalize_name
-except Exception as e:
-    print(json.dumps({"skipped": str(e)}))
-    sys.exit(0)
-pinned = set(spec["pinned"])
-missing = []
-for d in md.distributions(path=spec["site"]):
-    name = canonicalize_name(d.metadata["Name"])
-    for r in d.requires or []:
-        req = Requirement(r)
-        if req.marker is not None:
-            extras = [""] + spec["extras"].get(name, [])
-            if not any(req.marker.evaluate({"extra": e}) for e in extras):
-                continue
-        if canonicalize_name(req.name) not in pinned:
-            req.marker = None
-            missing.append([name, str(req)])
-print(json.dumps({"missing": missing}))
-"#;
+/// The file listing the pinned set, in its own small layer keyed by the
+/// whole set: a change to the set always rebuilds it, and that build checks
+/// the set is complete, even when every distribution layer is cached.
+pub(crate) const LOCK_FILE: &str = "ftl-requirements.txt";
+const LOCK_HEADER: &str = "# The distributions ftl installed in this virtualenv, one layer each.\n";
+
+/// Names of the distributions pip's report installs beyond `dists`, each
+/// with who requires it.
+fn missing_from_report(report: &str, dists: &[PinnedDist]) -> Result<Vec<String>, PluginError> {
+    let v: serde_json::Value = serde_json::from_str(report)
+        .map_err(|e| PluginError::new(format!("unexpected pip report: {e}")))?;
+    let pinned: BTreeSet<&str> = dists.iter().map(|d| d.key.as_str()).collect();
+    let items = v["install"].as_array().cloned().unwrap_or_default();
+    let name_of =
+        |i: &serde_json::Value| normalize(i["metadata"]["name"].as_str().unwrap_or_default());
+    let mut out = Vec::new();
+    for item in &items {
+        let key = name_of(item);
+        if pinned.contains(key.as_str()) {
+            continue;
+        }
+        let version = item["metadata"]["version"].as_str().unwrap_or("?");
+        let by: Vec<String> = items
+            .iter()
+            .filter(|other| {
+                other["metadata"]["requires_dist"]
+                    .as_array()
+                    .is_some_and(|reqs| {
+                        reqs.iter().filter_map(|r| r.as_str()).any(|r| {
+                            let n: String = r
+                                .chars()
+                                .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                                .collect();
+                            normalize(&n) == key
+                        })
+                    })
+            })
+            .map(name_of)
+            .collect();
+        let by = if by.is_empty() {
+            String::new()
+        } else {
+            format!(" (required by {})", by.join(", "))
+        };
+        out.push(format!("{key} {version}{by}"));
+    }
+    Ok(out)
+}
 
 /// The directories and context of one run of the step.
 struct Run<'a> {
@@ -101,7 +124,12 @@ impl DepsStep {
             ExecMount {
                 host: work.to_path_buf(),
                 target: WORK.to_string(),
-                writable: false,
+                writable: true,
+            },
+            ExecMount {
+                host: work.join("pip-cache"),
+                target: PIP_CACHE.to_string(),
+                writable: true,
             },
         ]
     }
@@ -112,7 +140,7 @@ impl DepsStep {
         req.env = vec![
             ("HOME".into(), "/tmp".into()),
             ("TMPDIR".into(), "/tmp".into()),
-            ("PIP_CACHE_DIR".into(), "/tmp/pip-cache".into()),
+            ("PIP_CACHE_DIR".into(), PIP_CACHE.into()),
             ("PIP_ROOT_USER_ACTION".into(), "ignore".into()),
             ("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into()),
             ("PIP_NO_INPUT".into(), "1".into()),
@@ -248,62 +276,77 @@ impl DepsStep {
         PluginError::new(format!("pip install {how}:\n{}", out.tail(20)))
     }
 
-    /// Checks that every dependency of what was installed is pinned.
-    fn check_complete(
+    /// Resolves the whole pinned set with dependencies (`pip install
+    /// --dry-run --report`, metadata only) and fails when pip needs a
+    /// distribution the set does not pin, or the pins conflict.
+    fn lock_check(
         &self,
         run: &Run<'_>,
-        installed: &[InstalledDist],
-        all: &BTreeSet<String>,
+        dists: &[PinnedDist],
         top: &Path,
-        extras: &BTreeMap<String, Vec<String>>,
     ) -> Result<(), PluginError> {
-        let (env, work, ctx) = (run.env, run.work, run.ctx);
         let pip = self.plan.pip.as_ref().ok_or_else(|| {
             PluginError::new(format!("no pip in the base image {}", self.plan.base_ref))
         })?;
-        let sites: BTreeSet<String> = installed
-            .iter()
-            .filter_map(|d| d.dist_info.parent())
-            .map(|p| format!("{}/{}", self.plan.settings.venv, p.display()))
-            .collect();
-        let spec = serde_json::json!({"pinned": all, "extras": extras, "site": sites});
-        let args = vec![
-            self.python(),
-            "-c".into(),
-            CHECK_SCRIPT.into(),
-            pip.path.clone(),
-            spec.to_string(),
-        ];
-        let out = check(
-            ctx.exec
-                .run(&self.request("python dependency check", args, env, work))?,
-            "the dependency check",
-        )?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = stdout
-            .lines()
-            .rev()
-            .find_map(|l| serde_json::from_str(l).ok())
-            .unwrap_or(serde_json::Value::Null);
-        if let Some(skipped) = v.get("skipped") {
-            tracing::warn!(reason = %skipped, "dependency completeness check skipped");
+        if !crate::plan::version_at_least(&pip.version, &[22, 2]) {
+            tracing::warn!(pip = %pip.version, "pip too old for --dry-run --report; the lock is not checked for missing dependencies");
             return Ok(());
         }
-        let missing: Vec<(String, String)> =
-            serde_json::from_value(v["missing"].clone()).unwrap_or_default();
+        let mut lines = self.plan.options.to_lines();
+        lines.extend(dists.iter().map(PinnedDist::line_with_extras));
+        let file = run.work.join("lock.txt");
+        std::fs::write(&file, lines.join("\n") + "\n")
+            .map_err(|e| io_err("cannot write", &file, e))?;
+        let report = run.work.join("report.json");
+        let mut args = self.pip()?;
+        args.extend(
+            [
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--progress-bar",
+                "off",
+            ]
+            .map(String::from),
+        );
+        args.extend([
+            "--report".to_string(),
+            format!("{WORK}/report.json"),
+            "-r".into(),
+            format!("{WORK}/lock.txt"),
+        ]);
+        let mut req = self.request("pip lock check", args, run.env, run.work);
+        req.network = StepNetwork::Egress;
+        req.timeout = self.plan.settings.install_timeout;
+        let out = run.ctx.exec.run(&req)?;
+        if !out.success() {
+            let e = self.explain_pip_failure(&out);
+            if e.file.is_some()
+                || !String::from_utf8_lossy(&out.stderr).contains("ResolutionImpossible")
+            {
+                return Err(e);
+            }
+            return Err(PluginError::new(format!(
+                "the pinned versions conflict:\n{}",
+                out.tail(15)
+            ))
+            .in_file(top, None)
+            .hint("pin versions that satisfy each other's requirements (pip-compile finds them)"));
+        }
+        let text = std::fs::read_to_string(&report)
+            .map_err(|e| io_err("cannot read pip's report", &report, e))?;
+        let missing = missing_from_report(&text, dists)?;
         if missing.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = missing
-            .iter()
-            .map(|(d, r)| format!("{d} requires `{r}`"))
-            .collect();
         Err(PluginError::new(format!(
             "every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: {}",
-            list.join("; ")
+            missing.join("; ")
         ))
         .in_file(top, None)
-        .hint("add the missing packages pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer"))
+        .hint("add them pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer"))
     }
 
     fn compile(&self, run: &Run<'_>) -> Result<(), PluginError> {
@@ -347,7 +390,7 @@ impl BuildStep for DepsStep {
         let plan = &self.plan;
         let env = ctx.scratch.join("env");
         let work = ctx.scratch.join("work");
-        for d in [&env, &work] {
+        for d in [&env, &work, &work.join("pip-cache")] {
             std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
         }
         let venv = plan.settings.venv.clone();
@@ -363,7 +406,8 @@ impl BuildStep for DepsStep {
                 .run(&self.request("python -m venv", make_venv, &env, &work))?,
             "creating the virtualenv",
         )?;
-        let venv_files = record::all_files(&env).map_err(|e| PluginError::new(e.to_string()))?;
+        // With directories, so that empty ones (site-packages) exist.
+        let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
         let run = Run {
             env: &env,
@@ -385,29 +429,47 @@ impl BuildStep for DepsStep {
 
         match &plan.mode {
             DepsMode::None => {}
-            DepsMode::Pinned { layers, all, top } => {
+            DepsMode::Pinned {
+                layers,
+                lock,
+                dists: all_dists,
+                top,
+            } => {
+                if wanted.contains(lock) {
+                    self.lock_check(&run, all_dists, top)?;
+                    let text: String = std::iter::once(LOCK_HEADER.to_string())
+                        .chain(
+                            all_dists
+                                .iter()
+                                .map(|d| format!("{}=={}\n", d.key, d.version)),
+                        )
+                        .collect();
+                    out.push((
+                        *lock,
+                        LayerContents {
+                            inputs: vec![LayerInput::Bytes {
+                                path: format!("{venv}/{LOCK_FILE}"),
+                                mode: 0o644,
+                                data: text.into_bytes(),
+                            }],
+                        },
+                    ));
+                }
                 let want: Vec<&(usize, Vec<PinnedDist>)> =
                     layers.iter().filter(|(i, _)| wanted.contains(i)).collect();
                 if want.is_empty() {
                     return Ok(out);
                 }
                 let mut lines = plan.options.to_lines();
-                let mut extras: BTreeMap<String, Vec<String>> = BTreeMap::new();
                 for (_, dists) in &want {
                     for d in dists {
                         lines.push(d.line());
-                        if !d.extras.is_empty() {
-                            extras.insert(d.key.clone(), d.extras.clone());
-                        }
                     }
                 }
                 let file = work.join("requirements.txt");
                 std::fs::write(&file, lines.join("\n") + "\n")
                     .map_err(|e| io_err("cannot write", &file, e))?;
                 self.install(&run, "requirements.txt", true)?;
-                let installed = record::installed_dists(&env, None)
-                    .map_err(|e| PluginError::new(e.to_string()))?;
-                self.check_complete(&run, &installed, all, top, &extras)?;
                 if plan.settings.compile == Compile::UncheckedHash {
                     self.compile(&run)?;
                 }

@@ -1,7 +1,7 @@
 //! From source and base to a layer plan: inputs, probe, keys, layers,
 //! config.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +34,21 @@ pub(crate) struct PinnedDist {
 }
 
 impl PinnedDist {
+    /// The line handed to pip for the lock check: with extras, so that
+    /// their dependencies must be pinned too.
+    pub fn line_with_extras(&self) -> String {
+        let extras = if self.extras.is_empty() {
+            String::new()
+        } else {
+            format!("[{}]", self.extras.join(","))
+        };
+        let mut s = format!("{}{extras}=={}", self.name, self.version);
+        for h in &self.hashes {
+            s.push_str(&format!(" --hash={h}"));
+        }
+        s
+    }
+
     /// The line handed to pip.
     pub fn line(&self) -> String {
         let mut s = format!("{}=={}", self.name, self.version);
@@ -50,8 +65,10 @@ pub(crate) enum DepsMode {
     Pinned {
         /// (layer index, its distributions).
         layers: Vec<(usize, Vec<PinnedDist>)>,
-        /// Every pinned key, for the completeness check.
-        all: BTreeSet<String>,
+        /// The lock layer's index.
+        lock: usize,
+        /// The whole pinned set, for the lock check.
+        dists: Vec<PinnedDist>,
         /// The file that claims to pin everything.
         top: PathBuf,
     },
@@ -361,7 +378,7 @@ pub(crate) fn plan(
             });
             match pinned_dists(set, &probe.markers)? {
                 Some(dists) => {
-                    let all: BTreeSet<String> = dists.iter().map(|d| d.key.clone()).collect();
+                    let all = dists.clone();
                     let mut groups = Vec::new();
                     for g in group(dists, settings.max_layers) {
                         let index = layers.len();
@@ -393,9 +410,32 @@ pub(crate) fn plan(
                         .clone()
                         .or_else(|| set.files.first().map(|f| f.0.clone()))
                         .unwrap_or_default();
+                    // The lock layer: keyed by the whole set.
+                    let lock = layers.len();
+                    let mut doc = common.clone();
+                    doc["layer"] = json!("lock");
+                    doc["dists"] = json!(all
+                        .iter()
+                        .map(|d| json!({"name": d.key, "version": d.version, "hashes": d.hashes, "extras": d.extras}))
+                        .collect::<Vec<_>>());
+                    layers.push(PlannedLayer {
+                        name: format!(
+                            "python: lock of {} distribution{}",
+                            all.len(),
+                            if all.len() == 1 { "" } else { "s" }
+                        ),
+                        key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
+                        pinned: true,
+                        step: 0,
+                        created_by: format!(
+                            "ftl python: pip install --dry-run -r {} (check every dependency is pinned)",
+                            top.display()
+                        ),
+                    });
                     DepsMode::Pinned {
                         layers: groups,
-                        all,
+                        lock,
+                        dists: all,
                         top,
                     }
                 }
@@ -533,7 +573,7 @@ pub(crate) fn plan(
     })
 }
 
-fn version_at_least(v: &str, min: &[u64]) -> bool {
+pub(crate) fn version_at_least(v: &str, min: &[u64]) -> bool {
     let parts: Vec<u64> = v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
     for (i, m) in min.iter().enumerate() {
         let p = parts.get(i).copied().unwrap_or(0);

@@ -230,6 +230,15 @@ fn dist_name_version(dir: &Path, dir_name: &str) -> Result<(String, String), Rec
 
 /// Every file and symlink below `root`, relative, sorted.
 pub fn all_files(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    walk(root, false)
+}
+
+/// Every file, symlink and directory below `root`, relative, sorted.
+pub fn all_entries(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    walk(root, true)
+}
+
+fn walk(root: &Path, dirs: bool) -> Result<Vec<PathBuf>, RecordError> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -242,6 +251,9 @@ pub fn all_files(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
                 source,
             })?;
             if meta.is_dir() {
+                if dirs {
+                    out.push(child.clone());
+                }
                 stack.push(child);
             } else {
                 out.push(child);

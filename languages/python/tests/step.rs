@@ -18,7 +18,8 @@ use ftl::{
 /// step mounts.
 struct FakePython {
     requests: Mutex<Vec<ExecRequest>>,
-    /// What the dependency check reports missing.
+    /// What the lock check's resolution adds beyond the pins (name,
+    /// version); the first pinned distribution requires them.
     missing: Vec<(String, String)>,
     /// Makes pip fail with this stderr.
     pip_error: Option<String>,
@@ -118,13 +119,39 @@ impl Exec for FakePython {
                 }
                 Ok(ok("Successfully installed"))
             }
-            "python dependency check" => {
-                let missing: Vec<_> = self
-                    .missing
-                    .iter()
-                    .map(|(a, b)| vec![a.clone(), b.clone()])
-                    .collect();
-                Ok(ok(&serde_json::json!({ "missing": missing }).to_string()))
+            "pip lock check" => {
+                assert_eq!(
+                    req.network,
+                    StepNetwork::Egress,
+                    "resolution reads the index"
+                );
+                assert!(req.args.contains(&"--dry-run".to_string()));
+                let work = Self::host(req, "/ftl-work");
+                let text = std::fs::read_to_string(work.join("lock.txt")).unwrap();
+                self.pip_inputs.lock().unwrap().push(text.clone());
+                let mut items = Vec::new();
+                for (i, line) in text.lines().filter(|l| !l.starts_with('-')).enumerate() {
+                    let spec = line.split_whitespace().next().unwrap();
+                    let (name, version) = spec.split_once("==").unwrap();
+                    let requires: Vec<String> = if i == 0 {
+                        self.missing
+                            .iter()
+                            .map(|(n, _)| format!("{n}>=1"))
+                            .collect()
+                    } else {
+                        vec![]
+                    };
+                    items.push(serde_json::json!({"metadata": {"name": name, "version": version, "requires_dist": requires}}));
+                }
+                for (n, v) in &self.missing {
+                    items.push(serde_json::json!({"metadata": {"name": n, "version": v}}));
+                }
+                std::fs::write(
+                    work.join("report.json"),
+                    serde_json::json!({ "install": items }).to_string(),
+                )
+                .unwrap();
+                Ok(ok(""))
             }
             "python compileall" => {
                 assert!(req.args.contains(&"unchecked-hash".to_string()));
@@ -193,6 +220,9 @@ fn build(
                     assert_eq!(to, "/env");
                     paths.iter().map(|p| p.display().to_string()).collect()
                 }
+                [LayerInput::Bytes { path, data, .. }] => {
+                    vec![path.clone(), String::from_utf8(data.clone()).unwrap()]
+                }
                 other => panic!("{other:?}"),
             };
             (i, paths)
@@ -257,16 +287,12 @@ fn builds_only_the_wanted_distributions() {
             "python probe",
             "python -m venv",
             "pip install",
-            "python dependency check",
             "python compileall"
         ]
     );
     let pip = exec.requests.lock().unwrap()[2].clone();
     assert!(pip.args.contains(&"--no-deps".to_string()));
-    assert!(pip
-        .mounts
-        .iter()
-        .any(|m| m.target == "/ftl-work" && !m.writable));
+    assert!(pip.mounts.iter().any(|m| m.target == "/ftl-work"));
     assert!(pip.mounts.iter().any(|m| m.target == "/env" && m.writable));
     assert!(pip.env.contains(&("HOME".to_string(), "/tmp".to_string())));
 }
@@ -279,7 +305,17 @@ fn venv_layer_alone() {
     let got = build(&p, &app, &exec, &[0]).unwrap();
     assert_eq!(
         got,
-        [(0, vec!["bin/python".to_string(), "pyvenv.cfg".into()])]
+        [(
+            0,
+            vec![
+                "bin".to_string(),
+                "bin/python".into(),
+                "lib".into(),
+                "lib/python3.11".into(),
+                "lib/python3.11/site-packages".into(),
+                "pyvenv.cfg".into()
+            ]
+        )]
     );
     assert!(
         exec.pip_inputs.lock().unwrap().is_empty(),
@@ -338,13 +374,46 @@ fn unpinned_gets_the_files_and_one_layer() {
 fn incomplete_pins_name_the_missing_dependencies() {
     let mut exec = FakePython::new();
     exec.missing = vec![
-        ("flask".into(), "Werkzeug>=3.0.0".into()),
-        ("flask".into(), "blinker>=1.6.2".into()),
+        ("werkzeug".into(), "3.1.3".into()),
+        ("blinker".into(), "1.9.0".into()),
     ];
     let app = testdata("bad-incomplete-pins");
     let p = plan(&app, &exec);
-    let e = build(&p, &app, &exec, &[1, 2]).unwrap_err();
-    insta::assert_snapshot!(e.to_string(), @"requirements.txt: every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: flask requires `Werkzeug>=3.0.0`; flask requires `blinker>=1.6.2`; add the missing packages pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer");
+    let lock = p
+        .layers
+        .iter()
+        .position(|l| l.name == "python: lock of 2 distributions")
+        .unwrap();
+    // Even when every distribution layer is cached, the lock layer misses
+    // and its build checks the set.
+    let e = build(&p, &app, &exec, &[lock]).unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"requirements.txt: every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: werkzeug 3.1.3 (required by flask); blinker 1.9.0 (required by flask); add them pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer");
+}
+
+#[test]
+fn lock_layer_lists_the_set_after_checking_it() {
+    let exec = FakePython::new();
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    assert_eq!(p.layers[lock].name, "python: lock of 9 distributions");
+    let got = build(&p, &app, &exec, &[lock]).unwrap();
+    assert_eq!(got[0].1[0], "/env/ftl-requirements.txt");
+    insta::assert_snapshot!(got[0].1[1], @r"
+    # The distributions ftl installed in this virtualenv, one layer each.
+    blinker==1.8.2
+    click==8.1.7
+    flask==3.0.3
+    gunicorn==23.0.0
+    itsdangerous==2.2.0
+    jinja2==3.1.4
+    markupsafe==3.0.2
+    packaging==24.2
+    werkzeug==3.0.6
+    ");
+    let checked = exec.pip_inputs.lock().unwrap().clone();
+    assert_eq!(checked.len(), 1, "one dry-run resolution, no install");
+    assert!(checked[0].contains("flask==3.0.3\n"), "{}", checked[0]);
 }
 
 #[test]
