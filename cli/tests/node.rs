@@ -10,11 +10,15 @@ use ftl_test_support::rig::{app_layers, copy_tree, Rig};
 
 fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
-    RIG.get_or_init(|| Rig::start(env!("CARGO_BIN_EXE_ftl"), &["node", "node-build"]).expect("test rig starts"))
+    RIG.get_or_init(|| {
+        Rig::start(env!("CARGO_BIN_EXE_ftl"), &["node", "node-build"]).expect("test rig starts")
+    })
 }
 
 fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/node").join(app)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/node")
+        .join(app)
 }
 
 /// A private copy of a testdata app, to edit.
@@ -26,11 +30,19 @@ fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
 }
 
 fn built(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report).into_iter().filter(|l| l.2 == "built").map(|l| l.0).collect()
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.2 == "built")
+        .map(|l| l.0)
+        .collect()
 }
 
 fn uploaded(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report).into_iter().filter(|l| l.3 == "uploaded").map(|l| l.0).collect()
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.3 == "uploaded")
+        .map(|l| l.0)
+        .collect()
 }
 
 fn layer_digest(report: &serde_json::Value, name: &str) -> String {
@@ -61,15 +73,32 @@ fn storage_files(root: &Path) -> Vec<PathBuf> {
 /// The file names in a layer blob of the registry (`tar tzf`).
 fn layer_files(rig: &Rig, digest: &str) -> Vec<String> {
     let hex = digest.trim_start_matches("sha256:");
-    let blob = rig.registry.storage_dir().join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
+    let blob = rig
+        .registry
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
     let out = Command::new("tar").arg("tzf").arg(&blob).output().unwrap();
-    assert!(out.status.success(), "tar tzf {}: {}", blob.display(), String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+    assert!(
+        out.status.success(),
+        "tar tzf {}: {}",
+        blob.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// The bytes of `path`, gunzipped when it is gzip.
 fn plain_bytes(path: &Path) -> Vec<u8> {
-    let raw = std::fs::read(path).unwrap();
+    // Upload sessions and temporary files come and go while we look.
+    let Ok(raw) = std::fs::read(path) else {
+        return Vec::new();
+    };
     if raw.starts_with(&[0x1f, 0x8b]) {
         let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
         let mut all = raw;
@@ -92,7 +121,9 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
     let base = rig.base("node");
 
     // Cold: both layers built and pushed; the app answers HTTP 200.
-    let cold = rig.build(cache.path(), &app, &base, &image, &["--verify"]).report();
+    let cold = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
     assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
     let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
     assert_eq!(names, ["node_modules", "app"]);
@@ -101,10 +132,20 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
     // node_modules is at /srv/node_modules; the source's own node_modules
     // (testdata has a stale one) and nothing of dev tooling ships in the app.
     let deps = layer_files(rig, &layer_digest(&cold, "node_modules"));
-    assert!(deps.iter().any(|f| f == "srv/node_modules/express/package.json"), "{deps:?}");
+    assert!(
+        deps.iter()
+            .any(|f| f == "srv/node_modules/express/package.json"),
+        "{deps:?}"
+    );
     let app_files = layer_files(rig, &layer_digest(&cold, "app"));
-    assert!(app_files.iter().any(|f| f == "srv/server.js"), "{app_files:?}");
-    assert!(!app_files.iter().any(|f| f.contains("node_modules")), "{app_files:?}");
+    assert!(
+        app_files.iter().any(|f| f == "srv/server.js"),
+        "{app_files:?}"
+    );
+    assert!(
+        !app_files.iter().any(|f| f.contains("node_modules")),
+        "{app_files:?}"
+    );
 
     // Unchanged: nothing built, nothing uploaded, same digest.
     let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
@@ -118,7 +159,10 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
     let change = rig.build(cache.path(), &app, &base, &image, &[]).report();
     assert_eq!(built(&change), ["app"]);
     assert_eq!(uploaded(&change), ["app"]);
-    assert_eq!(layer_digest(&change, "node_modules"), layer_digest(&cold, "node_modules"));
+    assert_eq!(
+        layer_digest(&change, "node_modules"),
+        layer_digest(&cold, "node_modules")
+    );
     assert_ne!(change["digest"], cold["digest"]);
 
     // Lockfile change (one more dependency): the dependency layer is
@@ -127,12 +171,22 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
     for f in ["package.json", "package-lock.json"] {
         std::fs::copy(testdata("express-plus-ms").join(f), app.join(f)).unwrap();
     }
-    let dep = rig.build(cache.path(), &app, &base, &image, &["--verify"]).report();
+    let dep = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
     assert_eq!(dep["verify"]["status"], 200, "{dep:#}");
     assert_eq!(built(&dep), ["node_modules", "app"]);
     let deps = layer_files(rig, &layer_digest(&dep, "node_modules"));
-    assert!(deps.iter().any(|f| f == "srv/node_modules/ms/package.json"), "{deps:?}");
-    for l in dep["layers"].as_array().unwrap().iter().filter(|l| l["source"] == "base") {
+    assert!(
+        deps.iter().any(|f| f == "srv/node_modules/ms/package.json"),
+        "{deps:?}"
+    );
+    for l in dep["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["source"] == "base")
+    {
         assert_ne!(l["push"], "uploaded", "base layers are never uploaded: {l}");
     }
 }
@@ -150,15 +204,25 @@ fn npmrc_token_never_appears_in_layers_config_report_or_cache() {
     .unwrap();
     let image = rig.image("node/npmrc:e2e");
     let run = rig.build(cache.path(), &app, &rig.base("node"), &image, &["--verify"]);
-    assert!(!run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN), "the token is in ftl's output");
+    assert!(
+        !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+        "the token is in ftl's output"
+    );
     let report = run.report();
     assert_eq!(report["verify"]["status"], 200);
     let app_files = layer_files(rig, &layer_digest(&report, "app"));
-    assert!(!app_files.iter().any(|f| f.ends_with(".npmrc")), "{app_files:?}");
+    assert!(
+        !app_files.iter().any(|f| f.ends_with(".npmrc")),
+        "{app_files:?}"
+    );
     let mut checked = 0;
     for root in [rig.registry.storage_dir(), cache.path().to_path_buf()] {
         for f in storage_files(&root) {
-            assert!(!contains(&plain_bytes(&f), TOKEN.as_bytes()), "the token is in {}", f.display());
+            assert!(
+                !contains(&plain_bytes(&f), TOKEN.as_bytes()),
+                "the token is in {}",
+                f.display()
+            );
             checked += 1;
         }
     }
@@ -171,18 +235,24 @@ fn no_lockfile_resolves_in_the_sandbox() {
     let cache = tempfile::tempdir().unwrap();
     let app = testdata("nolock");
     let image = rig.image("node/nolock:e2e");
-    let r = rig.build(cache.path(), &app, &rig.base("node"), &image, &["--verify"]).report();
+    let r = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &["--verify"])
+        .report();
     assert_eq!(r["verify"]["status"], 200, "{r:#}");
     assert_eq!(built(&r), ["node_modules", "app"]);
     // Within the TTL an unchanged rebuild reuses the unpinned layer.
-    let again = rig.build(cache.path(), &app, &rig.base("node"), &image, &[]).report();
+    let again = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &[])
+        .report();
     assert_eq!(again["layers_built"], 0);
     // The cache entry of the unpinned layer expires.
     let keys = cache.path().join("keys-v1");
     let expiring = std::fs::read_dir(&keys)
         .unwrap()
         .flatten()
-        .filter_map(|e| serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok())
+        .filter_map(|e| {
+            serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).ok()?).ok()
+        })
         .filter(|e| e["name"] == "node_modules")
         .all(|e| e["expires"].is_u64());
     assert!(expiring, "the unpinned node_modules entry has an expiry");
@@ -194,15 +264,26 @@ fn gcp_build_output_ships_and_dev_dependencies_do_not() {
     let cache = tempfile::tempdir().unwrap();
     let app = testdata("gcp-build");
     let image = rig.image("node/gcp-build:e2e");
-    let r = rig.build(cache.path(), &app, &rig.base("node"), &image, &["--verify"]).report();
+    let r = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &["--verify"])
+        .report();
     assert_eq!(r["verify"]["status"], 200, "{r:#}");
     let app_files = layer_files(rig, &layer_digest(&r, "app"));
-    assert!(app_files.iter().any(|f| f == "srv/dist/server.js"), "{app_files:?}");
+    assert!(
+        app_files.iter().any(|f| f == "srv/dist/server.js"),
+        "{app_files:?}"
+    );
     for l in app_layers(&r) {
         let files = layer_files(rig, &l.1);
-        assert!(!files.iter().any(|f| f.contains("left-pad")), "dev dependency shipped in {}: {files:?}", l.0);
+        assert!(
+            !files.iter().any(|f| f.contains("left-pad")),
+            "dev dependency shipped in {}: {files:?}",
+            l.0
+        );
     }
-    let again = rig.build(cache.path(), &app, &rig.base("node"), &image, &[]).report();
+    let again = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &[])
+        .report();
     assert_eq!(again["layers_built"], 0);
     assert_eq!(again["bytes_uploaded"], 0);
 }
@@ -212,7 +293,15 @@ fn native_module_builds_with_the_base_toolchain() {
     let rig = rig();
     let cache = tempfile::tempdir().unwrap();
     let image = rig.image("node/native:e2e");
-    let r = rig.build(cache.path(), &testdata("native"), &rig.base("node-build"), &image, &["--verify"]).report();
+    let r = rig
+        .build(
+            cache.path(),
+            &testdata("native"),
+            &rig.base("node-build"),
+            &image,
+            &["--verify"],
+        )
+        .report();
     assert_eq!(r["verify"]["status"], 200, "{r:#}");
     let deps = layer_files(rig, &layer_digest(&r, "node_modules"));
     assert!(deps.iter().any(|f| f.starts_with("srv/node_modules/epoll/build/Release/") && f.ends_with(".node")), "{deps:?}");
@@ -223,10 +312,19 @@ fn native_module_without_a_toolchain_fails_clearly() {
     let rig = rig();
     let cache = tempfile::tempdir().unwrap();
     let repo = "node/native-no-toolchain";
-    let run = rig.build(cache.path(), &testdata("native"), &rig.base("node"), &rig.image(&format!("{repo}:x")), &[]);
+    let run = rig.build(
+        cache.path(),
+        &testdata("native"),
+        &rig.base("node"),
+        &rig.image(&format!("{repo}:x")),
+        &[],
+    );
     let err = run.error();
     for needle in ["epoll", "package.json:", "no C/C++ toolchain", "g++"] {
-        assert!(err.contains(needle), "error should mention {needle:?}:\n{err}");
+        assert!(
+            err.contains(needle),
+            "error should mention {needle:?}:\n{err}"
+        );
     }
     assert!(rig.registry.tags(repo).is_empty(), "nothing pushed");
 }
@@ -236,19 +334,41 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
     let rig = rig();
     let cases: &[(&str, &[&str])] = &[
         ("bad-json", &["package.json:7", "invalid JSON", "column"]),
-        ("bad-out-of-sync", &["package.json:10", "out of sync", "left-pad", "npm install"]),
-        ("bad-missing-package", &["package.json:10", "ftl-no-such-package-7c1e9a", "does not exist"]),
+        (
+            "bad-out-of-sync",
+            &["package.json:10", "out of sync", "left-pad", "npm install"],
+        ),
+        (
+            "bad-missing-package",
+            &[
+                "package.json:10",
+                "ftl-no-such-package-7c1e9a",
+                "does not exist",
+            ],
+        ),
         ("bad-yarn", &["yarn.lock", "no `yarn`"]),
     ];
     for (app, needles) in cases {
         let cache = tempfile::tempdir().unwrap();
         let repo = format!("node/{app}");
-        let run = rig.build(cache.path(), &testdata(app), &rig.base("node"), &rig.image(&format!("{repo}:x")), &[]);
+        let run = rig.build(
+            cache.path(),
+            &testdata(app),
+            &rig.base("node"),
+            &rig.image(&format!("{repo}:x")),
+            &[],
+        );
         let err = run.error();
         for needle in *needles {
-            assert!(err.contains(needle), "{app}: error should mention {needle:?}:\n{err}");
+            assert!(
+                err.contains(needle),
+                "{app}: error should mention {needle:?}:\n{err}"
+            );
         }
-        assert!(err.lines().count() <= 40, "{app}: error is a message, not a dump:\n{err}");
+        assert!(
+            err.lines().count() <= 40,
+            "{app}: error is a message, not a dump:\n{err}"
+        );
         assert!(rig.registry.tags(&repo).is_empty(), "{app}: nothing pushed");
     }
 }
