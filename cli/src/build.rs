@@ -83,6 +83,19 @@ pub struct BuildArgs {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
 
+    /// Java: a JVM flag of the entrypoint, e.g. `--jvm-flag=-Xmx512m`
+    /// (repeatable; the setting `java.jvm_flags`).
+    #[arg(long = "jvm-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    pub jvm_flags: Vec<String>,
+
+    /// Java: the prebuilt jar to run, relative to DIR (`java.jar`).
+    #[arg(long, value_name = "PATH")]
+    pub jar: Option<String>,
+
+    /// Java: the Maven settings.xml to build with (`java.maven_settings`).
+    #[arg(long, value_name = "FILE")]
+    pub maven_settings: Option<PathBuf>,
+
     /// Manifest format: oci, or docker (Docker v2 schema 2).
     #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
     pub format: String,
@@ -299,7 +312,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         .map(|c| parse_command("--entrypoint", c))
         .transpose()?;
     overrides.entrypoint = entrypoint.clone();
-    let options = BuildOptions {
+    let mut options = BuildOptions {
         app_dir: args.app_dir.clone(),
         entrypoint,
         settings: args
@@ -308,6 +321,20 @@ pub async fn run(args: BuildArgs) -> Result<()> {
             .map(|s| parse_kv("--set", s))
             .collect::<Result<_>>()?,
     };
+    // Language flags are plugin settings under other names.
+    if !args.jvm_flags.is_empty() {
+        let flags = shell_words::join(&args.jvm_flags);
+        options.settings.insert("java.jvm_flags".into(), flags);
+    }
+    if let Some(jar) = &args.jar {
+        options.settings.insert("java.jar".into(), jar.clone());
+    }
+    if let Some(file) = &args.maven_settings {
+        let abs = std::fs::canonicalize(file)
+            .with_context(|| format!("--maven-settings {}", file.display()))?;
+        let abs = abs.to_string_lossy().into_owned();
+        options.settings.insert("java.maven_settings".into(), abs);
+    }
     let layer =
         LayerSettings::with_source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
     let ca_bundle = if args.no_build_ca {

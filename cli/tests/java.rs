@@ -184,8 +184,15 @@ fn prebuilt_jar_and_lib_build_without_maven_and_verify() {
     let base = rig.base("java");
 
     // No builder setting: a prebuilt jar needs no JDK or Maven.
+    let jvm = ["--jvm-flag=-Xmx64m", "--jvm-flag", "-XX:+UseSerialGC"];
     let cold = rig
-        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &[&jvm[..], &["--verify"]].concat(),
+        )
         .report();
     assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
     let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
@@ -194,7 +201,15 @@ fn prebuilt_jar_and_lib_build_without_maven_and_verify() {
         ["java: dependencies", "java: resources", "java: classes"]
     );
 
-    let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    let inspect = rig.ftl(cache.path(), &["inspect", &image, "--json"]);
+    assert!(
+        inspect.stdout.contains("-Xmx64m") && inspect.stdout.contains("-XX:+UseSerialGC"),
+        "the JVM flags are in the entrypoint:\n{}\n{}",
+        inspect.stdout,
+        inspect.stderr
+    );
+
+    let noop = rig.build(cache.path(), &app, &base, &image, &jvm).report();
     assert_eq!(noop["digest"], cold["digest"]);
     assert_eq!(noop["layers_built"], 0);
     assert_eq!(noop["bytes_uploaded"], 0);
@@ -206,7 +221,7 @@ fn prebuilt_jar_and_lib_build_without_maven_and_verify() {
         app.join("target/lib/commons-cli-1.5.0.jar"),
     )
     .unwrap();
-    let more = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    let more = rig.build(cache.path(), &app, &base, &image, &jvm).report();
     assert_eq!(built(&more), ["java: dependencies"], "{more:#}");
 }
 
