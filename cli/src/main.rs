@@ -7,6 +7,7 @@ mod build;
 mod cache_cmd;
 mod inspect;
 mod progress;
+mod serve;
 mod settings;
 
 use std::ffi::OsString;
@@ -35,6 +36,8 @@ enum Command {
     /// Inspect and prune the local layer cache.
     #[command(subcommand)]
     Cache(cache_cmd::CacheCommand),
+    /// Run the HTTP build service.
+    Serve(Box<serve::ServeArgs>),
     /// The runsc-compatible sandbox (`ftl runsc --help`); also reached by
     /// running this binary under the name `runsc`.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::Build(args) => build::run(*args).await,
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cache(cmd) => cache_cmd::run(cmd),
+            Command::Serve(args) => serve::run(*args).await,
             Command::Runsc { .. } => unreachable!("dispatched above"),
         }
     });

@@ -1,0 +1,696 @@
+//! Extraction of uploaded source archives, which are hostile until proven
+//! otherwise: every entry must land inside the extraction directory, links
+//! may not point out of it, device files are refused, and the expanded size
+//! and entry count are bounded (decompression bombs).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Cursor, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+/// Bounds on what one archive may expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Total bytes of file contents.
+    pub max_bytes: u64,
+    /// Entries of any kind.
+    pub max_entries: u64,
+}
+
+/// Why an upload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("the upload is not an archive: send a .tar.gz, .tar or .zip of the source")]
+    NotAnArchive,
+    #[error("the archive is invalid or truncated: {0}")]
+    Invalid(String),
+    #[error("archive entry `{entry}` {reason}")]
+    Entry { entry: String, reason: String },
+    #[error("the archive expands to more than {limit} bytes (the decompression limit)")]
+    TooLarge { limit: u64 },
+    #[error("the archive has more than {limit} entries (the entry limit)")]
+    TooManyEntries { limit: u64 },
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ArchiveError {
+    /// A short machine-readable kind, for metrics and API errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ArchiveError::NotAnArchive => "not-an-archive",
+            ArchiveError::Invalid(_) => "invalid-archive",
+            ArchiveError::Entry { .. } => "bad-entry",
+            ArchiveError::TooLarge { .. } => "too-large",
+            ArchiveError::TooManyEntries { .. } => "too-many-entries",
+            ArchiveError::Io { .. } => "io",
+        }
+    }
+
+    /// Whether the client is to blame (400) rather than the server (500).
+    pub fn is_client_error(&self) -> bool {
+        !matches!(self, ArchiveError::Io { .. })
+    }
+}
+
+fn entry_err(entry: &str, reason: impl Into<String>) -> ArchiveError {
+    ArchiveError::Entry {
+        entry: entry.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What kind of archive the bytes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    TarGz,
+    Tar,
+    Zip,
+}
+
+/// Sniffs the format from the first bytes.
+pub fn sniff(data: &[u8]) -> Option<Format> {
+    if data.starts_with(&[0x1f, 0x8b]) {
+        Some(Format::TarGz)
+    } else if data.starts_with(b"PK\x03\x04") || data.starts_with(b"PK\x05\x06") {
+        Some(Format::Zip)
+    } else if data.len() >= 262 && &data[257..262] == b"ustar" {
+        Some(Format::Tar)
+    } else {
+        None
+    }
+}
+
+/// Extracts `data` (a tar.gz, tar or zip) into `dest`, which must exist and
+/// be empty. On error `dest` may hold a partial tree; the caller removes it.
+pub fn extract(data: &[u8], dest: &Path, limits: Limits) -> Result<Format, ArchiveError> {
+    let format = sniff(data).ok_or(ArchiveError::NotAnArchive)?;
+    let mut x = Extractor {
+        root: dest.to_path_buf(),
+        limits,
+        bytes: 0,
+        entries: 0,
+    };
+    match format {
+        Format::TarGz => {
+            let gz = flate2::read::GzDecoder::new(data);
+            // Headers and padding count too, so that a bomb of empty
+            // entries or zero blocks is stopped as well.
+            let budget = limits
+                .max_bytes
+                .saturating_add(limits.max_entries.saturating_mul(1536))
+                .saturating_add(1 << 20);
+            x.tar(Budget {
+                inner: gz,
+                left: budget,
+            })?
+        }
+        Format::Tar => x.tar(Budget {
+            inner: data,
+            left: u64::MAX,
+        })?,
+        Format::Zip => x.zip(data)?,
+    }
+    Ok(format)
+}
+
+/// A reader that fails once more than `left` bytes were read.
+struct Budget<R> {
+    inner: R,
+    left: u64,
+}
+
+const BUDGET_EXCEEDED: &str = "ftl: decompression budget exceeded";
+
+impl<R: Read> Read for Budget<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            return Err(io::Error::other(BUDGET_EXCEEDED));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn is_budget(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|i| i.to_string() == BUDGET_EXCEEDED)
+}
+
+struct Extractor {
+    root: PathBuf,
+    limits: Limits,
+    bytes: u64,
+    entries: u64,
+}
+
+/// A checked relative path: no `..`, not absolute, not empty.
+fn checked_relative(name: &str, path: &Path) -> Result<Option<PathBuf>, ArchiveError> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(entry_err(name, "escapes the upload directory with `..`"))
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(entry_err(name, "is an absolute path"))
+            }
+        }
+    }
+    Ok((!out.as_os_str().is_empty()).then_some(out))
+}
+
+/// Where a symlink at `rel` pointing at `target` lands, lexically; `None`
+/// when it leaves the root.
+fn resolve_link(rel: &Path, target: &Path) -> Option<PathBuf> {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    if let Some(parent) = rel.parent() {
+        for c in parent.components() {
+            if let Component::Normal(p) = c {
+                parts.push(p);
+            }
+        }
+    }
+    for c in target.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.iter().collect())
+}
+
+impl Extractor {
+    fn count(&mut self, name: &str) -> Result<(), ArchiveError> {
+        self.entries += 1;
+        if self.entries > self.limits.max_entries {
+            tracing::debug!(entry = name, "entry limit reached");
+            return Err(ArchiveError::TooManyEntries {
+                limit: self.limits.max_entries,
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes sure no existing component of `rel` below the root (the path
+    /// itself included when `include_self`) is a symlink or a non-directory,
+    /// then creates the parent directories.
+    fn prepare(&self, name: &str, rel: &Path, include_self: bool) -> Result<PathBuf, ArchiveError> {
+        let comps: Vec<_> = rel.components().collect();
+        let upto = if include_self {
+            comps.len()
+        } else {
+            comps.len() - 1
+        };
+        let mut p = self.root.clone();
+        for c in &comps[..upto] {
+            p.push(c);
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(entry_err(name, "passes through a symlink"))
+                }
+                Ok(m) if !m.is_dir() => {
+                    return Err(entry_err(name, "is below a file that is not a directory"))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir(&p).map_err(io_err(&p))?
+                }
+                Err(e) => return Err(io_err(&p)(e)),
+            }
+        }
+        let dest = self.root.join(rel);
+        if !include_self {
+            if let Ok(m) = fs::symlink_metadata(&dest) {
+                if m.is_dir() {
+                    return Err(entry_err(name, "replaces a directory"));
+                }
+                // Never write through an existing link: remove it first.
+                fs::remove_file(&dest).map_err(io_err(&dest))?;
+            }
+        }
+        Ok(dest)
+    }
+
+    fn write_file(
+        &mut self,
+        name: &str,
+        rel: &Path,
+        declared: u64,
+        mode: u32,
+        reader: &mut dyn Read,
+    ) -> Result<(), ArchiveError> {
+        if self.bytes.saturating_add(declared) > self.limits.max_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        let dest = self.prepare(name, rel, false)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&dest)
+            .map_err(io_err(&dest))?;
+        let allowed = self.limits.max_bytes - self.bytes;
+        let mut limited = reader.take(allowed + 1);
+        let n = copy(&mut limited, &mut f, name, &dest, self.limits.max_bytes)?;
+        if n > allowed {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        self.bytes += n;
+        set_mode(&f, &dest, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &str, rel: &Path, target: &Path) -> Result<(), ArchiveError> {
+        if target.is_absolute() {
+            return Err(entry_err(
+                name,
+                format!(
+                    "is a symlink to an absolute path ({}), which points out of the upload",
+                    target.display()
+                ),
+            ));
+        }
+        if resolve_link(rel, target).is_none() {
+            return Err(entry_err(
+                name,
+                format!(
+                    "is a symlink pointing out of the upload ({})",
+                    target.display()
+                ),
+            ));
+        }
+        let dest = self.prepare(name, rel, false)?;
+        std::os::unix::fs::symlink(target, &dest).map_err(io_err(&dest))
+    }
+
+    fn hardlink(&mut self, name: &str, rel: &Path, target: &Path) -> Result<(), ArchiveError> {
+        let shown = target.display().to_string();
+        let target = checked_relative(name, target)
+            .map_err(|_| {
+                entry_err(
+                    name,
+                    format!("is a hardlink pointing out of the upload ({shown})"),
+                )
+            })?
+            .ok_or_else(|| entry_err(name, "is a hardlink with an empty target"))?;
+        // The target must be a regular file already extracted, reached
+        // without passing through a symlink.
+        let mut p = self.root.clone();
+        for c in target.components() {
+            p.push(c);
+            let m = fs::symlink_metadata(&p).map_err(|_| {
+                entry_err(
+                    name,
+                    format!("is a hardlink to `{shown}`, which is not in the upload"),
+                )
+            })?;
+            if m.file_type().is_symlink() {
+                return Err(entry_err(name, "is a hardlink through a symlink"));
+            }
+        }
+        if !fs::symlink_metadata(&p)
+            .map(|m| m.is_file())
+            .unwrap_or(false)
+        {
+            return Err(entry_err(
+                name,
+                format!("is a hardlink to `{shown}`, which is not a file"),
+            ));
+        }
+        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
+        if self.bytes.saturating_add(size) > self.limits.max_bytes {
+            return Err(ArchiveError::TooLarge {
+                limit: self.limits.max_bytes,
+            });
+        }
+        let dest = self.prepare(name, rel, false)?;
+        // A copy, not a link: nothing in the tree shares an inode.
+        fs::copy(&p, &dest).map_err(io_err(&dest))?;
+        self.bytes += size;
+        Ok(())
+    }
+
+    fn dir(&mut self, name: &str, rel: &Path) -> Result<(), ArchiveError> {
+        self.prepare(name, rel, true).map(|_| ())
+    }
+
+    fn tar<R: Read>(&mut self, reader: Budget<R>) -> Result<(), ArchiveError> {
+        let mut archive = tar::Archive::new(reader);
+        let entries = archive.entries().map_err(|e| self.read_error(e))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| self.read_error(e))?;
+            let raw = entry.path().map_err(|e| self.read_error(e))?.into_owned();
+            let name = raw.display().to_string();
+            self.count(&name)?;
+            let kind = entry.header().entry_type();
+            let Some(rel) = checked_relative(&name, &raw)? else {
+                if kind.is_dir() {
+                    continue;
+                }
+                return Err(entry_err(&name, "has an empty path"));
+            };
+            use tar::EntryType as T;
+            match kind {
+                T::Regular | T::Continuous => {
+                    let size = entry.size();
+                    let mode = entry.header().mode().unwrap_or(0o644);
+                    self.write_file(&name, &rel, size, mode, &mut entry)?;
+                }
+                T::Directory => self.dir(&name, &rel)?,
+                T::Symlink => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| self.read_error(e))?
+                        .ok_or_else(|| entry_err(&name, "is a symlink without a target"))?
+                        .into_owned();
+                    self.symlink(&name, &rel, &target)?
+                }
+                T::Link => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| self.read_error(e))?
+                        .ok_or_else(|| entry_err(&name, "is a hardlink without a target"))?
+                        .into_owned();
+                    self.hardlink(&name, &rel, &target)?
+                }
+                T::Char | T::Block => return Err(entry_err(&name, "is a device file")),
+                T::Fifo => return Err(entry_err(&name, "is a FIFO")),
+                T::GNUSparse => return Err(entry_err(&name, "is a sparse file (not supported)")),
+                T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => {}
+                other => {
+                    return Err(entry_err(
+                        &name,
+                        format!(
+                            "has an unsupported entry type {:?}",
+                            other.as_byte() as char
+                        ),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, e: io::Error) -> ArchiveError {
+        if is_budget(&e) {
+            ArchiveError::TooLarge {
+                limit: self.limits.max_bytes,
+            }
+        } else {
+            ArchiveError::Invalid(e.to_string())
+        }
+    }
+
+    fn zip(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
+        let mut archive = zip::ZipArchive::new(Cursor::new(data))
+            .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+        for i in 0..archive.len() {
+            let mut file = archive
+                .by_index(i)
+                .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+            let name = file.name().to_string();
+            self.count(&name)?;
+            let Some(rel) = checked_relative(&name, Path::new(&name))? else {
+                if file.is_dir() {
+                    continue;
+                }
+                return Err(entry_err(&name, "has an empty path"));
+            };
+            let mode = file.unix_mode().unwrap_or(0o644);
+            match mode & 0o170000 {
+                0o020000 | 0o060000 => return Err(entry_err(&name, "is a device file")),
+                0o010000 => return Err(entry_err(&name, "is a FIFO")),
+                _ => {}
+            }
+            if file.is_symlink() {
+                let mut target = String::new();
+                file.by_ref()
+                    .take(4096)
+                    .read_to_string(&mut target)
+                    .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+                self.symlink(&name, &rel, Path::new(&target))?;
+            } else if file.is_dir() {
+                self.dir(&name, &rel)?;
+            } else {
+                let size = file.size();
+                self.write_file(&name, &rel, size, mode, &mut file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn copy(
+    r: &mut dyn Read,
+    w: &mut File,
+    name: &str,
+    dest: &Path,
+    limit: u64,
+) -> Result<u64, ArchiveError> {
+    let mut buf = [0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match r.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if is_budget(&e) => return Err(ArchiveError::TooLarge { limit }),
+            Err(e) => {
+                return Err(ArchiveError::Invalid(format!(
+                    "reading entry `{name}`: {e}"
+                )))
+            }
+        };
+        w.write_all(&buf[..n]).map_err(io_err(dest))?;
+        total += n as u64;
+    }
+}
+
+fn set_mode(f: &File, dest: &Path, mode: u32) -> Result<(), ArchiveError> {
+    use std::os::unix::fs::PermissionsExt;
+    f.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_err(dest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_bytes: 1 << 20,
+            max_entries: 100,
+        }
+    }
+
+    fn tar_with(f: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        f(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    /// Writes a raw name into the header, bypassing the tar crate's checks.
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let bytes = &mut h.as_old_mut().name;
+        bytes.fill(0);
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+    }
+
+    fn extract_tar(data: &[u8]) -> (tempfile::TempDir, Result<Format, ArchiveError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        fs::create_dir(&dest).unwrap();
+        let r = extract(data, &dest, limits());
+        (dir, r)
+    }
+
+    #[test]
+    fn a_plain_tree_extracts() {
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Regular, 3);
+            b.append_data(&mut h, "app/main.py", &b"hi\n"[..]).unwrap();
+            let mut h = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut h, "app/link", "main.py").unwrap();
+            let mut h = header(tar::EntryType::Link, 0);
+            b.append_link(&mut h, "app/hard", "app/main.py").unwrap();
+        });
+        let (dir, r) = extract_tar(&data);
+        assert_eq!(r.unwrap(), Format::Tar);
+        let src = dir.path().join("src/app");
+        assert_eq!(fs::read_to_string(src.join("main.py")).unwrap(), "hi\n");
+        assert_eq!(fs::read_to_string(src.join("hard")).unwrap(), "hi\n");
+        assert_eq!(
+            fs::read_link(src.join("link")).unwrap(),
+            Path::new("main.py")
+        );
+    }
+
+    #[test]
+    fn traversal_absolute_and_links_out_are_refused_naming_the_entry() {
+        let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+            (
+                "dotdot",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Regular, 1);
+                    raw_name(&mut h, "../evil");
+                    b.append(&h, &b"x"[..]).unwrap();
+                }),
+                "`../evil` escapes",
+            ),
+            (
+                "absolute",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Regular, 1);
+                    raw_name(&mut h, "/tmp/evil");
+                    b.append(&h, &b"x"[..]).unwrap();
+                }),
+                "`/tmp/evil` is an absolute path",
+            ),
+            (
+                "symlink out",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "up", "../..").unwrap();
+                }),
+                "`up` is a symlink pointing out",
+            ),
+            (
+                "symlink absolute",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Symlink, 0);
+                    b.append_link(&mut h, "etc", "/etc").unwrap();
+                }),
+                "`etc` is a symlink to an absolute path",
+            ),
+            (
+                "hardlink out",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Link, 0);
+                    b.append_link(&mut h, "passwd", "/etc/passwd").unwrap();
+                }),
+                "`passwd` is a hardlink pointing out",
+            ),
+            (
+                "device",
+                tar_with(|b| {
+                    let mut h = header(tar::EntryType::Char, 0);
+                    b.append_data(&mut h, "null", &b""[..]).unwrap();
+                }),
+                "`null` is a device file",
+            ),
+        ];
+        for (what, data, want) in cases {
+            let (dir, r) = extract_tar(&data);
+            let e = r.expect_err(what).to_string();
+            assert!(e.contains(want), "{what}: {e}");
+            assert!(!dir.path().join("evil").exists());
+        }
+    }
+
+    #[test]
+    fn writing_through_an_inside_symlink_is_refused() {
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Directory, 0);
+            b.append_data(&mut h, "d", &b""[..]).unwrap();
+            let mut h = header(tar::EntryType::Symlink, 0);
+            b.append_link(&mut h, "l", "d").unwrap();
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, "l/f", &b"x"[..]).unwrap();
+        });
+        let (_dir, r) = extract_tar(&data);
+        assert!(r
+            .unwrap_err()
+            .to_string()
+            .contains("`l/f` passes through a symlink"));
+    }
+
+    #[test]
+    fn bombs_and_junk_are_refused() {
+        // A gzip of 4 MiB of one file: past the 1 MiB limit.
+        let big = tar_with(|b| {
+            let mut h = header(tar::EntryType::Regular, 4 << 20);
+            b.append_data(&mut h, "zeros", io::repeat(0).take(4 << 20))
+                .unwrap();
+        });
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&big).unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 200 << 10);
+        let (_d, r) = extract_tar(&bomb);
+        assert!(matches!(r, Err(ArchiveError::TooLarge { .. })), "{r:?}");
+
+        let (_d, r) = extract_tar(b"just some text, not an archive");
+        assert!(matches!(r, Err(ArchiveError::NotAnArchive)), "{r:?}");
+
+        let truncated = &bomb[..bomb.len() / 2];
+        let (_d, r) = extract_tar(truncated);
+        assert!(
+            matches!(
+                r,
+                Err(ArchiveError::Invalid(_)) | Err(ArchiveError::TooLarge { .. })
+            ),
+            "{r:?}"
+        );
+
+        let many = tar_with(|b| {
+            for i in 0..200 {
+                let mut h = header(tar::EntryType::Regular, 0);
+                b.append_data(&mut h, format!("f{i}"), &b""[..]).unwrap();
+            }
+        });
+        let (_d, r) = extract_tar(&many);
+        assert!(
+            matches!(r, Err(ArchiveError::TooManyEntries { limit: 100 })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn zip_extracts_and_refuses_traversal() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        w.start_file("app/main.py", opts).unwrap();
+        w.write_all(b"print(1)\n").unwrap();
+        let good = w.finish().unwrap().into_inner();
+        let (dir, r) = extract_tar(&good);
+        assert_eq!(r.unwrap(), Format::Zip);
+        assert!(dir.path().join("src/app/main.py").is_file());
+
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        w.start_file("../evil.py", opts).unwrap();
+        w.write_all(b"x").unwrap();
+        let bad = w.finish().unwrap().into_inner();
+        let (_d, r) = extract_tar(&bad);
+        assert!(r.unwrap_err().to_string().contains("`../evil.py` escapes"));
+    }
+}

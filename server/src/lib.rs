@@ -1,0 +1,144 @@
+//! `ftl serve`: the HTTP build service over the ftl engine.
+//!
+//! A client uploads a source archive with build options; the service answers
+//! `202` with a build id at once, runs the build on a bounded worker pool
+//! through the same [`Engine`] the CLI uses (so every build shares one local
+//! cache), records it in SQLite under the state directory, and streams its
+//! log. See `server/README.md` for the API and for scaling out.
+//!
+//! The binary builds the engine (with its language plugins and the server's
+//! own registry credentials) and hands it to [`serve`]; this crate knows no
+//! language and reads no environment variable.
+
+mod archive;
+mod http;
+mod log;
+mod metrics;
+mod service;
+mod spec;
+mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ftl::engine::Engine;
+
+pub use archive::{extract, ArchiveError, Format as ArchiveFormat, Limits};
+pub use http::OPTIONS_HEADER;
+pub use spec::{BuildSpec, Command, SpecError, Verify};
+pub use store::{Record, State, StoreError};
+
+/// Settings of one server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Builds, logs and the database live here; uploads are extracted here
+    /// and nowhere else.
+    pub state_dir: PathBuf,
+    /// Builds run at once.
+    pub workers: usize,
+    /// Builds that may wait for a worker; beyond it, `429`.
+    pub queue: usize,
+    /// Largest request body, in bytes.
+    pub max_upload: u64,
+    /// Largest total of extracted file contents, in bytes.
+    pub max_extract_bytes: u64,
+    /// Most entries an archive may have.
+    pub max_entries: u64,
+    /// Accepted bearer tokens; `None` turns authentication off.
+    pub tokens: Option<Vec<String>>,
+    /// How long running builds may go on after a shutdown signal.
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            state_dir: PathBuf::from("ftl-state"),
+            workers: 2,
+            queue: 16,
+            max_upload: 256 << 20,
+            max_extract_bytes: 1 << 30,
+            max_entries: 100_000,
+            tokens: None,
+            grace: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What keeps the server from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the token file {path}: {message}")]
+    Tokens { path: PathBuf, message: String },
+    #[error("the HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Reads bearer tokens: one per line; blank lines and `#` comments ignored.
+pub fn read_tokens(path: &std::path::Path) -> Result<Vec<String>, ServerError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Tokens {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if tokens.is_empty() {
+        return Err(ServerError::Tokens {
+            path: path.to_path_buf(),
+            message: "has no token".into(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// Serves on `listener` until `shutdown` completes; then stops accepting,
+/// lets running builds finish within the grace period, cancels the rest and
+/// returns. Queued builds stay queued in the database and run after the
+/// next start, as do builds a killed process left behind.
+pub async fn serve(
+    config: ServerConfig,
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let grace = config.grace;
+    let workers = config.workers.max(1);
+    let svc = service::Service::open(config, engine)?;
+    svc.recover()?;
+    for n in 0..workers {
+        svc.spawn_worker(n).map_err(ServerError::Serve)?;
+    }
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let app = http::router(svc.clone());
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!("shutting down: no new connections; waiting for running builds");
+    let _ = stop_tx.send(true);
+    svc.shutdown(grace).await;
+    // Open log streams end with their builds; give connections a moment.
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(r)) => r.map_err(ServerError::Serve),
+        Ok(Err(e)) => Err(ServerError::Serve(std::io::Error::other(e))),
+        Err(_) => Ok(()),
+    }
+}

@@ -1,0 +1,580 @@
+//! The build service: submissions, the bounded queue, the worker pool,
+//! cancellation, recovery after a restart and shutdown. HTTP lives in
+//! `http.rs`; this is plain async Rust over the engine.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ftl::engine::{BuildReport, Engine, LayerSource};
+use futures_util::FutureExt;
+use tokio::sync::Notify;
+
+use crate::archive::{self, ArchiveError, Limits};
+use crate::log::{LiveLog, LogObserver};
+use crate::metrics::Metrics;
+use crate::spec::{BuildSpec, SpecError};
+use crate::store::{Record, State, Store, StoreError};
+use crate::ServerConfig;
+
+/// Why a submission was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("the build queue is full ({0} builds waiting or running); retry later")]
+    Full(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why a cancel did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no build {0}")]
+    NotFound(String),
+    #[error("build {0} already ended ({1})")]
+    Ended(String, &'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    format!("b{:011x}{:08x}", now_ms(), rand::random::<u32>())
+}
+
+/// A valid build id: what [`new_id`] makes.
+pub fn valid_id(id: &str) -> bool {
+    id.len() == 20 && id.starts_with('b') && id[1..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[derive(Default)]
+struct Inner {
+    queue: VecDeque<String>,
+    /// Running builds and the signal that cancels each.
+    running: HashMap<String, Arc<Notify>>,
+    /// Why a running build was aborted, for its record.
+    cancel_reasons: HashMap<String, String>,
+    /// Builds accepted and not ended (queued + running).
+    in_flight: HashSet<String>,
+    stopping: bool,
+}
+
+/// The service shared by the HTTP handlers and the workers.
+pub struct Service {
+    pub(crate) config: ServerConfig,
+    engine: Arc<Engine>,
+    pub(crate) store: Store,
+    pub(crate) metrics: Metrics,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    idle: Notify,
+    logs: Mutex<HashMap<String, Arc<LiveLog>>>,
+}
+
+impl Service {
+    pub(crate) fn open(
+        config: ServerConfig,
+        engine: Arc<Engine>,
+    ) -> Result<Arc<Service>, crate::ServerError> {
+        for d in ["builds", "logs"] {
+            let p = config.state_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|source| crate::ServerError::StateDir {
+                path: p.clone(),
+                source,
+            })?;
+        }
+        let store = Store::open(&config.state_dir.join("builds.db"))?;
+        Ok(Arc::new(Service {
+            config,
+            engine,
+            store,
+            metrics: Metrics::default(),
+            inner: Mutex::new(Inner::default()),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            logs: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn source_dir(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("builds").join(id)
+    }
+
+    pub(crate) fn log_path(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("logs").join(format!("{id}.log"))
+    }
+
+    pub(crate) fn live_log(&self, id: &str) -> Option<Arc<LiveLog>> {
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    fn open_log(&self, id: &str) -> Arc<LiveLog> {
+        let log = LiveLog::open(self.log_path(id));
+        self.logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string(), log.clone());
+        log
+    }
+
+    fn close_log(&self, id: &str, last: &str) {
+        let log = self
+            .logs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(log) = log {
+            log.end(last);
+        }
+    }
+
+    /// (queued, running)
+    pub fn depth(&self) -> (usize, usize) {
+        let g = self.inner();
+        (g.queue.len(), g.running.len())
+    }
+
+    /// Re-queues what a previous process left queued or running; fails
+    /// those whose source is gone. Called once, before serving.
+    pub(crate) fn recover(&self) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for rec in self.store.unfinished()? {
+            let src = self.source_dir(&rec.id).join("src");
+            if !src.is_dir() {
+                let msg = "the server stopped before this build ended, and its source is gone";
+                self.store.finish(
+                    &rec.id,
+                    State::Failed,
+                    now_ms(),
+                    None,
+                    None,
+                    None,
+                    Some(msg),
+                    Some("failed at restart"),
+                )?;
+                self.metrics.failed.fetch_add(1, Relaxed);
+                continue;
+            }
+            let note = if rec.state == State::Running {
+                format!(
+                    "re-queued after a server restart: attempt {} was interrupted",
+                    rec.attempts
+                )
+            } else {
+                "re-queued after a server restart".to_string()
+            };
+            self.store.requeue(&rec.id, &note)?;
+            let log = self.open_log(&rec.id);
+            log.line(&note);
+            let mut g = self.inner();
+            g.queue.push_back(rec.id.clone());
+            g.in_flight.insert(rec.id.clone());
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(builds = n, "re-queued unfinished builds");
+            self.wake.notify_waiters();
+        }
+        Ok(n)
+    }
+
+    /// Accepts a build: checks the options, reserves a queue slot, extracts
+    /// the archive, records and queues it.
+    pub async fn submit(
+        self: &Arc<Self>,
+        spec: BuildSpec,
+        archive_bytes: bytes::Bytes,
+    ) -> Result<String, SubmitError> {
+        let id = new_id();
+        {
+            let mut g = self.inner();
+            if g.stopping {
+                return Err(SubmitError::ShuttingDown);
+            }
+            let capacity = self.config.workers + self.config.queue;
+            if g.in_flight.len() >= capacity {
+                self.metrics.rejected_full.fetch_add(1, Relaxed);
+                return Err(SubmitError::Full(g.in_flight.len()));
+            }
+            g.in_flight.insert(id.clone());
+        }
+        let result = self.accept(&id, &spec, archive_bytes).await;
+        if let Err(e) = &result {
+            self.inner().in_flight.remove(&id);
+            let _ = std::fs::remove_dir_all(self.source_dir(&id));
+            if matches!(e, SubmitError::Archive(_)) {
+                self.metrics.rejected_upload.fetch_add(1, Relaxed);
+            }
+            return Err(result.unwrap_err());
+        }
+        self.metrics.submitted.fetch_add(1, Relaxed);
+        self.inner().queue.push_back(id.clone());
+        self.wake.notify_one();
+        Ok(id)
+    }
+
+    async fn accept(
+        &self,
+        id: &str,
+        spec: &BuildSpec,
+        data: bytes::Bytes,
+    ) -> Result<(), SubmitError> {
+        let dir = self.source_dir(id);
+        let src = dir.join("src");
+        let limits = Limits {
+            max_bytes: self.config.max_extract_bytes,
+            max_entries: self.config.max_entries,
+        };
+        let src2 = src.clone();
+        let format = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&src2).map_err(|source| ArchiveError::Io {
+                path: src2.clone(),
+                source,
+            })?;
+            archive::extract(&data, &src2, limits)
+        })
+        .await
+        .map_err(|e| SubmitError::Internal(e.to_string()))??;
+        let options =
+            serde_json::to_value(spec).map_err(|e| SubmitError::Internal(e.to_string()))?;
+        // The log exists before the record, so a reader never misses it.
+        let log = self.open_log(id);
+        log.line(format!(
+            "queued: {} from a {:?} upload, base {}",
+            spec.image, format, spec.base
+        ));
+        if let Err(e) = self.store.insert(id, &options, now_ms()) {
+            self.close_log(id, "not accepted");
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        self.store.get(id)
+    }
+
+    /// Cancels a queued or running build.
+    pub fn cancel(&self, id: &str) -> Result<State, CancelError> {
+        let rec = self
+            .store
+            .get(id)?
+            .ok_or_else(|| CancelError::NotFound(id.to_string()))?;
+        if rec.state.is_terminal() {
+            return Err(CancelError::Ended(id.to_string(), rec.state.as_str()));
+        }
+        let mut g = self.inner();
+        if let Some(cancel) = g.running.get(id) {
+            cancel.notify_one();
+            g.cancel_reasons
+                .insert(id.to_string(), "cancelled by request".into());
+            return Ok(State::Running);
+        }
+        if rec.state == State::Running {
+            // Started but not yet registered: the worker aborts it as soon
+            // as it registers.
+            g.cancel_reasons
+                .insert(id.to_string(), "cancelled by request".into());
+            return Ok(State::Running);
+        }
+        // Queued: the worker skips it.
+        g.queue.retain(|q| q != id);
+        g.in_flight.remove(id);
+        drop(g);
+        if self.store.finish(
+            id,
+            State::Cancelled,
+            now_ms(),
+            None,
+            None,
+            None,
+            None,
+            Some("cancelled by request before it ran"),
+        )? {
+            self.metrics.cancelled.fetch_add(1, Relaxed);
+            let _ = std::fs::remove_dir_all(self.source_dir(id));
+            self.close_log(id, "cancelled before it ran");
+        }
+        Ok(State::Queued)
+    }
+
+    /// One worker: takes builds off the queue until the service stops.
+    ///
+    /// The engine's build future is not `Send`, so each worker runs on a
+    /// thread of its own with a current-thread runtime that stays inside
+    /// `block_on` for the worker's life (the registry client's pooled
+    /// connections keep being driven between builds).
+    pub(crate) fn spawn_worker(self: &Arc<Self>, n: usize) -> std::io::Result<()> {
+        let svc = self.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("ftl-worker-{n}"))
+            .spawn(move || rt.block_on(svc.worker(n)))?;
+        Ok(())
+    }
+
+    async fn worker(self: Arc<Self>, n: usize) {
+        loop {
+            let id = loop {
+                let notified = self.wake.notified();
+                {
+                    let mut g = self.inner();
+                    if g.stopping {
+                        return;
+                    }
+                    if let Some(id) = g.queue.pop_front() {
+                        break id;
+                    }
+                }
+                notified.await;
+            };
+            tracing::debug!(worker = n, build = %id, "taking a build");
+            self.run_one(&id).await;
+        }
+    }
+
+    async fn run_one(self: &Arc<Self>, id: &str) {
+        let rec = match self.store.get(id) {
+            Ok(Some(r)) if r.state == State::Queued => r,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(build = id, error = %e, "cannot read the build record");
+                return;
+            }
+        };
+        let log = self.live_log(id).unwrap_or_else(|| self.open_log(id));
+        let spec: Result<BuildSpec, _> = serde_json::from_value(rec.options.clone());
+        let req = spec.map_err(|e| e.to_string()).and_then(|s| {
+            s.to_request(self.source_dir(id).join("src"))
+                .map_err(|e| e.to_string())
+        });
+        match self.store.start(id, now_ms()) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(build = id, error = %e, "cannot mark the build running");
+                return;
+            }
+        }
+        let started = Instant::now();
+        log.line(format!("running (attempt {})", rec.attempts + 1));
+        let outcome = match req {
+            Err(e) => Err(Outcome::Failed(format!("invalid options: {e}"))),
+            Ok(req) => {
+                let cancel = Arc::new(Notify::new());
+                {
+                    let mut g = self.inner();
+                    g.running.insert(id.to_string(), cancel.clone());
+                    // A cancel may have raced the start.
+                    if g.cancel_reasons.contains_key(id) {
+                        cancel.notify_one();
+                    }
+                }
+                let observer = Arc::new(LogObserver(log.clone()));
+                let build = AssertUnwindSafe(self.engine.build(&req, observer)).catch_unwind();
+                tokio::select! {
+                    r = build => match r {
+                        Ok(Ok(report)) => Ok(report),
+                        Ok(Err(e)) => Err(Outcome::Failed(error_chain(&e))),
+                        Err(_) => Err(Outcome::Failed("internal error: the build panicked".into())),
+                    },
+                    _ = cancel.notified() => {
+                        let reason = self
+                            .inner()
+                            .cancel_reasons
+                            .remove(id)
+                            .unwrap_or_else(|| "cancelled".into());
+                        Err(Outcome::Cancelled(reason))
+                    }
+                }
+            }
+        };
+        self.complete(id, outcome, started.elapsed(), &log);
+    }
+
+    fn complete(
+        &self,
+        id: &str,
+        outcome: Result<BuildReport, Outcome>,
+        took: Duration,
+        log: &LiveLog,
+    ) {
+        let now = now_ms();
+        let (state, last) = match &outcome {
+            Ok(report) => {
+                let report_json = serde_json::to_value(report).ok();
+                let (hits, built) = report
+                    .layers
+                    .iter()
+                    .fold((0, 0), |(h, b), l| match l.source {
+                        LayerSource::Base => (h, b),
+                        LayerSource::Built => (h, b + 1),
+                        _ => (h + 1, b),
+                    });
+                self.metrics.layers_hit.fetch_add(hits, Relaxed);
+                self.metrics.layers_built.fetch_add(built, Relaxed);
+                if let Some(v) = &report.verify {
+                    log.line(format!(
+                        "verify: passed ({}{})",
+                        v.mode,
+                        v.status.map(|s| format!(", HTTP {s}")).unwrap_or_default()
+                    ));
+                }
+                let r = self.store.finish(
+                    id,
+                    State::Succeeded,
+                    now,
+                    Some(&report.image),
+                    Some(&report.digest),
+                    report_json.as_ref(),
+                    None,
+                    None,
+                );
+                if let Err(e) = r {
+                    tracing::error!(build = id, error = %e, "cannot record the build");
+                }
+                self.metrics.succeeded.fetch_add(1, Relaxed);
+                (
+                    State::Succeeded,
+                    format!(
+                        "succeeded: {} ({} layer(s) built, {} cached)",
+                        report.image, built, hits
+                    ),
+                )
+            }
+            Err(Outcome::Failed(msg)) => {
+                let _ = self
+                    .store
+                    .finish(id, State::Failed, now, None, None, None, Some(msg), None)
+                    .map_err(
+                        |e| tracing::error!(build = id, error = %e, "cannot record the build"),
+                    );
+                self.metrics.failed.fetch_add(1, Relaxed);
+                (State::Failed, format!("failed: {msg}"))
+            }
+            Err(Outcome::Cancelled(reason)) => {
+                let _ = self
+                    .store
+                    .finish(
+                        id,
+                        State::Cancelled,
+                        now,
+                        None,
+                        None,
+                        None,
+                        Some(reason),
+                        Some(reason),
+                    )
+                    .map_err(
+                        |e| tracing::error!(build = id, error = %e, "cannot record the build"),
+                    );
+                self.metrics.cancelled.fetch_add(1, Relaxed);
+                (State::Cancelled, reason.clone())
+            }
+        };
+        self.metrics.observe_duration(took.as_secs_f64());
+        tracing::info!(
+            build = id,
+            state = state.as_str(),
+            ms = took.as_millis() as u64,
+            "build ended"
+        );
+        let _ = std::fs::remove_dir_all(self.source_dir(id));
+        self.close_log(id, &last);
+        let mut g = self.inner();
+        g.running.remove(id);
+        g.in_flight.remove(id);
+        if g.running.is_empty() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Stops taking builds off the queue (queued ones stay queued, for the
+    /// next start), waits up to `grace` for running ones, then cancels them.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        {
+            let mut g = self.inner();
+            g.stopping = true;
+        }
+        self.wake.notify_waiters();
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.idle.notified();
+            let running = self.inner().running.len();
+            if running == 0 {
+                break;
+            }
+            tracing::info!(running, "waiting for running builds to finish");
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                {
+                    let mut g = self.inner();
+                    let ids: Vec<String> = g.running.keys().cloned().collect();
+                    for id in ids {
+                        g.cancel_reasons.insert(
+                            id.clone(),
+                            format!(
+                                "cancelled: the server shut down and the build did not end within the {}s grace period",
+                                grace.as_secs()
+                            ),
+                        );
+                        if let Some(cancel) = g.running.get(&id) {
+                            cancel.notify_one();
+                        }
+                    }
+                }
+                // Give the workers a moment to record the cancellations.
+                let wait_until = tokio::time::Instant::now() + Duration::from_secs(5);
+                while !self.inner().running.is_empty() && tokio::time::Instant::now() < wait_until {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                break;
+            }
+        }
+    }
+}
+
+enum Outcome {
+    Failed(String),
+    Cancelled(String),
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
