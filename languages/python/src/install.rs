@@ -435,8 +435,41 @@ impl BuildStep for DepsStep {
                 dists: all_dists,
                 top,
             } => {
-                if wanted.contains(lock) {
-                    self.lock_check(&run, all_dists, top)?;
+                let want: Vec<&(usize, Vec<PinnedDist>)> =
+                    layers.iter().filter(|(i, _)| wanted.contains(i)).collect();
+                let check_lock = wanted.contains(lock);
+                if want.is_empty() && !check_lock {
+                    return Ok(out);
+                }
+                let mut lines = plan.options.to_lines();
+                for (_, dists) in &want {
+                    for d in dists {
+                        lines.push(d.line());
+                    }
+                }
+                let file = work.join("requirements.txt");
+                std::fs::write(&file, lines.join("\n") + "\n")
+                    .map_err(|e| io_err("cannot write", &file, e))?;
+                // The lock check (a resolution) and the install of the
+                // missing distributions run side by side; a lock error wins,
+                // being the clearer message.
+                let (locked, installed) = std::thread::scope(|s| {
+                    let lock_run =
+                        check_lock.then(|| s.spawn(|| self.lock_check(&run, all_dists, top)));
+                    let installed = if want.is_empty() {
+                        Ok(())
+                    } else {
+                        self.install(&run, "requirements.txt", true)
+                    };
+                    let locked = lock_run.map_or(Ok(()), |h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(PluginError::new("the lock check panicked")))
+                    });
+                    (locked, installed)
+                });
+                locked?;
+                installed?;
+                if check_lock {
                     let text: String = std::iter::once(LOCK_HEADER.to_string())
                         .chain(
                             all_dists
@@ -455,21 +488,9 @@ impl BuildStep for DepsStep {
                         },
                     ));
                 }
-                let want: Vec<&(usize, Vec<PinnedDist>)> =
-                    layers.iter().filter(|(i, _)| wanted.contains(i)).collect();
                 if want.is_empty() {
                     return Ok(out);
                 }
-                let mut lines = plan.options.to_lines();
-                for (_, dists) in &want {
-                    for d in dists {
-                        lines.push(d.line());
-                    }
-                }
-                let file = work.join("requirements.txt");
-                std::fs::write(&file, lines.join("\n") + "\n")
-                    .map_err(|e| io_err("cannot write", &file, e))?;
-                self.install(&run, "requirements.txt", true)?;
                 if plan.settings.compile == Compile::UncheckedHash {
                     self.compile(&run)?;
                 }

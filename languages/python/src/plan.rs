@@ -370,7 +370,7 @@ pub(crate) fn plan(
                 "venv": venv,
                 "interpreter": probe.key_doc(),
                 "platform": ctx.base.platform,
-                "installer": {"tool": "pip", "version": pip.version},
+                "installer": {"tool": "pip", "version": pip.version, "source": pip.source},
                 "index": index_doc(&options),
                 "pip_env": pip_env_doc(ctx),
                 "pip_config": probe.pip_config,

@@ -25,6 +25,7 @@ struct FakePython {
     pip_error: Option<String>,
     /// The requirement files pip was handed.
     pip_inputs: Mutex<Vec<String>>,
+    probe: serde_json::Value,
 }
 
 impl FakePython {
@@ -34,6 +35,28 @@ impl FakePython {
             missing: Vec::new(),
             pip_error: None,
             pip_inputs: Mutex::default(),
+            probe: bookworm_probe(),
+        }
+    }
+
+    /// The pip command prefix the step must use for this probe.
+    fn pip_prefix(&self) -> Vec<String> {
+        let pip = &self.probe["pip"];
+        if pip["source"] == "base" {
+            [
+                "/usr/bin/python3",
+                "-m",
+                "pip",
+                "--python",
+                "/env/bin/python",
+            ]
+            .map(String::from)
+            .to_vec()
+        } else {
+            vec![
+                "/env/bin/python".into(),
+                format!("{}/pip", pip["path"].as_str().unwrap()),
+            ]
         }
     }
 
@@ -64,7 +87,7 @@ impl Exec for FakePython {
         self.requests.lock().unwrap().push(req.clone());
         let site = "lib/python3.11/site-packages";
         match req.label.as_str() {
-            "python probe" => Ok(ok(&bookworm_probe().to_string())),
+            "python probe" => Ok(ok(&self.probe.to_string())),
             "python -m venv" => {
                 assert_eq!(
                     req.args,
@@ -80,13 +103,8 @@ impl Exec for FakePython {
             }
             "pip install" => {
                 assert_eq!(req.network, StepNetwork::Egress, "pip downloads");
-                assert_eq!(
-                    &req.args[..2],
-                    [
-                        "/env/bin/python",
-                        "/usr/share/python-wheels/pip-23.0.1-py3-none-any.whl/pip"
-                    ]
-                );
+                let prefix = self.pip_prefix();
+                assert_eq!(&req.args[..prefix.len()], &prefix[..]);
                 assert!(req.args.contains(&"--no-compile".to_string()));
                 let env = Self::host(req, "/env");
                 let work = Self::host(req, "/ftl-work");
@@ -460,4 +478,36 @@ fn app_layer_is_the_source_at_the_app_dir() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// Without a usable pip in the base, the step runs pip from the wheel
+/// ensurepip ships (nothing of it lands in the venv).
+#[test]
+fn pip_from_the_ensurepip_wheel() {
+    let mut exec = FakePython::new();
+    exec.probe["pip"] = serde_json::json!({
+        "source": "ensurepip",
+        "version": "24.0",
+        "path": "/usr/local/lib/python3.11/ensurepip/_bundled/pip-24.0-py3-none-any.whl"
+    });
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let flask = p
+        .layers
+        .iter()
+        .position(|l| l.name == "python: flask==3.0.3")
+        .unwrap();
+    build(&p, &app, &exec, &[flask]).unwrap();
+    let pip = exec
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.label == "pip install")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        pip.args[1],
+        "/usr/local/lib/python3.11/ensurepip/_bundled/pip-24.0-py3-none-any.whl/pip"
+    );
 }
