@@ -1055,8 +1055,11 @@ pub(crate) struct SandboxExec {
     cache: Cache,
     platform: Platform,
     /// Builder images ([`StepRoot::Image`]) by reference: rootfs and env.
-    images: Mutex<HashMap<String, Arc<(base::LazyRootfs, Vec<(String, String)>)>>>,
+    images: Mutex<HashMap<String, BuilderImage>>,
 }
+
+/// A builder image's lazily unpacked rootfs and its config's env.
+type BuilderImage = Arc<(base::LazyRootfs, Vec<(String, String)>)>;
 
 /// The PATH of steps on the host's root.
 const HOST_STEP_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

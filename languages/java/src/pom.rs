@@ -144,19 +144,19 @@ pub fn parse(file: &Path, text: &str) -> Result<Pom, PluginError> {
                     });
                 }
             }
-            "mainClass" | "start-class" | "main.class" | "exec.mainClass" => {
-                if pom.main_class.is_none() {
-                    pom.main_class = node
-                        .text()
-                        .map(|t| t.trim().to_string())
-                        .filter(|t| !t.is_empty() && !t.contains("${"));
-                }
+            "mainClass" | "start-class" | "main.class" | "exec.mainClass"
+                if pom.main_class.is_none() =>
+            {
+                pom.main_class = node
+                    .text()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty() && !t.contains("${"));
             }
-            "plugin" => {
-                if child_text(node, "artifactId").as_deref() == Some("maven-dependency-plugin") {
-                    if let Some(v) = child_text(node, "version").filter(|v| !v.contains("${")) {
-                        pom.dependency_plugin = Some(v);
-                    }
+            "plugin"
+                if child_text(node, "artifactId").as_deref() == Some("maven-dependency-plugin") =>
+            {
+                if let Some(v) = child_text(node, "version").filter(|v| !v.contains("${")) {
+                    pom.dependency_plugin = Some(v);
                 }
             }
             _ => {}

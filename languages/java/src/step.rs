@@ -387,8 +387,9 @@ impl BuildStep for MavenStep {
                 libs_layer(
                     libs.iter()
                         .filter(|n| {
-                            !(p.modules_layer.is_some() && is_module(n))
-                                && !(p.snapshot_layer.is_some() && is_snapshot_jar(n))
+                            let module = p.modules_layer.is_some() && is_module(n);
+                            let snapshot = p.snapshot_layer.is_some() && is_snapshot_jar(n);
+                            !module && !snapshot
                         })
                         .cloned()
                         .collect(),
