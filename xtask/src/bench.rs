@@ -5,6 +5,7 @@
 //! - `push`: push of a ~50 MB layer to a local registry (MB/s), and the
 //!   no-op rebuild+push latency of a small app (ms).
 //! - `python`: the four scenarios on testdata/python/flask.
+//! - `node`: the four scenarios on testdata/node/express.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,12 +24,14 @@ pub fn main(args: &[String]) -> Result<()> {
         "layers" => layers(),
         "push" => push(),
         "python" => python(),
+        "node" => node(),
         "all" => {
             layers()?;
             push()?;
-            python()
+            python()?;
+            node()
         }
-        other => bail!("unknown benchmark {other:?}: layers, push, python, all"),
+        other => bail!("unknown benchmark {other:?}: layers, push, python, node, all"),
     }
 }
 
@@ -343,5 +346,77 @@ fn python() -> Result<()> {
         "host: venv + pip install (ref)",
         median(pip)
     );
+    Ok(())
+}
+
+/// The four scenarios on testdata/node/express (node 18 and npm 9 of the
+/// `node` test base; npm downloads from the npm registry).
+fn node() -> Result<()> {
+    let ftl = build_ftl()?;
+    let rig = Rig::start(&ftl, &["node"])?;
+    let work = tempfile::tempdir()?;
+    let runs = 3;
+    let mut rows: Vec<(String, Vec<f64>, Vec<f64>, f64)> = Vec::new();
+    let mut record = |name: &str, ms: f64, r: &serde_json::Value| {
+        let bytes = r["bytes_uploaded"].as_f64().unwrap_or(0.0);
+        let built = r["layers_built"].as_f64().unwrap_or(0.0);
+        match rows.iter_mut().find(|row| row.0 == name) {
+            Some(row) => {
+                row.1.push(ms);
+                row.2.push(bytes);
+            }
+            None => rows.push((name.to_string(), vec![ms], vec![bytes], built)),
+        }
+    };
+    for i in 0..runs {
+        let app = work.path().join(format!("express-{i}"));
+        copy_tree(&root().join("testdata/node/express"), &app)?;
+        let cache = work.path().join(format!("cache-{i}"));
+        // A fresh repository: its registry cache is empty too.
+        let image = rig.image(&format!("bench/express{i}:latest"));
+        let base = rig.base("node");
+        let args = vec![
+            "build".to_string(),
+            app.display().to_string(),
+            "--base".into(),
+            base.clone(),
+            "--image".into(),
+            image.clone(),
+        ];
+        let call = || -> Result<(serde_json::Value, f64)> {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            ftl_json(&ftl, &cache, &refs)
+        };
+        let (r, ms) = call()?;
+        record("cold (empty caches)", ms, &r);
+        let (r, ms) = call()?;
+        record("no-op rebuild", ms, &r);
+        let msg = std::fs::read_to_string(app.join("lib/message.js"))?;
+        std::fs::write(app.join("lib/message.js"), format!("{msg}// change {i}\n"))?;
+        let (r, ms) = call()?;
+        record("one-line app change", ms, &r);
+        for f in ["package.json", "package-lock.json"] {
+            std::fs::copy(
+                root().join("testdata/node/express-plus-ms").join(f),
+                app.join(f),
+            )?;
+        }
+        let (r, ms) = call()?;
+        record("one added dependency (ms)", ms, &r);
+    }
+    println!("\nnode: testdata/node/express, medians of {runs} runs (whole `ftl build` process)");
+    println!(
+        "{:<30} {:>10} {:>14} {:>13}",
+        "scenario", "ms", "bytes uploaded", "layers built"
+    );
+    for (name, times, bytes, built) in &rows {
+        println!(
+            "{:<30} {:>10.0} {:>14.0} {:>13.0}",
+            name,
+            median(times.clone()),
+            median(bytes.clone()),
+            built
+        );
+    }
     Ok(())
 }

@@ -127,7 +127,7 @@ fn main() {
         Some("bench") => bench::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [APP_DIR] | test | bench [layers|push|noop|python|all]"
+                "usage: cargo xtask demo [APP_DIR] | test | bench [layers|push|noop|python|node|all]"
             );
             std::process::exit(2);
         }
