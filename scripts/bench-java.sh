@@ -130,9 +130,10 @@ for i in $(seq "$RUNS"); do
 done
 # Dependency changes: each run adds an artifact not used before (versions
 # Debian ships, so that the offline mirror serves them).
+# The first six come with Debian's maven package itself.
 DEPS=(commons-cli:commons-cli:1.5.0 commons-io:commons-io:2.11.0 javax.inject:javax.inject:1
-      aopalliance:aopalliance:1.0 org.apache.commons:commons-text:1.10.0 org.ow2.asm:asm:9.4
-      org.slf4j:slf4j-api:1.7.32 com.google.guava:guava:31.1-jre org.apache.commons:commons-collections4:4.2)
+      aopalliance:aopalliance:1.0 org.slf4j:slf4j-api:1.7.32 com.google.guava:guava:31.1-jre
+      org.apache.commons:commons-text:1.10.0 org.ow2.asm:asm:9.4 org.apache.commons:commons-collections4:4.2)
 [[ $RUNS -le ${#DEPS[@]} ]] || die "at most ${#DEPS[@]} runs for the dependency change"
 for i in $(seq "$RUNS"); do
     IFS=: read -r g a v <<<"${DEPS[$((i - 1))]}"

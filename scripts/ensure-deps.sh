@@ -14,8 +14,11 @@ PACKAGES=(
     runc crun runsc busybox-static
     # htpasswd for basic-auth registries, certificates for TLS ones
     apache2-utils openssl ca-certificates curl
-    # Java plugin tests
-    maven default-jdk-headless libcommons-lang3-java
+    # Java plugin tests: Maven, a JDK, and what testdata/java resolves
+    # offline from /usr/share/maven-repo (the plugins its poms pin)
+    maven default-jdk-headless libcommons-lang3-java libcommons-cli-java
+    libmaven-resources-plugin-java libmaven-compiler-plugin-java
+    libmaven-jar-plugin-java libmaven-dependency-plugin-java libsurefire-java
 )
 
 check_only=false
