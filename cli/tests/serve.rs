@@ -1,0 +1,861 @@
+//! `ftl serve` end to end, as a client uses it: the real binary serving
+//! HTTP on loopback, a real registry with base images built from Debian
+//! packages, real pip in ftl's sandbox. The client here is a few lines of
+//! HTTP/1.1 over a TcpStream, so what is tested is the wire, not a library.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ftl_test_support::rig::Rig;
+use serde_json::{json, Value};
+
+fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| {
+        let mut bases = vec!["python"];
+        if node_sample().is_some() {
+            bases.push("node");
+        }
+        Rig::start(env!("CARGO_BIN_EXE_ftl"), &bases).expect("test rig starts")
+    })
+}
+
+/// Tests that run many builds take turns: two cores are shared.
+fn heavy() -> MutexGuard<'static, ()> {
+    static HEAVY: Mutex<()> = Mutex::new(());
+    HEAVY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn flask() -> PathBuf {
+    root().join("testdata/python/flask")
+}
+
+fn node_sample() -> Option<PathBuf> {
+    let p = root().join("testdata/node/express");
+    p.join("package.json").is_file().then_some(p)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `tar -czf - -C DIR .`
+fn tar_gz(dir: &Path) -> Vec<u8> {
+    let out = Command::new("tar")
+        .args([
+            "-czf",
+            "-",
+            "--exclude=node_modules",
+            "--exclude=__pycache__",
+            "-C",
+        ])
+        .arg(dir)
+        .arg(".")
+        .output()
+        .expect("tar runs");
+    assert!(out.status.success(), "tar failed");
+    out.stdout
+}
+
+// ---- a small HTTP/1.1 client -------------------------------------------
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.text()))
+    }
+}
+
+fn send(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(600))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    // The server may answer (413, 401) before reading the whole body.
+    let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+    s
+}
+
+fn read_head(r: &mut impl BufRead) -> (u16, Vec<(String, String)>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {line:?}"));
+    let mut headers = Vec::new();
+    loop {
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        let l = l.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    (status, headers)
+}
+
+/// Reads one chunk of a chunked body; `None` at the end.
+fn read_chunk(r: &mut impl BufRead) -> Option<Vec<u8>> {
+    let mut size = String::new();
+    if r.read_line(&mut size).ok()? == 0 {
+        return None;
+    }
+    let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).ok()?;
+    if n == 0 {
+        return None;
+    }
+    let mut buf = vec![0; n + 2];
+    r.read_exact(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let s = send(addr, method, path, headers, body);
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let mut body = Vec::new();
+    if chunked {
+        while let Some(c) = read_chunk(&mut r) {
+            body.extend(c);
+        }
+    } else {
+        let _ = r.read_to_end(&mut body);
+    }
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+// ---- a server under test ------------------------------------------------
+
+struct Server {
+    child: Child,
+    addr: String,
+    token: String,
+    dir: PathBuf,
+    state: PathBuf,
+}
+
+impl Server {
+    /// `ftl serve` with its state in `DIR/state` and its token in
+    /// `DIR/tokens`, on a free port.
+    fn start(dir: &Path, extra: &[&str]) -> Server {
+        let state = dir.join("state");
+        let token = "test-token-0123456789abcdef".to_string();
+        std::fs::write(dir.join("tokens"), format!("# tokens\n\n{token}\n")).unwrap();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ftl"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state)
+            .arg("--token-file")
+            .arg(dir.join("tokens"))
+            .args(extra)
+            .env("FTL_LOG", "info")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("ftl serve starts");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("ftl serve: listening on http://")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+                )
+            })
+            .to_string();
+        // Keep draining stdout so that the server never writes to a closed pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            let _ = out.read_to_string(&mut sink);
+        });
+        Server {
+            child,
+            addr,
+            token,
+            dir: dir.to_path_buf(),
+            state,
+        }
+    }
+
+    fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    fn get(&self, path: &str) -> Resp {
+        request(
+            &self.addr,
+            "GET",
+            path,
+            &[("Authorization", &self.auth())],
+            b"",
+        )
+    }
+
+    fn submit(&self, archive: &[u8], options: &Value) -> Resp {
+        let opts = options.to_string();
+        request(
+            &self.addr,
+            "POST",
+            "/v1/builds",
+            &[
+                ("Authorization", &self.auth()),
+                ("Ftl-Options", &opts),
+                ("Content-Type", "application/gzip"),
+            ],
+            archive,
+        )
+    }
+
+    fn submit_ok(&self, archive: &[u8], options: &Value) -> String {
+        let r = self.submit(archive, options);
+        assert_eq!(r.status, 202, "{}", r.text());
+        r.json()["id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls until the build ends.
+    fn wait(&self, id: &str, timeout: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let r = self.get(&format!("/v1/builds/{id}"));
+            assert_eq!(r.status, 200, "{}", r.text());
+            let v = r.json();
+            if ["succeeded", "failed", "cancelled"].contains(&v["state"].as_str().unwrap()) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "build {id} still {} after {timeout:?}; server log:\n{}",
+                v["state"],
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn flask_options(image: &str, verify: bool) -> Value {
+    json!({
+        "image": rig().image(image),
+        "base": rig().base("python"),
+        "verify": verify,
+    })
+}
+
+/// Reads a log stream as it arrives: (arrival time in ms, text) per chunk.
+fn stream_log(
+    addr: String,
+    token: String,
+    id: String,
+) -> std::thread::JoinHandle<Vec<(i64, String)>> {
+    std::thread::spawn(move || {
+        let auth = format!("Bearer {token}");
+        let s = send(
+            &addr,
+            "GET",
+            &format!("/v1/builds/{id}/log"),
+            &[("Authorization", &auth)],
+            b"",
+        );
+        let mut r = BufReader::new(s);
+        let (status, _) = read_head(&mut r);
+        assert_eq!(status, 200);
+        let mut chunks = Vec::new();
+        while let Some(c) = read_chunk(&mut r) {
+            chunks.push((now_ms(), String::from_utf8_lossy(&c).into_owned()));
+        }
+        chunks
+    })
+}
+
+fn registry_has_manifest(repo: &str, digest: &str) -> bool {
+    let host = rig().registry.host();
+    let r = request(
+        &host,
+        "GET",
+        &format!("/v2/{repo}/manifests/{digest}"),
+        &[(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )],
+        b"",
+    );
+    r.status == 200
+}
+
+// ---- the tests ------------------------------------------------------------
+
+#[test]
+fn http_build_of_flask_verifies_pushes_and_streams_its_log() {
+    let rig = rig();
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--workers", "2"]);
+
+    let health = request(&server.addr, "GET", "/healthz", &[], b"");
+    assert_eq!((health.status, health.text().as_str()), (200, "ok\n"));
+
+    let mut apps = vec![("serve-e2e/flask", flask(), "python")];
+    if let Some(node) = node_sample() {
+        apps.push(("serve-e2e/express", node, "node"));
+    }
+    for (repo, dir, base) in apps {
+        let submitted = Instant::now();
+        let r = server.submit(
+            &tar_gz(&dir),
+            &json!({"image": rig.image(&format!("{repo}:v1")), "base": rig.base(base), "verify": true}),
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        assert!(
+            submitted.elapsed() < Duration::from_secs(5),
+            "202 comes at once"
+        );
+        let v = r.json();
+        let id = v["id"].as_str().unwrap().to_string();
+        assert_eq!(v["state"], "queued");
+        assert_eq!(
+            r.header("location"),
+            Some(format!("/v1/builds/{id}").as_str())
+        );
+        let log = stream_log(server.addr.clone(), server.token.clone(), id.clone());
+
+        let done = server.wait(&id, Duration::from_secs(900));
+        assert_eq!(done["state"], "succeeded", "{done:#}\n{}", server.log());
+        assert_eq!(done["report"]["verify"]["status"], 200, "{done:#}");
+        let digest = done["digest"].as_str().unwrap();
+        assert!(digest.starts_with("sha256:"));
+        assert!(done["image"].as_str().unwrap().ends_with(digest));
+        assert!(
+            registry_has_manifest(repo, digest),
+            "{repo}@{digest} is in the registry"
+        );
+        let layers = done["report"]["layers"].as_array().unwrap();
+        assert!(layers.iter().any(|l| l["source"] == "built"), "{done:#}");
+        assert!(done["report"]["timings"].as_array().unwrap().len() > 2);
+
+        // The log arrived in pieces while the build ran, and ended with it.
+        let chunks = log.join().unwrap();
+        let finished = done["finished_ms"].as_i64().unwrap();
+        assert!(chunks.len() > 3, "{chunks:?}");
+        assert!(
+            chunks[0].0 < finished - 500,
+            "the first log line arrived before the build ended: {chunks:?} finished {finished}"
+        );
+        let text: String = chunks.iter().map(|c| c.1.as_str()).collect();
+        for want in [
+            "queued:",
+            "running (attempt 1)",
+            "plan:",
+            "push: started",
+            "verify: passed",
+            "succeeded:",
+        ] {
+            assert!(text.contains(want), "log lacks {want:?}:\n{text}");
+        }
+        // Read again after the end: the same log, from the file.
+        let again = server.get(&format!("/v1/builds/{id}/log"));
+        assert_eq!(again.text(), text);
+    }
+
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    let m = metrics.text();
+    assert!(m.contains("ftl_builds_total{outcome=\"succeeded\"}"), "{m}");
+    assert!(m.contains("ftl_queue_depth 0"), "{m}");
+    assert!(m.contains("ftl_build_duration_seconds_count"), "{m}");
+
+    // Cancelling an ended build is a conflict; an unknown id is 404.
+    let list = server.get("/v1/builds").json();
+    let id = list["builds"][0]["id"].as_str().unwrap();
+    let r = request(
+        &server.addr,
+        "POST",
+        &format!("/v1/builds/{id}:cancel"),
+        &[("Authorization", &server.auth())],
+        b"",
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(server.get("/v1/builds/b0000000000000000000").status, 404);
+}
+
+#[test]
+fn ten_builds_at_once_with_two_workers_all_finish_and_share_the_cache() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--workers", "2", "--queue", "8"]);
+    let archive = tar_gz(&flask());
+    let options = flask_options("serve-ten/flask:v1", false);
+
+    // Ten at once, from ten threads.
+    let results: Vec<Resp> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..10)
+            .map(|_| s.spawn(|| server.submit(&archive, &options)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let ids: Vec<String> = results
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 202, "{}", r.text());
+            r.json()["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(ids.iter().collect::<BTreeSet<_>>().len(), 10);
+
+    // Two running and eight waiting fill it: the next is refused.
+    let full = server.submit(&archive, &options);
+    assert_eq!(full.status, 429, "{}", full.text());
+    assert_eq!(full.header("retry-after"), Some("5"));
+    assert_eq!(full.json()["error"], "queue-full");
+    let m = server.get("/metrics").text();
+    assert!(
+        m.contains("ftl_builds_rejected_total{reason=\"queue-full\"} 1"),
+        "{m}"
+    );
+
+    let mut done = Vec::new();
+    for id in &ids {
+        let v = server.wait(id, Duration::from_secs(900));
+        assert_eq!(v["state"], "succeeded", "{v:#}\n{}", server.log());
+        done.push(v);
+    }
+    // Same app, same image: the later builds build nothing, the cache
+    // (shared by the workers) has every layer.
+    let digests: BTreeSet<&str> = done.iter().map(|v| v["digest"].as_str().unwrap()).collect();
+    assert_eq!(digests.len(), 1, "one app, one digest");
+    let mut by_start: Vec<&Value> = done.iter().collect();
+    by_start.sort_by_key(|v| v["started_ms"].as_i64());
+    let no_work = by_start
+        .iter()
+        .filter(|v| v["report"]["layers_built"] == 0)
+        .count();
+    assert!(
+        no_work >= 8,
+        "at most the first two (concurrent) builds build: {no_work} of 10 built nothing"
+    );
+    let last = by_start.last().unwrap();
+    assert_eq!(last["report"]["layers_built"], 0);
+    for l in last["report"]["layers"].as_array().unwrap() {
+        assert_ne!(l["source"], "built", "{l}");
+    }
+    let m = server.get("/metrics").text();
+    assert!(
+        m.contains("ftl_builds_total{outcome=\"succeeded\"} 10"),
+        "{m}"
+    );
+    let ratio: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("ftl_cache_hit_ratio "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ratio > 0.7, "{m}");
+    // And now there is room again.
+    assert_eq!(server.submit(&archive, &options).status, 202);
+}
+
+#[test]
+fn a_killed_server_loses_no_build() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &["--workers", "1"]);
+    let archive = tar_gz(&flask());
+    // A repository of its own: the first build is cold, so it is still
+    // running when the server dies.
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            server.submit_ok(
+                &archive,
+                &flask_options(&format!("serve-crash/flask:v{i}"), false),
+            )
+        })
+        .collect();
+    let start = Instant::now();
+    loop {
+        let v = server.get(&format!("/v1/builds/{}", ids[0])).json();
+        if v["state"] == "running" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{v:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let before: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            server.get(&format!("/v1/builds/{id}")).json()["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(before, ["running", "queued", "queued"]);
+    server.kill(); // SIGKILL
+
+    let server = Server::start(tmp.path(), &["--workers", "1"]);
+    for id in &ids {
+        let r = server.get(&format!("/v1/builds/{id}"));
+        assert_eq!(r.status, 200, "build {id} answers after the restart");
+        assert_eq!(r.json()["state"], "queued", "{}", r.text());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let v = server.wait(id, Duration::from_secs(900));
+        assert_eq!(v["state"], "succeeded", "{v:#}\n{}", server.log());
+        assert!(
+            v["note"]
+                .as_str()
+                .unwrap()
+                .contains("re-queued after a server restart"),
+            "{v:#}"
+        );
+        let want_attempts = if i == 0 { 2 } else { 1 };
+        assert_eq!(v["attempts"], want_attempts, "{v:#}");
+        if i == 0 {
+            assert!(v["note"].as_str().unwrap().contains("interrupted"), "{v:#}");
+        }
+    }
+    // Its log tells the story across both processes.
+    let log = server.get(&format!("/v1/builds/{}/log", ids[0])).text();
+    assert!(
+        log.contains("running (attempt 1)") && log.contains("running (attempt 2)"),
+        "{log}"
+    );
+}
+
+/// Builds a hostile archive with Python's tarfile, which writes what it is
+/// told to.
+fn python_tar(script: &str) -> Vec<u8> {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import tarfile, io, sys, gzip\nbuf = io.BytesIO()\n{script}\nsys.stdout.buffer.write(buf.getvalue())\n"
+        ))
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn list_tree(dir: &Path) -> BTreeSet<String> {
+    let out = Command::new("find").arg(dir).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn hostile_uploads_get_400_naming_the_problem_and_write_nothing_outside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--max-extract",
+            "64M",
+            "--max-files",
+            "1000",
+            "--max-upload",
+            "8M",
+        ],
+    );
+    let options = flask_options("serve-hostile/app:v1", false);
+    let evil = format!("/tmp/ftl-serve-evil-{}", std::process::id());
+    let add = |name: &str, data: &str| {
+        format!("ti = tarfile.TarInfo({name:?}); d = {data:?}.encode(); ti.size = len(d); t.addfile(ti, io.BytesIO(d))\n")
+    };
+    let gz = |body: String| format!("t = tarfile.open(fileobj=buf, mode='w:gz')\n{body}t.close()");
+    let cases: Vec<(&str, Vec<u8>, String)> = vec![
+        (
+            "path traversal",
+            python_tar(&gz(add("main.py", "print(1)") + &add("../../escaped.txt", "x"))),
+            "archive entry `../../escaped.txt` escapes the upload directory".into(),
+        ),
+        (
+            "absolute path",
+            python_tar(&gz(add(&evil, "x"))),
+            format!("archive entry `{evil}` is an absolute path"),
+        ),
+        (
+            "symlink escape",
+            python_tar(&gz(
+                "ti = tarfile.TarInfo('link'); ti.type = tarfile.SYMTYPE; ti.linkname = '../../..'; t.addfile(ti)\n".to_string()
+                    + &add("link/escaped.txt", "x"),
+            )),
+            "archive entry `link` is a symlink pointing out of the upload".into(),
+        ),
+        (
+            "symlink to an absolute path",
+            python_tar(&gz(
+                "ti = tarfile.TarInfo('etc'); ti.type = tarfile.SYMTYPE; ti.linkname = '/etc'; t.addfile(ti)\n".to_string(),
+            )),
+            "archive entry `etc` is a symlink to an absolute path".into(),
+        ),
+        (
+            "hardlink out",
+            python_tar(&gz(
+                "ti = tarfile.TarInfo('passwd'); ti.type = tarfile.LNKTYPE; ti.linkname = '/etc/passwd'; t.addfile(ti)\n".to_string(),
+            )),
+            "archive entry `passwd` is a hardlink pointing out of the upload".into(),
+        ),
+        (
+            "device file",
+            python_tar(&gz(
+                "ti = tarfile.TarInfo('null'); ti.type = tarfile.CHRTYPE; ti.devmajor = 1; ti.devminor = 3; t.addfile(ti)\n".to_string(),
+            )),
+            "archive entry `null` is a device file".into(),
+        ),
+        (
+            "gzip bomb",
+            // 256 MiB of zeros in about 256 KiB, streamed through gzip.
+            python_tar(
+                "g = gzip.GzipFile(fileobj=buf, mode='wb')\nt = tarfile.open(fileobj=g, mode='w|')\nti = tarfile.TarInfo('zeros'); ti.size = 256 << 20\nclass Z:\n    def read(self, n=-1):\n        return bytes(n)\nt.addfile(ti, Z())\nt.close(); g.close()",
+            ),
+            "the archive expands to more than 67108864 bytes".into(),
+        ),
+        (
+            "too many files",
+            python_tar(&gz((0..1100).map(|i| add(&format!("f{i}"), "")).collect())),
+            "more than 1000 entries".into(),
+        ),
+        ("truncated archive", {
+            let whole = tar_gz(&flask());
+            whole[..whole.len() / 2].to_vec()
+        }, "the archive is invalid or truncated".into()),
+        ("a non-archive", b"#!/bin/sh\necho this is not an archive\n".to_vec(), "the upload is not an archive".into()),
+    ];
+    for (what, data, want) in &cases {
+        let r = server.submit(data, &options);
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains(want.as_str()),
+            "{what}: {msg:?} should contain {want:?}"
+        );
+    }
+    // Too big to upload at all.
+    let big = vec![0x1fu8; 9 << 20];
+    let r = server.submit(&big, &options);
+    assert_eq!(r.status, 413, "{}", r.text());
+    // Bad options are 400 too, naming the option.
+    let r = server.submit(&tar_gz(&flask()), &json!({"image": "", "base": "x"}));
+    assert_eq!(
+        (r.status, r.json()["message"].as_str().unwrap()),
+        (400, "option `image`: is required")
+    );
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[("Authorization", &server.auth())],
+        &tar_gz(&flask()),
+    );
+    assert_eq!(r.status, 400);
+    assert!(r.text().contains("Ftl-Options"), "{}", r.text());
+
+    // Nothing landed outside the state dir, and no upload was kept.
+    assert!(!Path::new(&evil).exists());
+    let outside: BTreeSet<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        outside,
+        ["serve.log", "state", "tokens"].map(String::from).into()
+    );
+    let builds: Vec<_> = std::fs::read_dir(server.state.join("builds"))
+        .unwrap()
+        .collect();
+    assert!(
+        builds.is_empty(),
+        "refused uploads leave no directory: {builds:?}"
+    );
+    let tree = list_tree(&server.state);
+    assert!(!tree.iter().any(|p| p.contains("escaped")), "{tree:?}");
+    let m = server.get("/metrics").text();
+    assert!(
+        m.contains(&format!(
+            "ftl_builds_rejected_total{{reason=\"bad-upload\"}} {}",
+            cases.len()
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn requests_without_a_valid_token_get_401() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let flask_tgz = tar_gz(&flask());
+    let opts = flask_options("serve-auth/app:v1", false).to_string();
+    for auth in [
+        None,
+        Some("Bearer wrong-token"),
+        Some("Basic dXNlcjpwYXNz"),
+        Some("Bearer "),
+    ] {
+        let h: Vec<(&str, &str)> = auth.map(|a| ("Authorization", a)).into_iter().collect();
+        for (method, path, body) in [
+            ("GET", "/v1/builds", &b""[..]),
+            ("GET", "/v1/builds/b0000000000000000000", b""),
+            ("GET", "/v1/builds/b0000000000000000000/log", b""),
+            ("POST", "/v1/builds/b0000000000000000000:cancel", b""),
+            ("GET", "/metrics", b""),
+        ] {
+            let r = request(&server.addr, method, path, &h, body);
+            assert_eq!(r.status, 401, "{method} {path} with {auth:?}: {}", r.text());
+            assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        }
+        let mut h2 = h.clone();
+        h2.push(("Ftl-Options", &opts));
+        let r = request(&server.addr, "POST", "/v1/builds", &h2, &flask_tgz);
+        assert_eq!(r.status, 401, "POST with {auth:?}");
+    }
+    // Nothing was accepted, and health needs no token.
+    assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
+    assert_eq!(
+        request(&server.addr, "GET", "/healthz", &[], b"").status,
+        200
+    );
+}
+
+#[test]
+fn sigterm_lets_the_running_build_finish_and_keeps_the_queue() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &["--workers", "1", "--grace", "600s"]);
+    let archive = tar_gz(&flask());
+    let first = server.submit_ok(&archive, &flask_options("serve-term/flask:v1", false));
+    let second = server.submit_ok(&archive, &flask_options("serve-term/flask:v2", false));
+    let start = Instant::now();
+    while server.get(&format!("/v1/builds/{first}")).json()["state"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.sigterm();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    // New connections are refused once it stopped; a restart shows the
+    // running build finished and the queued one still queued, then runs it.
+    let server = Server::start(tmp.path(), &["--workers", "1"]);
+    let v = server.get(&format!("/v1/builds/{first}")).json();
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    let v = server.wait(&second, Duration::from_secs(600));
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+}
+
+#[test]
+fn cancel_a_queued_and_a_running_build() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--workers", "1"]);
+    let archive = tar_gz(&flask());
+    let running = server.submit_ok(&archive, &flask_options("serve-cancel/flask:v1", false));
+    let queued = server.submit_ok(&archive, &flask_options("serve-cancel/flask:v2", false));
+    let cancel = |id: &str| {
+        request(
+            &server.addr,
+            "POST",
+            &format!("/v1/builds/{id}:cancel"),
+            &[("Authorization", &server.auth())],
+            b"",
+        )
+    };
+    let start = Instant::now();
+    while server.get(&format!("/v1/builds/{running}")).json()["state"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(cancel(&queued).status, 202);
+    assert_eq!(
+        server.get(&format!("/v1/builds/{queued}")).json()["state"],
+        "cancelled"
+    );
+    assert_eq!(cancel(&running).status, 202);
+    let v = server.wait(&running, Duration::from_secs(60));
+    assert_eq!(v["state"], "cancelled", "{v:#}");
+    assert_eq!(v["error"], "cancelled by request");
+    let log = server.get(&format!("/v1/builds/{running}/log")).text();
+    assert!(log.trim_end().ends_with("cancelled by request"), "{log}");
+}
