@@ -375,7 +375,7 @@ fn node() -> Result<()> {
         // A fresh repository: its registry cache is empty too.
         let image = rig.image(&format!("bench/express{i}:latest"));
         let base = rig.base("node");
-        let args = vec![
+        let args = [
             "build".to_string(),
             app.display().to_string(),
             "--base".into(),
