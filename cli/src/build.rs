@@ -68,7 +68,7 @@ pub struct BuildArgs {
     pub env: Vec<String>,
 
     /// Expose a port, `8080` or `8080/udp` (repeatable).
-    #[arg(long = "port", value_name = "PORT")]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
     pub ports: Vec<String>,
 
     /// Set a label (repeatable).
@@ -179,6 +179,18 @@ fn parse_command(flag: &str, value: &str) -> Result<Vec<String>> {
         bail!("{flag} is empty");
     }
     Ok(words)
+}
+
+/// `8080`, `8080/tcp`, `53/udp`, `9/sctp`: a port from 1 to 65535.
+fn parse_port(value: &str) -> Result<String, String> {
+    let (port, proto) = value.split_once('/').unwrap_or((value, "tcp"));
+    let valid_port = port.parse::<u16>().is_ok_and(|p| p > 0);
+    if !valid_port || !["tcp", "udp", "sctp"].contains(&proto) {
+        return Err(format!(
+            "{value:?} is not a port: use a number from 1 to 65535, optionally with /tcp, /udp or /sctp (e.g. 8080 or 53/udp)"
+        ));
+    }
+    Ok(value.to_string())
 }
 
 fn parse_kv(flag: &str, value: &str) -> Result<(String, String)> {
@@ -399,7 +411,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     let progress = Arc::new(Progress::new(args.quiet || args.json));
     let result = engine.build(&req, progress.clone()).await;
     progress.finish();
-    let report = result?;
+    let report = result.map_err(|e| crate::settings::with_flag_hints(e.into()))?;
     if args.json {
         crate::progress::print_json(&report)?;
     } else {

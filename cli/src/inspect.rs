@@ -38,7 +38,10 @@ pub async fn run(args: InspectArgs) -> Result<()> {
     if let Some(v) = parts.get(2) {
         platform.set_variant(Some(v.to_string()));
     }
-    let image = client.resolve(&reference, &platform).await?;
+    let image = client
+        .resolve(&reference, &platform)
+        .await
+        .map_err(|e| crate::settings::with_flag_hints(e.into()))?;
     let config: serde_json::Value =
         serde_json::from_slice(&image.config_bytes).context("the image config is not JSON")?;
     if args.json {

@@ -159,7 +159,7 @@ impl PushProgress for Upload {
             let _ = writeln!(
                 std::io::stderr(),
                 "  uploaded {} ({bytes} bytes)",
-                short(&digest.to_string())
+                short(digest.as_ref())
             );
         }
     }
@@ -199,8 +199,8 @@ pub fn print_summary(report: &BuildReport, quiet: bool) {
         let mut err = std::io::stderr().lock();
         let _ = writeln!(
             err,
-            "\n  {:<40} {:>10}  {:<18} {}",
-            "LAYER", "SIZE", "CACHE", "PUSH"
+            "\n  {:<40} {:>10}  {:<18} PUSH",
+            "LAYER", "SIZE", "CACHE"
         );
         for l in report
             .layers

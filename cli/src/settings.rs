@@ -18,6 +18,10 @@ pub struct RegistryArgs {
     /// (repeatable).
     #[arg(long = "registry-ca", value_name = "FILE")]
     pub registry_ca: Vec<PathBuf>,
+    /// Resolve a registry host name to this address instead of through DNS,
+    /// like curl's `--resolve` (repeatable); TLS still checks the name.
+    #[arg(long = "registry-resolve", value_name = "HOST=IP")]
+    pub registry_resolve: Vec<String>,
     /// How many blobs to push at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
@@ -32,7 +36,21 @@ impl RegistryArgs {
                 ca.display()
             );
         }
+        let mut resolve = std::collections::HashMap::new();
+        for entry in &self.registry_resolve {
+            let parsed = entry
+                .split_once('=')
+                .filter(|(host, _)| !host.is_empty())
+                .and_then(|(host, ip)| Some((host.to_string(), ip.parse().ok()?)));
+            let Some((host, ip)) = parsed else {
+                anyhow::bail!(
+                    "--registry-resolve {entry:?} is not HOST=IP, e.g. registry.test=127.0.0.1"
+                );
+            };
+            resolve.insert(host, ip);
+        }
         let settings = ClientSettings {
+            resolve,
             insecure_registries: self.insecure_registries.clone(),
             extra_ca_files: self.registry_ca.clone(),
             docker_config_dir: docker_config_dir(),
@@ -90,4 +108,29 @@ pub fn host_proxy_env() -> Vec<(String, String)> {
     .iter()
     .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
     .collect()
+}
+
+/// Adds what to do in terms of this CLI's flags to registry errors whose
+/// library message can only describe it (a TLS failure: `--registry-ca`,
+/// `--insecure-registry`).
+pub fn with_flag_hints(e: anyhow::Error) -> anyhow::Error {
+    use ftl_registry_client::Error as RegistryError;
+    let tls = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<RegistryError>(),
+            Some(RegistryError::Tls { .. })
+        ) || matches!(
+            c.downcast_ref::<ftl::engine::EngineError>(),
+            Some(ftl::engine::EngineError::Registry(
+                RegistryError::Tls { .. }
+            ))
+        )
+    });
+    if tls {
+        return e.context(
+            "cannot verify the registry's TLS certificate: pass its CA certificate with \
+             --registry-ca FILE (or --insecure-registry HOST for a plain-HTTP registry)",
+        );
+    }
+    e
 }

@@ -31,6 +31,25 @@ impl CacheKey {
         CacheKey { hex, canonical }
     }
 
+    /// This key with one more input, `name: value`, in its inputs document
+    /// (for inputs the engine owns, such as the layer writer's settings).
+    pub fn with_input(&self, name: &str, value: Value) -> Self {
+        let mut doc: Value = serde_json::from_str(&self.canonical).unwrap_or(Value::Null);
+        if let Some(inputs) = doc.get_mut("inputs") {
+            if let Some(map) = inputs.as_object_mut() {
+                map.insert(name.to_string(), value);
+            } else {
+                let mut map = serde_json::Map::new();
+                map.insert("plugin_inputs".to_string(), inputs.take());
+                map.insert(name.to_string(), value);
+                *inputs = Value::Object(map);
+            }
+        }
+        let canonical = canonical_json(&doc);
+        let hex = hex::encode(Sha256::digest(canonical.as_bytes()));
+        CacheKey { hex, canonical }
+    }
+
     /// The inputs document as a JSON value.
     pub fn inputs(&self) -> Value {
         serde_json::from_str::<Value>(&self.canonical)
@@ -91,5 +110,20 @@ mod tests {
             r#"{"inputs":{"a":[2,{"x":0,"y":1}],"b":1},"key_version":1,"plugin":"python"}"#
         );
         assert_ne!(a.hex, CacheKey::new("python", 2, a.inputs()).hex);
+    }
+
+    #[test]
+    fn with_input_is_a_new_key_over_the_same_document() {
+        let a = CacheKey::new("generic", 1, serde_json::json!({"files": "x"}));
+        let b = a.with_input("layer_writer", serde_json::json!({"mtime": 5}));
+        assert_ne!(a.hex, b.hex);
+        assert_eq!(
+            b,
+            CacheKey::new(
+                "generic",
+                1,
+                serde_json::json!({"files": "x", "layer_writer": {"mtime": 5}})
+            )
+        );
     }
 }

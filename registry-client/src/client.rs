@@ -286,7 +286,7 @@ impl Client {
                 Outcome::RetryAfter(err, after) => {
                     if attempt < retry.max_attempts.max(1) {
                         let wait = retry.backoff(attempt).max(after.min(MAX_RETRY_AFTER));
-                        tracing::warn!(description = %call.description, attempt, ?wait, error = %err, "registry asked to retry later");
+                        tracing::info!(description = %call.description, attempt, ?wait, error = %err, "registry asked to retry later");
                         tokio::time::sleep(wait).await;
                         continue;
                     }
@@ -296,7 +296,7 @@ impl Client {
             };
             if err.is_transient() && attempt < retry.max_attempts.max(1) {
                 let wait = retry.backoff(attempt);
-                tracing::warn!(description = %call.description, attempt, ?wait, error = %err, "transient registry error, retrying");
+                tracing::info!(description = %call.description, attempt, ?wait, error = %err, "transient registry error, retrying");
                 tokio::time::sleep(wait).await;
                 continue;
             }

@@ -194,7 +194,7 @@ impl Client {
         }
         drop(results);
         if let Some((digest, e)) = first_error {
-            tracing::warn!(%target, %digest, error = %e, "push failed; no manifest written");
+            tracing::info!(%target, %digest, error = %e, "push failed; no manifest written");
             return Err(Error::Push {
                 target: target.to_string(),
                 digest,
@@ -341,7 +341,7 @@ impl Client {
                 return Err(err);
             }
             let wait = retry.backoff(attempt.max(1));
-            tracing::warn!(%digest, attempt, ?wait, error = %err, "blob upload failed, retrying");
+            tracing::info!(%digest, attempt, ?wait, error = %err, "blob upload failed, retrying");
             progress.blob_restarted(digest);
             tokio::time::sleep(wait).await;
         }

@@ -330,7 +330,7 @@ impl Engine {
         let base_info = Arc::new(base.info.clone());
         let source = Arc::new(source);
         let options = Arc::new(req.options.clone());
-        let plan = {
+        let mut plan = {
             let (plugin, source, base_info, options, probe_exec) = (
                 plugin.clone(),
                 source.clone(),
@@ -350,6 +350,18 @@ impl Engine {
                 .map_err(join_err)?
             )?
         };
+        // The layer writer's settings (mtime from SOURCE_DATE_EPOCH, gzip
+        // level) change every layer's bytes: they are part of every key.
+        // The defaults are left out so keys made under them stay valid.
+        if self.settings.layer != LayerSettings::default() {
+            let layer = serde_json::json!({
+                "mtime": self.settings.layer.mtime,
+                "gzip_level": self.settings.layer.level,
+            });
+            for l in &mut plan.layers {
+                l.key = l.key.with_input("layer_writer", layer.clone());
+            }
+        }
         observer.event(&Event::Planned {
             language: plugin.id().to_string(),
             layers: plan.layers.len(),
@@ -784,8 +796,20 @@ impl Engine {
         req: &BuildRequest,
         observer: Arc<dyn Observer>,
     ) -> Result<ftl_registry_client::PushReport, EngineError> {
-        // An unchanged rebuild costs one manifest check.
-        if let Ok(Some(head)) = self.client.head_manifest(target).await {
+        // An unchanged rebuild costs one manifest check. A registry that
+        // cannot be reached or refuses us fails here, once, not again for
+        // every blob.
+        let head = match self.client.head_manifest(target).await {
+            Ok(head) => head,
+            Err(
+                e @ (ftl_registry_client::Error::Transport { .. }
+                | ftl_registry_client::Error::Tls { .. }
+                | ftl_registry_client::Error::Unauthorized { .. }
+                | ftl_registry_client::Error::Token { .. }),
+            ) => return Err(e.into()),
+            Err(_) => None,
+        };
+        if let Some(head) = head {
             if head.digest.to_string() == image.manifest_digest {
                 let blobs = image
                     .layers

@@ -1,0 +1,1119 @@
+//! `ftl build` end to end with no language plugin (`--language generic`): an
+//! application directory placed on a base image and pushed to a real
+//! registry (plain, basic auth, token auth, TLS, behind a fault-injecting
+//! proxy) or written as an OCI layout / docker-archive, and read back by
+//! skopeo and umoci.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use ftl_test_support::proxy::{FaultProxy, Rule};
+use ftl_test_support::registry::{Registry, RegistryOptions, TLS_NAME};
+use ftl_test_support::rig::{app_layers, start_registry, Rig, Run};
+
+/// The digest of the app layer of [`write_app`]'s tree at `/srv`, with the
+/// default layer settings (mtime 1, gzip level 1, zlib-rs). It changes only
+/// when the layer format does, which must be deliberate.
+const GOLDEN_APP_LAYER: &str =
+    "sha256:d55c19cd85a4a616bd410a70f5aedab624d97b51f1e756bc924e7abb8d4138e8";
+
+fn rig() -> &'static Rig {
+    static RIG: OnceLock<Rig> = OnceLock::new();
+    RIG.get_or_init(|| Rig::start(env!("CARGO_BIN_EXE_ftl"), &["python"]).expect("test rig starts"))
+}
+
+/// `HOST/base/tiny:latest` in the rig's registry: see [`push_tiny_base`].
+fn tiny_base() -> String {
+    static TINY: OnceLock<String> = OnceLock::new();
+    TINY.get_or_init(|| {
+        let host = rig().registry.host();
+        push_tiny_base(&host, None);
+        format!("{host}/base/tiny:latest")
+    })
+    .clone()
+}
+
+/// Pushes a tiny base image (one layer holding `/etc/tiny-release`, made
+/// with umoci) to `host/base/tiny:latest`: tests that unpack or copy whole
+/// images, or start registries of their own, need no 50 MB base.
+fn push_tiny_base(host: &str, creds: Option<(&str, &str)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("etc")).unwrap();
+    std::fs::write(src.join("etc/tiny-release"), "tiny base\n").unwrap();
+    let layout = tmp.path().join("layout");
+    let image = format!("{}:latest", s(&layout));
+    tool("umoci", &["init", "--layout", s(&layout)]);
+    tool("umoci", &["new", "--image", &image]);
+    tool(
+        "umoci",
+        &["insert", "--rootless", "--image", &image, s(&src), "/"],
+    );
+    let creds = creds.map(|(u, p)| format!("{u}:{p}"));
+    let src_ref = format!("oci:{image}");
+    let dest = format!("docker://{host}/base/tiny:latest");
+    let mut args = vec![
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        "--retry-times=2",
+    ];
+    if let Some(c) = &creds {
+        args.extend(["--dest-creds", c.as_str()]);
+    }
+    args.extend([src_ref.as_str(), dest.as_str()]);
+    tool("skopeo", &args);
+}
+
+/// A small app with fixed contents and modes: a file, an executable, a
+/// subdirectory, a symlink, and a file that `.dockerignore` leaves out.
+fn write_app(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let files: &[(&str, &str, u32)] = &[
+        ("index.html", "<h1>hello from ftl</h1>\n", 0o644),
+        ("run.sh", "#!/bin/sh\nexec echo hello\n", 0o755),
+        ("static/style.css", "body { color: teal; }\n", 0o644),
+        ("secret.env", "TOKEN=not-in-the-image\n", 0o600),
+        (".dockerignore", "secret.env\n", 0o644),
+    ];
+    std::fs::create_dir_all(dir.join("static")).unwrap();
+    for (path, text, mode) in files {
+        let p = dir.join(path);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("index.html", dir.join("home.html")).unwrap();
+    for d in [dir.to_path_buf(), dir.join("static")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// A fresh app directory (and the temp dir that holds it). `marker` goes
+/// into one more file, so tests that need a layer of their own get one.
+fn app(marker: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("app");
+    std::fs::create_dir(&dir).unwrap();
+    write_app(&dir);
+    if let Some(m) = marker {
+        std::fs::write(dir.join("marker.txt"), format!("{m}\n")).unwrap();
+    }
+    (tmp, dir)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `ftl build DIR --base BASE --image IMAGE --language generic --json EXTRA`.
+fn build(cache: &Path, dir: &Path, base: &str, image: &str, extra: &[&str]) -> Run {
+    let mut args = vec!["--language", "generic"];
+    args.extend_from_slice(extra);
+    rig().build(cache, dir, base, image, &args)
+}
+
+/// Runs the command and returns its output as a [`Run`].
+fn run(cmd: &mut Command) -> Run {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?} runs: {e}"));
+    Run {
+        status: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a tool and returns stdout, panicking with its output on failure.
+fn tool(program: &str, args: &[&str]) -> String {
+    let r = run(Command::new(program).args(args));
+    assert_eq!(
+        r.status, 0,
+        "{program} {args:?} failed:\n{}\n{}",
+        r.stdout, r.stderr
+    );
+    r.stdout
+}
+
+fn skopeo_inspect(transport_ref: &str, raw: bool) -> serde_json::Value {
+    let mut args = vec!["inspect", "--tls-verify=false"];
+    if raw {
+        args.push("--raw");
+    }
+    if !transport_ref.starts_with("docker://") {
+        args.remove(1);
+    }
+    args.push(transport_ref);
+    serde_json::from_str(&tool("skopeo", &args)).expect("skopeo prints JSON")
+}
+
+/// Unpacks an OCI layout image with umoci and returns the rootfs.
+fn umoci_unpack(layout: &Path, tag: &str, into: &Path) -> PathBuf {
+    let bundle = into.join("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:{tag}", s(layout)),
+            s(&bundle),
+        ],
+    );
+    bundle.join("rootfs")
+}
+
+/// The app's files are in the unpacked rootfs at `/srv`, with their modes;
+/// the ignored file is not.
+fn assert_app_files(rootfs: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let srv = rootfs.join("srv");
+    assert_eq!(
+        std::fs::read_to_string(srv.join("index.html")).unwrap(),
+        "<h1>hello from ftl</h1>\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(srv.join("static/style.css")).unwrap(),
+        "body { color: teal; }\n"
+    );
+    let mode = std::fs::metadata(srv.join("run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755, "the exec bit is kept");
+    assert_eq!(
+        std::fs::read_link(srv.join("home.html")).unwrap(),
+        Path::new("index.html")
+    );
+    assert!(!srv.join("secret.env").exists(), ".dockerignore is honored");
+    // And the base is there too.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/tiny-release")).unwrap(),
+        "tiny base\n"
+    );
+}
+
+fn app_layer(report: &serde_json::Value) -> (String, String, String, String) {
+    let layers = app_layers(report);
+    assert_eq!(layers.len(), 1, "one app layer: {report:#}");
+    layers.into_iter().next().unwrap()
+}
+
+/// Layer downloads through the proxy: GETs of any layer blob of the image
+/// (the base's config is read, its layers never are).
+fn layer_gets(proxy: &FaultProxy, report: &serde_json::Value) -> usize {
+    let digests: Vec<String> = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && digests
+                    .iter()
+                    .any(|d| r.path.ends_with(&format!("/blobs/{d}")))
+        })
+        .count()
+}
+
+fn base_layers(report: &serde_json::Value) -> Vec<serde_json::Value> {
+    report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["source"] == "base")
+        .cloned()
+        .collect()
+}
+
+/// Sets every mtime in the tree (not following symlinks' targets twice).
+fn touch_all(dir: &Path, when: SystemTime) {
+    for entry in walk(dir) {
+        if entry.is_symlink() {
+            continue;
+        }
+        let f = std::fs::File::options()
+            .read(true)
+            .open(&entry)
+            .unwrap_or_else(|e| panic!("open {}: {e}", entry.display()));
+        f.set_modified(when).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// A `DOCKER_CONFIG` directory whose `config.json` has `auths` for `host`.
+fn docker_config(host: &str, user: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let auth = base64(format!("{user}:{password}").as_bytes());
+    let json = serde_json::json!({ "auths": { host: { "auth": auth } } });
+    std::fs::write(dir.path().join("config.json"), json.to_string()).unwrap();
+    dir
+}
+
+/// A registry with the tiny base pushed to `base/tiny:latest` (with the
+/// registry's credentials; over TLS without verification).
+fn registry_with_base(options: RegistryOptions) -> Registry {
+    let registry = start_registry(options).expect("registry starts");
+    // skopeo cannot resolve the TLS name: push to the loopback address
+    // (the certificate names 127.0.0.1 too; skopeo does not verify here).
+    let host = format!("127.0.0.1:{}", registry.port());
+    push_tiny_base(&host, registry.credentials());
+    registry
+}
+
+/// One `error:` line, naming what failed; no dump.
+fn assert_clear_error(run: &Run, needles: &[&str]) -> String {
+    let err = run.error().to_string();
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "exactly one error line:\n{err}");
+    for needle in needles {
+        assert!(
+            errors[0].contains(needle),
+            "the error should mention {needle:?}:\n{err}"
+        );
+    }
+    assert!(err.lines().count() <= 12, "an error, not a dump:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    errors[0].to_string()
+}
+
+#[test]
+fn same_dir_gives_same_digest_and_a_golden_app_layer() {
+    let rig = rig();
+    let (_tmp, dir) = app(None);
+    let base = rig.base("python");
+    let image = rig.image("gen/repro:v1");
+
+    // Two machines (fresh caches, no registry cache): the layer is really
+    // rebuilt both times.
+    let c1 = tempfile::tempdir().unwrap();
+    let first = build(c1.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    let (name, digest, source, _) = app_layer(&first);
+    assert_eq!((name.as_str(), source.as_str()), ("app", "built"));
+
+    touch_all(&dir, SystemTime::now() + Duration::from_secs(3600));
+    let c2 = tempfile::tempdir().unwrap();
+    let second = build(c2.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    assert_eq!(app_layer(&second).2, "built");
+    assert_eq!(app_layer(&second).1, digest, "mtimes do not matter");
+    assert_eq!(second["digest"], first["digest"], "same image");
+
+    assert_eq!(digest, GOLDEN_APP_LAYER, "the app layer's golden digest");
+
+    // Written to an OCI layout instead: the same image digest.
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("layout");
+    let exported = rig
+        .ftl(
+            c2.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--language",
+                "generic",
+                "--json",
+                "--output",
+                &format!("oci:{}:v1", s(&layout)),
+            ],
+        )
+        .report();
+    assert_eq!(exported["digest"], first["digest"]);
+
+    // SOURCE_DATE_EPOCH changes the entries' mtime, so the layer: rebuilt
+    // even with the same local cache.
+    let epoch = run(rig
+        .command(
+            c2.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--image",
+                &image,
+                "--language",
+                "generic",
+                "--json",
+                "--no-registry-cache",
+            ],
+        )
+        .env("SOURCE_DATE_EPOCH", "1700000000"))
+    .report();
+    let (_, epoch_digest, epoch_source, _) = app_layer(&epoch);
+    assert_eq!(epoch_source, "built", "{epoch:#}");
+    assert_ne!(epoch_digest, digest);
+    assert_ne!(epoch["digest"], first["digest"]);
+    // And back to the default: the cached golden layer again.
+    let again = build(c2.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    assert_eq!(app_layer(&again).1, digest);
+    assert_eq!(again["digest"], first["digest"]);
+}
+
+#[test]
+fn skopeo_reads_what_ftl_pushed_in_oci_and_docker_form() {
+    let rig = rig();
+    let (_tmp, dir) = app(Some("skopeo"));
+    let cache = tempfile::tempdir().unwrap();
+    let base = tiny_base();
+    let work = tempfile::tempdir().unwrap();
+    for (format, manifest_type, config_type, layer_type) in [
+        (
+            "oci",
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
+        (
+            "docker",
+            "application/vnd.docker.distribution.manifest.v2+json",
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        ),
+    ] {
+        let image = rig.image(&format!("gen/skopeo:{format}"));
+        let report = build(cache.path(), &dir, &base, &image, &["--format", format]).report();
+        let digest = report["digest"].as_str().unwrap();
+        assert!(report["image"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("@{digest}")));
+
+        let raw = skopeo_inspect(&format!("docker://{image}"), true);
+        assert_eq!(raw["mediaType"], manifest_type, "{raw:#}");
+        assert_eq!(raw["config"]["mediaType"], config_type);
+        for l in raw["layers"].as_array().unwrap() {
+            assert_eq!(l["mediaType"], layer_type, "{raw:#}");
+        }
+        let info = skopeo_inspect(&format!("docker://{image}"), false);
+        assert_eq!(info["Digest"], digest);
+        assert_eq!(info["Os"], "linux");
+        assert_eq!(info["Architecture"], "amd64");
+        let layers: Vec<&str> = report["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["digest"].as_str().unwrap())
+            .collect();
+        let seen: Vec<&str> = info["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(seen, layers);
+
+        // A full copy reads every blob and checks every digest.
+        let layout = work.path().join(format!("copy-{format}"));
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{image}"),
+                &format!("oci:{}:t", s(&layout)),
+            ],
+        );
+        let rootfs = umoci_unpack(&layout, "t", &work.path().join(format!("unpack-{format}")));
+        assert_app_files(&rootfs);
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("srv/marker.txt")).unwrap(),
+            "skopeo\n"
+        );
+        let dir_copy = work.path().join(format!("dir-{format}"));
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+                &format!("docker://{image}"),
+                &format!("dir:{}", s(&dir_copy)),
+            ],
+        );
+    }
+}
+
+#[test]
+fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
+    let rig = rig();
+    let (_tmp, dir) = app(None);
+    let cache = tempfile::tempdir().unwrap();
+    let base = tiny_base();
+    let out = tempfile::tempdir().unwrap();
+
+    // OCI layout.
+    let layout = out.path().join("layout");
+    let report = rig
+        .ftl(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--language",
+                "generic",
+                "--json",
+                "--output",
+                &format!("oci:{}:v1", s(&layout)),
+            ],
+        )
+        .report();
+    let info = skopeo_inspect(&format!("oci:{}:v1", s(&layout)), false);
+    assert_eq!(info["Digest"], report["digest"]);
+    assert_eq!(app_layer(&report).0, "app");
+    let rootfs = umoci_unpack(&layout, "v1", &out.path().join("oci-unpack"));
+    assert_app_files(&rootfs);
+
+    // docker-archive, with a name and tag.
+    let archive = out.path().join("app.tar");
+    let report = rig
+        .ftl(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--language",
+                "generic",
+                "--json",
+                "--output",
+                &format!("docker-archive:{}:my/app:t1", s(&archive)),
+            ],
+        )
+        .report();
+    assert_eq!(
+        report["layers_built"], 0,
+        "the layer comes from the local cache"
+    );
+    let info = skopeo_inspect(&format!("docker-archive:{}", s(&archive)), false);
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 2, "{info:#}");
+    let manifest = tool("tar", &["-xOf", s(&archive), "manifest.json"]);
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["my/app:t1"]));
+    let copied = out.path().join("from-archive");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("docker-archive:{}", s(&archive)),
+            &format!("oci:{}:t", s(&copied)),
+        ],
+    );
+    let rootfs = umoci_unpack(&copied, "t", &out.path().join("archive-unpack"));
+    assert_app_files(&rootfs);
+
+    // Without a name: the directory's name, tag latest.
+    let archive = out.path().join("plain.tar");
+    rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            s(&dir),
+            "--base",
+            &base,
+            "--language",
+            "generic",
+            "--json",
+            "--output",
+            &format!("docker-archive:{}", s(&archive)),
+        ],
+    )
+    .report();
+    let manifest = tool("tar", &["-xOf", s(&archive), "manifest.json"]);
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["app:latest"]));
+}
+
+#[test]
+fn unchanged_push_uploads_nothing_and_base_layers_are_never_downloaded() {
+    let rig = rig();
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    let base = format!("{}/base/python:latest", proxy.host());
+    let image = format!("{}/gen/noop:v1", proxy.host());
+    let (_tmp, dir) = app(Some("noop"));
+    let cache = tempfile::tempdir().unwrap();
+
+    // First push: the base layer is mounted from base/python, the app
+    // layer and config uploaded; no blob is downloaded.
+    let first = build(cache.path(), &dir, &base, &image, &[]).report();
+    for l in base_layers(&first) {
+        assert_eq!(l["push"], "mounted", "{first:#}");
+        assert_eq!(l["bytes_uploaded"], 0);
+    }
+    let app = app_layer(&first);
+    assert_eq!(app.3, "uploaded");
+    assert_eq!(
+        layer_gets(&proxy, &first),
+        0,
+        "no layer downloaded: {:#?}",
+        proxy.requests()
+    );
+    assert!(
+        proxy.response_body_bytes() < 64 * 1024,
+        "{:#?}",
+        proxy.requests()
+    );
+    let app_size = first["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "app")
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        proxy.blob_upload_bytes() < app_size + 64 * 1024,
+        "only the app layer and config travel: {} bytes",
+        proxy.blob_upload_bytes()
+    );
+
+    // Unchanged: nothing uploaded, nothing downloaded.
+    proxy.clear();
+    let second = build(cache.path(), &dir, &base, &image, &[]).report();
+    assert_eq!(second["digest"], first["digest"]);
+    assert_eq!(second["bytes_uploaded"], 0);
+    assert_eq!(second["layers_built"], 0);
+    assert_eq!(proxy.request_body_bytes(), 0, "{:#?}", proxy.requests());
+    assert_eq!(layer_gets(&proxy, &second), 0, "{:#?}", proxy.requests());
+    // Base manifest and config, the target manifest HEAD.
+    assert!(
+        second["registry_requests"].as_u64().unwrap() <= 3,
+        "{second:#}"
+    );
+    for l in second["layers"].as_array().unwrap() {
+        assert_eq!(l["push"], "present", "{second:#}");
+    }
+
+    // Another machine (empty local cache), same registry: still nothing
+    // uploaded or downloaded.
+    proxy.clear();
+    let other = tempfile::tempdir().unwrap();
+    let third = build(other.path(), &dir, &base, &image, &[]).report();
+    assert_eq!(third["digest"], first["digest"]);
+    assert_eq!(third["bytes_uploaded"], 0);
+    assert_eq!(proxy.blob_upload_bytes(), 0, "{:#?}", proxy.requests());
+    assert_eq!(layer_gets(&proxy, &third), 0, "{:#?}", proxy.requests());
+    assert!(
+        proxy.response_body_bytes() < 64 * 1024,
+        "{:#?}",
+        proxy.requests()
+    );
+
+    // To a new repository: the base is mounted, the app layer mounted from
+    // the registry cache or uploaded; the base never downloaded.
+    proxy.clear();
+    let image2 = format!("{}/gen/noop-elsewhere:v1", proxy.host());
+    let fourth = build(cache.path(), &dir, &base, &image2, &[]).report();
+    for l in base_layers(&fourth) {
+        assert_eq!(l["push"], "mounted", "{fourth:#}");
+    }
+    assert_eq!(layer_gets(&proxy, &fourth), 0, "{:#?}", proxy.requests());
+    assert!(proxy.blob_upload_bytes() < app_size + 64 * 1024);
+}
+
+#[test]
+fn basic_auth_registry_takes_docker_config_credentials() {
+    let registry = registry_with_base(RegistryOptions::htpasswd());
+    auth_round_trip(&registry, &[]);
+}
+
+#[test]
+fn token_auth_registry_takes_docker_config_credentials() {
+    let registry = registry_with_base(RegistryOptions::token());
+    auth_round_trip(&registry, &[]);
+}
+
+/// Push with the right credentials (base layers mounted under auth); with
+/// wrong or no credentials, a clear error and nothing pushed.
+fn auth_round_trip(registry: &Registry, extra: &[&str]) {
+    let rig = rig();
+    let (user, password) = registry.credentials().unwrap();
+    let host = registry.host();
+    let base = format!("{host}/base/tiny:latest");
+    let (_tmp, dir) = app(Some("auth"));
+    let cache = tempfile::tempdir().unwrap();
+    let ftl_build = |config: &Path, repo: &str| {
+        let image = format!("{host}/{repo}:v1");
+        let mut args = vec![
+            "build",
+            s(&dir),
+            "--base",
+            &base,
+            "--image",
+            &image,
+            "--language",
+            "generic",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(rig
+            .command(cache.path(), &args)
+            .env("DOCKER_CONFIG", config))
+    };
+
+    let good = docker_config(&host, user, password);
+    let report = ftl_build(good.path(), "auth/app").report();
+    for l in base_layers(&report) {
+        assert_eq!(l["push"], "mounted", "{report:#}");
+    }
+    assert_eq!(registry.tags("auth/app"), ["v1"]);
+    let again = ftl_build(good.path(), "auth/app").report();
+    assert_eq!(again["digest"], report["digest"]);
+    assert_eq!(again["bytes_uploaded"], 0);
+
+    let wrong = docker_config(&host, user, "wrong-password");
+    let err = assert_clear_error(&ftl_build(wrong.path(), "auth/wrong"), &[]);
+    assert!(
+        err.contains("401") || err.contains("credentials") || err.contains("token"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&host) || err.contains("127.0.0.1"),
+        "names the registry: {err}"
+    );
+    assert!(
+        err.contains("docker login") || err.contains("config.json") || err.contains("credentials"),
+        "says what to do: {err}"
+    );
+    assert!(
+        !err.contains("wrong-password") && !err.contains(password),
+        "no secrets: {err}"
+    );
+    assert!(registry.tags("auth/wrong").is_empty());
+
+    let none = tempfile::tempdir().unwrap();
+    let err = assert_clear_error(&ftl_build(none.path(), "auth/none"), &[]);
+    assert!(
+        err.contains("401") || err.contains("credentials") || err.contains("token"),
+        "{err}"
+    );
+    assert!(registry.tags("auth/none").is_empty());
+}
+
+#[test]
+fn tls_registry_with_a_private_ca() {
+    let registry = registry_with_base(RegistryOptions::tls());
+    let ca = registry.ca_pem().unwrap();
+    let resolve = format!("{TLS_NAME}=127.0.0.1");
+    let host = registry.host();
+    assert!(host.starts_with(TLS_NAME));
+    let base = format!("{host}/base/tiny:latest");
+    let image = format!("{host}/tls/app:v1");
+    let (_tmp, dir) = app(Some("tls"));
+    let cache = tempfile::tempdir().unwrap();
+
+    let report = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--registry-resolve", &resolve, "--registry-ca", s(ca)],
+    )
+    .report();
+    for l in base_layers(&report) {
+        assert_eq!(l["push"], "mounted", "{report:#}");
+    }
+    assert_eq!(registry.tags("tls/app"), ["v1"]);
+    let info = skopeo_inspect(
+        &format!("docker://127.0.0.1:{}/tls/app:v1", registry.port()),
+        false,
+    );
+    assert_eq!(info["Digest"], report["digest"]);
+
+    // Without the CA: a TLS error that says which flag to use.
+    let run = build(
+        cache.path(),
+        &dir,
+        &base,
+        &format!("{host}/tls/other:v1"),
+        &["--registry-resolve", &resolve],
+    );
+    let err = assert_clear_error(&run, &[TLS_NAME]);
+    assert!(err.contains("--registry-ca"), "says what to do: {err}");
+    assert!(registry.tags("tls/other").is_empty());
+}
+
+#[test]
+fn transient_failures_still_produce_a_complete_image() {
+    let rig = rig();
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    let base = format!(
+        "{}{}",
+        proxy.host(),
+        &tiny_base()[rig.registry.host().len()..]
+    );
+    let image = format!("{}/gen/flaky:v1", proxy.host());
+    let (_tmp, dir) = app(Some("flaky"));
+    let cache = tempfile::tempdir().unwrap();
+
+    let rules = [
+        proxy.add_rule(
+            Rule::status(503)
+                .method("HEAD")
+                .path_contains("/blobs/sha256:")
+                .nth(1),
+        ),
+        proxy.add_rule(
+            Rule::reset()
+                .method("POST")
+                .path_contains("/blobs/uploads/")
+                .nth(1),
+        ),
+        proxy.add_rule(
+            Rule::status(503)
+                .method("PUT")
+                .path_contains("/blobs/uploads/")
+                .first(2),
+        ),
+        proxy.add_rule(
+            Rule::retry_after(429, 1)
+                .method("PUT")
+                .path_contains("/manifests/v1")
+                .nth(1),
+        ),
+        proxy.add_rule(
+            Rule::status(502)
+                .method("PUT")
+                .path_contains("/manifests/v1")
+                .nth(2),
+        ),
+    ];
+    let report = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    for id in rules {
+        assert!(
+            proxy.fired(id) >= 1,
+            "rule {id:?} fired: {:#?}",
+            proxy.requests()
+        );
+    }
+    proxy.clear_rules();
+    assert_eq!(rig.registry.tags("gen/flaky"), ["v1"]);
+    let info = skopeo_inspect(
+        &format!("docker://{}/gen/flaky:v1", rig.registry.host()),
+        false,
+    );
+    assert_eq!(info["Digest"], report["digest"]);
+    // Every blob is there and whole.
+    let out = tempfile::tempdir().unwrap();
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{}/gen/flaky:v1", rig.registry.host()),
+            &format!("oci:{}:t", s(&out.path().join("l"))),
+        ],
+    );
+    let rootfs = umoci_unpack(&out.path().join("l"), "t", out.path());
+    assert_app_files(&rootfs);
+    assert_eq!(
+        rig.registry.open_uploads("gen/flaky"),
+        0,
+        "no upload session left open"
+    );
+}
+
+#[test]
+fn a_registry_that_never_recovers_fails_clearly_and_writes_no_manifest() {
+    let rig = rig();
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    let base = format!(
+        "{}{}",
+        proxy.host(),
+        &tiny_base()[rig.registry.host().len()..]
+    );
+
+    // Blob uploads always fail.
+    let (_tmp, dir) = app(Some("never-blob"));
+    let cache = tempfile::tempdir().unwrap();
+    let rule = proxy.add_rule(
+        Rule::status(503)
+            .method("PUT")
+            .path_contains("/blobs/uploads/")
+            .always(),
+    );
+    let image = format!("{}/gen/never-blob:v1", proxy.host());
+    let started = std::time::Instant::now();
+    let run = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]);
+    let err = assert_clear_error(&run, &["gen/never-blob", "503", "no manifest"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "gives up in time"
+    );
+    assert!(proxy.fired(rule) >= 2, "retried");
+    assert!(rig.registry.tags("gen/never-blob").is_empty(), "{err}");
+    assert_eq!(rig.registry.manifest_count("gen/never-blob"), 0);
+    assert_eq!(
+        proxy.count("PUT", "/manifests/"),
+        0,
+        "no manifest PUT was even tried"
+    );
+    proxy.remove_rule(rule);
+
+    // The manifest PUT always fails (connection reset).
+    let (_tmp2, dir) = app(Some("never-manifest"));
+    let rule = proxy.add_rule(
+        Rule::reset()
+            .method("PUT")
+            .path_contains("/manifests/")
+            .always(),
+    );
+    let image = format!("{}/gen/never-manifest:v1", proxy.host());
+    let run = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]);
+    assert_clear_error(&run, &["gen/never-manifest"]);
+    assert!(proxy.fired(rule) >= 2, "retried");
+    assert!(rig.registry.tags("gen/never-manifest").is_empty());
+    assert_eq!(rig.registry.manifest_count("gen/never-manifest"), 0);
+    proxy.remove_rule(rule);
+}
+
+#[test]
+fn bad_input_fails_clearly_and_pushes_nothing() {
+    let rig = rig();
+    let (_tmp, dir) = app(None);
+    let cache = tempfile::tempdir().unwrap();
+    let base = rig.base("python");
+    let host = rig.registry.host();
+    // A port nothing listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let missing = dir.parent().unwrap().join("no-such-dir");
+    let file = dir.join("index.html");
+    let cases: Vec<(&str, PathBuf, String, String, Vec<String>)> = vec![
+        (
+            "malformed image",
+            dir.clone(),
+            base.clone(),
+            format!("{host}/Bad_Repo::x"),
+            vec!["--image".into(), "Bad_Repo".into()],
+        ),
+        (
+            "malformed base",
+            dir.clone(),
+            "not//valid".into(),
+            format!("{host}/bad/base:v1"),
+            vec!["--base".into(), "not//valid".into()],
+        ),
+        (
+            "missing dir",
+            missing.clone(),
+            base.clone(),
+            format!("{host}/bad/missing:v1"),
+            vec![s(&missing).into(), "does not exist".into()],
+        ),
+        (
+            "dir is a file",
+            file.clone(),
+            base.clone(),
+            format!("{host}/bad/file:v1"),
+            vec![s(&file).into(), "not a directory".into()],
+        ),
+        (
+            "no such base",
+            dir.clone(),
+            format!("{host}/base/nope:latest"),
+            format!("{host}/bad/nobase:v1"),
+            vec!["base/nope:latest".into(), "not found".into()],
+        ),
+        (
+            "no such base tag",
+            dir.clone(),
+            format!("{host}/base/python:nope"),
+            format!("{host}/bad/notag:v1"),
+            vec!["base/python:nope".into(), "not found".into()],
+        ),
+        (
+            "unreachable base registry",
+            dir.clone(),
+            format!("127.0.0.1:{dead}/base/python:latest"),
+            format!("{host}/bad/deadbase:v1"),
+            vec![format!("127.0.0.1:{dead}"), "could not reach".into()],
+        ),
+        (
+            "unreachable target registry",
+            dir.clone(),
+            base.clone(),
+            format!("127.0.0.1:{dead}/bad/dead:v1"),
+            vec![format!("127.0.0.1:{dead}"), "could not reach".into()],
+        ),
+    ];
+    for (what, dir, base, image, needles) in cases {
+        let started = std::time::Instant::now();
+        let run = build(cache.path(), &dir, &base, &image, &[]);
+        let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+        let err = assert_clear_error(&run, &needles);
+        assert!(
+            run.stdout.trim().is_empty(),
+            "{what}: no report on failure: {}",
+            run.stdout
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: fails fast"
+        );
+        if let Some(repo) = image
+            .strip_prefix(&format!("{host}/"))
+            .and_then(|r| r.split_once(':'))
+            .map(|r| r.0)
+        {
+            assert!(
+                rig.registry.tags(repo).is_empty(),
+                "{what}: nothing pushed ({err})"
+            );
+        }
+    }
+    // Bad flags: one error each.
+    for (args, needle) in [
+        (vec!["--env", "NOEQUALS"], "--env"),
+        (vec!["--port", "eighty"], "--port"),
+        (vec!["--entrypoint", "'unbalanced"], "--entrypoint"),
+    ] {
+        let run = build(
+            cache.path(),
+            &dir,
+            &rig.base("python"),
+            &rig.image("bad/flags:v1"),
+            &args,
+        );
+        assert_clear_error(&run, &[needle]);
+    }
+    assert!(rig.registry.tags("bad/flags").is_empty());
+}
+
+#[test]
+fn inspect_prints_the_summary_and_json_parses() {
+    let rig = rig();
+    let (_tmp, dir) = app(Some("inspect"));
+    let cache = tempfile::tempdir().unwrap();
+    let image = rig.image("gen/inspect:v1");
+    let args = [
+        "build",
+        s(&dir),
+        "--base",
+        &tiny_base(),
+        "--image",
+        &image,
+        "--language",
+        "generic",
+        "--entrypoint",
+        "/srv/run.sh",
+        "--cmd",
+        r#"["--verbose"]"#,
+        "--env",
+        "GREETING=hello world",
+        "--port",
+        "8080",
+        "--label",
+        "org.example.team=ftl",
+    ];
+    // Human output: the last line is the image reference with its digest.
+    let human = rig.ftl(cache.path(), &args);
+    assert_eq!(human.status, 0, "{}", human.stderr);
+    let last = human
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        last.starts_with(&format!("{image}@sha256:")),
+        "last line is the reference: {}",
+        human.stdout
+    );
+    let digest = last.split_once('@').unwrap().1.to_string();
+
+    let summary = rig.ftl(cache.path(), &["inspect", &image]);
+    assert_eq!(summary.status, 0, "{}", summary.stderr);
+    let out = &summary.stdout;
+    for needle in [
+        digest.as_str(),
+        "application/vnd.oci.image.manifest.v1+json",
+        "linux/amd64",
+        "/srv/run.sh",
+        "--verbose",
+        "GREETING=hello world",
+        "8080/tcp",
+        "org.example.team=ftl",
+    ] {
+        assert!(out.contains(needle), "inspect shows {needle:?}:\n{out}");
+    }
+    let layer_lines = out
+        .lines()
+        .skip_while(|l| !l.starts_with("Layers:"))
+        .skip(1)
+        .count();
+    assert_eq!(layer_lines, 2, "{out}");
+
+    let json = rig.ftl(cache.path(), &["inspect", "--json", &image]);
+    assert_eq!(json.status, 0, "{}", json.stderr);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("inspect --json is JSON");
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(
+        v["config"]["config"]["Entrypoint"],
+        serde_json::json!(["/srv/run.sh"])
+    );
+    assert_eq!(
+        v["config"]["config"]["Cmd"],
+        serde_json::json!(["--verbose"])
+    );
+    assert!(v["config"]["config"]["ExposedPorts"]["8080/tcp"].is_object());
+    assert_eq!(v["config"]["config"]["Labels"]["org.example.team"], "ftl");
+    assert_eq!(v["manifest"]["layers"].as_array().unwrap().len(), 2);
+    let annotations = &v["manifest"]["annotations"];
+    assert_eq!(
+        annotations["org.opencontainers.image.base.name"],
+        tiny_base().as_str(),
+        "{v:#}"
+    );
+
+    // And a missing image: a clear error.
+    let missing = rig.ftl(cache.path(), &["inspect", &rig.image("gen/inspect:nope")]);
+    assert_clear_error(&missing, &["gen/inspect:nope", "not found"]);
+}
