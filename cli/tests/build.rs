@@ -303,6 +303,7 @@ fn assert_clear_error(run: &Run, needles: &[&str]) -> String {
     let err = run.error().to_string();
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "exactly one error line:\n{err}");
+    eprintln!("{}", errors[0]);
     for needle in needles {
         assert!(
             errors[0].contains(needle),
@@ -657,80 +658,86 @@ fn unchanged_push_uploads_nothing_and_base_layers_are_never_downloaded() {
 #[test]
 fn basic_auth_registry_takes_docker_config_credentials() {
     let registry = registry_with_base(RegistryOptions::htpasswd());
-    auth_round_trip(&registry, &[]);
+    auth_round_trip(&registry);
 }
 
 #[test]
 fn token_auth_registry_takes_docker_config_credentials() {
     let registry = registry_with_base(RegistryOptions::token());
-    auth_round_trip(&registry, &[]);
+    auth_round_trip(&registry);
 }
 
-/// Push with the right credentials (base layers mounted under auth); with
-/// wrong or no credentials, a clear error and nothing pushed.
-fn auth_round_trip(registry: &Registry, extra: &[&str]) {
+/// Push with the right credentials (base layers mounted under auth, and
+/// streamed from another registry); with wrong or no credentials, a clear
+/// error that names the registry, shows no secret, and nothing pushed.
+fn auth_round_trip(registry: &Registry) {
     let rig = rig();
     let (user, password) = registry.credentials().unwrap();
     let host = registry.host();
-    let base = format!("{host}/base/tiny:latest");
+    let local_base = format!("{host}/base/tiny:latest");
     let (_tmp, dir) = app(Some("auth"));
     let cache = tempfile::tempdir().unwrap();
-    let ftl_build = |config: &Path, repo: &str| {
+    let ftl_build = |config: &Path, base: &str, repo: &str| {
         let image = format!("{host}/{repo}:v1");
-        let mut args = vec![
+        let args = [
             "build",
             s(&dir),
             "--base",
-            &base,
+            base,
             "--image",
             &image,
             "--language",
             "generic",
             "--json",
         ];
-        args.extend_from_slice(extra);
         run(rig
             .command(cache.path(), &args)
             .env("DOCKER_CONFIG", config))
     };
 
     let good = docker_config(&host, user, password);
-    let report = ftl_build(good.path(), "auth/app").report();
+    let report = ftl_build(good.path(), &local_base, "auth/app").report();
     for l in base_layers(&report) {
         assert_eq!(l["push"], "mounted", "{report:#}");
     }
     assert_eq!(registry.tags("auth/app"), ["v1"]);
-    let again = ftl_build(good.path(), "auth/app").report();
+    let again = ftl_build(good.path(), &local_base, "auth/app").report();
     assert_eq!(again["digest"], report["digest"]);
     assert_eq!(again["bytes_uploaded"], 0);
+    // A base on another (anonymous) registry: its layers must travel.
+    let remote = ftl_build(good.path(), &tiny_base(), "auth/remote-base").report();
+    for l in base_layers(&remote) {
+        assert_eq!(l["push"], "uploaded", "{remote:#}");
+    }
+    assert_eq!(registry.tags("auth/remote-base"), ["v1"]);
 
+    let check = |err: &str| {
+        assert!(err.contains(&host), "names the registry: {err}");
+        assert!(err.contains("401"), "{err}");
+        assert!(
+            err.contains("docker login") || err.contains("credentials"),
+            "says what to do: {err}"
+        );
+        assert!(
+            !err.contains("wrong-password") && !err.contains(password),
+            "no secrets: {err}"
+        );
+    };
     let wrong = docker_config(&host, user, "wrong-password");
-    let err = assert_clear_error(&ftl_build(wrong.path(), "auth/wrong"), &[]);
-    assert!(
-        err.contains("401") || err.contains("credentials") || err.contains("token"),
-        "{err}"
-    );
-    assert!(
-        err.contains(&host) || err.contains("127.0.0.1"),
-        "names the registry: {err}"
-    );
-    assert!(
-        err.contains("docker login") || err.contains("config.json") || err.contains("credentials"),
-        "says what to do: {err}"
-    );
-    assert!(
-        !err.contains("wrong-password") && !err.contains(password),
-        "no secrets: {err}"
-    );
-    assert!(registry.tags("auth/wrong").is_empty());
-
     let none = tempfile::tempdir().unwrap();
-    let err = assert_clear_error(&ftl_build(none.path(), "auth/none"), &[]);
-    assert!(
-        err.contains("401") || err.contains("credentials") || err.contains("token"),
-        "{err}"
-    );
-    assert!(registry.tags("auth/none").is_empty());
+    for (config, base, repo) in [
+        (wrong.path(), local_base.as_str(), "auth/wrong"),
+        (none.path(), local_base.as_str(), "auth/none"),
+        // The base reads fine (anonymous): the push is refused.
+        (wrong.path(), tiny_base().as_str(), "auth/wrong-push"),
+        (none.path(), tiny_base().as_str(), "auth/none-push"),
+    ] {
+        let err = assert_clear_error(&ftl_build(config, base, repo), &[]);
+        eprintln!("{repo}: {err}");
+        check(&err);
+        assert!(registry.tags(repo).is_empty(), "{repo}");
+        assert_eq!(registry.open_uploads(repo), 0, "{repo}");
+    }
 }
 
 #[test]
@@ -809,9 +816,27 @@ fn transient_failures_still_produce_a_complete_image() {
                 .first(2),
         ),
         proxy.add_rule(
-            Rule::retry_after(429, 1)
+            Rule::retry_after(429, 2)
                 .method("PUT")
                 .path_contains("/manifests/v1")
+                .nth(1),
+        ),
+        proxy.add_rule(
+            Rule::retry_after(429, 1)
+                .method("POST")
+                .path_contains("/blobs/uploads/")
+                .nth(2),
+        ),
+        proxy.add_rule(
+            Rule::reset()
+                .method("PUT")
+                .path_contains("/blobs/uploads/")
+                .nth(3),
+        ),
+        proxy.add_rule(
+            Rule::status(503)
+                .method("GET")
+                .path_contains("/base/tiny/manifests/latest")
                 .nth(1),
         ),
         proxy.add_rule(
@@ -821,7 +846,12 @@ fn transient_failures_still_produce_a_complete_image() {
                 .nth(2),
         ),
     ];
+    let started = std::time::Instant::now();
     let report = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "Retry-After: 2 on the manifest PUT was honored"
+    );
     for id in rules {
         assert!(
             proxy.fired(id) >= 1,
@@ -959,14 +989,22 @@ fn bad_input_fails_clearly_and_pushes_nothing() {
             dir.clone(),
             format!("{host}/base/nope:latest"),
             format!("{host}/bad/nobase:v1"),
-            vec!["base/nope:latest".into(), "not found".into()],
+            vec![
+                "base image".into(),
+                "base/nope:latest".into(),
+                "not found".into(),
+            ],
         ),
         (
             "no such base tag",
             dir.clone(),
             format!("{host}/base/python:nope"),
             format!("{host}/bad/notag:v1"),
-            vec!["base/python:nope".into(), "not found".into()],
+            vec![
+                "base image".into(),
+                "base/python:nope".into(),
+                "not found".into(),
+            ],
         ),
         (
             "unreachable base registry",

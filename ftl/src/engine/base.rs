@@ -30,7 +30,17 @@ impl BaseImage {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<Self, EngineError> {
-        let resolved = client.resolve(reference, platform).await?;
+        let resolved = client
+            .resolve(reference, platform)
+            .await
+            .map_err(|e| match e {
+                // Say which image is missing: the base, not the target.
+                e @ ftl_registry_client::Error::NotFound { .. } => EngineError::Base {
+                    base: reference.to_string(),
+                    message: e.to_string(),
+                },
+                e => e.into(),
+            })?;
         let config: serde_json::Value =
             serde_json::from_slice(&resolved.config_bytes).map_err(|e| EngineError::Base {
                 base: reference.to_string(),
