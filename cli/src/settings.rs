@@ -112,25 +112,36 @@ pub fn host_proxy_env() -> Vec<(String, String)> {
 
 /// Adds what to do in terms of this CLI's flags to registry errors whose
 /// library message can only describe it (a TLS failure: `--registry-ca`,
-/// `--insecure-registry`).
+/// `--insecure-registry`), and to a registry that kept failing.
 pub fn with_flag_hints(e: anyhow::Error) -> anyhow::Error {
     use ftl_registry_client::Error as RegistryError;
-    let tls = e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<RegistryError>(),
-            Some(RegistryError::Tls { .. })
-        ) || matches!(
-            c.downcast_ref::<ftl::engine::EngineError>(),
-            Some(ftl::engine::EngineError::Registry(
-                RegistryError::Tls { .. }
-            ))
-        )
+    let registry_error = e.chain().find_map(|c| {
+        c.downcast_ref::<RegistryError>().or_else(|| {
+            match c.downcast_ref::<ftl::engine::EngineError>() {
+                Some(ftl::engine::EngineError::Registry(r)) => Some(r),
+                _ => None,
+            }
+        })
     });
-    if tls {
-        return e.context(
+    match registry_error {
+        Some(RegistryError::Tls { .. }) => e.context(
             "cannot verify the registry's TLS certificate: pass its CA certificate with \
              --registry-ca FILE (or --insecure-registry HOST for a plain-HTTP registry)",
-        );
+        ),
+        // Unreachable registries already say what to check.
+        Some(r) if r.is_transient() && !is_transport(r) => anyhow::anyhow!(
+            "{e:#}; the registry kept failing through every retry: try again later, \
+             or check the registry's health"
+        ),
+        _ => e,
     }
-    e
+}
+
+fn is_transport(e: &ftl_registry_client::Error) -> bool {
+    use ftl_registry_client::Error as RegistryError;
+    match e {
+        RegistryError::Transport { .. } => true,
+        RegistryError::Push { source, .. } => is_transport(source),
+        _ => false,
+    }
 }

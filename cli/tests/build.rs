@@ -635,7 +635,7 @@ fn unchanged_push_uploads_nothing_and_base_layers_are_never_downloaded() {
     let third = build(other.path(), &dir, &base, &image, &[]).report();
     assert_eq!(third["digest"], first["digest"]);
     assert_eq!(third["bytes_uploaded"], 0);
-    assert_eq!(proxy.blob_upload_bytes(), 0, "{:#?}", proxy.requests());
+    assert_eq!(proxy.request_body_bytes(), 0, "{:#?}", proxy.requests());
     assert_eq!(layer_gets(&proxy, &third), 0, "{:#?}", proxy.requests());
     assert!(
         proxy.response_body_bytes() < 64 * 1024,
@@ -909,7 +909,10 @@ fn a_registry_that_never_recovers_fails_clearly_and_writes_no_manifest() {
     let image = format!("{}/gen/never-blob:v1", proxy.host());
     let started = std::time::Instant::now();
     let run = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]);
-    let err = assert_clear_error(&run, &["gen/never-blob", "503", "no manifest"]);
+    let err = assert_clear_error(
+        &run,
+        &["gen/never-blob", "503", "no manifest", "try again later"],
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "gives up in time"
@@ -938,6 +941,22 @@ fn a_registry_that_never_recovers_fails_clearly_and_writes_no_manifest() {
     assert!(proxy.fired(rule) >= 2, "retried");
     assert!(rig.registry.tags("gen/never-manifest").is_empty());
     assert_eq!(rig.registry.manifest_count("gen/never-manifest"), 0);
+    proxy.remove_rule(rule);
+
+    // The manifest PUT always answers 500.
+    let (_tmp3, dir) = app(Some("never-manifest-500"));
+    let rule = proxy.add_rule(
+        Rule::status(500)
+            .method("PUT")
+            .path_contains("/manifests/")
+            .always(),
+    );
+    let image = format!("{}/gen/never-manifest-500:v1", proxy.host());
+    let run = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]);
+    assert_clear_error(&run, &["gen/never-manifest-500", "500", "try again later"]);
+    assert!(proxy.fired(rule) >= 2, "retried");
+    assert!(rig.registry.tags("gen/never-manifest-500").is_empty());
+    assert_eq!(rig.registry.manifest_count("gen/never-manifest-500"), 0);
     proxy.remove_rule(rule);
 }
 
