@@ -44,22 +44,21 @@ impl Manager {
     }
 
     fn yarn_berry(version: &str) -> bool {
-        version
-            .split('.')
-            .next()
-            .and_then(|m| m.parse::<u32>().ok())
-            .is_some_and(|m| m >= 2)
+        major(version).is_some_and(|m| m >= 2)
     }
 
     /// The install command's arguments.
     pub fn install_args(&self, locked: bool, production: bool) -> Vec<String> {
         let mut a: Vec<&str> = match self {
-            Manager::Npm { .. } => {
+            Manager::Npm { version } => {
                 let mut a = vec!["npm", if locked { "ci" } else { "install" }];
-                a.push(if production {
-                    "--omit=dev"
-                } else {
-                    "--include=dev"
+                // npm 6 and older know neither --omit nor --include.
+                let modern = major(version).is_none_or(|m| m >= 7);
+                a.push(match (production, modern) {
+                    (true, true) => "--omit=dev",
+                    (false, true) => "--include=dev",
+                    (true, false) => "--production",
+                    (false, false) => "--production=false",
                 });
                 a.extend(["--no-audit", "--no-fund", "--no-update-notifier"]);
                 a
@@ -91,6 +90,11 @@ impl Manager {
             Manager::Yarn { .. } => "yarn run",
         }
     }
+}
+
+/// The major version of `version`.
+fn major(version: &str) -> Option<u32> {
+    version.split('.').next()?.parse().ok()
 }
 
 /// Everything the install steps need.
@@ -586,6 +590,13 @@ mod tests {
         assert_eq!(
             npm.install_command(false, true),
             "npm install --omit=dev --no-audit --no-fund --no-update-notifier"
+        );
+        let old = Manager::Npm {
+            version: "6.14.18".into(),
+        };
+        assert_eq!(
+            old.install_command(true, true),
+            "npm ci --production --no-audit --no-fund --no-update-notifier"
         );
         let yarn = Manager::Yarn {
             version: "1.22.19".into(),

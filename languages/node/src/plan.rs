@@ -116,6 +116,30 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         app_dir
     };
     let gcp_build = settings.gcp_build && pkg.script("gcp-build").is_some();
+    // Local dependencies live in the app's source, which the dependency
+    // install (package.json and the lockfile only) does not have.
+    for section in crate::package::DEP_SECTIONS {
+        for (name, spec) in pkg.deps(section) {
+            if ["file:", "link:", "workspace:", "portal:"]
+                .iter()
+                .any(|p| spec.starts_with(p))
+                || spec.starts_with("./")
+                || spec.starts_with("../")
+                || spec.starts_with('/')
+            {
+                return Err(PluginError::new(format!(
+                    "dependency `{name}` is a local path (`{spec}`), which ftl does not install yet"
+                ))
+                .in_file("package.json", pkg.line_of_dep(&name))
+                .hint("publish the package to a registry (or a private one set in .npmrc), or copy its code into the app"));
+            }
+        }
+    }
+    if pkg.value.contains_key("workspaces") {
+        return Err(PluginError::new("npm workspaces are not supported yet")
+            .in_file("package.json", pkg.line_of_key("workspaces", None))
+            .hint("build the workspace package as its own app directory"));
+    }
 
     let common = json!({
         "app_dir": app_dir,

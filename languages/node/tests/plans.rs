@@ -391,3 +391,23 @@ fn unknown_setting() {
     .unwrap_err();
     assert!(e.to_string().contains("unknown setting"), "{e}");
 }
+
+#[test]
+fn local_path_dependencies_are_refused_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("package.json"),
+        "{\n  \"name\": \"x\",\n  \"dependencies\": {\n    \"ms\": \"^2.1.3\",\n    \"mine\": \"file:./lib/mine\"\n  }\n}\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("server.js"), "").unwrap();
+    let e = plan_full(
+        tmp.path(),
+        &BuildOptions::default(),
+        &ProbeExec::new(bookworm_probe()),
+        &base_with_env(&[]),
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(5), "{e}");
+    assert!(e.to_string().contains("`mine` is a local path"), "{e}");
+}
