@@ -904,6 +904,27 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
         .map_err(|e| SandboxError::sys("creating a pipe", e))
 }
 
+// glibc's set*id and setgroups wrappers apply the change to every thread of
+// the process (nptl's setxid broadcast). In a child cloned from a
+// multi-threaded process (the tokio runtime of `ftl build`, the worker pool
+// of `ftl serve`) the other threads are copies that never run, and the
+// wrapper waits for them forever. The child has one thread: the raw system
+// calls are exactly what it needs.
+unsafe fn raw_setgroups(n: usize, groups: *const libc::gid_t) -> libc::c_int {
+    // SAFETY: the caller passes a valid array of n gids.
+    unsafe { libc::syscall(libc::SYS_setgroups, n, groups) as libc::c_int }
+}
+
+unsafe fn raw_setresgid(r: libc::gid_t, e: libc::gid_t, s: libc::gid_t) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::syscall(libc::SYS_setresgid, r, e, s) as libc::c_int }
+}
+
+unsafe fn raw_setresuid(r: libc::uid_t, e: libc::uid_t, s: libc::uid_t) -> libc::c_int {
+    // SAFETY: plain integers.
+    unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) as libc::c_int }
+}
+
 /// Clones the child, finishes the parent's share of the setup (id maps,
 /// cgroup, oom score) and waits until the child has executed the program or
 /// reported a setup error. With a gate, returns once setup is done and the
@@ -1163,7 +1184,7 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
         }
         if plan.userns {
             // Become root in the new user namespace for the setup.
-            if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            if raw_setresgid(0, 0, 0) != 0 || raw_setresuid(0, 0, 0) != 0 {
                 die(ctx, 22, 0, errno());
             }
         }
@@ -1445,15 +1466,15 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
             }
             libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0);
         }
-        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0
+        if raw_setgroups(plan.groups.len(), plan.groups.as_ptr()) != 0
             && !(plan.userns && plan.groups.is_empty())
         {
             die(ctx, 20, 0, errno());
         }
-        if libc::setresgid(plan.gid, plan.gid, plan.gid) != 0 {
+        if raw_setresgid(plan.gid, plan.gid, plan.gid) != 0 {
             die(ctx, 21, 0, errno());
         }
-        if libc::setresuid(plan.uid, plan.uid, plan.uid) != 0 {
+        if raw_setresuid(plan.uid, plan.uid, plan.uid) != 0 {
             die(ctx, 22, 0, errno());
         }
         if let Some(caps) = &plan.caps {
