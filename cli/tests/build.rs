@@ -389,6 +389,104 @@ fn same_dir_gives_same_digest_and_a_golden_app_layer() {
     assert_eq!(again["digest"], first["digest"]);
 }
 
+/// Rule 3 of the design: a cache key names everything that changes the
+/// layer. After each change, a build with a warm local cache gives the
+/// same app layer as a build on a machine that never saw the app.
+#[test]
+fn a_warm_cache_gives_the_same_layer_as_a_cold_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let rig = rig();
+    let base = tiny_base();
+    let (_tmp, dir) = app(None);
+    let warm = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}:t", s(&out.path().join("layout")));
+    let layer = |cache: &Path| {
+        let report = rig
+            .ftl(
+                cache,
+                &[
+                    "build",
+                    s(&dir),
+                    "--base",
+                    &base,
+                    "--output",
+                    &layout,
+                    "--language",
+                    "generic",
+                    "--json",
+                ],
+            )
+            .report();
+        app_layer(&report).1
+    };
+    let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+        ("nothing", Box::new(|| {})),
+        (
+            "a byte",
+            Box::new(|| {
+                std::fs::write(dir.join("index.html"), "<h1>hello from ftl!</h1>\n").unwrap()
+            }),
+        ),
+        (
+            "an exec bit",
+            Box::new(|| {
+                std::fs::set_permissions(
+                    dir.join("index.html"),
+                    std::fs::Permissions::from_mode(0o755),
+                )
+                .unwrap()
+            }),
+        ),
+        (
+            "a symlink target",
+            Box::new(|| {
+                std::fs::remove_file(dir.join("home.html")).unwrap();
+                std::os::unix::fs::symlink("run.sh", dir.join("home.html")).unwrap();
+            }),
+        ),
+        (
+            "a hard link",
+            Box::new(|| std::fs::hard_link(dir.join("run.sh"), dir.join("run2.sh")).unwrap()),
+        ),
+        (
+            "the hard link made a copy",
+            Box::new(|| {
+                std::fs::remove_file(dir.join("run2.sh")).unwrap();
+                std::fs::copy(dir.join("run.sh"), dir.join("run2.sh")).unwrap();
+            }),
+        ),
+        (
+            "an empty directory",
+            Box::new(|| std::fs::create_dir(dir.join("empty")).unwrap()),
+        ),
+        (
+            "a renamed file",
+            Box::new(|| {
+                std::fs::rename(dir.join("static/style.css"), dir.join("static/site.css")).unwrap()
+            }),
+        ),
+    ];
+    let mut seen = Vec::new();
+    for (what, change) in changes {
+        change();
+        let from_warm = layer(warm.path());
+        let cold = tempfile::tempdir().unwrap();
+        let from_cold = layer(cold.path());
+        assert_eq!(
+            from_warm, from_cold,
+            "after changing {what}, the warm cache served a stale layer"
+        );
+        if what != "nothing" {
+            assert!(
+                !seen.contains(&from_cold),
+                "changing {what} changed the layer"
+            );
+        }
+        seen.push(from_cold);
+    }
+}
+
 #[test]
 fn skopeo_reads_what_ftl_pushed_in_oci_and_docker_form() {
     let rig = rig();

@@ -2,7 +2,7 @@
 //! only places the source tree on the base (no language).
 
 use std::io::Read;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
 use serde_json::json;
@@ -26,6 +26,21 @@ pub fn content_key(
     paths: &[PathBuf],
     to: &str,
 ) -> Result<CacheKey, PluginError> {
+    // Files that are hard links of one another are written as one file and
+    // links to it: the grouping changes the layer, so it is in the key (as
+    // the group's first path), for groups of two or more within `paths`.
+    let mut groups: std::collections::HashMap<(u64, u64), Vec<&PathBuf>> =
+        std::collections::HashMap::new();
+    for rel in paths {
+        if let Ok(meta) = std::fs::symlink_metadata(source.root().join(rel)) {
+            if meta.file_type().is_file() && meta.nlink() > 1 {
+                groups
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(rel);
+            }
+        }
+    }
     let mut files = Vec::with_capacity(paths.len());
     let mut buf = vec![0u8; 64 * 1024];
     for rel in paths {
@@ -54,7 +69,18 @@ pub fn content_key(
                 h.update(&buf[..n]);
             }
             let exec = meta.permissions().mode() & 0o100 != 0;
-            json!([rel, if exec { "x" } else { "f" }, hex::encode(h.finalize())])
+            let kind = if exec { "x" } else { "f" };
+            let digest = hex::encode(h.finalize());
+            match groups
+                .get(&(meta.dev(), meta.ino()))
+                .filter(|g| g.len() > 1)
+            {
+                Some(group) => {
+                    let first = group.iter().min().expect("a group has members");
+                    json!([rel, kind, digest, {"hardlink_group": first}])
+                }
+                None => json!([rel, kind, digest]),
+            }
         } else {
             continue;
         };
