@@ -859,3 +859,204 @@ fn cancel_a_queued_and_a_running_build() {
     let log = server.get(&format!("/v1/builds/{running}/log")).text();
     assert!(log.trim_end().ends_with("cancelled by request"), "{log}");
 }
+
+// ---- integrations and the builder image ------------------------------------
+
+fn yaml(path: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"))
+}
+
+fn s<'a>(v: &'a serde_yaml::Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{key}` is a string in {v:?}"))
+}
+
+fn names(v: &serde_yaml::Value) -> Vec<String> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("a list: {v:?}"))
+        .iter()
+        .map(|p| s(p, "name").to_string())
+        .collect()
+}
+
+#[test]
+fn github_action_and_tekton_task_have_what_a_pipeline_needs() {
+    let action = yaml("integrations/github-action/action.yml");
+    assert!(!s(&action, "name").is_empty());
+    assert!(!s(&action, "description").is_empty());
+    for input in ["image", "base", "cache-repo"] {
+        assert!(
+            action["inputs"][input]["description"].is_string(),
+            "input {input}"
+        );
+    }
+    assert_eq!(action["inputs"]["image"]["required"], true);
+    assert_eq!(action["inputs"]["base"]["required"], true);
+    assert!(s(&action["outputs"]["digest"], "value").contains("steps.build.outputs.digest"));
+    assert_eq!(s(&action["runs"], "using"), "composite");
+    let step = &action["runs"]["steps"][0];
+    assert_eq!(s(step, "id"), "build");
+    let run = s(step, "run");
+    for flag in [
+        "build \"$FTL_PATH\"",
+        "--base=",
+        "--image=",
+        "--cache-repo=",
+        "--json",
+        "digest=",
+        "$GITHUB_OUTPUT",
+    ] {
+        assert!(run.contains(flag), "the action's script lacks {flag}");
+    }
+
+    let task = yaml("integrations/tekton/task.yaml");
+    assert_eq!(s(&task, "apiVersion"), "tekton.dev/v1");
+    assert_eq!(s(&task, "kind"), "Task");
+    assert_eq!(s(&task["metadata"], "name"), "ftl-build");
+    let params = names(&task["spec"]["params"]);
+    for p in ["IMAGE", "BASE", "CACHE_REPO", "CONTEXT", "FTL_BUILDER"] {
+        assert!(params.iter().any(|n| n == p), "param {p} in {params:?}");
+    }
+    assert_eq!(
+        names(&task["spec"]["results"]),
+        ["IMAGE_DIGEST", "IMAGE_URL"]
+    );
+    assert!(names(&task["spec"]["workspaces"]).contains(&"source".to_string()));
+    let step = &task["spec"]["steps"][0];
+    assert_eq!(s(step, "image"), "$(params.FTL_BUILDER)");
+    let script = s(step, "script");
+    assert!(script.starts_with("#!/bin/sh"));
+    for part in [
+        "ftl build . --base=\"$BASE\" --image=\"$IMAGE\"",
+        "--json",
+        "$(results.IMAGE_DIGEST.path)",
+    ] {
+        assert!(script.contains(part), "the task's script lacks {part}");
+    }
+    // Every $(params.X) it uses is declared.
+    let text = std::fs::read_to_string(root().join("integrations/tekton/task.yaml")).unwrap();
+    for used in text.split("$(params.").skip(1) {
+        let name = used.split(')').next().unwrap();
+        assert!(params.iter().any(|p| p == name), "undeclared param {name}");
+    }
+}
+
+/// Replaces `${NAME}` with values, as Cloud Build does with substitutions.
+fn substitute(arg: &str, values: &[(&str, String)]) -> String {
+    let mut out = arg.to_string();
+    for (k, v) in values {
+        out = out.replace(&format!("${{{k}}}"), v);
+    }
+    assert!(!out.contains("${"), "unsubstituted: {out}");
+    out
+}
+
+#[test]
+fn cloud_build_step_is_the_command_line_a_test_runs() {
+    let rig = rig();
+    let _turn = heavy();
+    let cb = yaml("integrations/cloudbuild/cloudbuild.yaml");
+    let steps = cb["steps"].as_sequence().unwrap();
+    let step = steps
+        .iter()
+        .find(|st| st["id"] == "ftl-build")
+        .expect("an ftl-build step");
+    assert_eq!(s(step, "name"), "${_FTL_BUILDER}");
+    for sub in ["_FTL_BUILDER", "_BASE", "_IMAGE", "_CACHE_REPO"] {
+        assert!(cb["substitutions"][sub].is_string(), "substitution {sub}");
+    }
+    let args: Vec<&str> = step["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[..2], ["build", "."]);
+    let values = [
+        ("_BASE", rig.base("python")),
+        ("_IMAGE", rig.image("serve-cloudbuild/flask:abc123")),
+        ("_CACHE_REPO", rig.image("serve-cloudbuild/ftl-cache")),
+    ];
+    let args: Vec<String> = args.iter().map(|a| substitute(a, &values)).collect();
+    // Cloud Build runs the step in /workspace, the checked-out source.
+    let workspace = tempfile::tempdir().unwrap();
+    ftl_test_support::rig::copy_tree(&flask(), &workspace.path().join("w")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = rig
+        .command(cache.path(), &argv)
+        .current_dir(workspace.path().join("w"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verify"]["status"], 200);
+    let digest = report["digest"].as_str().unwrap();
+    assert!(registry_has_manifest("serve-cloudbuild/flask", digest));
+}
+
+/// The builder image: the ftl binary, packaged by ftl itself onto a base
+/// whose glibc matches the build host (Debian bookworm), entrypoint `ftl`.
+#[test]
+fn the_builder_image_is_ftl_built_by_ftl() {
+    let rig = rig();
+    let _turn = heavy();
+    let ctx = tempfile::tempdir().unwrap();
+    let bin = ctx.path().join("ftl");
+    let st = Command::new("strip")
+        .args(["--strip-debug", "-o"])
+        .arg(&bin)
+        .arg(env!("CARGO_BIN_EXE_ftl"))
+        .status()
+        .expect("strip runs");
+    assert!(st.success());
+    let cache = tempfile::tempdir().unwrap();
+    let image = rig.image("ftl/ftl:test");
+    let ctx_dir = ctx.path().to_str().unwrap();
+    let run = rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            ctx_dir,
+            "--base",
+            &rig.base("python"),
+            "--image",
+            &image,
+            "--language",
+            "generic",
+            "--app-dir",
+            "/usr/local/bin",
+            "--entrypoint",
+            "ftl",
+            "--cmd",
+            "--help",
+            "--label",
+            "org.opencontainers.image.title=ftl",
+            "--verify-cmd",
+            "/usr/local/bin/ftl --version",
+            "--json",
+        ],
+    );
+    let report = run.report();
+    assert_eq!(report["verify"]["mode"], "command");
+    assert_eq!(report["verify"]["exit_code"], 0);
+    assert!(registry_has_manifest(
+        "ftl/ftl",
+        report["digest"].as_str().unwrap()
+    ));
+    let inspect = rig.ftl(cache.path(), &["inspect", &image, "--json"]);
+    assert_eq!(inspect.status, 0, "{}", inspect.stderr);
+    assert!(inspect.stdout.contains("\"ftl\""), "{}", inspect.stdout);
+    let v: Value = serde_json::from_str(&inspect.stdout).unwrap();
+    let text = v.to_string();
+    assert!(
+        text.contains("[\"ftl\"]"),
+        "entrypoint is [\"ftl\"]: {text}"
+    );
+}
