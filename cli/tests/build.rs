@@ -802,6 +802,41 @@ fn auth_round_trip(registry: &Registry) {
     let again = ftl_build(good.path(), &local_base, "auth/app").report();
     assert_eq!(again["digest"], report["digest"]);
     assert_eq!(again["bytes_uploaded"], 0);
+    // Credentials never reach a log line, even at trace level.
+    let (_tmp2, dir2) = app(Some("auth-trace"));
+    let image = format!("{host}/auth/trace:v1");
+    let traced = run(rig
+        .command(
+            cache.path(),
+            &[
+                "--log",
+                "trace",
+                "build",
+                s(&dir2),
+                "--base",
+                &local_base,
+                "--image",
+                &image,
+                "--language",
+                "generic",
+                "--json",
+            ],
+        )
+        .env("DOCKER_CONFIG", good.path()));
+    traced.report();
+    let basic = base64(format!("{user}:{password}").as_bytes());
+    for secret in [password, basic.as_str(), "Bearer ey", "\"token\":\"ey"] {
+        assert!(
+            !traced.stderr.contains(secret),
+            "a secret in the log:\n{}",
+            traced.stderr
+        );
+    }
+    assert!(
+        traced.stderr.len() > 1000,
+        "trace logging is on: {}",
+        traced.stderr
+    );
     // A base on another (anonymous) registry: its layers must travel.
     let remote = ftl_build(good.path(), &tiny_base(), "auth/remote-base").report();
     for l in base_layers(&remote) {
