@@ -27,7 +27,13 @@ struct Resp {
     body: String,
 }
 
-fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Resp> {
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Resp> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let mut head = format!(
@@ -76,11 +82,23 @@ fn main() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target/release/ftl"));
     if !ftl.is_file() {
-        bail!("{} does not exist: cargo build --release -p ftl-cli", ftl.display());
+        bail!(
+            "{} does not exist: cargo build --release -p ftl-cli",
+            ftl.display()
+        );
     }
-    let secs: u64 = arg(&args, "--secs").map(|s| s.parse()).transpose()?.unwrap_or(60);
-    let max_builds: usize = arg(&args, "--max-builds").map(|s| s.parse()).transpose()?.unwrap_or(400);
-    let clients: usize = arg(&args, "--clients").map(|s| s.parse()).transpose()?.unwrap_or(4);
+    let secs: u64 = arg(&args, "--secs")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(60);
+    let max_builds: usize = arg(&args, "--max-builds")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(400);
+    let clients: usize = arg(&args, "--clients")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(4);
 
     eprintln!("==> registry and python base image");
     let rig = Rig::start(&ftl, &["python"])?;
@@ -88,7 +106,16 @@ fn main() -> Result<()> {
     let token = "bench-token";
     std::fs::write(tmp.path().join("tokens"), format!("{token}\n"))?;
     let mut child = Command::new(&ftl)
-        .args(["serve", "--listen", "127.0.0.1:0", "--workers", "2", "--queue", "64", "--state-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--queue",
+            "64",
+            "--state-dir",
+        ])
         .arg(tmp.path().join("state"))
         .arg("--token-file")
         .arg(tmp.path().join("tokens"))
@@ -120,7 +147,10 @@ fn main() -> Result<()> {
     })
     .to_string();
     let auth = format!("Bearer {token}");
-    let headers = [("Authorization", auth.as_str()), ("Ftl-Options", options.as_str())];
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Ftl-Options", options.as_str()),
+    ];
 
     let submit = || -> Result<(u16, f64, String)> {
         let t = Instant::now();
@@ -134,7 +164,13 @@ fn main() -> Result<()> {
     };
     let wait = |id: &str| -> Result<serde_json::Value> {
         loop {
-            let r = request(&addr, "GET", &format!("/v1/builds/{id}"), &[("Authorization", auth.as_str())], b"")?;
+            let r = request(
+                &addr,
+                "GET",
+                &format!("/v1/builds/{id}"),
+                &[("Authorization", auth.as_str())],
+                b"",
+            )?;
             let v: serde_json::Value = serde_json::from_str(&r.body)?;
             match v["state"].as_str() {
                 Some("queued") | Some("running") => std::thread::sleep(Duration::from_millis(20)),
@@ -166,7 +202,9 @@ fn main() -> Result<()> {
     std::thread::scope(|s| {
         for _ in 0..clients {
             s.spawn(|| {
-                while Instant::now() < deadline && started.fetch_add(1, Ordering::SeqCst) < max_builds {
+                while Instant::now() < deadline
+                    && started.fetch_add(1, Ordering::SeqCst) < max_builds
+                {
                     let t = Instant::now();
                     let Ok((status, ms, id)) = submit() else {
                         failed.fetch_add(1, Ordering::SeqCst);
@@ -180,7 +218,10 @@ fn main() -> Result<()> {
                     }
                     match wait(&id) {
                         Ok(v) if v["state"] == "succeeded" && v["report"]["layers_built"] == 0 => {
-                            build_ms.lock().unwrap().push(t.elapsed().as_secs_f64() * 1000.0)
+                            build_ms
+                                .lock()
+                                .unwrap()
+                                .push(t.elapsed().as_secs_f64() * 1000.0)
                         }
                         _ => {
                             failed.fetch_add(1, Ordering::SeqCst);
@@ -201,7 +242,10 @@ fn main() -> Result<()> {
     println!("ftl serve benchmark: no-op rebuilds of testdata/python/flask over HTTP, --workers 2, {clients} clients");
     println!("  ftl binary:           {}", ftl.display());
     println!("  builds succeeded:     {} in {elapsed:.1}s", builds.len());
-    println!("  throughput:           {:.1} builds/minute", builds.len() as f64 * 60.0 / elapsed);
+    println!(
+        "  throughput:           {:.1} builds/minute",
+        builds.len() as f64 * 60.0 / elapsed
+    );
     println!(
         "  POST /v1/builds:      p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} requests, {} answered 429)",
         percentile(&post, 50.0),

@@ -524,6 +524,15 @@ impl Service {
             g.stopping = true;
         }
         self.wake.notify_waiters();
+        // Queued builds stay queued for the next start; end their log
+        // streams now so that no client waits on a stopped server.
+        let queued: Vec<String> = self.inner().queue.iter().cloned().collect();
+        for id in queued {
+            self.close_log(
+                &id,
+                "the server is stopping: this build stays queued and runs after the next start",
+            );
+        }
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let idle = self.idle.notified();

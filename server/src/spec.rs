@@ -152,6 +152,7 @@ impl BuildSpec {
             ports: self.ports.clone(),
             labels: self.labels.clone(),
         };
+        check_settings(&self.settings)?;
         let options = BuildOptions {
             app_dir: self.app_dir.clone().unwrap_or_else(|| "/srv".into()),
             entrypoint,
@@ -196,6 +197,35 @@ impl BuildSpec {
             verify,
         })
     }
+}
+
+/// Plugin settings that would reach outside the upload on the server's
+/// host: a settings file by host path, a step on the host's own root
+/// filesystem. The CLI allows them (the user owns the machine); a service
+/// taking source from clients does not.
+fn check_settings(settings: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in settings {
+        let path_like =
+            k.ends_with("_settings") || k.ends_with("_file") || k.ends_with(".settings");
+        if path_like
+            && (v.starts_with('/')
+                || std::path::Path::new(v)
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir))
+        {
+            return Err(field(
+                "settings",
+                format!("`{k}` must be a path inside the upload, not {v:?}"),
+            ));
+        }
+        if k.ends_with(".builder") && v == "host" {
+            return Err(field(
+                "settings",
+                format!("`{k}=host` (a step on the server's own root filesystem) is not available through the service"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn reference(name: &'static str, value: &str) -> Result<Reference, SpecError> {
@@ -264,6 +294,21 @@ mod tests {
         let e = BuildSpec::parse(br#"{"image":"a/b","base":"c","entrypoint":"python 'x"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("unbalanced"), "{e}");
+    }
+
+    #[test]
+    fn settings_that_reach_the_server_host_are_refused() {
+        for bad in [
+            r#"{"java.maven_settings":"/root/.m2/settings.xml"}"#,
+            r#"{"java.maven_settings":"../../etc/x.xml"}"#,
+            r#"{"java.builder":"host"}"#,
+        ] {
+            let json = format!(r#"{{"image":"a/b","base":"c","settings":{bad}}}"#);
+            let e = BuildSpec::parse(json.as_bytes()).unwrap_err().to_string();
+            assert!(e.starts_with("option `settings`"), "{e}");
+        }
+        let ok = br#"{"image":"a/b","base":"c","settings":{"java.maven_settings":".mvn/settings.xml","python.venv":"/opt/venv"}}"#;
+        BuildSpec::parse(ok).unwrap();
     }
 
     #[test]
