@@ -185,6 +185,10 @@ impl Server {
     /// `ftl serve` with its state in `DIR/state` and its token in
     /// `DIR/tokens`, on a free port.
     fn start(dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with(dir, extra, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let state = dir.join("state");
         let token = "test-token-0123456789abcdef".to_string();
         std::fs::write(dir.join("tokens"), format!("# tokens\n\n{token}\n")).unwrap();
@@ -199,6 +203,7 @@ impl Server {
             .arg("--token-file")
             .arg(dir.join("tokens"))
             .args(extra)
+            .envs(env.iter().copied())
             .env("FTL_LOG", "info")
             .env_remove("SOURCE_DATE_EPOCH")
             .stdout(Stdio::piped())
@@ -1058,4 +1063,87 @@ fn the_builder_image_is_ftl_built_by_ftl() {
         text.contains("[\"ftl\"]"),
         "entrypoint is [\"ftl\"]: {text}"
     );
+}
+
+/// The server's registry credentials and environment stay with the server:
+/// what runs in the sandbox (install steps, verification) sees neither.
+#[test]
+fn the_sandbox_sees_no_server_credentials() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir(&docker).unwrap();
+    let config = docker.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"auths":{"registry.invalid":{"auth":"dXNlcjpzM2NyM3QtcGFzc3dvcmQ="}}}"#,
+    )
+    .unwrap();
+    let server = Server::start_with(
+        tmp.path(),
+        &[],
+        &[
+            ("DOCKER_CONFIG", docker.to_str().unwrap()),
+            ("FTL_SERVER_SECRET", "s3cr3t-in-env"),
+        ],
+    );
+    let check = format!(
+        "test ! -e {} && test -z \"${{FTL_SERVER_SECRET:-}}\" && test -z \"${{DOCKER_CONFIG:-}}\"",
+        config.display()
+    );
+    let id = server.submit_ok(
+        &tar_gz(&root().join("testdata/python/nodeps")),
+        &json!({
+            "image": rig.image("serve-creds/nodeps:v1"),
+            "base": rig.base("python"),
+            "verify": {"command": ["/bin/sh", "-c", check], "timeout_secs": 60},
+        }),
+    );
+    let v = server.wait(&id, Duration::from_secs(600));
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["report"]["verify"]["exit_code"], 0, "{v:#}");
+    let log = server.get(&format!("/v1/builds/{id}/log")).text();
+    for text in [v.to_string(), log] {
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+}
+
+/// The other upload form: `multipart/form-data` with `options` and
+/// `source` parts, here a zip.
+#[test]
+fn a_multipart_zip_upload_builds() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let zip = tmp.path().join("app.zip");
+    let st = Command::new("python3")
+        .args(["-m", "zipfile", "-c"])
+        .arg(&zip)
+        .args(["main.py", "Procfile"])
+        .current_dir(root().join("testdata/python/nodeps"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let options = json!({"image": rig.image("serve-zip/nodeps:v1"), "base": rig.base("python"), "verify": true});
+    let boundary = "ftl-test-boundary-7d3f";
+    let mut body = Vec::new();
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"options\"\r\nContent-Type: application/json\r\n\r\n{options}\r\n").as_bytes());
+    body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"source\"; filename=\"app.zip\"\r\nContent-Type: application/zip\r\n\r\n").as_bytes());
+    body.extend(std::fs::read(&zip).unwrap());
+    body.extend(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[("Authorization", &server.auth()), ("Content-Type", &ct)],
+        &body,
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    let v = server.wait(&id, Duration::from_secs(600));
+    assert_eq!(v["state"], "succeeded", "{v:#}");
+    assert_eq!(v["report"]["verify"]["status"], 200);
+    let log = server.get(&format!("/v1/builds/{id}/log")).text();
+    assert!(log.contains("from a Zip upload"), "{log}");
 }
