@@ -80,6 +80,8 @@ fn missing_from_report(report: &str, dists: &[PinnedDist]) -> Result<Vec<String>
 struct Run<'a> {
     env: &'a Path,
     work: &'a Path,
+    /// pip's cache: the engine's persistent directory, else a scratch one.
+    pip_cache: &'a Path,
     ctx: &'a StepContext<'a>,
 }
 
@@ -114,7 +116,7 @@ fn check(out: ExecOutput, what: &str) -> Result<ExecOutput, PluginError> {
 }
 
 impl DepsStep {
-    fn mounts(&self, env: &Path, work: &Path) -> Vec<ExecMount> {
+    fn mounts(&self, env: &Path, work: &Path, pip_cache: &Path) -> Vec<ExecMount> {
         vec![
             ExecMount {
                 host: env.to_path_buf(),
@@ -127,16 +129,16 @@ impl DepsStep {
                 writable: true,
             },
             ExecMount {
-                host: work.join("pip-cache"),
+                host: pip_cache.to_path_buf(),
                 target: PIP_CACHE.to_string(),
                 writable: true,
             },
         ]
     }
 
-    fn request(&self, label: &str, args: Vec<String>, env: &Path, work: &Path) -> ExecRequest {
+    fn request(&self, label: &str, args: Vec<String>, run: &Run<'_>) -> ExecRequest {
         let mut req = ExecRequest::new(label, args);
-        req.mounts = self.mounts(env, work);
+        req.mounts = self.mounts(run.env, run.work, run.pip_cache);
         req.env = vec![
             ("HOME".into(), "/tmp".into()),
             ("TMPDIR".into(), "/tmp".into()),
@@ -174,7 +176,7 @@ impl DepsStep {
     }
 
     fn install(&self, run: &Run<'_>, file: &str, no_deps: bool) -> Result<(), PluginError> {
-        let (env, work, ctx) = (run.env, run.work, run.ctx);
+        let ctx = run.ctx;
         let mut args = self.pip()?;
         args.extend(
             [
@@ -199,7 +201,7 @@ impl DepsStep {
             }
         }
         args.extend(["-r".to_string(), format!("{WORK}/{file}")]);
-        let mut req = self.request("pip install", args, env, work);
+        let mut req = self.request("pip install", args, run);
         req.network = StepNetwork::Egress;
         req.timeout = self.plan.settings.install_timeout;
         let out = ctx.exec.run(&req)?;
@@ -317,7 +319,7 @@ impl DepsStep {
             "-r".into(),
             format!("{WORK}/lock.txt"),
         ]);
-        let mut req = self.request("pip lock check", args, run.env, run.work);
+        let mut req = self.request("pip lock check", args, run);
         req.network = StepNetwork::Egress;
         req.timeout = self.plan.settings.install_timeout;
         let out = run.ctx.exec.run(&req)?;
@@ -350,7 +352,7 @@ impl DepsStep {
     }
 
     fn compile(&self, run: &Run<'_>) -> Result<(), PluginError> {
-        let (env, work, ctx) = (run.env, run.work, run.ctx);
+        let (env, ctx) = (run.env, run.ctx);
         let sites = record::site_dirs(env).map_err(|e| PluginError::new(e.to_string()))?;
         if sites.is_empty() {
             return Ok(());
@@ -371,7 +373,7 @@ impl DepsStep {
         );
         let out = ctx
             .exec
-            .run(&self.request("python compileall", args, env, work))?;
+            .run(&self.request("python compileall", args, run))?;
         if !out.success() {
             // compileall exits 1 when a file does not compile (Python 2
             // test files in some packages); the rest is compiled.
@@ -390,9 +392,19 @@ impl BuildStep for DepsStep {
         let plan = &self.plan;
         let env = ctx.scratch.join("env");
         let work = ctx.scratch.join("work");
-        for d in [&env, &work, &work.join("pip-cache")] {
+        let pip_cache = ctx
+            .exec
+            .persistent_dir("python-pip-cache")
+            .unwrap_or_else(|_| work.join("pip-cache"));
+        for d in [&env, &work, &pip_cache] {
             std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
         }
+        let run = Run {
+            env: &env,
+            work: &work,
+            pip_cache: &pip_cache,
+            ctx,
+        };
         let venv = plan.settings.venv.clone();
         let make_venv = vec![
             plan.probe.executable.clone(),
@@ -403,17 +415,12 @@ impl BuildStep for DepsStep {
         ];
         check(
             ctx.exec
-                .run(&self.request("python -m venv", make_venv, &env, &work))?,
+                .run(&self.request("python -m venv", make_venv, &run))?,
             "creating the virtualenv",
         )?;
         // With directories, so that empty ones (site-packages) exist.
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
-        let run = Run {
-            env: &env,
-            work: &work,
-            ctx,
-        };
         let files_input = |paths: Vec<PathBuf>| LayerContents {
             inputs: vec![LayerInput::Files {
                 root: env.clone(),
@@ -450,25 +457,15 @@ impl BuildStep for DepsStep {
                 let file = work.join("requirements.txt");
                 std::fs::write(&file, lines.join("\n") + "\n")
                     .map_err(|e| io_err("cannot write", &file, e))?;
-                // The lock check (a resolution) and the install of the
-                // missing distributions run side by side; a lock error wins,
-                // being the clearer message.
-                let (locked, installed) = std::thread::scope(|s| {
-                    let lock_run =
-                        check_lock.then(|| s.spawn(|| self.lock_check(&run, all_dists, top)));
-                    let installed = if want.is_empty() {
-                        Ok(())
-                    } else {
-                        self.install(&run, "requirements.txt", true)
-                    };
-                    let locked = lock_run.map_or(Ok(()), |h| {
-                        h.join()
-                            .unwrap_or_else(|_| Err(PluginError::new("the lock check panicked")))
-                    });
-                    (locked, installed)
-                });
-                locked?;
-                installed?;
+                // The lock check first: its error (a missing or conflicting
+                // pin) explains an install failure better than pip's. Not in
+                // parallel: `Exec::run` is not promised to be re-entrant.
+                if check_lock {
+                    self.lock_check(&run, all_dists, top)?;
+                }
+                if !want.is_empty() {
+                    self.install(&run, "requirements.txt", true)?;
+                }
                 if check_lock {
                     let text: String = std::iter::once(LOCK_HEADER.to_string())
                         .chain(
