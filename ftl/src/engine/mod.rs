@@ -478,8 +478,9 @@ impl Engine {
             let found = join_bounded(lookups, 8).await;
             for (i, hit) in remote_wanted.into_iter().zip(found) {
                 if let Some(entry) = hit {
-                    // Remember it locally: the next build needs no request.
-                    // The bytes stay in the registry.
+                    // The bytes stay in the registry: the push mounts them.
+                    // (A local blob of the same digest, if any, is used for
+                    // exports and verification.)
                     let path = self.cache.blobs.get(&entry.digest).ok();
                     out[i].source = LayerSource::RegistryCache;
                     out[i].path = path;
