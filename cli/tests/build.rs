@@ -1203,6 +1203,14 @@ fn bad_input_fails_clearly_and_pushes_nothing() {
         (vec!["--env", "NOEQUALS"], "--env"),
         (vec!["--port", "eighty"], "--port"),
         (vec!["--entrypoint", "'unbalanced"], "--entrypoint"),
+        (vec!["--port", "0"], "--port"),
+        (vec!["--label", "=x"], "--label"),
+        (vec!["--platform", "linux"], "--platform"),
+        // The base is amd64 only.
+        (
+            vec!["--platform", "linux/arm64"],
+            "linux/amd64, not linux/arm64",
+        ),
     ] {
         let run = build(
             cache.path(),

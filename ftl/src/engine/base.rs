@@ -46,6 +46,25 @@ impl BaseImage {
                 base: reference.to_string(),
                 message: format!("its config is not valid JSON ({e})"),
             })?;
+        // A single-platform base is not chosen by platform: check it is the
+        // one asked for rather than build an image of another architecture.
+        let (os, arch) = (
+            config["os"].as_str().unwrap_or_default(),
+            config["architecture"].as_str().unwrap_or_default(),
+        );
+        let (want_os, want_arch) = (
+            platform.os().to_string(),
+            platform.architecture().to_string(),
+        );
+        if !os.is_empty() && !arch.is_empty() && (os != want_os || arch != want_arch) {
+            return Err(EngineError::Base {
+                base: reference.to_string(),
+                message: format!(
+                    "it is built for {os}/{arch}, not {want_os}/{want_arch}: use a base \
+                     image for {want_os}/{want_arch}, or build for {os}/{arch}"
+                ),
+            });
+        }
         let diff_ids: Vec<String> = config
             .pointer("/rootfs/diff_ids")
             .and_then(|v| v.as_array())
