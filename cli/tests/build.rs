@@ -387,6 +387,53 @@ fn same_dir_gives_same_digest_and_a_golden_app_layer() {
     let again = build(c2.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
     assert_eq!(app_layer(&again).1, digest);
     assert_eq!(again["digest"], first["digest"]);
+
+    // The config's creation time follows SOURCE_DATE_EPOCH too.
+    let created = |image: &str| {
+        let json = rig.ftl(c2.path(), &["inspect", "--json", image]);
+        assert_eq!(json.status, 0, "{}", json.stderr);
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+        v["config"]["created"].as_str().unwrap().to_string()
+    };
+    assert_eq!(created(&image), "1970-01-01T00:00:01Z");
+    let epoch_image = rig.image("gen/repro:epoch");
+    run(rig
+        .command(
+            c2.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--image",
+                &epoch_image,
+                "--language",
+                "generic",
+                "--json",
+            ],
+        )
+        .env("SOURCE_DATE_EPOCH", "1700000000"))
+    .report();
+    assert_eq!(created(&epoch_image), "2023-11-14T22:13:20Z");
+
+    // A value that is not a number of seconds: one clear error.
+    let bad = run(rig
+        .command(
+            c2.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--image",
+                &rig.image("gen/repro:bad"),
+                "--language",
+                "generic",
+            ],
+        )
+        .env("SOURCE_DATE_EPOCH", "yesterday"));
+    assert_clear_error(&bad, &["SOURCE_DATE_EPOCH", "yesterday"]);
+    assert!(rig.registry.tags("gen/repro").iter().all(|t| t != "bad"));
 }
 
 /// Rule 3 of the design: a cache key names everything that changes the
