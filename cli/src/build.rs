@@ -292,10 +292,10 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     } else if let Some(repo) = &args.cache_repo {
         Some(Reference::parse(repo).with_context(|| format!("--cache-repo {repo:?}"))?)
     } else {
-        target
-            .as_ref()
-            .map(|t| t.with_repository(&format!("{}/ftl-cache", t.repository())))
-            .transpose()?
+        match &target {
+            Some(t) => Some(t.with_repository(&format!("{}/ftl-cache", t.repository()))?),
+            None => None,
+        }
     };
     let mut overrides = ConfigOverrides {
         entrypoint: None,

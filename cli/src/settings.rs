@@ -118,7 +118,7 @@ pub fn with_flag_hints(e: anyhow::Error) -> anyhow::Error {
     let registry_error = e.chain().find_map(|c| {
         c.downcast_ref::<RegistryError>().or_else(|| {
             match c.downcast_ref::<ftl::engine::EngineError>() {
-                Some(ftl::engine::EngineError::Registry(r)) => Some(r),
+                Some(ftl::engine::EngineError::Registry(r)) => Some(&**r),
                 _ => None,
             }
         })

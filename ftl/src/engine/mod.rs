@@ -122,7 +122,7 @@ pub enum EngineError {
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
-    Registry(#[from] ftl_registry_client::Error),
+    Registry(#[from] Box<ftl_registry_client::Error>),
     #[error("{0}")]
     Plugin(#[from] PluginError),
     #[error(transparent)]
@@ -145,6 +145,12 @@ pub enum EngineError {
     Sandbox(String),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<ftl_registry_client::Error> for EngineError {
+    fn from(e: ftl_registry_client::Error) -> Self {
+        EngineError::Registry(Box::new(e))
+    }
 }
 
 /// Progress events for the CLI (libraries never print).
