@@ -220,6 +220,18 @@ fn layer_gets(proxy: &FaultProxy, report: &serde_json::Value) -> usize {
         .count()
 }
 
+/// Request-body bytes sent to upload sessions of `repo` (not its cache
+/// repository).
+fn uploaded_to(proxy: &FaultProxy, repo: &str) -> u64 {
+    let prefix = format!("/v2/{repo}/blobs/uploads/");
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with(&prefix))
+        .map(|r| r.request_body_bytes)
+        .sum()
+}
+
 fn base_layers(report: &serde_json::Value) -> Vec<serde_json::Value> {
     report["layers"]
         .as_array()
@@ -755,6 +767,11 @@ fn unchanged_push_uploads_nothing_and_base_layers_are_never_downloaded() {
         "only the app layer and config travel: {} bytes",
         proxy.blob_upload_bytes()
     );
+    assert_eq!(
+        first["bytes_uploaded"].as_u64().unwrap(),
+        uploaded_to(&proxy, "gen/noop"),
+        "the report counts what went over the wire (layer and config): {first:#}"
+    );
 
     // Unchanged: nothing uploaded, nothing downloaded.
     proxy.clear();
@@ -772,6 +789,36 @@ fn unchanged_push_uploads_nothing_and_base_layers_are_never_downloaded() {
     for l in second["layers"].as_array().unwrap() {
         assert_eq!(l["push"], "present", "{second:#}");
     }
+
+    // Only the config changes: no layer travels, the config does.
+    proxy.clear();
+    let env = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--env", "MODE=config-only"],
+    )
+    .report();
+    assert_ne!(env["digest"], first["digest"]);
+    for l in env["layers"].as_array().unwrap() {
+        assert_eq!(l["push"], "present", "{env:#}");
+    }
+    let config_bytes = uploaded_to(&proxy, "gen/noop");
+    assert!(
+        config_bytes > 0 && config_bytes < 16 * 1024,
+        "{config_bytes}"
+    );
+    assert_eq!(
+        env["bytes_uploaded"].as_u64().unwrap(),
+        config_bytes,
+        "{env:#}"
+    );
+    assert_eq!(layer_gets(&proxy, &env), 0);
+    // Back to the first image (its manifest is still in the registry).
+    let back = build(cache.path(), &dir, &base, &image, &[]).report();
+    assert_eq!(back["digest"], first["digest"]);
+    assert_eq!(back["bytes_uploaded"], 0);
 
     // Another machine (empty local cache), same registry: still nothing
     // uploaded or downloaded.

@@ -787,7 +787,8 @@ impl Engine {
                 .iter()
                 .filter(|l| l.source == LayerSource::Built)
                 .count(),
-            bytes_uploaded: layer_reports.iter().map(|l| l.bytes_uploaded).sum(),
+            // Every blob uploaded: the layers and the config.
+            bytes_uploaded: push_actions.values().map(|(_, bytes)| bytes).sum(),
             layers: layer_reports,
             timings,
             registry_requests: self.client.request_count() - requests_before,

@@ -63,6 +63,7 @@ pub struct BuildReport {
     pub base_digest: String,
     pub layers: Vec<LayerReport>,
     pub layers_built: usize,
+    /// Bytes of every blob uploaded (layers and config; not the manifest).
     pub bytes_uploaded: u64,
     /// Phase durations in order; the last is `total`.
     pub timings: Vec<Timing>,
