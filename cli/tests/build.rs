@@ -39,6 +39,11 @@ fn tiny_base() -> String {
 /// with umoci) to `host/base/tiny:latest`: tests that unpack or copy whole
 /// images, or start registries of their own, need no 50 MB base.
 fn push_tiny_base(host: &str, creds: Option<(&str, &str)>) {
+    push_tiny_image(host, creds, "base/tiny", 1);
+}
+
+/// The tiny base with its one layer `copies` times, as `host/repo:latest`.
+fn push_tiny_image(host: &str, creds: Option<(&str, &str)>, repo: &str, copies: usize) {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     std::fs::create_dir_all(src.join("etc")).unwrap();
@@ -47,13 +52,15 @@ fn push_tiny_base(host: &str, creds: Option<(&str, &str)>) {
     let image = format!("{}:latest", s(&layout));
     tool("umoci", &["init", "--layout", s(&layout)]);
     tool("umoci", &["new", "--image", &image]);
-    tool(
-        "umoci",
-        &["insert", "--rootless", "--image", &image, s(&src), "/"],
-    );
+    for _ in 0..copies {
+        tool(
+            "umoci",
+            &["insert", "--rootless", "--image", &image, s(&src), "/"],
+        );
+    }
     let creds = creds.map(|(u, p)| format!("{u}:{p}"));
     let src_ref = format!("oci:{image}");
-    let dest = format!("docker://{host}/base/tiny:latest");
+    let dest = format!("docker://{host}/{repo}:latest");
     let mut args = vec![
         "copy",
         "--quiet",
@@ -723,6 +730,107 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
     let manifest = tool("tar", &["-xOf", s(&archive), "manifest.json"]);
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["app:latest"]));
+}
+
+/// A base whose one layer appears twice: pushed once, exported once,
+/// listed twice, read back by skopeo and umoci.
+#[test]
+fn a_layer_that_appears_twice_is_pushed_and_exported_once() {
+    let rig = rig();
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    push_tiny_image(&rig.registry.host(), None, "base/twice", 2);
+    let (_tmp, dir) = app(None);
+    let cache = tempfile::tempdir().unwrap();
+    let base = format!("{}/base/twice:latest", proxy.host());
+    let image = format!("{}/gen/twice:v1", proxy.host());
+    let report = build(cache.path(), &dir, &base, &image, &[]).report();
+    let bases = base_layers(&report);
+    assert_eq!(bases.len(), 2);
+    assert_eq!(bases[0]["digest"], bases[1]["digest"]);
+    let digest = bases[0]["digest"].as_str().unwrap();
+    let mounts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.contains(&digest.replace(':', "%3A")))
+        .count();
+    assert_eq!(mounts, 1, "mounted once: {:#?}", proxy.requests());
+    let info = skopeo_inspect(
+        &format!("docker://{}/gen/twice:v1", rig.registry.host()),
+        false,
+    );
+    assert_eq!(info["Layers"].as_array().unwrap().len(), 3);
+
+    let out = tempfile::tempdir().unwrap();
+    let archive = out.path().join("twice.tar");
+    rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            s(&dir),
+            "--base",
+            &base,
+            "--language",
+            "generic",
+            "--json",
+            "--output",
+            &format!("docker-archive:{}", s(&archive)),
+        ],
+    )
+    .report();
+    let listing = tool("tar", &["-tf", s(&archive)]);
+    let layer_files: Vec<&str> = listing
+        .lines()
+        .filter(|l| l.ends_with("/layer.tar"))
+        .collect();
+    assert_eq!(layer_files.len(), 2, "each layer stored once:\n{listing}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&tool("tar", &["-xOf", s(&archive), "manifest.json"])).unwrap();
+    assert_eq!(
+        manifest[0]["Layers"].as_array().unwrap().len(),
+        3,
+        "{manifest}"
+    );
+    let copied = out.path().join("copied");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("docker-archive:{}", s(&archive)),
+            &format!("oci:{}:t", s(&copied)),
+        ],
+    );
+    let rootfs = umoci_unpack(&copied, "t", &out.path().join("unpack"));
+    assert_app_files(&rootfs);
+
+    // A docker-archive path that is a directory: a clear error, and no
+    // partial file left next to it.
+    let target = out.path().join("a-directory");
+    std::fs::create_dir(&target).unwrap();
+    let failed = rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            s(&dir),
+            "--base",
+            &base,
+            "--language",
+            "generic",
+            "--output",
+            &format!("docker-archive:{}", s(&target)),
+        ],
+    );
+    assert_clear_error(&failed, &[s(&target)]);
+    let left: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| !n.to_string_lossy().contains("partial")),
+        "{left:?}"
+    );
 }
 
 #[test]

@@ -144,9 +144,15 @@ pub fn write_docker_archive(
                     .collect()
             })
             .unwrap_or_default();
+        let mut written = std::collections::HashSet::new();
         for (layer, diff_id) in image.layers.iter().zip(&diff_ids) {
             let dir = hex_of(diff_id).to_string();
             let name = format!("{dir}/layer.tar");
+            // A layer that appears twice is stored once, listed twice.
+            if !written.insert(name.clone()) {
+                layer_names.push(name);
+                continue;
+            }
             let src = blob(&layer.digest);
             // Decompress to a temp file first: a tar entry needs its size.
             let mut raw = tempfile::tempfile().map_err(ioe(&src))?;
@@ -184,8 +190,8 @@ pub fn write_docker_archive(
         w.flush().map_err(ioe(path))?;
         Ok(())
     })();
-    match result {
-        Ok(()) => fs::rename(&tmp, path).map_err(ioe(path)),
+    match result.and_then(|()| fs::rename(&tmp, path).map_err(ioe(path))) {
+        Ok(()) => Ok(()),
         Err(e) => {
             let _ = fs::remove_file(&tmp);
             Err(e)
