@@ -285,6 +285,12 @@ fn parse_output(args: &BuildArgs) -> Result<(Output, Option<Reference>)> {
 
 pub async fn run(args: BuildArgs) -> Result<()> {
     let (output, target) = parse_output(&args)?;
+    if args.format == "docker" && matches!(output, Output::OciLayout { .. }) {
+        bail!(
+            "--format docker cannot go in an OCI image layout (skopeo and umoci read only OCI \
+             manifests there): use --format oci, or --output docker-archive:PATH"
+        );
+    }
     let base = Reference::parse(&args.base).with_context(|| format!("--base {:?}", args.base))?;
     let platform = parse_platform(&args.platform)?;
     let cache_repo = if args.no_registry_cache {

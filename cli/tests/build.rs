@@ -670,6 +670,26 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
     let rootfs = umoci_unpack(&layout, "v1", &out.path().join("oci-unpack"));
     assert_app_files(&rootfs);
 
+    // Docker v2s2 manifests do not go in an OCI layout.
+    let docker_layout = out.path().join("docker-layout");
+    let refused = rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            s(&dir),
+            "--base",
+            &base,
+            "--language",
+            "generic",
+            "--format",
+            "docker",
+            "--output",
+            &format!("oci:{}:v1", s(&docker_layout)),
+        ],
+    );
+    assert_clear_error(&refused, &["--format docker", "OCI image layout"]);
+    assert!(!docker_layout.exists());
+
     // docker-archive, with a name and tag.
     let archive = out.path().join("app.tar");
     let report = rig
