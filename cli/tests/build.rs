@@ -1136,6 +1136,19 @@ fn tls_registry_with_a_private_ca() {
     let err = assert_clear_error(&run, &[TLS_NAME]);
     assert!(err.contains("--registry-ca"), "says what to do: {err}");
     assert!(registry.tags("tls/other").is_empty());
+
+    // Addressed as 127.0.0.1 (always plain HTTP): an HTTPS registry
+    // answers the plain request; the error must still make sense.
+    let plain = format!("127.0.0.1:{}", registry.port());
+    let run = build(
+        cache.path(),
+        &dir,
+        &format!("{plain}/base/tiny:latest"),
+        &format!("{plain}/tls/plain:v1"),
+        &[],
+    );
+    assert_clear_error(&run, &[&plain, "400", "speaks HTTPS"]);
+    assert!(registry.tags("tls/plain").is_empty());
 }
 
 #[test]

@@ -655,7 +655,15 @@ impl Client {
     pub(crate) async fn status_error(&self, call: &Call, resp: reqwest::Response) -> Error {
         let status = resp.status();
         let body = resp.bytes().await.unwrap_or_default();
-        let message = registry_message(&body);
+        let mut message = registry_message(&body);
+        if status == StatusCode::BAD_REQUEST
+            && String::from_utf8_lossy(&body).contains("HTTP request to an HTTPS server")
+        {
+            message = ": the registry speaks HTTPS, but localhost, 127.0.0.0/8 and \
+                       insecure registries are spoken to in plain HTTP; address it by a \
+                       host name that resolves to it and trust its certificate"
+                .to_owned();
+        }
         let url = shown_url(&call.url);
         match status {
             StatusCode::NOT_FOUND => Error::NotFound {
