@@ -153,6 +153,15 @@ impl DepsStep {
         req
     }
 
+    /// The requirement files, at the app directory.
+    fn dep_files_input(&self) -> Option<LayerInput> {
+        (!self.plan.dep_files.is_empty()).then(|| LayerInput::Files {
+            root: self.plan.source_root.clone(),
+            to: self.plan.app_dir.clone(),
+            paths: self.plan.dep_files.clone(),
+        })
+    }
+
     fn python(&self) -> String {
         format!("{}/bin/python", self.plan.settings.venv)
     }
@@ -474,16 +483,13 @@ impl BuildStep for DepsStep {
                                 .map(|d| format!("{}=={}\n", d.key, d.version)),
                         )
                         .collect();
-                    out.push((
-                        *lock,
-                        LayerContents {
-                            inputs: vec![LayerInput::Bytes {
-                                path: format!("{venv}/{LOCK_FILE}"),
-                                mode: 0o644,
-                                data: text.into_bytes(),
-                            }],
-                        },
-                    ));
+                    let mut inputs = vec![LayerInput::Bytes {
+                        path: format!("{venv}/{LOCK_FILE}"),
+                        mode: 0o644,
+                        data: text.into_bytes(),
+                    }];
+                    inputs.extend(self.dep_files_input());
+                    out.push((*lock, LayerContents { inputs }));
                 }
                 if want.is_empty() {
                     return Ok(out);
@@ -538,7 +544,9 @@ impl BuildStep for DepsStep {
                     .into_iter()
                     .filter(|f| !before.contains(f))
                     .collect();
-                out.push((*layer, files_input(paths)));
+                let mut contents = files_input(paths);
+                contents.inputs.extend(self.dep_files_input());
+                out.push((*layer, contents));
             }
         }
         Ok(out)

@@ -90,6 +90,12 @@ pub(crate) struct DepsPlan {
     pub mode: DepsMode,
     pub origins: BTreeMap<String, Origin>,
     pub base_ref: String,
+    /// Requirement files (relative to the source root) that ship in the
+    /// lock or dependency layer at the app directory instead of in the app
+    /// layer: a changed requirement then leaves the app layer alone.
+    pub dep_files: Vec<PathBuf>,
+    pub source_root: PathBuf,
+    pub app_dir: String,
 }
 
 /// Which input the dependencies come from.
@@ -192,9 +198,15 @@ fn pip_env_doc(ctx: &PlanContext<'_>) -> Value {
 
 /// The app layer's key document entries.
 fn app_files_doc(source: &SourceTree) -> Result<Vec<Value>, PluginError> {
+    files_doc(source.root(), source.entries())
+}
+
+/// Key document entries of `entries` below `root`: path, kind, content
+/// hash and exec bit (what the layer writer keeps of a mode).
+fn files_doc(root: &Path, entries: &[PathBuf]) -> Result<Vec<Value>, PluginError> {
     let mut out = Vec::new();
-    for rel in source.entries() {
-        let path = source.root().join(rel);
+    for rel in entries {
+        let path = root.join(rel);
         let io = |e: std::io::Error| {
             PluginError::new(format!("cannot read {}: {e}", path.display())).in_file(rel, None)
         };
@@ -313,6 +325,24 @@ pub(crate) fn plan(
         .extra_index_urls
         .extend(settings.extra_index_urls.iter().cloned());
 
+    let app_dir = ctx.options.app_dir.trim_end_matches('/').to_string();
+    let app_dir = if app_dir.is_empty() {
+        "/".to_string()
+    } else {
+        app_dir
+    };
+    // Requirement files go with the dependency layers (not pyproject.toml:
+    // it is the project's own metadata, which the app may read).
+    let dep_files: Vec<PathBuf> = match &set {
+        Some(s) if !s.requirements.is_empty() => s
+            .files
+            .iter()
+            .map(|(p, _)| p.clone())
+            .filter(|p| p.as_path() != Path::new("pyproject.toml") && ctx.source.contains(p))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let dep_files_doc = files_doc(ctx.source.root(), &dep_files)?;
     let mut layers = Vec::new();
     let pip = probe.pip.clone();
 
@@ -414,6 +444,8 @@ pub(crate) fn plan(
                     let lock = layers.len();
                     let mut doc = common.clone();
                     doc["layer"] = json!("lock");
+                    doc["app_dir"] = json!(app_dir);
+                    doc["app_files"] = json!(dep_files_doc);
                     doc["dists"] = json!(all
                         .iter()
                         .map(|d| json!({"name": d.key, "version": d.version, "hashes": d.hashes, "extras": d.extras}))
@@ -478,6 +510,8 @@ pub(crate) fn plan(
                     };
                     let mut doc = common.clone();
                     doc["layer"] = json!("deps");
+                    doc["app_dir"] = json!(app_dir);
+                    doc["app_files"] = json!(dep_files_doc);
                     doc["inputs"] = json!(set
                         .files
                         .iter()
@@ -502,15 +536,10 @@ pub(crate) fn plan(
     };
 
     // The app.
-    let app_dir = ctx.options.app_dir.trim_end_matches('/').to_string();
-    let app_dir = if app_dir.is_empty() {
-        "/".to_string()
-    } else {
-        app_dir
-    };
     let app_source = ctx.source.without(|p| {
         p.file_name()
             .is_some_and(|n| n == "__pycache__" || n == ".git")
+            || dep_files.iter().any(|d| d == p)
     });
     let app_key = CacheKey::new(
         PLUGIN,
@@ -560,6 +589,9 @@ pub(crate) fn plan(
         mode,
         origins,
         base_ref: ctx.base.reference.clone(),
+        dep_files,
+        source_root: ctx.source.root().to_path_buf(),
+        app_dir: app_dir.clone(),
     };
     let app = AppStep {
         root: app_source.root().to_path_buf(),

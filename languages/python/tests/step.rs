@@ -233,16 +233,24 @@ fn build(
     Ok(out
         .into_iter()
         .map(|(i, c)| {
-            let paths = match &c.inputs[..] {
-                [LayerInput::Files { to, paths, .. }] => {
-                    assert_eq!(to, "/env");
-                    paths.iter().map(|p| p.display().to_string()).collect()
+            // Venv files relative; other files with their image path;
+            // literal files as path then contents.
+            let mut paths = Vec::new();
+            for input in &c.inputs {
+                match input {
+                    LayerInput::Files { to, paths: ps, .. } if to == "/env" => {
+                        paths.extend(ps.iter().map(|p| p.display().to_string()))
+                    }
+                    LayerInput::Files { to, paths: ps, .. } => {
+                        paths.extend(ps.iter().map(|p| format!("{to}/{}", p.display())))
+                    }
+                    LayerInput::Bytes { path, data, .. } => {
+                        paths.push(path.clone());
+                        paths.push(String::from_utf8(data.clone()).unwrap());
+                    }
+                    other => panic!("{other:?}"),
                 }
-                [LayerInput::Bytes { path, data, .. }] => {
-                    vec![path.clone(), String::from_utf8(data.clone()).unwrap()]
-                }
-                other => panic!("{other:?}"),
-            };
+            }
             (i, paths)
         })
         .collect())
@@ -417,6 +425,11 @@ fn lock_layer_lists_the_set_after_checking_it() {
     assert_eq!(p.layers[lock].name, "python: lock of 9 distributions");
     let got = build(&p, &app, &exec, &[lock]).unwrap();
     assert_eq!(got[0].1[0], "/env/ftl-requirements.txt");
+    assert_eq!(
+        got[0].1[2..],
+        ["/srv/requirements.txt"],
+        "requirement files ship with the lock, not the app"
+    );
     insta::assert_snapshot!(got[0].1[1], @r"
     # The distributions ftl installed in this virtualenv, one layer each.
     blinker==1.8.2
