@@ -112,6 +112,18 @@ impl Cgroup {
         path: &Path,
         resources: Option<&LinuxResources>,
     ) -> Result<Option<Cgroup>, SandboxError> {
+        Self::create_with(path, resources, true)
+    }
+
+    /// Like [`Cgroup::create`]; on v1 only the hierarchies the resources
+    /// need are used (plus `pids`, to track the processes, and `freezer`
+    /// when `freezer` is set: without a pid namespace it is what kills a
+    /// tree reliably). Fewer hierarchies, faster start.
+    pub fn create_with(
+        path: &Path,
+        resources: Option<&LinuxResources>,
+        freezer: bool,
+    ) -> Result<Option<Cgroup>, SandboxError> {
         let Some(layout) = detect() else {
             return Ok(None);
         };
@@ -119,6 +131,22 @@ impl Cgroup {
             dirs: Vec::new(),
             created: Vec::new(),
             v2: matches!(layout, Layout::V2 { .. }),
+        };
+        let layout = match layout {
+            Layout::V1(h) => Layout::V1(
+                h.into_iter()
+                    .filter(|(c, _, _)| match c.as_str() {
+                        "pids" => true,
+                        "freezer" => freezer,
+                        "memory" => resources.is_some_and(|r| r.memory().is_some()),
+                        "cpu" | "cpuacct" => resources.is_some_and(|r| r.cpu().is_some()),
+                        "devices" => resources
+                            .is_some_and(|r| r.devices().as_ref().is_some_and(|d| !d.is_empty())),
+                        _ => false,
+                    })
+                    .collect(),
+            ),
+            v2 => v2,
         };
         let result = cg.setup(&layout, path, resources);
         match result {

@@ -1536,6 +1536,20 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
         if libc::chdir(plan.cwd.as_ptr()) != 0 {
             die(ctx, 27, 0, errno());
         }
+        // Fail now, not after `start`, when the program does not exist.
+        if !plan
+            .exec_candidates
+            .iter()
+            .any(|c| libc::access(c.as_ptr(), libc::X_OK) == 0)
+        {
+            let e = errno();
+            die(
+                ctx,
+                STEP_EXEC,
+                0,
+                if e == libc::EACCES { e } else { libc::ENOENT },
+            );
+        }
         if let Some(gate) = io.gate {
             // Setup is done: tell the parent, then wait for `start`.
             libc::write(ctx.ready, b"r".as_ptr() as *const libc::c_void, 1);

@@ -240,7 +240,8 @@ pub(crate) fn start(
             .cgroups_path
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("ftl-{}", opts.id)));
-        match Cgroup::create(&path, plan.resources.as_ref()) {
+        let freezer = plan.clone_flags & libc::CLONE_NEWPID == 0;
+        match Cgroup::create_with(&path, plan.resources.as_ref(), freezer) {
             Ok(Some(cg)) => Some(cg),
             Ok(None) => {
                 tracing::warn!("no cgroups on this host: limits enforced by rlimits only");
