@@ -1114,9 +1114,139 @@ fn do_cmd(
     Ok(outcome.exit_status())
 }
 
-fn exec(_ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
-    let _ = a;
-    Err(fail("exec is not supported by ftl's sandbox yet"))
+/// `exec`: this (single-threaded) process joins the container's cgroup and
+/// namespaces, then starts the process as a child, which lands in the
+/// container's pid namespace.
+fn exec(ctx: &Ctx, a: &ExecArgs) -> Result<i32, Fail> {
+    let st = state::load(&ctx.root, &a.id)?;
+    if st.status() != "running" {
+        return Err(fail(format!(
+            "container {} is {}, exec needs it running",
+            a.id,
+            st.status()
+        )));
+    }
+    let (mut spec, _) = crate::spec::load_bundle(&st.bundle)?;
+    if let Some(path) = &a.process {
+        let text = fs::read_to_string(path)
+            .map_err(|e| fail(format!("reading {}: {e}", path.display())))?;
+        let process: oci_spec::runtime::Process = serde_json::from_str(&text)
+            .map_err(|e| fail(format!("invalid {}: {e}", path.display())))?;
+        spec.set_process(Some(process));
+    }
+    {
+        let p = spec.process_mut().get_or_insert_with(Default::default);
+        if a.process.is_none() {
+            if a.command.is_empty() {
+                return Err(Fail(EXIT_USAGE, "exec needs a command or --process".into()));
+            }
+            p.set_args(Some(a.command.clone()));
+            p.set_terminal(Some(a.tty));
+        }
+        if !a.env.is_empty() {
+            let mut env = p.env().clone().unwrap_or_default();
+            for e in &a.env {
+                let key = e.split('=').next().unwrap_or("");
+                env.retain(|x| x.split('=').next() != Some(key));
+                env.push(e.clone());
+            }
+            p.set_env(Some(env));
+        }
+        if let Some(cwd) = &a.cwd {
+            p.set_cwd(PathBuf::from(cwd));
+        }
+        if let Some(u) = &a.user {
+            let (uid, gid) = match u.split_once(':') {
+                Some((u, g)) => (u.parse().ok(), g.parse().ok()),
+                None => (u.parse().ok(), None),
+            };
+            let uid: u32 = uid
+                .ok_or_else(|| Fail(EXIT_USAGE, format!("invalid --user {u:?}: use UID[:GID]")))?;
+            let mut user = p.user().clone();
+            user.set_uid(uid);
+            user.set_gid(gid.unwrap_or(uid));
+            p.set_user(user);
+        }
+        if !a.additional_gids.is_empty() {
+            let mut user = p.user().clone();
+            user.set_additional_gids(Some(a.additional_gids.clone()));
+            p.set_user(user);
+        }
+        if !a.cap.is_empty() {
+            tracing::debug!("exec --cap: capabilities are the container's");
+        }
+    }
+    let plan = crate::runtime::Plan::for_exec(&spec, &st.rootfs)?;
+    let console = match &a.console_socket {
+        Some(p) => Some(connect_console(p)?),
+        None => None,
+    };
+    // Join: cgroup first (from the host view), then the namespaces, user
+    // first, mount last, pid for the children to come.
+    if let Some(cg) = &st.cgroup {
+        cg.add(std::process::id() as i32)?;
+    }
+    let pid = st.pid;
+    let mut fds = Vec::new();
+    for (name, flag) in [
+        ("user", libc::CLONE_NEWUSER),
+        ("ipc", libc::CLONE_NEWIPC),
+        ("uts", libc::CLONE_NEWUTS),
+        ("net", libc::CLONE_NEWNET),
+        ("pid", libc::CLONE_NEWPID),
+        ("cgroup", libc::CLONE_NEWCGROUP),
+        ("mnt", libc::CLONE_NEWNS),
+    ] {
+        let theirs = fs::metadata(format!("/proc/{pid}/ns/{name}"));
+        let ours = fs::metadata(format!("/proc/self/ns/{name}"));
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(t), Ok(o)) = (&theirs, &ours) {
+            if t.ino() == o.ino() && t.dev() == o.dev() {
+                continue;
+            }
+        }
+        let f = fs::File::open(format!("/proc/{pid}/ns/{name}"))
+            .map_err(|e| fail(format!("opening /proc/{pid}/ns/{name}: {e}")))?;
+        fds.push((name, flag, f));
+    }
+    for (name, flag, f) in &fds {
+        // SAFETY: setns on an open namespace descriptor.
+        if unsafe { libc::setns(f.as_raw_fd(), *flag) } != 0 {
+            return Err(fail(format!(
+                "joining the {name} namespace of container {}: {}",
+                a.id,
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    drop(fds);
+    let io = crate::runtime::ChildIo {
+        console: console.as_ref().map(|c| c.as_raw_fd()),
+        ..Default::default()
+    };
+    let child = crate::runtime::launch(&plan, &io, None)?;
+    drop(console);
+    if let Some(p) = &a.pid_file {
+        write_pid_file(p, child.pid)?;
+    }
+    if let Some(p) = &a.internal_pid_file {
+        // The pid inside the container: the last NSpid field.
+        let status = fs::read_to_string(format!("/proc/{}/status", child.pid)).unwrap_or_default();
+        let inner = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().last().map(str::to_string))
+            .unwrap_or_else(|| child.pid.to_string());
+        fs::write(p, inner).map_err(|e| fail(format!("writing {}: {e}", p.display())))?;
+    }
+    if a.detach {
+        return Ok(0);
+    }
+    let mut status = 0;
+    // SAFETY: waitpid on our own child.
+    unsafe { libc::waitpid(child.pid, &mut status, 0) };
+    let (code, signal) = sandbox::decode(status);
+    Ok(code.or(signal.map(|s| 128 + s)).unwrap_or(255))
 }
 
 #[cfg(test)]

@@ -841,6 +841,43 @@ impl Plan {
         })
     }
 
+    /// The plan of a process started in the namespaces of a running
+    /// container (`exec`): the caller has joined them already, so nothing
+    /// is created or mounted; only the process part of `spec` applies.
+    pub(crate) fn for_exec(spec: &Spec, rootfs: &Path) -> Result<Plan, SandboxError> {
+        let mut spec = spec.clone();
+        spec.set_mounts(None);
+        spec.set_hostname(None);
+        spec.set_domainname(None);
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_devices(None);
+            linux.set_masked_paths(None);
+            linux.set_readonly_paths(None);
+            linux.set_sysctl(None);
+            linux.set_resources(None);
+            linux.set_uid_mappings(None);
+            linux.set_gid_mappings(None);
+            linux.set_namespaces(Some(vec![
+                oci_spec::runtime::LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Mount)
+                    .build()
+                    .expect("valid namespace"),
+            ]));
+        }
+        let mut plan = Plan::new(&spec, rootfs)?;
+        plan.clone_flags = 0;
+        plan.mount_ns = false;
+        plan.mounts.clear();
+        plan.symlinks.clear();
+        plan.root_readonly = false;
+        plan.loopback = false;
+        plan.userns = false;
+        plan.uid_map = None;
+        plan.gid_map = None;
+        plan.unshare_cgroupns = false;
+        Ok(plan)
+    }
+
     /// Adds rlimits standing in for cgroup limits on a host without cgroups.
     pub(crate) fn add_fallback_rlimits(&mut self) {
         let Some(r) = &self.resources else { return };

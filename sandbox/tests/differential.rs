@@ -535,3 +535,43 @@ fn console_socket() {
 
 #[allow(dead_code)]
 fn unused(_: &Path) {}
+
+/// `exec` into a running container: same namespaces (hostname, pid 1 is
+/// the container's), the given user, env and cwd, the exit code.
+#[test]
+fn exec_in_running_container() {
+    let d = Diff::new();
+    for rt in ALL {
+        let id = unique_id("exec");
+        let mut spec = d.spec("sleep 30");
+        spec.set_hostname(Some("exechost".into()));
+        let bundle = d.fx.bundle(&id, &spec);
+        let st = d
+            .cmd(
+                rt,
+                &["run", "--detach", "--bundle", bundle.to_str().unwrap(), &id],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{rt:?} run --detach");
+        let out = d
+            .cmd(
+                rt,
+                &[
+                    "exec", "--user", "1000:1000", "--env", "FOO=bar", "--cwd", "/tmp", &id, "sh", "-c",
+                    "hostname; id -u; echo $FOO; pwd; cat /proc/1/cmdline | tr '\\0' ' '; echo; exit 3",
+                ],
+            )
+            .output()
+            .unwrap();
+        let r = res(out);
+        assert_eq!(r.code, Some(3), "{rt:?}: {r:?}");
+        assert_eq!(
+            r.stdout, "exechost\n1000\nbar\n/tmp\nsleep 30 \n",
+            "{rt:?}: {r:?}"
+        );
+        let _ = d.cmd(rt, &["delete", "--force", &id]).output();
+    }
+}
