@@ -249,7 +249,10 @@ pub(crate) fn start(
                 None
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cgroups not usable: limits enforced by rlimits only");
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!(": {s}"))
+                    .unwrap_or_default();
+                tracing::warn!(error = %format!("{e}{cause}"), "cgroups not usable: limits enforced by rlimits only");
                 plan.add_fallback_rlimits();
                 None
             }
