@@ -758,6 +758,7 @@ fn run(ctx: &Ctx, a: &CreateArgs) -> Result<i32, Fail> {
         die_with_parent: true,
         ..Default::default()
     };
+    sandbox::forward_signals();
     let mut started = sandbox::start(&spec, &rootfs, &opts)?;
     drop(console);
     if let Some(p) = &a.pid_file {
@@ -1108,6 +1109,7 @@ fn do_cmd(
         die_with_parent: true,
         ..Default::default()
     };
+    sandbox::forward_signals();
     let mut started = sandbox::start(&spec, &root, &opts)?;
     let outcome = started.wait(None);
     started.cleanup();

@@ -176,6 +176,39 @@ impl Sandbox {
     }
 }
 
+/// Signals caught by [`forward_signals`], not yet passed on (bit n = signal n).
+static PENDING_SIGNALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn record_signal(sig: libc::c_int) {
+    PENDING_SIGNALS.fetch_or(
+        1u64 << (sig as u64 & 63),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Makes this process pass TERM, INT, HUP, QUIT, USR1 and USR2 on to the
+/// container it waits for (the command line's foreground `run` and `do`,
+/// as runsc and runc do).
+pub(crate) fn forward_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(record_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        // SAFETY: the handler only touches an atomic.
+        let _ = unsafe { sigaction(sig, &action) };
+    }
+}
+
 /// A started container and what its host side holds.
 pub(crate) struct Started {
     pub(crate) child: Child,
@@ -388,6 +421,24 @@ impl Started {
         let mut timed_out = false;
         let mut drain_deadline: Option<Instant> = None;
         loop {
+            let pending = PENDING_SIGNALS.swap(0, std::sync::atomic::Ordering::SeqCst);
+            if pending != 0 && status.is_none() {
+                for sig in 1..64 {
+                    if pending & (1u64 << sig) != 0 {
+                        tracing::debug!(id = %self.id, sig, "forwarding signal");
+                        // SAFETY: pidfd_send_signal on a pidfd we own.
+                        unsafe {
+                            libc::syscall(
+                                libc::SYS_pidfd_send_signal,
+                                self.child.pidfd.as_raw_fd(),
+                                sig as libc::c_int,
+                                std::ptr::null::<libc::c_void>(),
+                                0,
+                            );
+                        }
+                    }
+                }
+            }
             let mut fds: Vec<nix::poll::PollFd> = Vec::new();
             let mut kinds = Vec::new();
             if status.is_none() {
