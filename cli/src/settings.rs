@@ -22,6 +22,10 @@ pub struct RegistryArgs {
     /// like curl's `--resolve` (repeatable); TLS still checks the name.
     #[arg(long = "registry-resolve", value_name = "HOST=IP")]
     pub registry_resolve: Vec<String>,
+    /// How long to wait for a registry's answer to a request (uploads
+    /// excepted) before retrying it.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub registry_timeout: std::time::Duration,
     /// How many blobs to push at once.
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub jobs: usize,
@@ -51,6 +55,7 @@ impl RegistryArgs {
         }
         let settings = ClientSettings {
             resolve,
+            response_timeout: self.registry_timeout,
             insecure_registries: self.insecure_registries.clone(),
             extra_ca_files: self.registry_ca.clone(),
             docker_config_dir: docker_config_dir(),
@@ -128,12 +133,23 @@ pub fn with_flag_hints(e: anyhow::Error) -> anyhow::Error {
             "cannot verify the registry's TLS certificate: pass its CA certificate with \
              --registry-ca FILE (or --insecure-registry HOST for a plain-HTTP registry)",
         ),
+        Some(r) if matches!(innermost(r), RegistryError::Timeout { .. }) => {
+            anyhow::anyhow!("{e:#}; if the registry is only slow, raise --registry-timeout")
+        }
         // Unreachable registries already say what to check.
         Some(r) if r.is_transient() && !is_transport(r) => anyhow::anyhow!(
             "{e:#}; the registry kept failing through every retry: try again later, \
              or check the registry's health"
         ),
         _ => e,
+    }
+}
+
+/// The error under a push failure.
+fn innermost(e: &ftl_registry_client::Error) -> &ftl_registry_client::Error {
+    match e {
+        ftl_registry_client::Error::Push { source, .. } => innermost(source),
+        e => e,
     }
 }
 

@@ -1171,6 +1171,13 @@ fn transient_failures_still_produce_a_complete_image() {
                 .path_contains("/blobs/sha256:")
                 .nth(1),
         ),
+        // One request that is never answered: timed out and retried.
+        proxy.add_rule(
+            Rule::delay(Duration::from_secs(600))
+                .method("HEAD")
+                .path_contains("/blobs/sha256:")
+                .nth(2),
+        ),
         proxy.add_rule(
             Rule::reset()
                 .method("POST")
@@ -1215,7 +1222,14 @@ fn transient_failures_still_produce_a_complete_image() {
         ),
     ];
     let started = std::time::Instant::now();
-    let report = build(cache.path(), &dir, &base, &image, &["--no-registry-cache"]).report();
+    let report = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--no-registry-cache", "--registry-timeout", "2s"],
+    )
+    .report();
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "Retry-After: 2 on the manifest PUT was honored"
@@ -1309,6 +1323,36 @@ fn a_registry_that_never_recovers_fails_clearly_and_writes_no_manifest() {
     assert!(proxy.fired(rule) >= 2, "retried");
     assert!(rig.registry.tags("gen/never-manifest").is_empty());
     assert_eq!(rig.registry.manifest_count("gen/never-manifest"), 0);
+    proxy.remove_rule(rule);
+
+    // A registry that takes requests and never answers them: a timeout,
+    // retried, then a clear error.
+    let (_tmp4, dir) = app(Some("never-answers"));
+    let rule = proxy.add_rule(
+        Rule::delay(Duration::from_secs(600))
+            .method("HEAD")
+            .path_contains("/gen/never-answers/manifests/")
+            .always(),
+    );
+    let image = format!("{}/gen/never-answers:v1", proxy.host());
+    let started = std::time::Instant::now();
+    let run = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--no-registry-cache", "--registry-timeout", "1s"],
+    );
+    assert_clear_error(
+        &run,
+        &["gen/never-answers", "did not answer", "--registry-timeout"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "gave up in time"
+    );
+    assert!(proxy.fired(rule) >= 2, "retried");
+    assert!(rig.registry.tags("gen/never-answers").is_empty());
     proxy.remove_rule(rule);
 
     // The manifest PUT always answers 500.

@@ -338,13 +338,33 @@ impl Client {
                 rb = rb.header(AUTHORIZATION, v);
             }
         }
+        // Time the answer unless sending the body is part of the wait.
+        let timed = body
+            .as_ref()
+            .is_none_or(|b| b.as_bytes().is_some_and(|b| b.len() <= 1 << 20));
         if let Some(b) = body {
             rb = rb.body(b);
         }
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
         stats.requests.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(method = %call.method, url = %call.url, description = %call.description, "registry request");
-        let resp = match rb.send().await {
+        let after = self.inner.settings.response_timeout;
+        let sent = if timed {
+            match tokio::time::timeout(after, rb.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Outcome::Fail(Error::Timeout {
+                        description: call.description.clone(),
+                        method: call.method.to_string(),
+                        url: shown_url(&call.url),
+                        after,
+                    })
+                }
+            }
+        } else {
+            rb.send().await
+        };
+        let resp = match sent {
             Ok(r) => r,
             Err(e) => return Outcome::Fail(self.transport_error(call, e)),
         };

@@ -33,6 +33,19 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// The registry accepted the request but did not answer in time.
+    #[error("the registry did not answer {description} ({method} {url}) within {after:?}; check that it is healthy, or allow it more time")]
+    Timeout {
+        /// What the request was for.
+        description: String,
+        /// The HTTP method.
+        method: String,
+        /// The URL.
+        url: String,
+        /// How long we waited.
+        after: std::time::Duration,
+    },
+
     /// The TLS handshake failed, typically an untrusted certificate.
     #[error("tls connection to {host} failed for {description}; if the registry uses a private certificate authority, add its certificate (extra CA files), or list the host as an insecure (plain http) registry")]
     Tls {
@@ -263,7 +276,7 @@ impl Error {
     /// connection errors).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport { .. } => true,
+            Error::Transport { .. } | Error::Timeout { .. } => true,
             Error::Status { status, .. } => is_transient_status(*status),
             Error::Source { .. } => false,
             Error::Push { source, .. } => source.is_transient(),

@@ -36,6 +36,11 @@ pub struct ClientSettings {
     pub user_agent: String,
     /// Connection timeout.
     pub connect_timeout: Duration,
+    /// How long a request without a large body may wait for the
+    /// registry's answer (its status and headers) before it counts as a
+    /// transient failure. Streamed uploads and large chunks are not timed:
+    /// their time to answer includes sending the body.
+    pub response_timeout: Duration,
     /// Host names resolved to fixed addresses instead of through DNS (like
     /// curl's `--resolve`); the port comes from the URL.
     pub resolve: HashMap<String, IpAddr>,
@@ -54,6 +59,7 @@ impl Default for ClientSettings {
             retry: RetryPolicy::default(),
             user_agent: concat!("ftl-registry-client/", env!("CARGO_PKG_VERSION")).to_owned(),
             connect_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
             resolve: HashMap::new(),
         }
     }

@@ -811,6 +811,7 @@ impl Engine {
             Ok(head) => head,
             Err(
                 e @ (ftl_registry_client::Error::Transport { .. }
+                | ftl_registry_client::Error::Timeout { .. }
                 | ftl_registry_client::Error::Tls { .. }
                 | ftl_registry_client::Error::Unauthorized { .. }
                 | ftl_registry_client::Error::Token { .. }),
