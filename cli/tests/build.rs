@@ -486,7 +486,8 @@ fn a_warm_cache_gives_the_same_layer_as_a_cold_one() {
             .report();
         app_layer(&report).1
     };
-    let changes: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
         ("nothing", Box::new(|| {})),
         (
             "a byte",
