@@ -228,8 +228,8 @@ impl Client {
         if &actual != digest {
             return Err(Error::DigestMismatch {
                 url: url.to_string(),
-                expected: digest.clone(),
-                actual,
+                expected: Box::new(digest.clone()),
+                actual: Box::new(actual),
             });
         }
         Ok(Bytes::from(buf))

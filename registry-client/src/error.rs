@@ -185,9 +185,9 @@ pub enum Error {
         /// The URL.
         url: String,
         /// The expected digest.
-        expected: Digest,
+        expected: Box<Digest>,
         /// The digest of what arrived.
-        actual: Digest,
+        actual: Box<Digest>,
     },
 
     /// Reading a blob source failed.
@@ -230,9 +230,9 @@ pub enum Error {
         /// The target.
         target: String,
         /// The digest the target names.
-        expected: Digest,
+        expected: Box<Digest>,
         /// The manifest's digest.
-        actual: Digest,
+        actual: Box<Digest>,
     },
 
     /// A CA certificate file could not be read or parsed.

@@ -176,8 +176,8 @@ impl Client {
             if *expected != digest {
                 return Err(Error::DigestMismatch {
                     url: url.to_string(),
-                    expected: expected.clone(),
-                    actual: digest,
+                    expected: Box::new(expected.clone()),
+                    actual: Box::new(digest),
                 });
             }
         }

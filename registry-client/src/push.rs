@@ -120,8 +120,8 @@ impl Client {
             if *expected != manifest_digest {
                 return Err(Error::ManifestDigest {
                     target: target.to_string(),
-                    expected: expected.clone(),
-                    actual: manifest_digest,
+                    expected: Box::new(expected.clone()),
+                    actual: Box::new(manifest_digest),
                 });
             }
         }
