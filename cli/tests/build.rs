@@ -1478,6 +1478,16 @@ fn bad_input_fails_clearly_and_pushes_nothing() {
             );
         }
     }
+    // A file name that is not UTF-8: an error naming it, not a panic.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let (_tmp, odd) = app(None);
+        let name = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(odd.join(name), "x").unwrap();
+        let run = build(cache.path(), &odd, &base, &rig.image("bad/utf8:v1"), &[]);
+        assert_clear_error(&run, &["caf\\xE9.txt", "UTF-8", ".dockerignore"]);
+        assert!(rig.registry.tags("bad/utf8").is_empty());
+    }
     // Bad flags: one error each.
     for (args, needle) in [
         (vec!["--env", "NOEQUALS"], "--env"),

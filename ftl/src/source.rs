@@ -19,6 +19,8 @@ pub enum SourceError {
         #[source]
         source: io::Error,
     },
+    #[error("file name {path:?} is not valid UTF-8, which image layers cannot name; rename it, or list it in .dockerignore")]
+    NotUtf8 { path: PathBuf },
     #[error("{file}:{line}: invalid pattern `{pattern}`")]
     Pattern {
         file: PathBuf,
@@ -95,6 +97,11 @@ impl SourceTree {
                     walk.skip_current_dir();
                 }
                 continue;
+            }
+            if rel.to_str().is_none() {
+                return Err(SourceError::NotUtf8 {
+                    path: entry.path().to_path_buf(),
+                });
             }
             entries.push(rel);
         }
