@@ -41,3 +41,78 @@ fn timeout_kills_the_tree() {
     assert_eq!(out.signal, Some(9));
     assert!(out.duration < Duration::from_secs(5));
 }
+
+/// Verification of a built image: start a server, probe it from the host,
+/// tear it down by dropping the handle.
+#[test]
+fn spawn_probe_and_drop() {
+    use std::io::{Read, Write};
+    let fx = Fixture::new();
+    std::fs::create_dir_all(fx.rootfs.join("www")).unwrap();
+    std::fs::write(fx.rootfs.join("www/index.html"), "hello from the sandbox\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut step = StepSpec::new(
+        &fx.rootfs,
+        [
+            "httpd",
+            "-f",
+            "-v",
+            "-p",
+            &format!("127.0.0.1:{port}"),
+            "-h",
+            "/www",
+        ],
+    );
+    step.network = ftl_sandbox::Network::Host;
+    let spec = spec_for_step(&step);
+    let req = RunRequest::from_spec(unique_id("srv"), &fx.rootfs, spec).with_state_root(&fx.state);
+    let running = Sandbox::default().spawn(&req).unwrap();
+    let pid = running.pid();
+    let mut body = String::new();
+    for _ in 0..100 {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").unwrap();
+            s.read_to_string(&mut body).unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(body.contains("hello from the sandbox"), "{body:?}");
+    drop(running);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "server survived the drop"
+    );
+    assert_eq!(
+        std::fs::read_dir(&fx.state).unwrap().count(),
+        0,
+        "state left behind"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
+
+#[test]
+fn spawn_wait_and_logs() {
+    let fx = Fixture::new();
+    let mut running = Sandbox::default()
+        .spawn(&step(
+            &fx,
+            &["sh", "-c", "echo one; sleep 0.2; echo two >&2; exit 5"],
+        ))
+        .unwrap();
+    assert!(running
+        .wait_timeout(Duration::from_millis(10))
+        .unwrap()
+        .is_none());
+    let out = running
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("exited");
+    assert_eq!(out.code, Some(5));
+    assert_eq!(out.stdout, b"one\n");
+    assert_eq!(out.stderr, b"two\n");
+}
