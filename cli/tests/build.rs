@@ -1126,6 +1126,33 @@ fn tls_registry_with_a_private_ca() {
     );
     assert_eq!(info["Digest"], report["digest"]);
 
+    // ftl inspect takes the same flags.
+    let inspected = rig().ftl(
+        cache.path(),
+        &[
+            "inspect",
+            "--json",
+            "--registry-resolve",
+            &resolve,
+            "--registry-ca",
+            s(ca),
+            &image,
+        ],
+    );
+    assert_eq!(inspected.status, 0, "{}", inspected.stderr);
+    let v: serde_json::Value = serde_json::from_str(&inspected.stdout).unwrap();
+    assert_eq!(v["digest"], report["digest"]);
+    let refused = rig().ftl(
+        cache.path(),
+        &["inspect", "--registry-resolve", &resolve, &image],
+    );
+    assert_clear_error(&refused, &[TLS_NAME, "--registry-ca"]);
+    let malformed = rig().ftl(
+        cache.path(),
+        &["inspect", "--registry-resolve", "no-equals", &image],
+    );
+    assert_clear_error(&malformed, &["--registry-resolve", "HOST=IP"]);
+
     // Without the CA: a TLS error that says which flag to use.
     let run = build(
         cache.path(),
