@@ -1079,6 +1079,20 @@ fn auth_round_trip(registry: &Registry) {
             "no secrets: {err}"
         );
     };
+    // A credential helper that is not installed: the error names it.
+    let helper = tempfile::tempdir().unwrap();
+    std::fs::write(
+        helper.path().join("config.json"),
+        r#"{"credsStore":"ftl-missing-helper"}"#,
+    )
+    .unwrap();
+    let err = assert_clear_error(&ftl_build(helper.path(), &local_base, "auth/helper"), &[]);
+    assert!(
+        err.contains("docker-credential-ftl-missing-helper"),
+        "{err}"
+    );
+    assert!(registry.tags("auth/helper").is_empty());
+
     let wrong = docker_config(&host, user, "wrong-password");
     let none = tempfile::tempdir().unwrap();
     for (config, base, repo) in [
