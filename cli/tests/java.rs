@@ -277,4 +277,64 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
         "{err}"
     );
     assert!(rig.registry.tags("java/nojdk").is_empty());
+
+    // A builder image is pulled, unpacked and probed like the base (here
+    // the JRE image itself, which has no javac either).
+    let cache = tempfile::tempdir().unwrap();
+    let builder = format!("java.builder={}", rig.base("java"));
+    let run = rig.build(
+        cache.path(),
+        &testdata("hello-maven"),
+        &rig.base("java"),
+        &rig.image("java/nojdk:y"),
+        &["--set", &builder],
+    );
+    let err = run.error();
+    assert!(
+        err.contains(&format!("the builder image {}", rig.base("java")))
+            && err.contains("has neither a JDK"),
+        "{err}"
+    );
+}
+
+#[test]
+fn multi_module_build_layers_the_sibling_module_jar() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("multi-module");
+    let image = rig.image("java/multi:e2e");
+    let base = rig.base("java");
+    let mf = maven_flags();
+    let module = flags(&mf, &["--set", "java.module=app"]);
+
+    let cold = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &[&module[..], &["--verify"]].concat(),
+        )
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
+    assert_eq!(
+        names,
+        [
+            "java: dependencies",
+            "java: project modules",
+            "java: resources",
+            "java: classes"
+        ]
+    );
+
+    // A change in the library module: its jar is the only new upload (the
+    // jar is reproducible: Maven builds it with a fixed outputTimestamp).
+    let file = app.join("lib/src/main/java/com/example/lib/Greeter.java");
+    let src = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, src.replace("\"Hello, \"", "\"Hi, \"")).unwrap();
+    let change = rig
+        .build(cache.path(), &app, &base, &image, &module)
+        .report();
+    assert_eq!(uploaded(&change), ["java: project modules"], "{change:#}");
 }
