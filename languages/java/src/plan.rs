@@ -393,8 +393,9 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
     layers.push(PlannedLayer {
         name: "java: dependencies".into(),
         key: key("deps-release", common.clone()),
-        // Releases never change; ranges, LATEST and RELEASE do.
-        pinned: !poms.iter().any(|p| p.has_ranges),
+        // Releases never change; ranges, LATEST and RELEASE do, and so do
+        // the transitive dependencies of a snapshot.
+        pinned: !poms.iter().any(|p| p.has_ranges || p.has_snapshots),
         step: 0,
         created_by: format!(
             "ftl java: mvn dependency:copy-dependencies (releases) -> {}",
