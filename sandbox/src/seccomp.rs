@@ -395,27 +395,28 @@ pub const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 
 /// ftl's default profile for build steps: everything is allowed except what
 /// Docker's default profile refuses (see [`DENIED_SYSCALLS`]), `clone` with
-/// namespace flags (EPERM), `clone3` (ENOSYS, so libc falls back to `clone`)
-/// and `personality` other than the values Docker allows.
+/// namespace flags (EPERM) and `clone3` (ENOSYS, so libc falls back to
+/// `clone`). No rule depends on the order of another, so runc and crun
+/// (libseccomp) enforce the profile exactly as ftl does.
 pub fn default_profile() -> LinuxSeccomp {
     use LinuxSeccompOperator::*;
-    let mut rules = vec![
-        arg_rule(
-            "clone",
-            LinuxSeccompAction::ScmpActAllow,
-            vec![arg(0, ScmpCmpMaskedEq, CLONE_NAMESPACE_FLAGS, Some(0))],
-        ),
-        errno_rule(&["clone"], libc::EPERM),
-        errno_rule(&["clone3"], libc::ENOSYS),
-    ];
-    for p in [0u64, 8, 0x20000, 0x20008, 0xffff_ffff] {
-        rules.push(arg_rule(
-            "personality",
-            LinuxSeccompAction::ScmpActAllow,
-            vec![arg(0, ScmpCmpEq, p, None)],
-        ));
-    }
-    rules.push(errno_rule(&["personality"], libc::EPERM));
+    // One rule per namespace flag, each matching on its own, so that the
+    // profile means the same under first-match (ftl) and libseccomp's
+    // most-specific-rule semantics (runc, crun).
+    let mut rules: Vec<LinuxSyscall> = (0..64)
+        .map(|bit| 1u64 << bit)
+        .filter(|flag| CLONE_NAMESPACE_FLAGS & flag != 0)
+        .map(|flag| {
+            let mut r = arg_rule(
+                "clone",
+                LinuxSeccompAction::ScmpActErrno,
+                vec![arg(0, ScmpCmpMaskedEq, flag, Some(flag))],
+            );
+            r.set_errno_ret(Some(libc::EPERM as u32));
+            r
+        })
+        .collect();
+    rules.push(errno_rule(&["clone3"], libc::ENOSYS));
     rules.push(errno_rule(DENIED_SYSCALLS, libc::EPERM));
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActAllow)

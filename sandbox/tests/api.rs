@@ -116,3 +116,48 @@ fn spawn_wait_and_logs() {
     assert_eq!(out.stdout, b"one\n");
     assert_eq!(out.stderr, b"two\n");
 }
+
+/// The same request through the external-runtime driver
+/// (`--sandbox-runtime runc|runsc`).
+#[test]
+fn external_runtimes_run_the_same_request() {
+    let fx = Fixture::new();
+    for name in ["runc", "runsc"] {
+        common::require(name, name);
+        let sandbox = Sandbox::from_name(name);
+        let out = sandbox
+            .run(
+                &step(
+                    &fx,
+                    &["sh", "-c", "echo hi; echo err >&2; hostname; exit 4"],
+                )
+                .with_timeout(Duration::from_secs(60)),
+            )
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hi\nftl\n",
+            "{name}: {out:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("err\n"),
+            "{name}: {out:?}"
+        );
+        assert_eq!(out.code, Some(4), "{name}");
+        let timed = sandbox
+            .run(&step(&fx, &["sleep", "30"]).with_timeout(Duration::from_millis(500)))
+            .unwrap();
+        assert!(timed.timed_out, "{name}: {timed:?}");
+        assert!(
+            timed.duration < Duration::from_secs(20),
+            "{name}: {timed:?}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&fx.state)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.iter().all(|n| n.to_string_lossy().starts_with("ext-")),
+        "{left:?}"
+    );
+}

@@ -614,3 +614,27 @@ fn run_forwards_signals() {
         let _ = d.cmd(rt, &["delete", "--force", &id]).output();
     }
 }
+
+/// `wait` (runsc's command; runc has none): the exit status as JSON.
+#[test]
+fn wait_prints_exit_status() {
+    let d = Diff::new();
+    for rt in [Rt::Ftl, Rt::Runsc] {
+        let id = unique_id("wait");
+        let bundle = d.fx.bundle(&id, &d.spec("sleep 0.3; exit 9"));
+        let st = d
+            .cmd(
+                rt,
+                &["run", "--detach", "--bundle", bundle.to_str().unwrap(), &id],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "{rt:?}");
+        let out = d.cmd(rt, &["wait", &id]).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(v["exitStatus"], 9, "{rt:?}: {out:?}");
+        let _ = d.cmd(rt, &["delete", "--force", &id]).output();
+    }
+}
