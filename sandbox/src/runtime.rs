@@ -1205,6 +1205,37 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
     // SAFETY: everything below is raw system calls on data owned by `plan`,
     // which stays alive in this address space until exec.
     unsafe {
+        // Rust ignores SIGPIPE and the caller may block signals: both would
+        // survive exec. The container starts with default dispositions and
+        // nothing blocked, as under runc.
+        #[repr(C)]
+        struct KSigaction {
+            handler: usize,
+            flags: u64,
+            restorer: usize,
+            mask: u64,
+        }
+        let dfl = KSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // Raw: glibc refuses its internal signals (32, 33).
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KSigaction,
+                    std::ptr::null_mut::<KSigaction>(),
+                    8usize,
+                );
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
         if plan.die_with_parent {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }

@@ -638,3 +638,35 @@ fn wait_prints_exit_status() {
         let _ = d.cmd(rt, &["delete", "--force", &id]).output();
     }
 }
+
+/// The container starts with no signal ignored or blocked (Rust callers
+/// ignore SIGPIPE; that must not leak into the container).
+#[test]
+fn signal_dispositions_are_clean() {
+    let d = Diff::new();
+    let r = d.all(&d.spec("grep -e SigBlk -e SigIgn /proc/self/status"));
+    let ign = |r: &Res| {
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("SigIgn:"))
+            .unwrap_or("SigIgn:\tffffffffffffffff");
+        u64::from_str_radix(line.trim_start_matches("SigIgn:").trim(), 16).unwrap()
+    };
+    // runsc's /proc/self/status has no SigBlk/SigIgn lines.
+    for x in [&r[0], &r[2]] {
+        assert!(x.stdout.starts_with("SigBlk:\t0000000000000000\n"), "{r:?}");
+    }
+    // runc leaves signal 32 ignored (from its Go runtime); ftl resets all,
+    // so what ftl's container ignores is what the shell itself ignores.
+    assert_eq!(
+        ign(&r[0]) & !ign(&r[2]),
+        0,
+        "ftl ignores more than runc: {r:?}"
+    );
+    assert_eq!(
+        ign(&r[0]) & (1 << (libc::SIGPIPE - 1)),
+        0,
+        "SIGPIPE ignored: {r:?}"
+    );
+}
