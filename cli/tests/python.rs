@@ -46,7 +46,7 @@ fn flask_builds_verifies_and_rebuilds_incrementally() {
     let rig = rig();
     let cache = tempfile::tempdir().unwrap();
     let (_tmp, app) = copy_app("flask");
-    let image = rig.image("py/flask:e2e");
+    let image = rig.image("py/flask-e2e:v1");
     let base = rig.base("python");
 
     // Cold: everything built, pushed, and the app answers HTTP 200 in the sandbox.
@@ -89,15 +89,21 @@ fn flask_builds_verifies_and_rebuilds_incrementally() {
     assert_eq!(uploaded, ["app"]);
     assert_ne!(change["digest"], cold["digest"]);
 
-    // One added pinned requirement: only its layer is built; every other
-    // dependency layer keeps its digest.
+    // One added pinned requirement: only its layer is built, with the lock
+    // layer (the image's record of the pinned set, whose build checks the
+    // set is complete); every other dependency layer and the app layer keep
+    // their digests.
     let reqs = std::fs::read_to_string(app.join("requirements.txt")).unwrap();
     std::fs::write(app.join("requirements.txt"), reqs + "six==1.16.0\n").unwrap();
     let added = rig
         .build(cache.path(), &app, &base, &image, &["--verify"])
         .report();
     assert_eq!(added["verify"]["status"], 200);
-    assert_eq!(built(&added), ["python: six==1.16.0"], "{added:#}");
+    assert_eq!(
+        built(&added),
+        ["python: six==1.16.0", "python: lock of 10 distributions"],
+        "{added:#}"
+    );
     let before = digests(&change);
     for (name, digest) in digests(&added) {
         if let Some((_, old)) = before.iter().find(|(n, _)| *n == name) {
@@ -111,7 +117,7 @@ fn a_second_machine_hits_the_registry_cache_without_downloading_layers() {
     let rig = rig();
     let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
     let base = format!("{}/base/python:latest", proxy.host());
-    let image = format!("{}/py/nodeps:machines", proxy.host());
+    let image = format!("{}/py/nodeps-machines:v1", proxy.host());
     let app = testdata("nodeps");
     let first = tempfile::tempdir().unwrap();
     let a = rig.build(first.path(), &app, &base, &image, &[]).report();
@@ -155,7 +161,7 @@ fn another_python_version_rebuilds_dependencies() {
     let rig = rig();
     let cache = tempfile::tempdir().unwrap();
     let app = testdata("flask");
-    let image = rig.image("py/flask:versions");
+    let image = rig.image("py/flask-versions:v1");
     let bookworm = rig
         .build(cache.path(), &app, &rig.base("python"), &image, &[])
         .report();
@@ -212,7 +218,7 @@ fn same_interpreter_on_another_base_digest_reuses_dependency_layers() {
     assert_eq!(made["layers_built"], 1);
 
     let app = testdata("flask");
-    let image = rig.image("py/flask:rebased");
+    let image = rig.image("py/flask-rebased:v1");
     let first = rig
         .build(cache.path(), &app, &rig.base("python"), &image, &[])
         .report();
@@ -284,7 +290,7 @@ fn two_builds_at_once_share_the_cache() {
     let cache = tempfile::tempdir().unwrap();
     let app = testdata("includes");
     let base = rig.base("python");
-    let image = rig.image("py/includes:concurrent");
+    let image = rig.image("py/includes-concurrent:v1");
     let runs: Vec<_> = (0..2)
         .map(|_| {
             let mut cmd = rig.command(
