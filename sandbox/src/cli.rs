@@ -843,6 +843,10 @@ fn kill(
     for p in targets {
         // SAFETY: plain kill(2).
         if unsafe { libc::kill(p, sig) } != 0 {
+            // With --all, a process may go with the init before its turn.
+            if all && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+                continue;
+            }
             return Err(fail(format!(
                 "signal {sig} to {p}: {}",
                 std::io::Error::last_os_error()

@@ -1,0 +1,124 @@
+//! ftl's runsc command line alone: list, ps, events, kill --all, delete
+//! --force, and that delete leaves nothing behind.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{unique_id, Fixture};
+
+fn cli(fx: &Fixture, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
+        .arg("--root")
+        .arg(&fx.state)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn list_ps_events_kill_all_delete() {
+    let fx = Fixture::new();
+    let mut spec = ftl_sandbox::example_spec(false);
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(false));
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "sleep 100 & sleep 100 & wait".into(),
+    ]));
+    let id = unique_id("cli");
+    let b = fx.bundle(&id, &spec);
+    let st = Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
+        .arg("--root")
+        .arg(&fx.state)
+        .args(["run", "-d", "-bundle", b.to_str().unwrap(), &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_millis(200));
+
+    let list = cli(&fx, &["list", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(v[0]["id"], id.as_str());
+    assert_eq!(v[0]["status"], "running");
+    let quiet = cli(&fx, &["list", "-q"]);
+    assert_eq!(String::from_utf8_lossy(&quiet.stdout), format!("{id}\n"));
+
+    let ps = cli(&fx, &["ps", "--format", "json", &id]);
+    let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+
+    let ev = cli(&fx, &["events", "--stats", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&ev.stdout).unwrap();
+    assert_eq!(v["data"]["pids"]["current"], 3);
+
+    // Deleting a running container needs --force.
+    let del = cli(&fx, &["delete", &id]);
+    assert_eq!(del.status.code(), Some(128));
+    assert!(String::from_utf8_lossy(&del.stderr).contains("--force"));
+
+    let kill = cli(&fx, &["kill", "--all", &id, "KILL"]);
+    assert!(kill.status.success(), "{kill:?}");
+    for p in &pids {
+        let mut gone = false;
+        for _ in 0..100 {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z") {
+                gone = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(gone, "process {p} survived kill --all");
+    }
+    let del = cli(&fx, &["delete", "--force", &id]);
+    assert!(del.status.success(), "{del:?}");
+    assert_eq!(
+        std::fs::read_dir(&fx.state).unwrap().count(),
+        0,
+        "state left"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/pids/ftl-{id}")).exists(),
+        "cgroup left"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(fx.rootfs.to_str().unwrap()),
+        "mount left on the host"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let fx = Fixture::new();
+    let out = cli(&fx, &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli(&fx, &["--network=bogus", "run", "x"]);
+    assert_ne!(out.status.code(), Some(0));
+}
+
+#[test]
+fn unknown_runsc_flags_are_accepted() {
+    let fx = Fixture::new();
+    let out = cli(
+        &fx,
+        &[
+            "--platform=ptrace",
+            "--debug",
+            "--strace",
+            "-alsologtostderr",
+            "list",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("accepted for runsc compatibility"),
+        "{out:?}"
+    );
+}
