@@ -579,7 +579,9 @@ fn a_killed_server_loses_no_build() {
     for id in &ids {
         let r = server.get(&format!("/v1/builds/{id}"));
         assert_eq!(r.status, 200, "build {id} answers after the restart");
-        assert_eq!(r.json()["state"], "queued", "{}", r.text());
+        // Back in the queue (the worker may have taken the first already).
+        let state = r.json()["state"].as_str().unwrap().to_string();
+        assert!(["queued", "running"].contains(&state.as_str()), "{}", r.text());
     }
     for (i, id) in ids.iter().enumerate() {
         let v = server.wait(id, Duration::from_secs(900));
