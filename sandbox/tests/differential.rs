@@ -670,3 +670,53 @@ fn signal_dispositions_are_clean() {
         "SIGPIPE ignored: {r:?}"
     );
 }
+
+/// umask, noNewPrivileges, oomScoreAdj, additional mounts (bind ro/rw,
+/// file bind), masked and read-only paths: ftl as runc.
+#[test]
+fn process_details_and_mounts() {
+    let d = Diff::new();
+    let shared = d.fx.dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("in.txt"), "from host\n").unwrap();
+    let file = d.fx.dir.path().join("single.txt");
+    std::fs::write(&file, "one file\n").unwrap();
+    let mut spec = d.spec(
+        "umask; grep NoNewPrivs /proc/self/status; cat /proc/self/oom_score_adj; \
+         cat /ro/in.txt /single.txt; touch /ro/x 2>/dev/null || echo ro-denied; \
+         echo w > /rw/out.txt && echo rw-ok; cat /proc/kcore 2>/dev/null | wc -c; \
+         echo 1 > /proc/sys/kernel/hostname 2>/dev/null || echo sys-ro",
+    );
+    {
+        let p = spec.process_mut().as_mut().unwrap();
+        let mut user = p.user().clone();
+        user.set_umask(Some(0o027));
+        p.set_user(user);
+        p.set_no_new_privileges(Some(true));
+        p.set_oom_score_adj(Some(500));
+    }
+    let rw = d.fx.dir.path().join("rw");
+    std::fs::create_dir_all(&rw).unwrap();
+    let m = |dest: &str, src: &std::path::Path, opts: &[&str]| {
+        oci_spec::runtime::MountBuilder::default()
+            .destination(dest)
+            .typ("bind")
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+            .unwrap()
+    };
+    let mut mounts = spec.mounts().clone().unwrap();
+    mounts.push(m("/ro", &shared, &["rbind", "ro"]));
+    mounts.push(m("/rw", &rw, &["rbind", "rw"]));
+    mounts.push(m("/single.txt", &file, &["bind", "ro"]));
+    spec.set_mounts(Some(mounts));
+    let ftl = d.run_spec(Rt::Ftl, &spec);
+    let runc = d.run_spec(Rt::Runc, &spec);
+    assert_eq!(ftl, runc, "ftl vs runc");
+    assert_eq!(
+        ftl.stdout,
+        "0027\nNoNewPrivs:\t1\n500\nfrom host\none file\nro-denied\nrw-ok\n0\nsys-ro\n"
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("out.txt")).unwrap(), "w\n");
+}
