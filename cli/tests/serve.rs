@@ -581,7 +581,11 @@ fn a_killed_server_loses_no_build() {
         assert_eq!(r.status, 200, "build {id} answers after the restart");
         // Back in the queue (the worker may have taken the first already).
         let state = r.json()["state"].as_str().unwrap().to_string();
-        assert!(["queued", "running"].contains(&state.as_str()), "{}", r.text());
+        assert!(
+            ["queued", "running"].contains(&state.as_str()),
+            "{}",
+            r.text()
+        );
     }
     for (i, id) in ids.iter().enumerate() {
         let v = server.wait(id, Duration::from_secs(900));
@@ -1148,4 +1152,44 @@ fn a_multipart_zip_upload_builds() {
     assert_eq!(v["report"]["verify"]["status"], 200);
     let log = server.get(&format!("/v1/builds/{id}/log")).text();
     assert!(log.contains("from a Zip upload"), "{log}");
+}
+
+#[test]
+fn sigterm_cancels_what_outlives_the_grace_period() {
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = Server::start(tmp.path(), &["--workers", "1", "--grace", "1s"]);
+    // A cold build of its own repository: it outlives one second.
+    let id = server.submit_ok(
+        &tar_gz(&flask()),
+        &flask_options("serve-grace/flask:v1", false),
+    );
+    let log = stream_log(server.addr.clone(), server.token.clone(), id.clone());
+    let start = Instant::now();
+    while server.get(&format!("/v1/builds/{id}")).json()["state"] != "running" {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stopping = Instant::now();
+    server.sigterm();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        stopping.elapsed()
+    );
+    let streamed: String = log.join().unwrap().into_iter().map(|c| c.1).collect();
+    assert!(streamed.contains("grace period"), "{streamed}");
+
+    let server = Server::start(tmp.path(), &["--workers", "1"]);
+    let v = server.get(&format!("/v1/builds/{id}")).json();
+    assert_eq!(v["state"], "cancelled", "{v:#}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not end within the 1s grace period"),
+        "{v:#}"
+    );
 }
