@@ -565,34 +565,3 @@ fn warn_unclaimed(env: &Path, installed: &[InstalledDist], before: &BTreeSet<Pat
         tracing::warn!(file = %file.display(), first = %a, second = %b, "file claimed by two distributions; it goes in both layers");
     }
 }
-
-/// The app's files at the app directory.
-pub(crate) struct AppStep {
-    pub root: PathBuf,
-    pub app_dir: String,
-    pub paths: Vec<PathBuf>,
-}
-
-impl BuildStep for AppStep {
-    fn build(
-        &self,
-        wanted: &[usize],
-        _ctx: &StepContext<'_>,
-    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
-        Ok(wanted
-            .iter()
-            .map(|&i| {
-                (
-                    i,
-                    LayerContents {
-                        inputs: vec![LayerInput::Files {
-                            root: self.root.clone(),
-                            to: self.app_dir.clone(),
-                            paths: self.paths.clone(),
-                        }],
-                    },
-                )
-            })
-            .collect())
-    }
-}

@@ -2,7 +2,6 @@
 //! config.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use ftl::{
 use serde_json::{json, Value};
 
 use crate::entrypoint;
-use crate::install::{AppStep, DepsStep};
+use crate::install::DepsStep;
 use crate::probe::{self, PipInfo, Probe};
 use crate::requirements::{self, IndexOptions, Origin, RequirementSet};
 use crate::Settings;
@@ -196,36 +195,6 @@ fn pip_env_doc(ctx: &PlanContext<'_>) -> Value {
     json!(map)
 }
 
-/// The app layer's key document entries.
-fn app_files_doc(source: &SourceTree) -> Result<Vec<Value>, PluginError> {
-    files_doc(source.root(), source.entries())
-}
-
-/// Key document entries of `entries` below `root`: path, kind, content
-/// hash and exec bit (what the layer writer keeps of a mode).
-fn files_doc(root: &Path, entries: &[PathBuf]) -> Result<Vec<Value>, PluginError> {
-    let mut out = Vec::new();
-    for rel in entries {
-        let path = root.join(rel);
-        let io = |e: std::io::Error| {
-            PluginError::new(format!("cannot read {}: {e}", path.display())).in_file(rel, None)
-        };
-        let meta = std::fs::symlink_metadata(&path).map_err(io)?;
-        let name = rel.to_string_lossy();
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path).map_err(io)?;
-            out.push(json!({"path": name, "symlink": target.to_string_lossy()}));
-        } else if meta.is_dir() {
-            out.push(json!({"path": name, "dir": true}));
-        } else if meta.is_file() {
-            let bytes = std::fs::read(&path).map_err(io)?;
-            let exec = meta.permissions().mode() & 0o100 != 0;
-            out.push(json!({"path": name, "sha256": sha256_tagged(&bytes), "exec": exec}));
-        }
-    }
-    Ok(out)
-}
-
 /// Pinned distributions of `set` that apply to the interpreter, merged by
 /// name and sorted; `None` when the set is not fully pinned.
 fn pinned_dists(
@@ -342,7 +311,9 @@ pub(crate) fn plan(
             .collect(),
         _ => Vec::new(),
     };
-    let dep_files_doc = files_doc(ctx.source.root(), &dep_files)?;
+    // The requirement files' paths and contents, as one content hash.
+    let dep_files_doc =
+        ftl::app::content_key(PLUGIN, "requirement-files", ctx.source, &dep_files, "")?.hex;
     let mut layers = Vec::new();
     let pip = probe.pip.clone();
 
@@ -541,19 +512,6 @@ pub(crate) fn plan(
             .is_some_and(|n| n == "__pycache__" || n == ".git")
             || dep_files.iter().any(|d| d == p)
     });
-    let app_key = CacheKey::new(
-        PLUGIN,
-        KEY_VERSION,
-        json!({"layer": "app", "app_dir": app_dir, "files": app_files_doc(&app_source)?}),
-    );
-    layers.push(PlannedLayer {
-        name: "app".into(),
-        key: app_key,
-        pinned: true,
-        step: 1,
-        created_by: format!("ftl python: COPY . {app_dir}"),
-    });
-
     let ep = entrypoint::find(ctx.source, ctx.options.entrypoint.as_deref(), has_gunicorn)?;
     tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
 
@@ -593,16 +551,20 @@ pub(crate) fn plan(
         source_root: ctx.source.root().to_path_buf(),
         app_dir: app_dir.clone(),
     };
-    let app = AppStep {
-        root: app_source.root().to_path_buf(),
-        app_dir,
-        paths: app_source.entries().to_vec(),
-    };
-    Ok(ftl::LayerPlan {
+    let mut plan = ftl::LayerPlan {
         layers,
-        steps: vec![Box::new(DepsStep::new(Arc::new(deps))), Box::new(app)],
+        steps: vec![Box::new(DepsStep::new(Arc::new(deps)))],
         config,
-    })
+    };
+    ftl::app::push_source_layer(
+        &mut plan,
+        PLUGIN,
+        "app",
+        &app_source,
+        app_source.entries().to_vec(),
+        &app_dir,
+    )?;
+    Ok(plan)
 }
 
 pub(crate) fn version_at_least(v: &str, min: &[u64]) -> bool {
