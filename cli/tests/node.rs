@@ -129,6 +129,42 @@ fn contains(hay: &[u8], needle: &str) -> bool {
     String::from_utf8_lossy(hay).contains(needle)
 }
 
+/// Asserts `token` is in no file of the registry's storage (every blob,
+/// manifest and link, gunzipped when gzip) nor of ftl's local cache
+/// (blobs, keys, probes, the package cache), except the base images' own
+/// blobs and their unpacked rootfs (not ftl's output; pushed before the
+/// build, and large).
+fn assert_token_nowhere(rig: &Rig, cache: &Path, token: &str) {
+    let mut base_layers: Vec<String> = Vec::new();
+    for name in ["node", "node-build"] {
+        let dir = ftl_test_support::base_images::base_image_dir(name).unwrap();
+        for e in std::fs::read_dir(dir.join("blobs/sha256"))
+            .unwrap()
+            .flatten()
+        {
+            base_layers.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    let is_base = |f: &Path| {
+        f.components().any(|c| c.as_os_str() == "rootfs")
+            || base_layers
+                .iter()
+                .any(|hex| f.components().any(|c| c.as_os_str() == hex.as_str()))
+    };
+    let mut checked = 0;
+    for root in [rig.registry.storage_dir(), cache.to_path_buf()] {
+        for f in storage_files(&root).into_iter().filter(|f| !is_base(f)) {
+            assert!(
+                !contains(&plain_bytes(&f), token),
+                "the token is in {}",
+                f.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 5);
+}
+
 #[test]
 fn express_builds_verifies_and_rebuilds_incrementally() {
     let rig = rig();
@@ -237,38 +273,7 @@ fn npmrc_token_never_appears_in_layers_config_report_or_cache() {
         !app_files.iter().any(|f| f.ends_with(".npmrc")),
         "{app_files:?}"
     );
-    // Every blob, manifest and link of the registry, and everything ftl
-    // keeps locally (blobs, keys, probes, the package cache), except the
-    // base image's own layers and their unpacked rootfs (not ftl's output;
-    // they were pushed before the build and are large).
-    let mut base_layers: Vec<String> = Vec::new();
-    for name in ["node", "node-build"] {
-        let dir = ftl_test_support::base_images::base_image_dir(name).unwrap();
-        for e in std::fs::read_dir(dir.join("blobs/sha256"))
-            .unwrap()
-            .flatten()
-        {
-            base_layers.push(e.file_name().to_string_lossy().into_owned());
-        }
-    }
-    let is_base = |f: &Path| {
-        f.components().any(|c| c.as_os_str() == "rootfs")
-            || base_layers
-                .iter()
-                .any(|hex| f.components().any(|c| c.as_os_str() == hex.as_str()))
-    };
-    let mut checked = 0;
-    for root in [rig.registry.storage_dir(), cache.path().to_path_buf()] {
-        for f in storage_files(&root).into_iter().filter(|f| !is_base(f)) {
-            assert!(
-                !contains(&plain_bytes(&f), TOKEN),
-                "the token is in {}",
-                f.display()
-            );
-            checked += 1;
-        }
-    }
-    assert!(checked > 5);
+    assert_token_nowhere(rig, cache.path(), TOKEN);
 }
 
 #[test]
@@ -426,4 +431,155 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
         );
         assert!(rig.registry.tags(&repo).is_empty(), "{app}: nothing pushed");
     }
+}
+
+/// A tiny private npm registry on loopback that serves one tarball, only
+/// with `Authorization: Bearer <token>`; counts authorized and refused
+/// requests. Serves at most 200 connections.
+struct PrivateRegistry {
+    port: u16,
+    authorized: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PrivateRegistry {
+    fn start(token: &'static str, tarball: Vec<u8>) -> PrivateRegistry {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let authorized = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
+        let (ok, no) = (authorized.clone(), refused.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().take(200) {
+                let Ok(mut conn) = conn else { continue };
+                let (ok, no, tarball) = (ok.clone(), no.clone(), tarball.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                    let authed = head.contains(&format!(
+                        "authorization: bearer {}",
+                        token.to_ascii_lowercase()
+                    ));
+                    let is_tarball = head.starts_with("get /@ftlt/hello/-/hello-1.0.0.tgz");
+                    let (status, body): (&str, Vec<u8>) = if !authed {
+                        no.fetch_add(1, Ordering::SeqCst);
+                        (
+                            "401 Unauthorized",
+                            b"{\"error\":\"auth required\"}".to_vec(),
+                        )
+                    } else if is_tarball {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                        ("200 OK", tarball)
+                    } else {
+                        ("404 Not Found", b"{\"error\":\"not found\"}".to_vec())
+                    };
+                    let _ = write!(conn, "HTTP/1.1 {status}\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\nconnection: close\r\n\r\n", body.len());
+                    let _ = conn.write_all(&body);
+                });
+            }
+        });
+        PrivateRegistry {
+            port,
+            authorized,
+            refused,
+        }
+    }
+}
+
+/// `@ftlt/hello@1.0.0` as an npm tarball.
+fn hello_tarball() -> Vec<u8> {
+    let tmp = tempfile::tempdir().unwrap();
+    let pkg = tmp.path().join("package");
+    std::fs::create_dir_all(&pkg).unwrap();
+    std::fs::write(
+        pkg.join("package.json"),
+        r#"{"name":"@ftlt/hello","version":"1.0.0","main":"index.js"}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        pkg.join("index.js"),
+        "module.exports = \"hello from a private registry\";\n",
+    )
+    .unwrap();
+    let out = tmp.path().join("hello.tgz");
+    let st = Command::new("tar")
+        .arg("czf")
+        .arg(&out)
+        .arg("-C")
+        .arg(tmp.path())
+        .arg("package")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::fs::read(out).unwrap()
+}
+
+#[test]
+fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
+    let rig = rig();
+    let cache = shared_cache();
+    const TOKEN: &str = "ftl-private-TOKEN-b5d04e1a97c3";
+    let registry = PrivateRegistry::start(TOKEN, hello_tarball());
+    let (_tmp, app) = copy_app("private-registry");
+    let url = format!("http://127.0.0.1:{}/", registry.port);
+    std::fs::write(
+        app.join(".npmrc"),
+        format!(
+            "@ftlt:registry={url}\n//127.0.0.1:{}/:_authToken={TOKEN}\n",
+            registry.port
+        ),
+    )
+    .unwrap();
+    let lock = serde_json::json!({
+        "name": "ftl-private-registry-sample",
+        "version": "1.0.0",
+        "lockfileVersion": 3,
+        "requires": true,
+        "packages": {
+            "": {"name": "ftl-private-registry-sample", "version": "1.0.0", "dependencies": {"@ftlt/hello": "1.0.0"}},
+            "node_modules/@ftlt/hello": {"version": "1.0.0", "resolved": format!("{url}@ftlt/hello/-/hello-1.0.0.tgz")}
+        }
+    });
+    std::fs::write(
+        app.join("package-lock.json"),
+        serde_json::to_string_pretty(&lock).unwrap(),
+    )
+    .unwrap();
+
+    let image = rig.image("node/private:e2e");
+    let run = rig.build(cache.path(), &app, &rig.base("node"), &image, &["--verify"]);
+    assert!(
+        !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
+        "the token is in ftl's output"
+    );
+    let report = run.report();
+    assert_eq!(report["verify"]["status"], 200, "{report:#}");
+    use std::sync::atomic::Ordering;
+    assert!(
+        registry.authorized.load(Ordering::SeqCst) >= 1,
+        "npm fetched the tarball with the token"
+    );
+    assert_eq!(
+        registry.refused.load(Ordering::SeqCst),
+        0,
+        "npm never asked without the token"
+    );
+    let deps = layer_files(rig, &layer_digest(&report, "node_modules"));
+    assert!(
+        deps.iter()
+            .any(|f| f == "srv/node_modules/@ftlt/hello/index.js"),
+        "{deps:?}"
+    );
+    assert_token_nowhere(rig, cache.path(), TOKEN);
 }
