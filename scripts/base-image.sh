@@ -4,7 +4,8 @@
 #
 #   scripts/base-image.sh NAME OUTDIR
 #
-# NAME: python | python-trixie | node | node-build | java
+# NAME: an image named in the `case $NAME in` block below. ftl-test-support
+# keys each image's cache by this script without the other images' arms.
 # OUTDIR must not exist or be empty; it receives oci-layout, index.json and
 # blobs/sha256/*.
 #
@@ -25,7 +26,7 @@ set -euo pipefail
 
 die() { echo "base-image.sh: $*" >&2; exit 1; }
 
-[[ $# -eq 2 ]] || die "usage: $0 NAME OUTDIR   (NAME: python | python-trixie | node | node-build | java)"
+[[ $# -eq 2 ]] || die "usage: $0 NAME OUTDIR   (NAME: an image of the case block in this script)"
 NAME=$1
 OUTDIR=$2
 
@@ -41,6 +42,11 @@ EXTRA_ENV=()
 case $NAME in
 python)
     PACKAGES="python3 python3-venv python3-pip ca-certificates"
+    CMD='["python3"]'
+    ;;
+python-build)
+    # python plus a C toolchain and headers, for sdists with C extensions.
+    PACKAGES="python3 python3-venv python3-pip ca-certificates gcc libc6-dev python3-dev"
     CMD='["python3"]'
     ;;
 python-trixie)
@@ -62,7 +68,7 @@ java)
     CMD='["java","-version"]'
     EXTRA_ENV=("JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64")
     ;;
-*) die "unknown image name '$NAME' (expected python, python-trixie, node, node-build or java)" ;;
+*) die "unknown image name '$NAME' (expected python, python-build, python-trixie, node, node-build or java)" ;;
 esac
 
 need() { # need TOOL APT-PACKAGE

@@ -31,12 +31,43 @@ use sha2::{Digest, Sha256};
 const SCRIPT: &str = include_str!("../../scripts/base-image.sh");
 
 /// Every image `ensure_base_image` knows.
-pub const BASE_IMAGE_NAMES: &[&str] = &["python", "python-trixie", "node", "node-build", "java"];
+pub const BASE_IMAGE_NAMES: &[&str] = &[
+    "python",
+    "python-build",
+    "python-trixie",
+    "node",
+    "node-build",
+    "java",
+];
 
-/// First 16 hex digits of the sha256 of `scripts/base-image.sh`: the cache key.
-pub fn script_hash() -> String {
-    let digest = Sha256::digest(SCRIPT.as_bytes());
+/// The cache key of image `name`: the first 16 hex digits of the sha256 of
+/// `scripts/base-image.sh` with its `case $NAME in ... esac` block reduced
+/// to `name`'s own arm. Editing one image's packages, or adding an image,
+/// rebuilds only that image; editing the shared steps rebuilds them all.
+pub fn script_hash(name: &str) -> String {
+    let digest = Sha256::digest(script_for(name).as_bytes());
     hex::encode(digest)[..16].to_string()
+}
+
+/// The script as it concerns `name` (see [`script_hash`]).
+fn script_for(name: &str) -> String {
+    let Some(start) = SCRIPT.find("\ncase $NAME in\n") else {
+        return SCRIPT.to_string();
+    };
+    let Some(end) = SCRIPT[start..].find("\nesac\n").map(|e| start + e) else {
+        return SCRIPT.to_string();
+    };
+    let arms = &SCRIPT[start..end];
+    let head = format!("\n{name})\n");
+    let arm = arms
+        .find(&head)
+        .and_then(|a| arms[a..].find(";;").map(|b| &arms[a..a + b]))
+        .unwrap_or("");
+    format!(
+        "{}\ncase $NAME in{arm};;{}",
+        &SCRIPT[..start],
+        &SCRIPT[end..]
+    )
 }
 
 /// `${FTL_TEST_CACHE:-$HOME/.cache/ftl-test}`.
@@ -56,7 +87,7 @@ pub fn base_image_dir(name: &str) -> Result<PathBuf> {
     check_name(name)?;
     Ok(cache_root()
         .join("base-images")
-        .join(format!("{name}-{}", script_hash())))
+        .join(format!("{name}-{}", script_hash(name))))
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -398,11 +429,18 @@ mod tests {
     use std::time::Duration;
 
     #[test]
-    fn script_hash_is_16_hex_and_stable() {
-        let h = script_hash();
+    fn script_hash_is_16_hex_stable_and_per_image() {
+        let h = script_hash("python");
         assert_eq!(h.len(), 16);
         assert!(h.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(h, script_hash());
+        assert_eq!(h, script_hash("python"));
+        assert_ne!(h, script_hash("node"));
+        // Only the image's own arm of the `case` is in its key.
+        let py = script_for("python");
+        assert!(py.contains("python3-venv"));
+        assert!(!py.contains("nodejs"));
+        assert!(!py.contains("openjdk"));
+        assert!(py.contains("debootstrap --variant=minbase"));
     }
 
     #[test]
@@ -410,7 +448,7 @@ mod tests {
         let dir = base_image_dir("python").unwrap();
         assert_eq!(
             dir.file_name().unwrap().to_string_lossy(),
-            format!("python-{}", script_hash())
+            format!("python-{}", script_hash("python"))
         );
         assert_eq!(dir.parent().unwrap().file_name().unwrap(), "base-images");
     }
