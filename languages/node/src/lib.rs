@@ -15,6 +15,17 @@
 //! lockfile, npm resolves one in the sandbox and the layer is unpinned (its
 //! cache entry expires after the TTL).
 //!
+//! npm's (and yarn's) download cache is a persistent directory of the
+//! engine (`Exec::persistent_dir("node-package-cache")`), mounted read-write
+//! at `/ftl-package-cache`: it makes a dependency change download only
+//! what is new, and never decides a key.
+//!
+//! Not supported yet (each a clear error): local-path dependencies
+//! (`file:`), npm workspaces; a yarn.lock on a base without yarn. The
+//! app's own lifecycle scripts (`preinstall`, `postinstall`, `prepare`) do
+//! not run in the dependency install, which sees package.json and the
+//! lockfile only.
+//!
 //! `.npmrc` (with its auth tokens) reaches the install only as a file
 //! mounted read-only outside the app directory (`NPM_CONFIG_USERCONFIG`);
 //! it is never written into a layer, and the app layer leaves it out.
