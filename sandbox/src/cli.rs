@@ -41,8 +41,9 @@ struct Cli {
 /// runsc's global flags. Those ftl does not use are accepted and logged.
 #[derive(Debug, Args)]
 struct Global {
-    /// Root directory of container state.
-    #[arg(long, global = true)]
+    /// Root directory of container state (before the command, as in
+    /// runsc: after `do`, `--root` is the root filesystem of `do`).
+    #[arg(long)]
     root: Option<PathBuf>,
     /// File to write logs to (default stderr).
     #[arg(long, global = true)]
@@ -71,8 +72,8 @@ struct Global {
     /// Do not create cgroups (limits fall back to rlimits).
     #[arg(long = "ignore-cgroups", global = true)]
     ignore_cgroups: bool,
-    /// Overlay the root filesystem with tmpfs (accepted; the root is
-    /// mounted as the spec says).
+    /// Overlay the root filesystem with tmpfs: writes go to memory, the
+    /// bundle's rootfs is never changed.
     #[arg(long, global = true)]
     overlay: bool,
     /// Accepted for compatibility with runsc, ignored with a debug log.
@@ -370,6 +371,7 @@ const COMMANDS: &[&str] = &[
 
 struct Ctx {
     root: PathBuf,
+    overlay: bool,
     network: String,
     rootless: bool,
     ignore_cgroups: bool,
@@ -447,7 +449,6 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let g = &cli.global;
     for (flag, set) in [
         ("--platform", g.platform.is_some()),
-        ("--overlay", g.overlay),
         ("--systemd-cgroup", g.systemd_cgroup),
         ("--oci-seccomp", g.oci_seccomp),
         ("--file-access", g.file_access.is_some()),
@@ -464,6 +465,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
     let ctx = Ctx {
         root: g.root.clone().unwrap_or_else(state::default_root),
+        overlay: g.overlay,
         network: g.network.clone(),
         rootless: g.rootless,
         ignore_cgroups: g.ignore_cgroups,
@@ -700,6 +702,7 @@ fn monitor(
         preserve_fds: a.preserve_fds,
         die_with_parent: false,
         monitor_pid: Some(std::process::id() as i32),
+        overlay: ctx.overlay,
     };
     let mut started = match sandbox::start(spec, rootfs, &opts) {
         Ok(s) => s,
@@ -756,6 +759,7 @@ fn run(ctx: &Ctx, a: &CreateArgs) -> Result<i32, Fail> {
         console: console.as_ref().map(|c| c.as_raw_fd()),
         preserve_fds: a.preserve_fds,
         die_with_parent: true,
+        overlay: ctx.overlay,
         ..Default::default()
     };
     sandbox::forward_signals();
@@ -1082,9 +1086,6 @@ fn do_cmd(
     root: Option<PathBuf>,
     command: Vec<String>,
 ) -> Result<i32, Fail> {
-    if force_overlay {
-        tracing::debug!("do: the host root is mounted read-only with a writable /tmp (no overlay)");
-    }
     let root = root.unwrap_or_else(|| PathBuf::from("/"));
     let cwd = cwd
         .or_else(|| std::env::current_dir().ok())
@@ -1102,7 +1103,13 @@ fn do_cmd(
         pids: None,
         ..Default::default()
     };
-    let spec = crate::spec::spec_for_step(&step);
+    let mut spec = crate::spec::spec_for_step(&step);
+    if force_overlay || ctx.overlay {
+        // Writable through the overlay, as runsc's `do`.
+        let mut r = spec.root().clone().unwrap_or_default();
+        r.set_readonly(Some(false));
+        spec.set_root(Some(r));
+    }
     let id = format!("do-{}", std::process::id());
     let opts = StartOptions {
         id,
@@ -1111,6 +1118,7 @@ fn do_cmd(
         ignore_cgroups: ctx.ignore_cgroups,
         stdio: Stdio::Inherit,
         die_with_parent: true,
+        overlay: force_overlay || ctx.overlay,
         ..Default::default()
     };
     sandbox::forward_signals();

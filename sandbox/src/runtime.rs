@@ -114,6 +114,10 @@ pub(crate) struct Plan {
     root_propagation: libc::c_ulong,
     rootfs: CString,
     rootfs_dot: CString,
+    /// What is mounted at `rootfs`: the same path, unless relocated.
+    rootfs_src: CString,
+    /// `--overlay`: (scratch dir, its upper, its work, overlay options).
+    overlay: Option<(CString, CString, CString, CString)>,
     mounts: Vec<MountOp>,
     symlinks: Vec<Symlink>,
     masked: Vec<CString>,
@@ -807,7 +811,9 @@ impl Plan {
             mount_ns,
             root_propagation,
             rootfs_dot: cstr(".", "root.path")?,
+            overlay: None,
             rootfs: cstr(&rootfs, "root.path")?,
+            rootfs_src: cstr(&rootfs, "root.path")?,
             mounts,
             symlinks,
             masked,
@@ -876,6 +882,60 @@ impl Plan {
         plan.gid_map = None;
         plan.unshare_cgroupns = false;
         Ok(plan)
+    }
+
+    /// Builds the container's root at `at` (an empty directory) instead
+    /// of on the rootfs itself: needed when the rootfs is the host's `/`
+    /// (`do`), which cannot be pivoted into in place.
+    pub(crate) fn relocate(&mut self, at: &Path) -> Result<(), SandboxError> {
+        let from = self.rootfs.as_bytes().to_vec();
+        let to = at.as_os_str().as_bytes().to_vec();
+        let move_path = |c: &mut CString| -> Result<(), SandboxError> {
+            let b = c.as_bytes();
+            if b.starts_with(&from) {
+                let rest = &b[from.len()..];
+                let mut v = to.clone();
+                if !rest.is_empty() && !rest.starts_with(b"/") && !v.ends_with(b"/") {
+                    v.push(b'/');
+                }
+                v.extend_from_slice(rest);
+                *c = CString::new(v)
+                    .map_err(|_| SandboxError::spec("root.path", "contains a NUL byte"))?;
+            }
+            Ok(())
+        };
+        for m in &mut self.mounts {
+            move_path(&mut m.target)?;
+            for d in &mut m.mkdirs {
+                move_path(d)?;
+            }
+        }
+        for l in &mut self.symlinks {
+            move_path(&mut l.link)?;
+        }
+        self.rootfs = cstr(at, "root.path")?;
+        Ok(())
+    }
+
+    /// Puts a tmpfs-backed overlay over the root filesystem (`--overlay`):
+    /// the container can write anywhere the spec allows, the rootfs on
+    /// disk is never changed. `scratch` is an empty host directory.
+    pub(crate) fn set_overlay(&mut self, scratch: &Path) -> Result<(), SandboxError> {
+        let root = self.rootfs_src.to_string_lossy().into_owned();
+        let up = scratch.join("upper");
+        let wk = scratch.join("work");
+        let opts = format!(
+            "lowerdir={root},upperdir={},workdir={}",
+            up.display(),
+            wk.display()
+        );
+        self.overlay = Some((
+            cstr(scratch, "--overlay")?,
+            cstr(&up, "--overlay")?,
+            cstr(&wk, "--overlay")?,
+            cstr(opts, "--overlay")?,
+        ));
+        Ok(())
     }
 
     /// Adds rlimits standing in for cgroup limits on a host without cgroups.
@@ -1268,8 +1328,29 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
             if !sys_mount(null, c"/".as_ptr(), null, plan.root_propagation, null) {
                 die(ctx, 4, 0, errno());
             }
-            if !sys_mount(
-                plan.rootfs.as_ptr(),
+            if let Some((scratch, upper, work, opts)) = &plan.overlay {
+                // A tmpfs upper layer: writes never reach the rootfs, and
+                // go away with the mount namespace.
+                if !sys_mount(
+                    c"tmpfs".as_ptr(),
+                    scratch.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    0,
+                    c"mode=0700".as_ptr(),
+                ) || libc::mkdir(upper.as_ptr(), 0o755) != 0
+                    || libc::mkdir(work.as_ptr(), 0o755) != 0
+                    || !sys_mount(
+                        c"overlay".as_ptr(),
+                        plan.rootfs.as_ptr(),
+                        c"overlay".as_ptr(),
+                        0,
+                        opts.as_ptr(),
+                    )
+                {
+                    die(ctx, 5, 1, errno());
+                }
+            } else if !sys_mount(
+                plan.rootfs_src.as_ptr(),
                 plan.rootfs.as_ptr(),
                 null,
                 libc::MS_BIND | libc::MS_REC,

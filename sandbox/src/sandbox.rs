@@ -233,6 +233,8 @@ pub(crate) struct StartOptions {
     pub(crate) preserve_fds: u32,
     pub(crate) die_with_parent: bool,
     pub(crate) monitor_pid: Option<i32>,
+    /// Overlay the rootfs with tmpfs (`--overlay`).
+    pub(crate) overlay: bool,
 }
 
 fn open_null() -> Result<OwnedFd, SandboxError> {
@@ -265,6 +267,32 @@ pub(crate) fn start(
         }
     };
     plan.die_with_parent = opts.die_with_parent;
+    if rootfs.canonicalize().is_ok_and(|r| r == Path::new("/")) {
+        let at = dir.join("root");
+        let r = std::fs::create_dir(&at)
+            .map_err(|source| SandboxError::State {
+                path: at.clone(),
+                source,
+            })
+            .and_then(|()| plan.relocate(&at));
+        if let Err(e) = r {
+            cleanup(None);
+            return Err(e);
+        }
+    }
+    if opts.overlay {
+        let scratch = dir.join("overlay");
+        let r = std::fs::create_dir(&scratch)
+            .map_err(|source| SandboxError::State {
+                path: scratch.clone(),
+                source,
+            })
+            .and_then(|()| plan.set_overlay(&scratch));
+        if let Err(e) = r {
+            cleanup(None);
+            return Err(e);
+        }
+    }
     let cgroup = if opts.ignore_cgroups {
         plan.add_fallback_rlimits();
         None

@@ -122,3 +122,55 @@ fn unknown_runsc_flags_are_accepted() {
         "{out:?}"
     );
 }
+
+#[test]
+fn overlay_keeps_the_rootfs_unchanged() {
+    let fx = Fixture::new();
+    let mut spec = ftl_sandbox::example_spec(false);
+    let mut root = spec.root().clone().unwrap();
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(false));
+    p.set_args(Some(vec![
+        "sh".into(),
+        "-c".into(),
+        "echo x > /etc/written && cat /etc/written && rm /bin/echo && echo removed".into(),
+    ]));
+    let id = unique_id("ovl");
+    let b = fx.bundle(&id, &spec);
+    let out = cli(
+        &fx,
+        &["--overlay", "run", "--bundle", b.to_str().unwrap(), &id],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "x\nremoved\n");
+    assert!(!fx.rootfs.join("etc/written").exists());
+    assert!(fx.rootfs.join("bin/echo").symlink_metadata().is_ok());
+    assert_eq!(
+        std::fs::read_dir(&fx.state).unwrap().count(),
+        0,
+        "state left"
+    );
+}
+
+#[test]
+fn do_runs_over_the_host_root() {
+    let fx = Fixture::new();
+    let marker = format!("/etc/ftl-do-{}", std::process::id());
+    let out = cli(
+        &fx,
+        &[
+            "do",
+            "sh",
+            "-c",
+            &format!("cat /etc/hostname >/dev/null && echo hi > {marker} && cat {marker} && id -u"),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n0\n");
+    assert!(
+        !std::path::Path::new(&marker).exists(),
+        "do wrote to the host"
+    );
+}
