@@ -217,3 +217,27 @@ pub fn default_root() -> PathBuf {
             .join("ftl-sandbox")
     }
 }
+
+/// Removes what dead containers left under `root` (their init and monitor
+/// are gone, e.g. after the caller was killed): cgroups and state
+/// directories. Containers still alive, or created and waiting for
+/// `start`, are kept. Returns the ids removed.
+pub fn gc(root: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    for id in list(root) {
+        let Ok(st) = load(root, &id) else { continue };
+        let monitor_alive = st
+            .monitor_pid
+            .is_some_and(|m| fs::metadata(format!("/proc/{m}")).is_ok() && st.exit_code.is_none());
+        if st.alive() || monitor_alive {
+            continue;
+        }
+        if let Some(cg) = &st.cgroup {
+            cg.destroy();
+        }
+        remove(root, &id);
+        tracing::debug!(id = %id, "removed the remains of a dead container");
+        removed.push(id);
+    }
+    removed
+}

@@ -161,3 +161,36 @@ fn external_runtimes_run_the_same_request() {
         "{left:?}"
     );
 }
+
+/// A caller killed while its container ran leaves a state directory and a
+/// cgroup; `state::gc` removes them.
+#[test]
+fn gc_removes_what_a_killed_caller_left() {
+    let fx = Fixture::new();
+    let mut spec = ftl_sandbox::example_spec(false);
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(false));
+    p.set_args(Some(vec!["sleep".into(), "100".into()]));
+    let id = unique_id("gc");
+    let b = fx.bundle(&id, &spec);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
+        .arg("--root")
+        .arg(&fx.state)
+        .args(["run", "--bundle", b.to_str().unwrap(), &id])
+        .spawn()
+        .unwrap();
+    let cg = std::path::PathBuf::from(format!("/sys/fs/cgroup/pids/ftl-{id}"));
+    for _ in 0..200 {
+        if cg.exists() && fx.state.join(&id).join("state.json").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(fx.state.join(&id).exists());
+    assert_eq!(ftl_sandbox::state::gc(&fx.state), vec![id.clone()]);
+    assert!(!fx.state.join(&id).exists());
+    assert!(!cg.exists(), "cgroup left");
+}
