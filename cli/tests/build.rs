@@ -1437,6 +1437,13 @@ fn bad_input_fails_clearly_and_pushes_nothing() {
             vec!["--image".into(), "Bad_Repo".into()],
         ),
         (
+            "registry port out of range",
+            dir.clone(),
+            base.clone(),
+            "127.0.0.1:99999/bad/port:v1".to_string(),
+            vec!["--image".into(), "127.0.0.1:99999".into(), "port".into()],
+        ),
+        (
             "malformed base",
             dir.clone(),
             "not//valid".into(),

@@ -77,7 +77,7 @@ impl Reference {
         };
         if !valid_registry(&registry) {
             return Err(bad(
-                "the registry must be a host name or address with an optional port",
+                "the registry must be a host name or address with an optional port (1 to 65535)",
             ));
         }
         if registry == DOCKER_HUB && !repository.contains('/') {
@@ -248,8 +248,9 @@ fn valid_registry(registry: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-'));
         (ok, port)
     };
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|c| c.is_ascii_digit()));
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|c| c.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
     host_ok && port_ok
 }
 
@@ -344,6 +345,8 @@ mod tests {
             "a//b",
             "a b",
             "localhost:port/x",
+            "localhost:99999/x",
+            "localhost:0/x",
             "x/-y",
             "a..b",
             "[::1/x",
