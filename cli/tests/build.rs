@@ -644,7 +644,14 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
     let rig = rig();
     let (_tmp, dir) = app(None);
     let cache = tempfile::tempdir().unwrap();
-    let base = tiny_base();
+    // Through a proxy, to count base layer downloads: an export needs the
+    // base's bytes, once per machine.
+    let proxy = FaultProxy::start(&rig.registry.url()).unwrap();
+    let base = format!(
+        "{}{}",
+        proxy.host(),
+        &tiny_base()[rig.registry.host().len()..]
+    );
     let out = tempfile::tempdir().unwrap();
 
     // OCI layout.
@@ -670,6 +677,18 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
     assert_eq!(app_layer(&report).0, "app");
     let rootfs = umoci_unpack(&layout, "v1", &out.path().join("oci-unpack"));
     assert_app_files(&rootfs);
+    let base_gets = || {
+        let base_layer = base_layers(&report)[0]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with(&base_layer))
+            .count()
+    };
+    assert_eq!(base_gets(), 1, "{:#?}", proxy.requests());
 
     // Docker v2s2 manifests do not go in an OCI layout.
     let docker_layout = out.path().join("docker-layout");
@@ -718,6 +737,12 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
     let manifest = tool("tar", &["-xOf", s(&archive), "manifest.json"]);
     let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
     assert_eq!(manifest[0]["RepoTags"], serde_json::json!(["my/app:t1"]));
+    assert_eq!(
+        base_gets(),
+        1,
+        "the base was downloaded once: {:#?}",
+        proxy.requests()
+    );
     let copied = out.path().join("from-archive");
     tool(
         "skopeo",
