@@ -1238,6 +1238,13 @@ fn transient_failures_still_produce_a_complete_image() {
                 .path_contains("/blobs/sha256:")
                 .nth(1),
         ),
+        // The base config's download cut short.
+        proxy.add_rule(
+            Rule::truncate_response(100)
+                .method("GET")
+                .path_contains("/base/tiny/blobs/sha256:")
+                .nth(1),
+        ),
         // One request that is never answered: timed out and retried.
         proxy.add_rule(
             Rule::delay(Duration::from_secs(600))
