@@ -1341,6 +1341,19 @@ fn transient_failures_still_produce_a_complete_image() {
         0,
         "no upload session left open"
     );
+
+    // The registry cache repository refuses every write: the cache is an
+    // optimisation, so the build still succeeds.
+    let (_tmp2, dir) = app(Some("cache-refused"));
+    let rule = proxy.add_rule(
+        Rule::status(503)
+            .path_contains("/gen/cache-refused/ftl-cache/")
+            .always(),
+    );
+    let image = format!("{}/gen/cache-refused:v1", proxy.host());
+    let report = build(cache.path(), &dir, &base, &image, &[]).report();
+    assert!(proxy.fired(rule) >= 1, "{:#?}", proxy.requests());
+    assert_eq!(rig.registry.tags("gen/cache-refused"), ["v1"], "{report:#}");
 }
 
 #[test]
