@@ -47,112 +47,137 @@ pub struct BuildArgs {
     #[arg(long, value_name = "KIND:PATH")]
     pub output: Option<String>,
 
-    /// The language plugin: auto, python, generic (source files only).
+    /// The language plugin: auto, python, node, java, or generic (the source
+    /// files only).
     #[arg(long, default_value = "auto")]
     pub language: String,
 
     /// Where the application goes in the image.
-    #[arg(long, default_value = "/srv", value_name = "PATH")]
+    #[arg(
+        long,
+        default_value = "/srv",
+        value_name = "PATH",
+        help_heading = "Image config"
+    )]
     pub app_dir: String,
 
     /// The entrypoint, as a shell-quoted string or a JSON array.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", help_heading = "Image config")]
     pub entrypoint: Option<String>,
 
     /// The default arguments (Cmd), as a shell-quoted string or a JSON array.
-    #[arg(long, value_name = "ARGS")]
+    #[arg(long, value_name = "ARGS", help_heading = "Image config")]
     pub cmd: Option<String>,
 
     /// Set an environment variable in the image (repeatable).
-    #[arg(long = "env", value_name = "K=V")]
+    #[arg(long = "env", value_name = "K=V", help_heading = "Image config")]
     pub env: Vec<String>,
 
     /// Expose a port, `8080` or `8080/udp` (repeatable).
-    #[arg(long = "port", value_name = "PORT", value_parser = parse_port)]
+    #[arg(long = "port", value_name = "PORT", value_parser = parse_port, help_heading = "Image config")]
     pub ports: Vec<String>,
 
     /// Set a label (repeatable).
-    #[arg(long = "label", value_name = "K=V")]
+    #[arg(long = "label", value_name = "K=V", help_heading = "Image config")]
     pub labels: Vec<String>,
 
     /// The user the image runs as.
-    #[arg(long)]
+    #[arg(long, help_heading = "Image config")]
     pub user: Option<String>,
 
     /// A plugin setting, e.g. `python.venv=/opt/venv` (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
+    #[arg(
+        long = "set",
+        value_name = "KEY=VALUE",
+        help_heading = "Language plugins"
+    )]
     pub settings: Vec<String>,
 
     /// Java: a JVM flag of the entrypoint, e.g. `--jvm-flag=-Xmx512m`
     /// (repeatable; the setting `java.jvm_flags`).
-    #[arg(long = "jvm-flag", value_name = "FLAG", allow_hyphen_values = true)]
+    #[arg(
+        long = "jvm-flag",
+        value_name = "FLAG",
+        allow_hyphen_values = true,
+        help_heading = "Language plugins"
+    )]
     pub jvm_flags: Vec<String>,
 
     /// Java: the prebuilt jar to run, relative to DIR (`java.jar`).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Language plugins")]
     pub jar: Option<String>,
 
     /// Java: the Maven settings.xml to build with (`java.maven_settings`).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Language plugins")]
     pub maven_settings: Option<PathBuf>,
 
     /// Manifest format: oci, or docker (Docker v2 schema 2).
-    #[arg(long, default_value = "oci", value_parser = ["oci", "docker"])]
+    #[arg(long, default_value = "oci", value_parser = ["oci", "docker"], help_heading = "Image config")]
     pub format: String,
 
     /// The platform of the base to build on.
-    #[arg(long, default_value = "linux/amd64", value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(
+        long,
+        default_value = "linux/amd64",
+        value_name = "OS/ARCH[/VARIANT]",
+        help_heading = "Image config"
+    )]
     pub platform: String,
 
     /// The registry cache repository (default: `<image repo>/ftl-cache`).
-    #[arg(long, value_name = "REPO")]
+    #[arg(long, value_name = "REPO", help_heading = "Cache")]
     pub cache_repo: Option<String>,
 
     /// Do not use a registry cache repository.
-    #[arg(long, conflicts_with = "cache_repo")]
+    #[arg(long, conflicts_with = "cache_repo", help_heading = "Cache")]
     pub no_registry_cache: bool,
 
     /// Skip cache lookups (results are still recorded).
-    #[arg(long)]
+    #[arg(long, help_heading = "Cache")]
     pub no_cache: bool,
 
     /// The local cache directory [default: $FTL_CACHE_DIR, else ~/.cache/ftl].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
 
     /// How long layers of unpinned dependencies stay cached.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Cache")]
     pub cache_ttl: Duration,
 
     /// Start the image in the sandbox and wait for an HTTP answer on $PORT.
-    #[arg(long)]
+    #[arg(long, help_heading = "Verification")]
     pub verify: bool,
 
     /// Verify by running this command in the image instead (exit 0 passes).
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", help_heading = "Verification")]
     pub verify_cmd: Option<String>,
 
     /// How long verification may take.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Verification")]
     pub verify_timeout: Duration,
 
     /// CA bundle handed (read-only) to install steps that reach the network
     /// [default: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt].
     /// Never written into a layer, the config or a cache key.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = "Build steps")]
     pub build_ca: Option<PathBuf>,
 
     /// Do not hand the host's CA bundle to install steps.
-    #[arg(long, conflicts_with = "build_ca")]
+    #[arg(long, conflicts_with = "build_ca", help_heading = "Build steps")]
     pub no_build_ca: bool,
 
     /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
-    #[arg(long)]
+    #[arg(long, help_heading = "Build steps")]
     pub no_build_proxy: bool,
 
     /// The OCI runtime for build steps and verification: ftl (embedded),
     /// runsc, runc, crun, or a path.
-    #[arg(long, default_value = "ftl", value_name = "RUNTIME")]
+    #[arg(
+        long,
+        default_value = "ftl",
+        value_name = "RUNTIME",
+        help_heading = "Build steps"
+    )]
     pub sandbox_runtime: String,
 
     #[command(flatten)]

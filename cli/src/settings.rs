@@ -9,6 +9,7 @@ use ftl_registry_client::{Client, ClientSettings};
 
 /// Registry connection flags, shared by every command that talks to one.
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Registry")]
 pub struct RegistryArgs {
     /// Talk plain HTTP to this registry host (repeatable). localhost and
     /// 127.0.0.0/8 always use plain HTTP.

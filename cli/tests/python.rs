@@ -328,3 +328,44 @@ fn two_builds_at_once_share_the_cache() {
     assert_eq!(again["layers_built"], 0);
     assert_eq!(again["digest"], reports[0]["digest"]);
 }
+
+#[test]
+fn a_c_extension_builds_from_sdist_in_the_sandbox() {
+    let rig = rig();
+    ftl_test_support::base_images::push_base_image(
+        "python-build",
+        &rig.registry.host(),
+        "base/python-build",
+    )
+    .unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let app = testdata("cext");
+    let image = rig.image("py/cext:v1");
+    let report = rig
+        .build(
+            cache.path(),
+            &app,
+            &rig.base("python-build"),
+            &image,
+            &["--verify"],
+        )
+        .report();
+    assert_eq!(report["verify"]["status"], 200, "{report:#}");
+    let names: Vec<String> = app_layers(&report).into_iter().map(|l| l.0).collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("python: mmh3==")),
+        "{names:?}"
+    );
+
+    // The same app on a base without a compiler fails, saying so.
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("python"),
+        &rig.image("py/cext-nocc:v1"),
+        &[],
+    );
+    let err = run.error();
+    assert!(err.contains("mmh3") && err.contains("compiler"), "{err}");
+    assert!(rig.registry.tags("py/cext-nocc").is_empty());
+}
