@@ -70,13 +70,7 @@ curl -sf "http://127.0.0.1:$PORT/v2/" >/dev/null || die "registry did not start:
 HOST=127.0.0.1:$PORT
 
 # 2. base image ----------------------------------------------------------------
-HASH=$(sha256sum "$ROOT/scripts/base-image.sh" | cut -c1-16)
-BASE_DIR=${FTL_TEST_CACHE:-$HOME/.cache/ftl-test}/base-images/java-$HASH
-if [[ ! -f $BASE_DIR/index.json ]]; then
-    echo "building the java base image into $BASE_DIR ..." >&2
-    mkdir -p "$(dirname "$BASE_DIR")"
-    bash "$ROOT/scripts/base-image.sh" java "$BASE_DIR.tmp.$$" >/dev/null && mv "$BASE_DIR.tmp.$$" "$BASE_DIR"
-fi
+BASE_DIR=$(cd "$ROOT" && cargo xtask base-image java) || die "cannot build the java base image"
 skopeo copy --quiet --dest-tls-verify=false --dest-no-creds "oci:$BASE_DIR:latest" "docker://$HOST/base/java:latest"
 BASE=$HOST/base/java:latest
 

@@ -99,6 +99,15 @@ fn demo(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Prints the OCI layout directory of a test base image, building it first
+/// if this machine has not (for scripts: one definition of the cache).
+fn base_image(args: &[String]) -> Result<()> {
+    let name = args.first().context("usage: cargo xtask base-image NAME")?;
+    let dir = ftl_test_support::base_images::ensure_base_image(name)?;
+    println!("{}", dir.display());
+    Ok(())
+}
+
 fn test() -> Result<()> {
     ensure_deps()?;
     let cargo = env!("CARGO");
@@ -125,6 +134,7 @@ fn main() {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench::main(&args[1..]),
+        Some("base-image") => base_image(&args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask demo [APP_DIR] | test | bench [layers|push|noop|python|node|all]"
