@@ -338,3 +338,70 @@ fn multi_module_build_layers_the_sibling_module_jar() {
         .report();
     assert_eq!(uploaded(&change), ["java: project modules"], "{change:#}");
 }
+
+/// Files below `dir`, recursively.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => todo.push(p),
+                Ok(t) if t.is_file() => out.push(p),
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of `f`, gunzipped when it is gzip.
+fn plain(f: &Path) -> Vec<u8> {
+    let raw = std::fs::read(f).unwrap_or_default();
+    if raw.starts_with(&[0x1f, 0x8b]) {
+        let out = std::process::Command::new("gzip").arg("-dc").arg(f).output().unwrap();
+        return out.stdout;
+    }
+    raw
+}
+
+#[test]
+fn maven_settings_secrets_reach_no_layer_config_cache_or_report() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("hello-maven");
+    // The project's own settings (picked up without --maven-settings), with
+    // a server password.
+    let secret = "ftl-maven-secret-5b1f0e";
+    let settings = std::fs::read_to_string(testdata("settings-offline.xml")).unwrap();
+    let with_secret = settings.replace(
+        "<mirrors>",
+        &format!("<servers><server><id>private</id><username>me</username><password>{secret}</password></server></servers>\n  <mirrors>"),
+    );
+    std::fs::write(app.join("settings.xml"), with_secret).unwrap();
+    let image = rig.image("java/secret:e2e");
+    let run = rig.build(cache.path(), &app, &rig.base("java"), &image, &["--set", "java.builder=host"]);
+    let report = run.report();
+    assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
+
+    let ours: Vec<String> = app_layers(&report)
+        .into_iter()
+        .map(|l| l.1.trim_start_matches("sha256:").to_string())
+        .chain([report["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string()])
+        .collect();
+    let mut checked = 0;
+    for f in files_below(&rig.registry.storage_dir()) {
+        if ours.iter().any(|hex| f.components().any(|c| c.as_os_str() == hex.as_str())) {
+            assert!(!plain(&f).windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in {}", f.display());
+            checked += 1;
+        }
+    }
+    assert!(checked >= ours.len(), "checked {checked} registry files");
+    for f in files_below(cache.path()) {
+        if f.components().any(|c| c.as_os_str() == "rootfs" || c.as_os_str() == "persistent") {
+            continue;
+        }
+        assert!(!plain(&f).windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in {}", f.display());
+    }
+}
