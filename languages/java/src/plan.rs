@@ -36,7 +36,9 @@ if [ -n "$j" ]; then
 fi
 if [ -n "$m" ]; then
   m=$(readlink -f "$m"); echo "mvn=$m"
-  for f in "$(dirname "$(dirname "$m")")"/lib/maven-core-*.jar; do [ -e "$f" ] && echo "maven_core=${f##*/}"; done
+  mh=$(dirname "$(dirname "$m")")
+  for f in "$mh"/lib/maven-core-*.jar; do [ -e "$f" ] && echo "maven_core=${f##*/} sha256:$(sha256sum < "$f" | cut -d' ' -f1)"; done
+  if [ -r "$mh/conf/settings.xml" ]; then echo "maven_global_settings=$(sha256sum < "$mh/conf/settings.xml" | cut -d' ' -f1)"; fi
 fi
 exit 0
 "#;
@@ -48,8 +50,11 @@ pub struct Toolchain {
     pub mvn: Option<String>,
     /// Lines of the JDK's `release` file that identify it.
     pub jdk: BTreeMap<String, String>,
-    /// e.g. `maven-core-3.8.7.jar`.
+    /// e.g. `maven-core-3.8.7.jar sha256:...` (the jar's hash: Debian's
+    /// is a versionless `maven-core-3.x.jar`).
     pub maven_core: Option<String>,
+    /// sha256 of Maven's global `conf/settings.xml` (mirrors, proxies).
+    pub maven_global_settings: Option<String>,
 }
 
 impl Toolchain {
@@ -59,6 +64,7 @@ impl Toolchain {
             mvn: None,
             jdk: BTreeMap::new(),
             maven_core: None,
+            maven_global_settings: None,
         };
         for line in stdout.lines() {
             let Some((k, v)) = line.split_once('=') else {
@@ -69,6 +75,7 @@ impl Toolchain {
                 "javac" => t.javac = Some(v),
                 "mvn" => t.mvn = Some(v),
                 "maven_core" => t.maven_core = Some(v),
+                "maven_global_settings" => t.maven_global_settings = Some(format!("sha256:{v}")),
                 k => {
                     if let Some(name) = k.strip_prefix("jdk.") {
                         t.jdk.insert(name.to_string(), v);
@@ -353,6 +360,7 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         "build": build_key.hex,
         "maven_settings": settings_doc,
         "maven": toolchain.maven_core,
+        "maven_global_settings": toolchain.maven_global_settings,
         "maven_args": settings.maven_args,
         "module": module,
         "dependency_plugin": dependency_plugin,

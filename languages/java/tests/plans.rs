@@ -45,7 +45,8 @@ jdk.JAVA_RUNTIME_VERSION=\"17.0.15+6-Debian-1deb12u1\"
 jdk.JAVA_VERSION=\"17.0.15\"
 jdk.OS_ARCH=\"x86_64\"
 mvn=/usr/share/maven/bin/mvn
-maven_core=maven-core-3.8.7.jar
+maven_core=maven-core-3.x.jar sha256:5d9c9d5f3e0b8d3f7d1ab0c4b1a7e3b3a4c2f2e1d0c9b8a7f6e5d4c3b2a19081
+maven_global_settings=0f0c07dfc1da3a2a8bd3e37fe2cb4c3e3e8bb5e9c0e1b4f1b0c7c3a5a1d2e3f4
 ";
 
 /// Answers the probe; on `mvn package` runs `maven` (a fake Maven) with
