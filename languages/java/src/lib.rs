@@ -10,7 +10,7 @@
 //!
 //! | layer | image path | key |
 //! |---|---|---|
-//! | release dependencies | `<app>/libs/` | poms, Maven settings, Maven version |
+//! | release dependencies | `<app>/libs/` | poms, `.mvn/`, Maven settings (hashed), Maven identity, `java.maven_args` |
 //! | snapshot dependencies (when a pom names one) | `<app>/libs/` | the same; unpinned (TTL) |
 //! | project modules (multi-module builds) | `<app>/libs/` | + the other modules' files, JDK |
 //! | resources | `<app>/resources/` | + the app module's `src/main/resources` |
@@ -30,6 +30,20 @@
 //!
 //! The entrypoint is `java <flags> -cp <app>/resources:<app>/classes:<app>/libs/* <Main-Class>`,
 //! `PORT=8080`.
+//!
+//! Where Maven runs: a JRE base image has no JDK or Maven, so the build step
+//! runs on the root `java.builder` names ([`ftl::StepRoot`]): the base
+//! (default; an error naming the alternatives when it lacks `javac` or
+//! `mvn`), a builder image (`maven:3-eclipse-temurin-17`: the production
+//! choice), or the host's system directories read-only (CI and tests). The
+//! toolchain is probed where Maven will run (JDK `release` file, Maven core
+//! jar and global settings hashes) and is part of the keys.
+//!
+//! The local Maven repository persists across builds on a machine
+//! (`<cache>/persistent/java-maven-repo`), mounted read-write into every
+//! Maven run: it makes rebuilds fast, but every build on the machine can
+//! write to it, so builds of mutually untrusted tenants (`ftl serve`)
+//! should get separate cache directories.
 //!
 //! Settings (`--set name=value`):
 //!
