@@ -7,16 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use ftl::engine::{
-    BuildEnv, BuildRequest, Engine, EngineSettings, Output, SandboxRuntime, VerifySpec,
-};
+use ftl::engine::{BuildRequest, Output, VerifySpec};
 use ftl::image::{ConfigOverrides, ManifestFormat};
-use ftl::layer::LayerSettings;
 use ftl::{BuildOptions, LanguagePlugin};
 use ftl_registry_client::{Platform, Reference};
 
 use crate::progress::Progress;
-use crate::settings::{default_cache_dir, host_ca_bundle, host_proxy_env, RegistryArgs};
+use crate::settings::{default_cache_dir, RegistryArgs, StepArgs};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -156,29 +153,8 @@ pub struct BuildArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Verification")]
     pub verify_timeout: Duration,
 
-    /// CA bundle handed (read-only) to install steps that reach the network
-    /// [default: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt].
-    /// Never written into a layer, the config or a cache key.
-    #[arg(long, value_name = "FILE", help_heading = "Build steps")]
-    pub build_ca: Option<PathBuf>,
-
-    /// Do not hand the host's CA bundle to install steps.
-    #[arg(long, conflicts_with = "build_ca", help_heading = "Build steps")]
-    pub no_build_ca: bool,
-
-    /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
-    #[arg(long, help_heading = "Build steps")]
-    pub no_build_proxy: bool,
-
-    /// The OCI runtime for build steps and verification: ftl (embedded),
-    /// runsc, runc, crun, or a path.
-    #[arg(
-        long,
-        default_value = "ftl",
-        value_name = "RUNTIME",
-        help_heading = "Build steps"
-    )]
-    pub sandbox_runtime: String,
+    #[command(flatten)]
+    pub steps: StepArgs,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -378,37 +354,10 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         let abs = abs.to_string_lossy().into_owned();
         options.settings.insert("java.maven_settings".into(), abs);
     }
-    let layer =
-        LayerSettings::with_source_date_epoch(std::env::var("SOURCE_DATE_EPOCH").ok().as_deref())?;
-    let ca_bundle = if args.no_build_ca {
-        None
-    } else if let Some(ca) = &args.build_ca {
-        anyhow::ensure!(ca.is_file(), "--build-ca {} does not exist", ca.display());
-        Some(ca.clone())
-    } else {
-        host_ca_bundle()
-    };
     let cache_dir = args.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    std::fs::create_dir_all(cache_dir.join("tmp"))
-        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
-    let settings = EngineSettings {
-        cache_dir: cache_dir.clone(),
-        layer,
-        unpinned_ttl: args.cache_ttl,
-        build_env: BuildEnv {
-            ca_bundle,
-            proxy_env: if args.no_build_proxy {
-                Vec::new()
-            } else {
-                host_proxy_env()
-            },
-        },
-    };
-    let runtime = Arc::new(SandboxRuntime {
-        sandbox: ftl_sandbox::Sandbox::from_name(&args.sandbox_runtime),
-        state_root: cache_dir.join("sandbox-state"),
-    });
-    let engine = Engine::new(args.registry.client()?, settings, runtime, plugins())?;
+    let engine = args
+        .steps
+        .engine(&args.registry, &cache_dir, args.cache_ttl)?;
     let verify = (args.verify || args.verify_cmd.is_some())
         .then(|| -> Result<VerifySpec> {
             Ok(VerifySpec {

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use ftl::engine::{BuildEnv, Engine, EngineSettings, SandboxRuntime};
-use ftl::layer::LayerSettings;
 use ftl_server::ServerConfig;
 
-use crate::settings::{host_ca_bundle, host_proxy_env, RegistryArgs};
+use crate::settings::{RegistryArgs, StepArgs};
 
 #[derive(Args, Debug)]
 #[command(after_help = "\
@@ -76,23 +74,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub cache_ttl: Duration,
 
-    /// CA bundle handed (read-only) to install steps that reach the network
-    /// [default: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt].
-    #[arg(long, value_name = "FILE")]
-    pub build_ca: Option<PathBuf>,
-
-    /// Do not hand the host's CA bundle to install steps.
-    #[arg(long, conflicts_with = "build_ca")]
-    pub no_build_ca: bool,
-
-    /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
-    #[arg(long)]
-    pub no_build_proxy: bool,
-
-    /// The OCI runtime for build steps and verification: ftl (embedded),
-    /// runsc, runc, crun, or a path.
-    #[arg(long, default_value = "ftl", value_name = "RUNTIME")]
-    pub sandbox_runtime: String,
+    #[command(flatten)]
+    pub steps: StepArgs,
 
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -139,41 +122,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .cache_dir
         .clone()
         .unwrap_or_else(|| state_dir.join("cache"));
-    std::fs::create_dir_all(cache_dir.join("tmp"))
-        .with_context(|| format!("cannot create the cache directory {}", cache_dir.display()))?;
-    let ca_bundle = if args.no_build_ca {
-        None
-    } else if let Some(ca) = &args.build_ca {
-        anyhow::ensure!(ca.is_file(), "--build-ca {} does not exist", ca.display());
-        Some(ca.clone())
-    } else {
-        host_ca_bundle()
-    };
-    let settings = EngineSettings {
-        cache_dir: cache_dir.clone(),
-        layer: LayerSettings::with_source_date_epoch(
-            std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
-        )?,
-        unpinned_ttl: args.cache_ttl,
-        build_env: BuildEnv {
-            ca_bundle,
-            proxy_env: if args.no_build_proxy {
-                Vec::new()
-            } else {
-                host_proxy_env()
-            },
-        },
-    };
-    let runtime = Arc::new(SandboxRuntime {
-        sandbox: ftl_sandbox::Sandbox::from_name(&args.sandbox_runtime),
-        state_root: cache_dir.join("sandbox-state"),
-    });
-    let engine = Arc::new(Engine::new(
-        args.registry.client()?,
-        settings,
-        runtime,
-        crate::build::plugins(),
-    )?);
+    let engine = Arc::new(
+        args.steps
+            .engine(&args.registry, &cache_dir, args.cache_ttl)?,
+    );
     let config = ServerConfig {
         state_dir,
         workers: args.workers.max(1),

@@ -162,3 +162,81 @@ fn is_transport(e: &ftl_registry_client::Error) -> bool {
         _ => false,
     }
 }
+
+/// How build steps run: flags shared by `ftl build` and `ftl serve`.
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Build steps")]
+pub struct StepArgs {
+    /// CA bundle handed (read-only) to install steps that reach the network
+    /// [default: $SSL_CERT_FILE, else /etc/ssl/certs/ca-certificates.crt].
+    /// Never written into a layer, the config or a cache key.
+    #[arg(long, value_name = "FILE")]
+    pub build_ca: Option<PathBuf>,
+
+    /// Do not hand the host's CA bundle to install steps.
+    #[arg(long, conflicts_with = "build_ca")]
+    pub no_build_ca: bool,
+
+    /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
+    #[arg(long)]
+    pub no_build_proxy: bool,
+
+    /// The OCI runtime for build steps and verification: ftl (embedded),
+    /// runsc, runc, crun, or a path.
+    #[arg(long, default_value = "ftl", value_name = "RUNTIME")]
+    pub sandbox_runtime: String,
+}
+
+impl StepArgs {
+    /// The engine with ftl's plugins, its local cache at `cache_dir`
+    /// (created if missing), and unpinned layers living `unpinned_ttl`.
+    pub fn engine(
+        &self,
+        registry: &RegistryArgs,
+        cache_dir: &std::path::Path,
+        unpinned_ttl: std::time::Duration,
+    ) -> Result<ftl::engine::Engine> {
+        let ca_bundle = if self.no_build_ca {
+            None
+        } else if let Some(ca) = &self.build_ca {
+            anyhow::ensure!(ca.is_file(), "--build-ca {} does not exist", ca.display());
+            Some(ca.clone())
+        } else {
+            host_ca_bundle()
+        };
+        std::fs::create_dir_all(cache_dir.join("tmp")).with_context(|| {
+            format!("cannot create the cache directory {}", cache_dir.display())
+        })?;
+        let settings = ftl::engine::EngineSettings {
+            cache_dir: cache_dir.to_path_buf(),
+            layer: ftl::layer::LayerSettings::with_source_date_epoch(
+                std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
+            )?,
+            unpinned_ttl,
+            build_env: ftl::engine::BuildEnv {
+                ca_bundle,
+                proxy_env: if self.no_build_proxy {
+                    Vec::new()
+                } else {
+                    host_proxy_env()
+                },
+            },
+        };
+        let state_root = cache_dir.join("sandbox-state");
+        // Containers of a build that was killed left cgroups and state.
+        let removed = ftl_sandbox::state::gc(&state_root);
+        if !removed.is_empty() {
+            tracing::info!(count = removed.len(), "removed containers of killed builds");
+        }
+        let runtime = std::sync::Arc::new(ftl::engine::SandboxRuntime {
+            sandbox: ftl_sandbox::Sandbox::from_name(&self.sandbox_runtime),
+            state_root,
+        });
+        Ok(ftl::engine::Engine::new(
+            registry.client()?,
+            settings,
+            runtime,
+            crate::build::plugins(),
+        )?)
+    }
+}
