@@ -59,8 +59,9 @@ node)
     CMD='["node"]'
     ;;
 node-build)
-    # node plus a C/C++ toolchain, for native modules (node-gyp).
-    PACKAGES="nodejs npm ca-certificates g++ make python3"
+    # node plus a C/C++ toolchain, for native modules (node-gyp), and yarn
+    # (Debian's yarnpkg, yarn 1).
+    PACKAGES="nodejs npm ca-certificates g++ make python3 yarnpkg"
     CMD='["node"]'
     ;;
 java)

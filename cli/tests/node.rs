@@ -583,3 +583,35 @@ fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
     );
     assert_token_nowhere(rig, cache.path(), TOKEN);
 }
+
+#[test]
+fn yarn_lock_installs_with_the_base_yarn() {
+    let rig = rig();
+    let cache = shared_cache();
+    let image = rig.image("node/yarn:e2e");
+    let r = rig
+        .build(
+            cache.path(),
+            &testdata("yarn"),
+            &rig.base("node-build"),
+            &image,
+            &["--verify"],
+        )
+        .report();
+    assert_eq!(r["verify"]["status"], 200, "{r:#}");
+    let deps = layer_files(rig, &layer_digest(&r, "node_modules"));
+    assert!(
+        deps.iter().any(|f| f == "srv/node_modules/ms/package.json"),
+        "{deps:?}"
+    );
+    let again = rig
+        .build(
+            cache.path(),
+            &testdata("yarn"),
+            &rig.base("node-build"),
+            &image,
+            &[],
+        )
+        .report();
+    assert_eq!(again["layers_built"], 0);
+}

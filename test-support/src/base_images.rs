@@ -6,7 +6,7 @@
 //! | `python`        | bookworm minbase + python3 python3-venv python3-pip (3.11)      |
 //! | `python-trixie` | trixie minbase + python3 python3-venv python3-pip (3.13)        |
 //! | `node`          | bookworm minbase + nodejs npm (node 18)                         |
-//! | `node-build`    | `node` + g++ make python3 (native modules with node-gyp)        |
+//! | `node-build`    | `node` + g++ make python3 (node-gyp) + yarnpkg (yarn 1)         |
 //! | `java`          | bookworm minbase + openjdk-17-jre-headless                      |
 //!
 //! All include ca-certificates. Each is one gzip layer tagged `latest`.

@@ -31,15 +31,21 @@ pub(crate) struct Mounts {
 /// The package manager that installs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Manager {
-    Npm { version: String },
-    Yarn { version: String },
+    Npm {
+        version: String,
+    },
+    /// `bin`: the yarn found in the base (`yarn`, or Debian's `yarnpkg`).
+    Yarn {
+        version: String,
+        bin: String,
+    },
 }
 
 impl Manager {
     pub fn key_doc(&self) -> Value {
         match self {
             Manager::Npm { version } => json!({"tool": "npm", "version": version}),
-            Manager::Yarn { version } => json!({"tool": "yarn", "version": version}),
+            Manager::Yarn { version, .. } => json!({"tool": "yarn", "version": version}),
         }
     }
 
@@ -63,11 +69,16 @@ impl Manager {
                 a.extend(["--no-audit", "--no-fund", "--no-update-notifier"]);
                 a
             }
-            Manager::Yarn { version } if Self::yarn_berry(version) => {
-                vec!["yarn", "install", "--immutable"]
+            Manager::Yarn { version, bin } if Self::yarn_berry(version) => {
+                vec![bin.as_str(), "install", "--immutable"]
             }
-            Manager::Yarn { .. } => {
-                let mut a = vec!["yarn", "install", "--frozen-lockfile", "--non-interactive"];
+            Manager::Yarn { bin, .. } => {
+                let mut a = vec![
+                    bin.as_str(),
+                    "install",
+                    "--frozen-lockfile",
+                    "--non-interactive",
+                ];
                 if production {
                     a.push("--production");
                 }
@@ -84,10 +95,10 @@ impl Manager {
         self.install_args(locked, production).join(" ")
     }
 
-    pub fn run_command(&self) -> &'static str {
+    pub fn run_command(&self) -> String {
         match self {
-            Manager::Npm { .. } => "npm run",
-            Manager::Yarn { .. } => "yarn run",
+            Manager::Npm { .. } => "npm run".to_string(),
+            Manager::Yarn { bin, .. } => format!("{bin} run"),
         }
     }
 }
@@ -263,6 +274,11 @@ impl InstallPlan {
                 None => e.in_file(lock_file, None),
             };
             return e;
+        }
+        if text.contains("Your lockfile needs to be updated") {
+            return PluginError::new("yarn.lock is out of sync with package.json")
+                .in_file("yarn.lock", None)
+                .hint("run `yarn install` to update yarn.lock and add it to the app");
         }
         // A package (or version) that does not exist.
         let not_found = text.lines().find_map(|l| {
@@ -600,6 +616,7 @@ mod tests {
         );
         let yarn = Manager::Yarn {
             version: "1.22.19".into(),
+            bin: "yarn".into(),
         };
         assert_eq!(
             yarn.install_command(true, true),

@@ -93,6 +93,7 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
             };
             Manager::Yarn {
                 version: yarn.version.clone().unwrap_or_default(),
+                bin: yarn.path.clone(),
             }
         }
         _ => {

@@ -411,3 +411,32 @@ fn local_path_dependencies_are_refused_clearly() {
     assert_eq!(e.line, Some(5), "{e}");
     assert!(e.to_string().contains("`mine` is a local path"), "{e}");
 }
+
+#[test]
+fn yarn_lock_uses_the_base_yarn() {
+    let mut probe = bookworm_probe();
+    probe["yarn"] = json!({"path": "/usr/bin/yarnpkg", "version": "1.22.19"});
+    let p = plan_full(
+        &testdata("yarn"),
+        &BuildOptions::default(),
+        &ProbeExec::new(probe),
+        &base_with_env(&[]),
+    )
+    .unwrap();
+    let deps = &p.layers[0];
+    assert_eq!(deps.name, "node_modules");
+    assert!(deps.pinned);
+    assert!(
+        deps.created_by.contains(
+            "/usr/bin/yarnpkg install --frozen-lockfile --non-interactive --production (yarn.lock)"
+        ),
+        "{}",
+        deps.created_by
+    );
+    let inputs = deps.key.inputs();
+    assert_eq!(
+        inputs["manager"],
+        json!({"tool": "yarn", "version": "1.22.19"})
+    );
+    assert_eq!(inputs["lockfile"]["file"], "yarn.lock");
+}
