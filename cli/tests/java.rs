@@ -360,7 +360,11 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 fn plain(f: &Path) -> Vec<u8> {
     let raw = std::fs::read(f).unwrap_or_default();
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let out = std::process::Command::new("gzip").arg("-dc").arg(f).output().unwrap();
+        let out = std::process::Command::new("gzip")
+            .arg("-dc")
+            .arg(f)
+            .output()
+            .unwrap();
         return out.stdout;
     }
     raw
@@ -381,27 +385,54 @@ fn maven_settings_secrets_reach_no_layer_config_cache_or_report() {
     );
     std::fs::write(app.join("settings.xml"), with_secret).unwrap();
     let image = rig.image("java/secret:e2e");
-    let run = rig.build(cache.path(), &app, &rig.base("java"), &image, &["--set", "java.builder=host"]);
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("java"),
+        &image,
+        &["--set", "java.builder=host"],
+    );
     let report = run.report();
     assert!(!run.stdout.contains(secret) && !run.stderr.contains(secret));
 
     let ours: Vec<String> = app_layers(&report)
         .into_iter()
         .map(|l| l.1.trim_start_matches("sha256:").to_string())
-        .chain([report["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string()])
+        .chain([report["digest"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string()])
         .collect();
     let mut checked = 0;
     for f in files_below(&rig.registry.storage_dir()) {
-        if ours.iter().any(|hex| f.components().any(|c| c.as_os_str() == hex.as_str())) {
-            assert!(!plain(&f).windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in {}", f.display());
+        if ours
+            .iter()
+            .any(|hex| f.components().any(|c| c.as_os_str() == hex.as_str()))
+        {
+            assert!(
+                !plain(&f)
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_bytes()),
+                "the secret is in {}",
+                f.display()
+            );
             checked += 1;
         }
     }
     assert!(checked >= ours.len(), "checked {checked} registry files");
     for f in files_below(cache.path()) {
-        if f.components().any(|c| c.as_os_str() == "rootfs" || c.as_os_str() == "persistent") {
+        if f.components()
+            .any(|c| c.as_os_str() == "rootfs" || c.as_os_str() == "persistent")
+        {
             continue;
         }
-        assert!(!plain(&f).windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in {}", f.display());
+        assert!(
+            !plain(&f)
+                .windows(secret.len())
+                .any(|w| w == secret.as_bytes()),
+            "the secret is in {}",
+            f.display()
+        );
     }
 }
