@@ -149,6 +149,42 @@ pub fn push_source_layer(
     Ok(())
 }
 
+/// The top-level `entrypoint:` scalar of an app.yaml and its line. A tiny
+/// reader: app.yaml's `entrypoint` is a one-line string.
+pub fn app_yaml_entrypoint(text: &str) -> Result<Option<(usize, String)>, PluginError> {
+    for (i, line) in text.lines().enumerate() {
+        let Some(rest) = line.strip_prefix("entrypoint:") else {
+            continue;
+        };
+        let mut value = rest.trim();
+        if let Some(hash) = value.find(" #") {
+            value = value[..hash].trim_end();
+        }
+        if value.starts_with('|') || value.starts_with('>') {
+            return Err(
+                PluginError::new("multi-line `entrypoint:` values are not supported")
+                    .in_file("app.yaml", Some(i + 1))
+                    .hint("write the command on one line"),
+            );
+        }
+        let unquoted = if value.len() >= 2
+            && ((value.starts_with('"') && value.ends_with('"'))
+                || (value.starts_with('\'') && value.ends_with('\'')))
+        {
+            let inner = &value[1..value.len() - 1];
+            if value.starts_with('\'') {
+                inner.replace("''", "'")
+            } else {
+                inner.replace("\\\"", "\"").replace("\\\\", "\\")
+            }
+        } else {
+            value.to_string()
+        };
+        return Ok(Some((i + 1, unquoted)));
+    }
+    Ok(None)
+}
+
 /// The plugin used when no language applies: the source tree at the app
 /// directory, nothing else. Entrypoint and cmd come from the user or the
 /// base.

@@ -165,6 +165,33 @@ impl ExecOutput {
         self.code == Some(0)
     }
 
+    /// How the command ended, in words: `exited with 1`, `timed out`,
+    /// `ran out of memory`, `was killed by signal 9`.
+    pub fn how_it_ended(&self) -> String {
+        if self.timed_out {
+            "timed out".to_string()
+        } else if self.oom {
+            "ran out of memory".to_string()
+        } else if let Some(s) = self.signal {
+            format!("was killed by signal {s}")
+        } else {
+            format!("exited with {}", self.code.unwrap_or(-1))
+        }
+    }
+
+    /// `self` when the command exited 0; otherwise an error saying `what`
+    /// failed, how, and its last 20 lines of output.
+    pub fn check(self, what: &str) -> Result<ExecOutput, PluginError> {
+        if self.success() {
+            return Ok(self);
+        }
+        Err(PluginError::new(format!(
+            "{what} {}:\n{}",
+            self.how_it_ended(),
+            self.tail(20)
+        )))
+    }
+
     /// The last `n` lines of stderr then stdout, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let mut text = String::from_utf8_lossy(&self.stdout).into_owned();

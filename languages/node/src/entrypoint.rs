@@ -29,7 +29,7 @@ pub fn find(
         PluginError::new(format!("cannot read app.yaml: {e}")).in_file("app.yaml", None)
     })?;
     if let Some(text) = app_yaml {
-        if let Some((line, cmd)) = app_yaml_entrypoint(&text)? {
+        if let Some((line, cmd)) = ftl::app::app_yaml_entrypoint(&text)? {
             if cmd.is_empty() {
                 return Err(PluginError::new("`entrypoint:` is empty")
                     .in_file("app.yaml", Some(line))
@@ -68,41 +68,6 @@ pub fn find(
     .hint("add `\"scripts\": {\"start\": \"node app.js\"}` to package.json, `entrypoint: <command>` to app.yaml, or pass --entrypoint; the app must serve HTTP on $PORT"))
 }
 
-/// The top-level `entrypoint:` scalar of an app.yaml and its line.
-fn app_yaml_entrypoint(text: &str) -> Result<Option<(usize, String)>, PluginError> {
-    for (i, line) in text.lines().enumerate() {
-        let Some(rest) = line.strip_prefix("entrypoint:") else {
-            continue;
-        };
-        let mut value = rest.trim();
-        if let Some(hash) = value.find(" #") {
-            value = value[..hash].trim_end();
-        }
-        if value.starts_with('|') || value.starts_with('>') {
-            return Err(
-                PluginError::new("multi-line `entrypoint:` values are not supported")
-                    .in_file("app.yaml", Some(i + 1))
-                    .hint("write the command on one line"),
-            );
-        }
-        let unquoted = if value.len() >= 2
-            && ((value.starts_with('"') && value.ends_with('"'))
-                || (value.starts_with('\'') && value.ends_with('\'')))
-        {
-            let inner = &value[1..value.len() - 1];
-            if value.starts_with('\'') {
-                inner.replace("''", "'")
-            } else {
-                inner.replace("\\\"", "\"").replace("\\\\", "\\")
-            }
-        } else {
-            value.to_string()
-        };
-        return Ok(Some((i + 1, unquoted)));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,10 +75,14 @@ mod tests {
     #[test]
     fn app_yaml_forms() {
         assert_eq!(
-            app_yaml_entrypoint("runtime: nodejs18\nentrypoint: node app.js # x\n").unwrap(),
+            ftl::app::app_yaml_entrypoint("runtime: nodejs18\nentrypoint: node app.js # x\n")
+                .unwrap(),
             Some((2, "node app.js".to_string()))
         );
-        assert_eq!(app_yaml_entrypoint("runtime: nodejs18\n").unwrap(), None);
-        assert!(app_yaml_entrypoint("entrypoint: |\n  a\n").is_err());
+        assert_eq!(
+            ftl::app::app_yaml_entrypoint("runtime: nodejs18\n").unwrap(),
+            None
+        );
+        assert!(ftl::app::app_yaml_entrypoint("entrypoint: |\n  a\n").is_err());
     }
 }

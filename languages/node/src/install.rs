@@ -419,22 +419,6 @@ fn package_in(line: &str) -> Option<String> {
     Some(package_name(spec))
 }
 
-fn check(out: ExecOutput, what: &str) -> Result<ExecOutput, PluginError> {
-    if out.success() {
-        return Ok(out);
-    }
-    let how = if out.timed_out {
-        "timed out".to_string()
-    } else if out.oom {
-        "ran out of memory".to_string()
-    } else if let Some(s) = out.signal {
-        format!("was killed by signal {s}")
-    } else {
-        format!("exited with {}", out.code.unwrap_or(-1))
-    };
-    Err(PluginError::new(format!("{what} {how}:\n{}", out.tail(20))))
-}
-
 /// Installs the production dependencies from package.json and the lockfile
 /// only (no app source), and returns `node_modules`.
 pub(crate) struct DepsStep {
@@ -543,12 +527,13 @@ impl BuildStep for GcpBuildStep {
         args.push("gcp-build".into());
         let label = format!("{} gcp-build", plan.manager.run_command());
         let out = ctx.exec.run(&plan.request(&label, args, &app, &mounts))?;
-        check(out, "the `gcp-build` script of package.json").map_err(|e| {
-            e.in_file(
-                "package.json",
-                plan.pkg.line_of_key("gcp-build", Some("scripts")),
-            )
-        })?;
+        out.check("the `gcp-build` script of package.json")
+            .map_err(|e| {
+                e.in_file(
+                    "package.json",
+                    plan.pkg.line_of_key("gcp-build", Some("scripts")),
+                )
+            })?;
         // Dev dependencies are not shipped; production ones are their own
         // layer.
         let modules = app.join("node_modules");

@@ -35,7 +35,7 @@ pub fn find(
         });
     }
     if let Some(text) = read(source, "app.yaml")? {
-        if let Some((line, cmd)) = app_yaml_entrypoint(&text)? {
+        if let Some((line, cmd)) = ftl::app::app_yaml_entrypoint(&text)? {
             if cmd.is_empty() {
                 return Err(PluginError::new("`entrypoint:` is empty")
                     .in_file("app.yaml", Some(line))
@@ -79,42 +79,6 @@ pub fn find(
     ))
 }
 
-/// The top-level `entrypoint:` scalar of an app.yaml and its line. A tiny
-/// reader: app.yaml's `entrypoint` is a one-line string.
-fn app_yaml_entrypoint(text: &str) -> Result<Option<(usize, String)>, PluginError> {
-    for (i, line) in text.lines().enumerate() {
-        let Some(rest) = line.strip_prefix("entrypoint:") else {
-            continue;
-        };
-        let mut value = rest.trim();
-        if let Some(hash) = value.find(" #") {
-            value = value[..hash].trim_end();
-        }
-        if value.starts_with('|') || value.starts_with('>') {
-            return Err(
-                PluginError::new("multi-line `entrypoint:` values are not supported")
-                    .in_file("app.yaml", Some(i + 1))
-                    .hint("write the command on one line"),
-            );
-        }
-        let unquoted = if value.len() >= 2
-            && ((value.starts_with('"') && value.ends_with('"'))
-                || (value.starts_with('\'') && value.ends_with('\'')))
-        {
-            let inner = &value[1..value.len() - 1];
-            if value.starts_with('\'') {
-                inner.replace("''", "'")
-            } else {
-                inner.replace("\\\"", "\"").replace("\\\\", "\\")
-            }
-        } else {
-            value.to_string()
-        };
-        return Ok(Some((i + 1, unquoted)));
-    }
-    Ok(None)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,14 +87,17 @@ mod tests {
     fn app_yaml_forms() {
         let t = "runtime: python312\nentrypoint: gunicorn -b :$PORT main:app  # web\nenv_variables:\n  entrypoint: nope\n";
         assert_eq!(
-            app_yaml_entrypoint(t).unwrap(),
+            ftl::app::app_yaml_entrypoint(t).unwrap(),
             Some((2, "gunicorn -b :$PORT main:app".to_string()))
         );
         assert_eq!(
-            app_yaml_entrypoint("entrypoint: 'python main.py'\n").unwrap(),
+            ftl::app::app_yaml_entrypoint("entrypoint: 'python main.py'\n").unwrap(),
             Some((1, "python main.py".into()))
         );
-        assert_eq!(app_yaml_entrypoint("runtime: python312\n").unwrap(), None);
-        assert!(app_yaml_entrypoint("entrypoint: >\n  a\n").is_err());
+        assert_eq!(
+            ftl::app::app_yaml_entrypoint("runtime: python312\n").unwrap(),
+            None
+        );
+        assert!(ftl::app::app_yaml_entrypoint("entrypoint: >\n  a\n").is_err());
     }
 }

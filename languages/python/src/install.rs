@@ -99,22 +99,6 @@ fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> PluginError {
     PluginError::new(format!("{what} {}: {e}", path.display()))
 }
 
-fn check(out: ExecOutput, what: &str) -> Result<ExecOutput, PluginError> {
-    if out.success() {
-        return Ok(out);
-    }
-    let how = if out.timed_out {
-        "timed out".to_string()
-    } else if out.oom {
-        "ran out of memory".to_string()
-    } else if let Some(s) = out.signal {
-        format!("was killed by signal {s}")
-    } else {
-        format!("exited with {}", out.code.unwrap_or(-1))
-    };
-    Err(PluginError::new(format!("{what} {how}:\n{}", out.tail(20))))
-}
-
 impl DepsStep {
     fn mounts(&self, env: &Path, work: &Path, pip_cache: &Path) -> Vec<ExecMount> {
         vec![
@@ -422,11 +406,9 @@ impl BuildStep for DepsStep {
             "--without-pip".into(),
             venv.clone(),
         ];
-        check(
-            ctx.exec
-                .run(&self.request("python -m venv", make_venv, &run))?,
-            "creating the virtualenv",
-        )?;
+        ctx.exec
+            .run(&self.request("python -m venv", make_venv, &run))?
+            .check("creating the virtualenv")?;
         // With directories, so that empty ones (site-packages) exist.
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
