@@ -218,3 +218,28 @@ impl LanguagePlugin for GenericPlugin {
         Ok(plan)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::app_yaml_entrypoint;
+
+    #[test]
+    fn app_yaml_forms() {
+        let t = "runtime: python312\nentrypoint: gunicorn -b :$PORT main:app  # web\nenv_variables:\n  entrypoint: nope\n";
+        assert_eq!(
+            app_yaml_entrypoint(t).unwrap(),
+            Some((2, "gunicorn -b :$PORT main:app".to_string()))
+        );
+        assert_eq!(
+            app_yaml_entrypoint("entrypoint: 'python main.py'\n").unwrap(),
+            Some((1, "python main.py".into()))
+        );
+        assert_eq!(
+            app_yaml_entrypoint("entrypoint: \"node app.js\"\n").unwrap(),
+            Some((1, "node app.js".into()))
+        );
+        assert_eq!(app_yaml_entrypoint("runtime: nodejs18\n").unwrap(), None);
+        assert!(app_yaml_entrypoint("entrypoint: >\n  a\n").is_err());
+        assert!(app_yaml_entrypoint("entrypoint: |\n  a\n").is_err());
+    }
+}

@@ -67,22 +67,3 @@ pub fn find(
     .in_file("package.json", None)
     .hint("add `\"scripts\": {\"start\": \"node app.js\"}` to package.json, `entrypoint: <command>` to app.yaml, or pass --entrypoint; the app must serve HTTP on $PORT"))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn app_yaml_forms() {
-        assert_eq!(
-            ftl::app::app_yaml_entrypoint("runtime: nodejs18\nentrypoint: node app.js # x\n")
-                .unwrap(),
-            Some((2, "node app.js".to_string()))
-        );
-        assert_eq!(
-            ftl::app::app_yaml_entrypoint("runtime: nodejs18\n").unwrap(),
-            None
-        );
-        assert!(ftl::app::app_yaml_entrypoint("entrypoint: |\n  a\n").is_err());
-    }
-}

@@ -78,26 +78,3 @@ pub fn find(
         "add `entrypoint: <command>` to app.yaml, a Procfile with a `web: <command>` line, or pass --entrypoint; the command must serve HTTP on $PORT",
     ))
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn app_yaml_forms() {
-        let t = "runtime: python312\nentrypoint: gunicorn -b :$PORT main:app  # web\nenv_variables:\n  entrypoint: nope\n";
-        assert_eq!(
-            ftl::app::app_yaml_entrypoint(t).unwrap(),
-            Some((2, "gunicorn -b :$PORT main:app".to_string()))
-        );
-        assert_eq!(
-            ftl::app::app_yaml_entrypoint("entrypoint: 'python main.py'\n").unwrap(),
-            Some((1, "python main.py".into()))
-        );
-        assert_eq!(
-            ftl::app::app_yaml_entrypoint("runtime: python312\n").unwrap(),
-            None
-        );
-        assert!(ftl::app::app_yaml_entrypoint("entrypoint: >\n  a\n").is_err());
-    }
-}
