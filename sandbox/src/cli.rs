@@ -1087,11 +1087,25 @@ fn do_cmd(
     command: Vec<String>,
 ) -> Result<i32, Fail> {
     let root = root.unwrap_or_else(|| PathBuf::from("/"));
+    let explicit_cwd = cwd.is_some();
     let cwd = cwd
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| PathBuf::from("/"));
     let mut step = crate::spec::StepSpec::new(&root, command);
     step.cwd = cwd.to_string_lossy().into_owned();
+    if !explicit_cwd {
+        // The caller's directory may lie below a mount of the sandbox's own
+        // (a fresh tmpfs /tmp): then start at the root rather than fail.
+        let hidden = crate::spec::spec_for_step(&step)
+            .mounts()
+            .iter()
+            .flatten()
+            .any(|m| cwd.starts_with(m.destination()));
+        if hidden {
+            tracing::debug!(cwd = %cwd.display(), "the current directory is hidden by a sandbox mount; starting in /");
+            step.cwd = "/".into();
+        }
+    }
     step.env = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
     step.network = if ctx.network == "host" {
         crate::spec::Network::Host
