@@ -184,11 +184,17 @@ fn push() -> Result<()> {
     // ~50 MB of real, compressible-as-usual files.
     let src = work.path().join("big");
     std::fs::create_dir_all(&src)?;
+    // ~50 MB of real files, twice: they compress about 2:1 at the default
+    // level, so the layer is about 50 MB.
     let mut total = 0;
     for d in real_tree(60 << 20) {
-        let dest = src.join(d.strip_prefix("/")?.to_string_lossy().replace('/', "_"));
-        copy_tree(&d, &dest)?;
-        total += walk_size(&dest);
+        let name = d.strip_prefix("/")?.to_string_lossy().replace('/', "_");
+        for copy in ["a", "b"] {
+            let dest = src.join(copy).join(&name);
+            std::fs::create_dir_all(dest.parent().expect("has a parent"))?;
+            copy_tree(&d, &dest)?;
+        }
+        total += walk_size(&d);
         if total >= 50 << 20 {
             break;
         }
