@@ -7,17 +7,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ftl_test_support::rig::{app_layers, copy_tree, Rig};
+use ftl_test_support::rig::{self, app_layers, built, digests, uploaded, Rig};
+
+fn testdata(app: &str) -> PathBuf {
+    rig::testdata("java", app)
+}
+
+/// A private copy of a testdata app, to edit.
+fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
+    rig::copy_app("java", app)
+}
 
 fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
     RIG.get_or_init(|| Rig::start(env!("CARGO_BIN_EXE_ftl"), &["java"]).expect("test rig starts"))
-}
-
-fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/java")
-        .join(app)
 }
 
 /// The offline Maven settings and the host toolchain.
@@ -31,34 +34,6 @@ fn maven_flags() -> Vec<String> {
         "--set".into(),
         "java.builder=host".into(),
     ]
-}
-
-/// A private copy of a testdata app, to edit.
-fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join(app);
-    copy_tree(&testdata(app), &dest).unwrap();
-    (tmp, dest)
-}
-
-fn built(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report)
-        .into_iter()
-        .filter(|l| l.2 == "built")
-        .map(|l| l.0)
-        .collect()
-}
-
-fn uploaded(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report)
-        .into_iter()
-        .filter(|l| l.3 == "uploaded")
-        .map(|l| l.0)
-        .collect()
-}
-
-fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
-    app_layers(report).into_iter().map(|l| (l.0, l.1)).collect()
 }
 
 fn flags<'a>(owned: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {

@@ -6,7 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use ftl_test_support::rig::{app_layers, copy_tree, Rig};
+use ftl_test_support::rig::{self, app_layers, built, uploaded, Rig};
+
+fn testdata(app: &str) -> PathBuf {
+    rig::testdata("node", app)
+}
+
+/// A private copy of a testdata app, to edit.
+fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
+    rig::copy_app("node", app)
+}
 
 fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
@@ -30,36 +39,6 @@ impl SharedCache {
 fn shared_cache() -> SharedCache {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     SharedCache(DIR.get_or_init(|| tempfile::tempdir().unwrap()).path())
-}
-
-fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/node")
-        .join(app)
-}
-
-/// A private copy of a testdata app, to edit.
-fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join(app);
-    copy_tree(&testdata(app), &dest).unwrap();
-    (tmp, dest)
-}
-
-fn built(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report)
-        .into_iter()
-        .filter(|l| l.2 == "built")
-        .map(|l| l.0)
-        .collect()
-}
-
-fn uploaded(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report)
-        .into_iter()
-        .filter(|l| l.3 == "uploaded")
-        .map(|l| l.0)
-        .collect()
 }
 
 fn layer_digest(report: &serde_json::Value, name: &str) -> String {

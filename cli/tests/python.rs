@@ -1,11 +1,20 @@
 //! The Python plugin end to end, as a user runs it: a real registry, base
 //! images built from Debian packages, real pip in ftl's sandbox.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use ftl_test_support::proxy::FaultProxy;
-use ftl_test_support::rig::{app_layers, copy_tree, Rig};
+use ftl_test_support::rig::{self, app_layers, built, digests, Rig};
+
+fn testdata(app: &str) -> PathBuf {
+    rig::testdata("python", app)
+}
+
+/// A private copy of a testdata app, to edit.
+fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
+    rig::copy_app("python", app)
+}
 
 fn rig() -> &'static Rig {
     static RIG: OnceLock<Rig> = OnceLock::new();
@@ -13,32 +22,6 @@ fn rig() -> &'static Rig {
         Rig::start(env!("CARGO_BIN_EXE_ftl"), &["python", "python-trixie"])
             .expect("test rig starts")
     })
-}
-
-fn testdata(app: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata/python")
-        .join(app)
-}
-
-/// A private copy of a testdata app, to edit.
-fn copy_app(app: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dest = tmp.path().join(app);
-    copy_tree(&testdata(app), &dest).unwrap();
-    (tmp, dest)
-}
-
-fn built(report: &serde_json::Value) -> Vec<String> {
-    app_layers(report)
-        .into_iter()
-        .filter(|l| l.2 == "built")
-        .map(|l| l.0)
-        .collect()
-}
-
-fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
-    app_layers(report).into_iter().map(|l| (l.0, l.1)).collect()
 }
 
 #[test]

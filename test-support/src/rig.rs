@@ -156,3 +156,43 @@ pub fn app_layers(report: &serde_json::Value) -> Vec<(String, String, String, St
         })
         .collect()
 }
+
+/// `testdata/<lang>/<app>` of this workspace.
+pub fn testdata(lang: &str, app: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata")
+        .join(lang)
+        .join(app)
+}
+
+/// A private copy of `testdata/<lang>/<app>`, to edit; the copy lives as
+/// long as the returned directory.
+pub fn copy_app(lang: &str, app: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("a temp dir");
+    let dest = tmp.path().join(app);
+    copy_tree(&testdata(lang, app), &dest).expect("the testdata app copies");
+    (tmp, dest)
+}
+
+/// Names of the layers a build report says were built.
+pub fn built(report: &serde_json::Value) -> Vec<String> {
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.2 == "built")
+        .map(|l| l.0)
+        .collect()
+}
+
+/// Names of the layers a build report says were uploaded.
+pub fn uploaded(report: &serde_json::Value) -> Vec<String> {
+    app_layers(report)
+        .into_iter()
+        .filter(|l| l.3 == "uploaded")
+        .map(|l| l.0)
+        .collect()
+}
+
+/// `(name, digest)` of each non-base layer of a build report.
+pub fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
+    app_layers(report).into_iter().map(|l| (l.0, l.1)).collect()
+}
