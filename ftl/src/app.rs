@@ -93,18 +93,19 @@ pub fn content_key(
     ))
 }
 
-/// Builds an application layer from source paths already on disk: the
-/// "build" just names the files.
-pub struct SourceFilesStep {
+/// A layer of files already on disk: `paths` (relative to `root`) placed
+/// at `to`. The "build" just names them.
+pub struct FilesStep {
+    pub root: PathBuf,
     pub to: String,
     pub paths: Vec<PathBuf>,
 }
 
-impl BuildStep for SourceFilesStep {
+impl BuildStep for FilesStep {
     fn build(
         &self,
         wanted: &[usize],
-        ctx: &StepContext<'_>,
+        _ctx: &StepContext<'_>,
     ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
         Ok(wanted
             .iter()
@@ -113,7 +114,7 @@ impl BuildStep for SourceFilesStep {
                     i,
                     LayerContents {
                         inputs: vec![LayerInput::Files {
-                            root: ctx.source.root().to_path_buf(),
+                            root: self.root.clone(),
                             to: self.to.clone(),
                             paths: self.paths.clone(),
                         }],
@@ -135,7 +136,8 @@ pub fn push_source_layer(
     to: &str,
 ) -> Result<(), PluginError> {
     let key = content_key(plugin, name, source, &paths, to)?;
-    plan.steps.push(Box::new(SourceFilesStep {
+    plan.steps.push(Box::new(FilesStep {
+        root: source.root().to_path_buf(),
         to: to.to_string(),
         paths,
     }));

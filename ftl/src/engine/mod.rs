@@ -392,8 +392,8 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         let mut built_entries: Vec<(CacheEntry, PathBuf)> = Vec::new();
+        let plan = Arc::new(plan);
         if !misses.is_empty() {
-            let plan = Arc::new(plan_layers_and_steps(plan));
             let entries = phase!(
                 "build",
                 self.build_misses(
@@ -416,28 +416,12 @@ impl Engine {
                 resolved[i].path = Some(path.clone());
                 built_entries.push((entry, path));
             }
-            probe_exec.flush_to_registry().await;
-            return self
-                .finish(
-                    req,
-                    &base,
-                    &plan.config,
-                    resolved,
-                    built_entries,
-                    &rootfs,
-                    &timer,
-                    observer,
-                    started,
-                    requests_before,
-                )
-                .await;
         }
         probe_exec.flush_to_registry().await;
-        let config = plan.config.clone();
         self.finish(
             req,
             &base,
-            &config,
+            &plan.config,
             resolved,
             built_entries,
             &rootfs,
@@ -500,7 +484,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     async fn build_misses(
         &self,
-        plan: Arc<StepsOnly>,
+        plan: Arc<LayerPlan>,
         misses: &[usize],
         source: Arc<SourceTree>,
         base_info: Arc<BaseInfo>,
@@ -985,21 +969,6 @@ impl Engine {
         })
         .await
         .map_err(join_err)?
-    }
-}
-
-/// The plan without its config (moved out), shareable across threads.
-struct StepsOnly {
-    layers: Vec<PlannedLayer>,
-    steps: Vec<Box<dyn BuildStep>>,
-    config: ConfigPatch,
-}
-
-fn plan_layers_and_steps(plan: LayerPlan) -> StepsOnly {
-    StepsOnly {
-        layers: plan.layers,
-        steps: plan.steps,
-        config: plan.config,
     }
 }
 

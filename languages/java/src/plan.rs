@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::jar::Jar;
 use crate::pom::{self, Pom};
-use crate::step::{JarStep, LibsStep, MavenStep};
+use crate::step::{JarStep, MavenStep};
 use crate::{Settings, DEFAULT_DEPENDENCY_PLUGIN};
 
 /// Bumped when the layout of any layer changes for the same inputs.
@@ -757,10 +757,10 @@ fn plan_jar(
             continue;
         }
         let key = content_key(PLUGIN, name, ctx.source, &group, &libs_to)?;
-        steps.push(Box::new(LibsStep {
+        steps.push(Box::new(ftl::app::FilesStep {
             root: ctx.source.root().join(lib),
             to: libs_to.clone(),
-            names: group
+            paths: group
                 .iter()
                 .map(|p| PathBuf::from(p.file_name().unwrap_or_default()))
                 .collect(),

@@ -403,37 +403,6 @@ impl BuildStep for MavenStep {
     }
 }
 
-/// A prebuilt app's dependency jars.
-pub(crate) struct LibsStep {
-    pub root: PathBuf,
-    pub to: String,
-    pub names: Vec<PathBuf>,
-}
-
-impl BuildStep for LibsStep {
-    fn build(
-        &self,
-        wanted: &[usize],
-        _ctx: &StepContext<'_>,
-    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
-        Ok(wanted
-            .iter()
-            .map(|&i| {
-                (
-                    i,
-                    LayerContents {
-                        inputs: vec![LayerInput::Files {
-                            root: self.root.clone(),
-                            to: self.to.clone(),
-                            paths: self.names.clone(),
-                        }],
-                    },
-                )
-            })
-            .collect())
-    }
-}
-
 /// A prebuilt jar, exploded into resources and classes.
 pub(crate) struct JarStep {
     pub plan: JarPlan,
