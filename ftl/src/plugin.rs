@@ -192,6 +192,25 @@ impl ExecOutput {
         )))
     }
 
+    /// Whether it failed because the command itself was not found (exit 127,
+    /// or the shell's or kernel's "not found" on stderr).
+    pub fn command_missing(&self) -> bool {
+        let stderr = String::from_utf8_lossy(&self.stderr);
+        self.code == Some(127) || stderr.contains("not found") || stderr.contains("No such file")
+    }
+
+    /// The last line of stdout that is a JSON object, parsed: how probes
+    /// report (anything the runtime prints before it is ignored).
+    pub fn json_line<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        let stdout = String::from_utf8_lossy(&self.stdout);
+        let line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with('{'))
+            .unwrap_or("");
+        serde_json::from_str(line)
+    }
+
     /// The last `n` lines of stderr then stdout, for error messages.
     pub fn tail(&self, n: usize) -> String {
         let mut text = String::from_utf8_lossy(&self.stdout).into_owned();

@@ -138,11 +138,7 @@ pub fn probe(exec: &dyn Exec, base_ref: &str) -> Result<Probe, PluginError> {
     req.timeout = Duration::from_secs(60);
     let out = exec.run(&req)?;
     if !out.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let missing = out.code == Some(127)
-            || stderr.contains("not found")
-            || stderr.contains("No such file");
-        let msg = if missing {
+        let msg = if out.command_missing() {
             format!("the base image {base_ref} has no `node`")
         } else {
             format!(
@@ -153,13 +149,7 @@ pub fn probe(exec: &dyn Exec, base_ref: &str) -> Result<Probe, PluginError> {
         return Err(PluginError::new(msg)
             .hint("use a Node.js base image (for example node:20-slim, or Debian with the nodejs and npm packages)"));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or("");
-    let probe: Probe = serde_json::from_str(line).map_err(|e| {
+    let probe: Probe = out.json_line().map_err(|e| {
         PluginError::new(format!(
             "unexpected output from the node probe in {base_ref}: {e}: {}",
             out.tail(5)

@@ -159,10 +159,7 @@ pub fn probe(exec: &dyn Exec, interpreter: &str, base_ref: &str) -> Result<Probe
     req.timeout = Duration::from_secs(60);
     let out = exec.run(&req)?;
     if !out.success() {
-        let missing = out.code == Some(127)
-            || String::from_utf8_lossy(&out.stderr).contains("not found")
-            || String::from_utf8_lossy(&out.stderr).contains("No such file");
-        let msg = if missing {
+        let msg = if out.command_missing() {
             format!("the base image {base_ref} has no `{interpreter}`")
         } else {
             format!(
@@ -173,13 +170,7 @@ pub fn probe(exec: &dyn Exec, interpreter: &str, base_ref: &str) -> Result<Probe
         return Err(PluginError::new(msg)
             .hint("use a Python base image (for example python:3.12-slim), or set python.interpreter to the interpreter's path"));
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with('{'))
-        .unwrap_or("");
-    let probe: Probe = serde_json::from_str(line).map_err(|e| {
+    let probe: Probe = out.json_line().map_err(|e| {
         PluginError::new(format!(
             "unexpected output from the interpreter probe in {base_ref}: {e}: {}",
             out.tail(5)
