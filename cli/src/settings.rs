@@ -228,9 +228,17 @@ impl StepArgs {
         if !removed.is_empty() {
             tracing::info!(count = removed.len(), "removed containers of killed builds");
         }
+        let sandbox = ftl_sandbox::Sandbox::from_name(&self.sandbox_runtime);
+        let detached = match &sandbox {
+            ftl_sandbox::Sandbox::External(ext) => Some(ext.clone()),
+            ftl_sandbox::Sandbox::Embedded => {
+                ftl_sandbox::ExternalRuntime::this_executable_as_runsc().ok()
+            }
+        };
         let runtime = std::sync::Arc::new(ftl::engine::SandboxRuntime {
-            sandbox: ftl_sandbox::Sandbox::from_name(&self.sandbox_runtime),
+            sandbox,
             state_root,
+            detached,
         });
         Ok(ftl::engine::Engine::new(
             registry.client()?,

@@ -411,3 +411,127 @@ fn maven_settings_secrets_reach_no_layer_config_cache_or_report() {
         );
     }
 }
+
+/// The labels of the sandboxed steps a build ran, less the toolchain probe
+/// (which runs every build on the host's root).
+fn steps(report: &serde_json::Value) -> Vec<String> {
+    report["steps"]
+        .as_array()
+        .expect("steps in the report")
+        .iter()
+        .map(|s| s["label"].as_str().unwrap().to_string())
+        .filter(|l| l != "probe JDK and Maven")
+        .collect()
+}
+
+#[test]
+fn warm_compiler_rebuilds_a_changed_class_as_maven_would() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("hello-maven");
+    let image = rig.image("java/hello-warm:e2e");
+    let base = rig.base("java");
+    let mf = maven_flags();
+
+    // Maven builds and records javac's command line; the warm compiler
+    // starts in the background and proves it on the sources Maven compiled.
+    let first = rig
+        .build(cache.path(), &app, &base, &image, &flags(&mf, &[]))
+        .report();
+    assert!(
+        steps(&first).iter().any(|s| s == "mvn package"),
+        "{first:#}"
+    );
+    let warm_dir = std::fs::read_dir(cache.path().join("persistent"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("java-warm-")
+        })
+        .expect("a warm compiler directory");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !warm_dir.join("work/javac.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warm compiler did not start: {}",
+            std::fs::read_to_string(cache.path().join("resident").join(format!(
+                "{}.log",
+                warm_dir.file_name().unwrap().to_string_lossy()
+            )))
+            .unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+
+    // One changed class: javac in the warm compiler, no Maven; only the
+    // classes layer is built, and the image still answers.
+    let file = app.join("src/main/java/com/example/hello/Greeting.java");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let changed = original.replace("\" from ftl\\n\"", "\" from ftl, warm\\n\"");
+    std::fs::write(&file, &changed).unwrap();
+    let warm = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &image,
+            &flags(&mf, &["--verify"]),
+        )
+        .report();
+    assert_eq!(steps(&warm), ["javac (warm compiler)"], "{warm:#}");
+    assert_eq!(built(&warm), ["java: classes"], "{warm:#}");
+    assert_eq!(warm["verify"]["status"], 200, "{warm:#}");
+    let recipe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(warm_dir.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(recipe["status"], "proven", "{recipe:#}");
+
+    // The same sources built by Maven alone give the same classes layer,
+    // byte for byte.
+    let maven_cache = tempfile::tempdir().unwrap();
+    let maven = rig
+        .build(
+            maven_cache.path(),
+            &app,
+            &base,
+            &rig.image("java/hello-warm-maven:e2e"),
+            &flags(&mf, &["--set", "java.warm_compiler=off"]),
+        )
+        .report();
+    assert!(steps(&maven).iter().any(|s| s == "mvn package"));
+    assert_eq!(
+        digests(&maven),
+        digests(&warm),
+        "the warm compiler's layers differ from Maven's"
+    );
+
+    // A compile error: the build falls back to Maven, whose error names
+    // the file and line; nothing is pushed.
+    std::fs::write(
+        &file,
+        changed.replace("private Greeting() {}", "private Greeting() {"),
+    )
+    .unwrap();
+    let broken_image = rig.image("java/hello-warm-broken:e2e");
+    let run = rig.build(cache.path(), &app, &base, &broken_image, &flags(&mf, &[]));
+    let err = run.error();
+    assert!(
+        err.contains("Greeting.java:") && err.contains("compilation failed"),
+        "{err}"
+    );
+    assert!(rig.registry.tags("java/hello-warm-broken").is_empty());
+
+    // Fixed again: the warm compiler serves it.
+    std::fs::write(
+        &file,
+        original.replace("\" from ftl\\n\"", "\" from ftl, fixed\\n\""),
+    )
+    .unwrap();
+    let fixed = rig
+        .build(cache.path(), &app, &base, &image, &flags(&mf, &[]))
+        .report();
+    assert_eq!(steps(&fixed), ["javac (warm compiler)"], "{fixed:#}");
+    assert_eq!(built(&fixed), ["java: classes"]);
+}

@@ -230,6 +230,33 @@ pub trait Exec: Send + Sync {
     /// cache). `name` is `[A-Za-z0-9._-]+`; plugins prefix it with their id.
     /// Its contents must never decide a layer's key: a layer built with it
     /// must equal one built without it.
+    /// Starts `request` as a long-lived sandboxed process that outlives
+    /// this build (a warm compiler, a build daemon), unless the one named
+    /// `name` (`[A-Za-z0-9._-]+`, prefixed with the plugin's id) is still
+    /// running. The plugin reaches it through a directory it mounts (a
+    /// [`Exec::persistent_dir`]); the process must end itself when idle.
+    /// Nothing it produces may decide a layer's key, and a layer it helps
+    /// build must equal one built without it. Returns the path of its log
+    /// and whether it was started now (`false`: it was running).
+    fn start_resident(
+        &self,
+        name: &str,
+        request: &ExecRequest,
+    ) -> Result<(PathBuf, bool), PluginError> {
+        let _ = name;
+        Err(PluginError::new(format!(
+            "`{}`: no long-lived steps in this context",
+            request.label
+        )))
+    }
+
+    /// Reports work done without [`Exec::run`] (a request to a
+    /// [long-lived step](Exec::start_resident)), for progress output and the
+    /// build report's steps.
+    fn step_done(&self, label: &str, took: std::time::Duration) {
+        let _ = (label, took);
+    }
+
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         Err(PluginError::new(format!(
             "no persistent directory `{name}` in this context"

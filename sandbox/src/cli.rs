@@ -728,6 +728,15 @@ fn monitor(
         }
     }
     let outcome = started.wait(None);
+    if spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::REMOVE_ON_EXIT))
+        .is_some_and(|v| v == "true")
+    {
+        started.cleanup();
+        return 0;
+    }
     if let Ok(mut st) = state::load(&ctx.root, &a.id) {
         st.exit_code = Some(outcome.exit_status());
         st.status = "stopped".into();

@@ -18,6 +18,9 @@ pub struct ExternalRuntime {
     pub binary: PathBuf,
     /// Global flags put before the command (e.g. `--platform=ptrace`).
     pub global_args: Vec<String>,
+    /// The name the binary is started under (`runsc` makes the ftl binary
+    /// its runsc-compatible CLI).
+    pub arg0: Option<String>,
 }
 
 impl ExternalRuntime {
@@ -33,7 +36,18 @@ impl ExternalRuntime {
         ExternalRuntime {
             binary,
             global_args,
+            arg0: None,
         }
+    }
+
+    /// The embedded runtime's own CLI: this executable started as `runsc`
+    /// (the ftl binary is runsc-compatible under that name).
+    pub fn this_executable_as_runsc() -> std::io::Result<Self> {
+        Ok(ExternalRuntime {
+            binary: std::env::current_exe()?,
+            global_args: Vec::new(),
+            arg0: Some("runsc".into()),
+        })
     }
 
     fn name(&self) -> String {
@@ -56,6 +70,9 @@ impl ExternalRuntime {
 
     fn command(&self, req: &RunRequest, network_host: bool) -> Command {
         let mut c = Command::new(&self.binary);
+        if let Some(a) = &self.arg0 {
+            std::os::unix::process::CommandExt::arg0(&mut c, a);
+        }
         c.arg("--root").arg(self.root(req));
         c.args(&self.global_args);
         if is_runsc(&self.binary) && !self.global_args.iter().any(|a| a.starts_with("--network")) {
@@ -182,6 +199,71 @@ impl ExternalRuntime {
             duration: t0.elapsed(),
             ..outcome
         })
+    }
+
+    /// The OCI status of container `req.id` (`created`, `running`,
+    /// `stopped`), or `None` when the runtime does not know it.
+    pub fn status(&self, req: &RunRequest) -> Option<String> {
+        let out = self
+            .command(req, false)
+            .args(["state", &req.id])
+            .stdin(PStdio::null())
+            .stderr(PStdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get("status")?.as_str().map(str::to_string)
+    }
+
+    /// Starts a container that outlives this process (`run --detach`): a
+    /// long-lived service the caller reaches through a mounted directory.
+    /// Its stdout and stderr go to `log`. Returns `false` when a container
+    /// of that id is already running (it is left alone); a stopped one is
+    /// deleted first. Nothing times it out: it must end itself.
+    pub fn start_detached(&self, req: &RunRequest, log: &Path) -> Result<bool, SandboxError> {
+        crate::state::check_id(&req.id)?;
+        match self.status(req).as_deref() {
+            Some("running") | Some("created") => return Ok(false),
+            Some(_) => self.delete(req, false),
+            None => {}
+        }
+        let (bundle, _, host) = self.bundle(req)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| SandboxError::State {
+                path: log.to_path_buf(),
+                source,
+            })?;
+        let err_file = log_file.try_clone().map_err(|source| SandboxError::State {
+            path: log.to_path_buf(),
+            source,
+        })?;
+        let mut cmd = self.command(req, host);
+        cmd.args(["run", "--detach", "--bundle"])
+            .arg(&bundle)
+            .arg(&req.id)
+            .stdin(PStdio::null())
+            .stdout(log_file)
+            .stderr(err_file);
+        tracing::debug!(command = ?cmd, "starting a detached container");
+        let status = cmd
+            .status()
+            .map_err(|e| self.err(format!("cannot start {}: {e}", self.binary.display())))?;
+        if !status.success() {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            return Err(self.err(format!(
+                "run --detach {} failed ({status}): {}",
+                req.id,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )));
+        }
+        Ok(true)
     }
 
     /// Starts a container; see [`Running`].

@@ -27,6 +27,12 @@ pub mod state;
 mod syscalls;
 
 pub use cgroup::Cgroup;
+
+/// An annotation (`"true"`) asking ftl's runtime to remove a detached
+/// container (state, cgroup) as soon as it exits, instead of keeping it for
+/// `delete`: for long-lived steps nobody waits for. Other runtimes ignore
+/// it (the caller deletes a stopped container before reusing its id).
+pub const REMOVE_ON_EXIT: &str = "dev.ftl.remove-on-exit";
 pub use error::SandboxError;
 pub use external::ExternalRuntime;
 pub use sandbox::{Outcome, RunRequest, Running, Sandbox, Source, Stdio};

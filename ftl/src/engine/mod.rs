@@ -30,7 +30,7 @@ use crate::plugin::*;
 use crate::source::SourceTree;
 
 pub use base::{BaseImage, RemoteBlobSource};
-pub use report::{BuildReport, LayerReport, LayerSource, Timing, VerifyReport};
+pub use report::{BuildReport, LayerReport, LayerSource, StepRun, Timing, VerifyReport};
 pub use sandboxed::SandboxRuntime;
 
 /// Runs build steps and verification in a sandbox on a root filesystem.
@@ -38,6 +38,23 @@ pub use sandboxed::SandboxRuntime;
 pub trait StepRuntime: Send + Sync {
     /// Runs one command on `rootfs` (mounted read-only).
     fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
+
+    /// Starts `request` on `rootfs` as container `id` that outlives this
+    /// process, unless one of that id is already running (then `false`);
+    /// its output goes to `log`. See [`Exec::start_resident`].
+    fn start_resident(
+        &self,
+        rootfs: &Path,
+        request: &ExecRequest,
+        id: &str,
+        log: &Path,
+    ) -> Result<bool, PluginError> {
+        let _ = (rootfs, id, log);
+        Err(PluginError::new(format!(
+            "`{}`: this runtime cannot keep a step running between builds",
+            request.label
+        )))
+    }
 
     /// Starts the image's process on `rootfs` (writable copy) with the host
     /// network and waits for it to answer, as `check` says.
@@ -322,6 +339,7 @@ impl Engine {
             cache: self.cache.clone(),
             platform: req.platform.clone(),
             images: Mutex::new(HashMap::new()),
+            steps: Mutex::new(Vec::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -418,6 +436,7 @@ impl Engine {
             }
         }
         probe_exec.flush_to_registry().await;
+        let steps = std::mem::take(&mut *exec.steps.lock().expect("not poisoned"));
         self.finish(
             req,
             &base,
@@ -429,6 +448,7 @@ impl Engine {
             observer,
             started,
             requests_before,
+            steps,
         )
         .await
     }
@@ -581,6 +601,7 @@ impl Engine {
         observer: Arc<dyn Observer>,
         started: Instant,
         requests_before: u64,
+        steps: Vec<StepRun>,
     ) -> Result<BuildReport, EngineError> {
         // 5. Compose.
         let cache_registry = req
@@ -776,6 +797,7 @@ impl Engine {
             layers: layer_reports,
             timings,
             registry_requests: self.client.request_count() - requests_before,
+            steps,
             verify,
         })
     }
@@ -1058,6 +1080,8 @@ pub(crate) struct SandboxExec {
     platform: Platform,
     /// Builder images ([`StepRoot::Image`]) by reference: rootfs and env.
     images: Mutex<HashMap<String, BuilderImage>>,
+    /// What ran, for the report.
+    steps: Mutex<Vec<StepRun>>,
 }
 
 /// A builder image's lazily unpacked rootfs and its config's env.
@@ -1193,8 +1217,10 @@ pub const STEP_CA_PATH: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Where it appears in steps on the host's root ([`StepRoot::Host`]).
 pub const HOST_STEP_CA_PATH: &str = "/tmp/ftl-ca/ca-certificates.crt";
 
-impl Exec for SandboxExec {
-    fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+impl SandboxExec {
+    /// The rootfs and the request as the runtime gets it: the root's
+    /// mounts and env, the build-time CA bundle and proxy for network steps.
+    fn prepare(&self, request: &ExecRequest) -> Result<(PathBuf, ExecRequest), PluginError> {
         if request.root == StepRoot::Host {
             // Mountpoints are created on the root: below /tmp (a tmpfs in
             // the sandbox) they never touch the host's filesystem.
@@ -1248,25 +1274,64 @@ impl Exec for SandboxExec {
             }
             req.env.extend(self.build_env.proxy_env.iter().cloned());
         }
+        Ok((rootfs, req))
+    }
+}
+
+/// A name under the cache directory: `[A-Za-z0-9._-]+`, not hidden.
+fn check_cache_name(what: &str, name: &str) -> Result<(), PluginError> {
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(PluginError::new(format!("invalid {what} name `{name}`")));
+    }
+    Ok(())
+}
+
+impl Exec for SandboxExec {
+    fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let (rootfs, req) = self.prepare(request)?;
         self.observer.event(&Event::StepStarted(req.label.clone()));
         let t = Instant::now();
         let out = self.runtime.run(&rootfs, &req);
-        self.observer
-            .event(&Event::StepFinished(req.label.clone(), t.elapsed()));
+        self.step_done(&req.label, t.elapsed());
         out
     }
 
-    fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
-        if name.is_empty()
-            || name.starts_with('.')
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        {
-            return Err(PluginError::new(format!(
-                "invalid persistent directory name `{name}`"
-            )));
+    fn step_done(&self, label: &str, took: Duration) {
+        self.observer
+            .event(&Event::StepFinished(label.to_string(), took));
+        self.steps.lock().expect("not poisoned").push(StepRun {
+            label: label.to_string(),
+            ms: took.as_millis() as u64,
+        });
+    }
+
+    fn start_resident(
+        &self,
+        name: &str,
+        request: &ExecRequest,
+    ) -> Result<(PathBuf, bool), PluginError> {
+        check_cache_name("resident step", name)?;
+        let (rootfs, req) = self.prepare(request)?;
+        let dir = self.cache_dir.join("resident");
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
+        let log = dir.join(format!("{name}.log"));
+        let started =
+            self.runtime
+                .start_resident(&rootfs, &req, &format!("ftl-resident-{name}"), &log)?;
+        if started {
+            self.observer.event(&Event::StepStarted(req.label.clone()));
         }
+        Ok((log, started))
+    }
+
+    fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
+        check_cache_name("persistent directory", name)?;
         let dir = self.cache_dir.join("persistent").join(name);
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;

@@ -68,7 +68,17 @@ pub struct BuildReport {
     /// Phase durations in order; the last is `total`.
     pub timings: Vec<Timing>,
     pub registry_requests: u64,
+    /// The sandboxed commands this build ran (probes, installs, builds,
+    /// requests to long-lived steps), in order.
+    pub steps: Vec<StepRun>,
     pub verify: Option<VerifyReport>,
+}
+
+/// One command a build ran in the sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRun {
+    pub label: String,
+    pub ms: u64,
 }
 
 /// How long one phase took.

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ftl_sandbox::{spec_for_step, BindMount, Network, RunRequest, Sandbox, Stdio, StepSpec};
+use ftl_sandbox::{
+    spec_for_step, BindMount, ExternalRuntime, Network, RunRequest, Sandbox, Stdio, StepSpec,
+};
 
 use super::{AppProcess, EngineError, StepRuntime, VerifyReport, VerifySpec};
 use crate::plugin::{ExecOutput, ExecRequest, PluginError, StepNetwork};
@@ -17,6 +19,11 @@ pub struct SandboxRuntime {
     pub sandbox: Sandbox,
     /// Where container state lives.
     pub state_root: PathBuf,
+    /// The runsc-compatible CLI that starts long-lived steps
+    /// ([`StepRuntime::start_resident`]), which must outlive this process:
+    /// the external runtime itself, or ftl's own binary as `runsc` for the
+    /// embedded one. `None`: no long-lived steps.
+    pub detached: Option<ExternalRuntime>,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -65,8 +72,9 @@ fn resolve_user(rootfs: &Path, user: &str) -> (u32, u32) {
     (uid, gid)
 }
 
-impl StepRuntime for SandboxRuntime {
-    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+impl SandboxRuntime {
+    /// The spec of a build step.
+    fn step_spec(rootfs: &Path, request: &ExecRequest) -> oci_spec::runtime::Spec {
         let mut step = StepSpec::new(rootfs, request.args.clone());
         // The engine already merged the base env with the request's.
         step.env = request
@@ -88,7 +96,13 @@ impl StepRuntime for SandboxRuntime {
                 writable: m.writable,
             })
             .collect();
-        let spec = spec_for_step(&step);
+        spec_for_step(&step)
+    }
+}
+
+impl StepRuntime for SandboxRuntime {
+    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let spec = Self::step_spec(rootfs, request);
         let req = RunRequest::from_spec(container_id("step"), rootfs, spec)
             .with_timeout(request.timeout)
             .with_stdio(Stdio::Capture)
@@ -106,6 +120,32 @@ impl StepRuntime for SandboxRuntime {
             timed_out: outcome.timed_out,
             stdout: outcome.stdout,
             stderr: outcome.stderr,
+        })
+    }
+
+    fn start_resident(
+        &self,
+        rootfs: &Path,
+        request: &ExecRequest,
+        id: &str,
+        log: &Path,
+    ) -> Result<bool, PluginError> {
+        let Some(cli) = &self.detached else {
+            return Err(PluginError::new(format!(
+                "`{}`: this sandbox cannot keep a step running between builds",
+                request.label
+            )));
+        };
+        let mut spec = Self::step_spec(rootfs, request);
+        let mut annotations = spec.annotations().clone().unwrap_or_default();
+        annotations.insert(ftl_sandbox::REMOVE_ON_EXIT.into(), "true".into());
+        spec.set_annotations(Some(annotations));
+        let req = RunRequest::from_spec(id, rootfs, spec).with_state_root(&self.state_root);
+        cli.start_detached(&req, log).map_err(|e| {
+            PluginError::new(format!(
+                "`{}` could not start in the sandbox: {e}",
+                request.label
+            ))
         })
     }
 

@@ -21,6 +21,13 @@
 //! function of the sources and the JDK. A change to one class changes only
 //! the classes layer's key.
 //!
+//! When that layer is the only one to build, the *warm compiler* makes it
+//! cost javac alone: a resident, JIT-warm javac in the sandbox that
+//! compiles with exactly the options Maven's log shows it used, once it
+//! has proved on the sources Maven compiled that it writes the same bytes.
+//! Builds it cannot reproduce (other plugins, annotation processors,
+//! modules) always run Maven; see `warm.rs`.
+//!
 //! A prebuilt app (a runnable jar with `Main-Class`, at the top or in
 //! `target/`, or `java.jar`) with its `lib/` (or `libs/`, `dependency/`)
 //! directory beside it is layered the same way without Maven: the jar is
@@ -59,11 +66,14 @@
 //! | `java.jar` | detected | the prebuilt jar (relative to the app) |
 //! | `java.dependency_plugin` | the pom's, else `3.6.1` | `maven-dependency-plugin` version |
 //! | `java.build_timeout` | `1800` | seconds the Maven build may take |
+//! | `java.warm_compiler` | `on` | `off`: every classes-only rebuild runs Maven (`warm.rs`) |
+//! | `java.warm_idle` | `900` | seconds the warm compiler waits for a build before it exits |
 
 mod jar;
 mod plan;
 pub mod pom;
 mod step;
+mod warm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -109,6 +119,10 @@ pub struct Settings {
     pub jar: Option<PathBuf>,
     pub dependency_plugin: Option<String>,
     pub build_timeout: Duration,
+    /// Whether a classes-only rebuild may use the warm compiler.
+    pub warm_compiler: bool,
+    /// How long the warm compiler waits for a build before it exits.
+    pub warm_idle: Duration,
 }
 
 impl Default for Settings {
@@ -124,6 +138,8 @@ impl Default for Settings {
             jar: None,
             dependency_plugin: None,
             build_timeout: Duration::from_secs(1800),
+            warm_compiler: true,
+            warm_idle: Duration::from_secs(900),
         }
     }
 }
@@ -131,7 +147,7 @@ impl Default for Settings {
 /// The dependency plugin version used when the pom names none.
 pub const DEFAULT_DEPENDENCY_PLUGIN: &str = "3.6.1";
 
-const KNOWN: &str = "known: java.builder, java.maven_settings, java.maven_args, java.maven_goal, java.module, java.main_class, java.jvm_flags, java.jar, java.dependency_plugin, java.build_timeout";
+const KNOWN: &str = "known: java.builder, java.maven_settings, java.maven_args, java.maven_goal, java.module, java.main_class, java.jvm_flags, java.jar, java.dependency_plugin, java.build_timeout, java.warm_compiler, java.warm_idle";
 
 impl Settings {
     /// Reads the `java.*` settings; unknown ones are an error.
@@ -181,6 +197,22 @@ impl Settings {
                         value
                             .parse()
                             .map_err(|_| bad("expected a number of seconds"))?,
+                    )
+                }
+                "warm_compiler" => {
+                    s.warm_compiler = match value.as_str() {
+                        "on" | "true" | "1" => true,
+                        "off" | "false" | "0" => false,
+                        _ => return Err(bad("expected on or off")),
+                    }
+                }
+                "warm_idle" => {
+                    s.warm_idle = Duration::from_secs(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|&n: &u64| n > 0)
+                            .ok_or_else(|| bad("expected a positive number of seconds"))?,
                     )
                 }
                 _ => return Err(bad("unknown setting").hint(KNOWN)),

@@ -208,6 +208,10 @@ pub(crate) struct MavenPlan {
     pub resources_layer: usize,
     pub classes_layer: usize,
     pub app_dir: String,
+    /// The warm compiler's key ([`crate::warm`]): everything javac's output
+    /// depends on but the Java sources. `None` when the build is not one it
+    /// serves (off, modules, a goal, snapshots or ranges).
+    pub warm_key: Option<String>,
 }
 
 /// Whether `rel` lies in a Maven build directory (`<module>/target/`) or is
@@ -449,7 +453,8 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
     };
     let resources_layer = layers.len();
     let mut doc = common.clone();
-    doc["files"] = json!(content_key(PLUGIN, "resources", ctx.source, &resources, "")?.hex);
+    let resources_hex = content_key(PLUGIN, "resources", ctx.source, &resources, "")?.hex;
+    doc["files"] = json!(resources_hex);
     layers.push(PlannedLayer {
         name: "java: resources".into(),
         key: key("resources", doc),
@@ -461,6 +466,7 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         ),
     });
     let classes_layer = layers.len();
+    let common_doc = common.clone();
     let mut doc = with_jdk(common);
     doc["files"] = json!(content_key(PLUGIN, "classes", ctx.source, &sources, "")?.hex);
     layers.push(PlannedLayer {
@@ -474,6 +480,23 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         ),
     });
 
+    let warm_key = (settings.warm_compiler
+        && module.is_empty()
+        && reactor.is_empty()
+        && settings.maven_goal.is_none()
+        && !poms.iter().any(|p| p.has_ranges || p.has_snapshots))
+    .then(|| {
+        let doc = json!({
+            "common": common_doc,
+            "jdk": toolchain.jdk,
+            "javac": toolchain.javac,
+            "resources": resources_hex,
+            "builder": format!("{:?}", settings.builder),
+        });
+        let hash = sha256_tagged(ftl::canonical_json(&doc).as_bytes());
+        // 64 bits name a directory well enough, and keep socket paths short.
+        hash["sha256:".len()..].chars().take(16).collect::<String>()
+    });
     let config = config(ctx, settings, &app, classpath_run(&app, main_class));
     let step = MavenStep::new(Arc::new(MavenPlan {
         settings: settings.clone(),
@@ -488,6 +511,7 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         resources_layer,
         classes_layer,
         app_dir: app,
+        warm_key,
     }));
     Ok(LayerPlan {
         layers,

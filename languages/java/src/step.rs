@@ -66,6 +66,9 @@ impl MavenStep {
             None if wants(p.modules_layer) => "package".into(),
             None => "process-classes".into(),
         });
+        if p.warm_key.is_some() {
+            args.push(crate::warm::CAPTURE_FLAG.into());
+        }
         if wants(Some(p.release_layer)) || wants(p.snapshot_layer) || wants(p.modules_layer) {
             args.extend([
                 format!(
@@ -248,7 +251,7 @@ fn explain_failure(poms: &[pom::Pom], text: &str, out: &ExecOutput) -> PluginErr
 }
 
 /// Copies the project (less build output) to `dest`.
-fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
+pub(crate) fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
     std::fs::create_dir_all(dest).map_err(|e| io_err("cannot create", dest, e))?;
     for rel in ctx.source.entries() {
         if crate::plan::is_build_output(ctx.source, rel) {
@@ -271,7 +274,10 @@ fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
 
 /// Files below `root` (relative, sorted) for which `keep` holds, with their
 /// ancestor directories.
-fn select_files(root: &Path, keep: impl Fn(&Path) -> bool) -> Result<Vec<PathBuf>, PluginError> {
+pub(crate) fn select_files(
+    root: &Path,
+    keep: impl Fn(&Path) -> bool,
+) -> Result<Vec<PathBuf>, PluginError> {
     let mut out = BTreeSet::new();
     if !root.is_dir() {
         return Ok(Vec::new());
@@ -306,6 +312,30 @@ impl BuildStep for MavenStep {
         ctx: &StepContext<'_>,
     ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
         let p = &self.plan;
+        let resources_rel = Path::new(&p.module).join("src/main/resources");
+        let warm = match &p.warm_key {
+            Some(key) => Some(crate::warm::Warm::new(
+                ctx,
+                key,
+                p.settings.warm_idle,
+                p.settings.builder.clone(),
+            )?),
+            None => None,
+        };
+        if let (Some(w), [only]) = (&warm, wanted) {
+            if *only == p.classes_layer {
+                match w.compile_sources(ctx) {
+                    Ok(classes) => {
+                        let resources_src = ctx.source.root().join(&resources_rel);
+                        return Ok(vec![(
+                            p.classes_layer,
+                            classes_layer(&classes, &resources_src, &p.app_dir)?,
+                        )]);
+                    }
+                    Err(why) => tracing::debug!(%why, "warm javac not used: Maven"),
+                }
+            }
+        }
         let work = ctx.scratch;
         let src = work.join("src");
         copy_project(ctx, &src)?;
@@ -324,10 +354,14 @@ impl BuildStep for MavenStep {
 
         let module_dir = src.join(&p.module);
         let classes_dir = module_dir.join("target/classes");
-        let resources_src = module_dir.join("src/main/resources");
-        let is_resource = |rel: &Path| {
-            rel.extension().is_none_or(|e| e != "class") && resources_src.join(rel).is_file()
-        };
+        let resources_src = src.join(&resources_rel);
+        let is_resource = |rel: &Path| is_resource(&resources_src, rel);
+        if let Some(w) = &warm {
+            let log = String::from_utf8_lossy(&out.stdout);
+            if let Err(why) = w.record(ctx, &log, &src, &repo, &is_resource) {
+                tracing::debug!(%why, "this build cannot feed the warm javac");
+            }
+        }
         let lib_dir = work.join("lib");
         let libs: Vec<String> = match std::fs::read_dir(&lib_dir) {
             Ok(rd) => {
@@ -359,13 +393,7 @@ impl BuildStep for MavenStep {
         let mut result = Vec::new();
         for &i in wanted {
             let contents = if i == p.classes_layer {
-                LayerContents {
-                    inputs: vec![LayerInput::Files {
-                        root: classes_dir.clone(),
-                        to: join(&p.app_dir, "classes"),
-                        paths: select_files(&classes_dir, |r| !is_resource(r))?,
-                    }],
-                }
+                classes_layer(&classes_dir, &resources_src, &p.app_dir)?
             } else if i == p.resources_layer {
                 LayerContents {
                     inputs: vec![LayerInput::Files {
@@ -401,6 +429,27 @@ impl BuildStep for MavenStep {
         }
         Ok(result)
     }
+}
+
+/// Whether `rel` in the output directory is a resource copied from
+/// `resources_src` rather than javac's output.
+fn is_resource(resources_src: &Path, rel: &Path) -> bool {
+    rel.extension().is_none_or(|e| e != "class") && resources_src.join(rel).is_file()
+}
+
+/// The classes layer: javac's output in `classes_dir`, resources left out.
+fn classes_layer(
+    classes_dir: &Path,
+    resources_src: &Path,
+    app_dir: &str,
+) -> Result<LayerContents, PluginError> {
+    Ok(LayerContents {
+        inputs: vec![LayerInput::Files {
+            root: classes_dir.to_path_buf(),
+            to: join(app_dir, "classes"),
+            paths: select_files(classes_dir, |r| !is_resource(resources_src, r))?,
+        }],
+    })
 }
 
 /// A prebuilt jar, exploded into resources and classes.

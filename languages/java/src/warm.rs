@@ -1,0 +1,680 @@
+//! The warm compiler: when only Java sources changed since a Maven run,
+//! compile them with javac in a resident, JIT-warm JVM in the sandbox
+//! instead of a cold Maven, with exactly the options Maven used.
+//!
+//! Maven's part of a classes-only rebuild is a second of JVM start-up and
+//! plugin loading around 50 ms of javac; this removes the second. It is used
+//! only where it provably changes nothing:
+//!
+//! 1. **Recording.** Every Maven run that may feed it logs the compiler
+//!    plugin at debug level. The *recipe* is javac's command line from that
+//!    log, kept when the build up to `process-classes` ran nothing but the
+//!    resources and compiler plugins (and the dependency plugin's copy), no
+//!    annotation processor can run (`-proc:none`, or no processor service in
+//!    the classpath), the module is the root project with no reactor
+//!    modules, no snapshot or version range is named, and Maven compiled
+//!    every `.java` file of the source roots. Anything else: Maven, always.
+//! 2. **Proof.** The resident compiler compiles the very sources Maven
+//!    compiled with the recipe; the recipe is used only if every file it
+//!    writes equals Maven's byte for byte (`recipe.json` says `proven` or
+//!    `rejected`, with the first difference).
+//! 3. **Use.** A build whose only missed layer is the classes layer, where
+//!    every project file outside the recipe's source roots is as recorded
+//!    (the recipe's key covers poms, settings, toolchain and resources),
+//!    sends the current sources to the compiler. Any failure (a compile
+//!    error, a compiler that is not running, a busy recipe) falls back to
+//!    Maven, whose error messages the user gets.
+//!
+//! The compiler runs javac only, never project code; it is keyed by
+//! everything its output depends on but the sources, mounts the local Maven
+//! repository read-only, and exits after `java.warm_idle` seconds without a
+//! request. One per recipe key (`<cache>/persistent/java-warm-<key>/`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ftl::{ExecMount, ExecRequest, PluginError, SourceTree, StepContext, StepNetwork};
+use serde::{Deserialize, Serialize};
+
+use crate::step::{copy_project, select_files, REPO, WORK};
+
+/// The resident compiler's source, run with the JDK's source launcher.
+const SERVER: &str = include_str!("FtlJavac.java");
+/// The Maven flag that makes the compiler plugin log javac's command line.
+pub(crate) const CAPTURE_FLAG: &str =
+    "-Dorg.slf4j.simpleLogger.log.org.apache.maven.plugin.compiler=debug";
+/// The plugin goals a recorded build may run (`maven-X-plugin` as `X`).
+const ALLOWED_GOALS: &[(&str, &str)] = &[
+    ("resources", "resources"),
+    ("compiler", "compile"),
+    ("dependency", "copy-dependencies"),
+];
+const SOCKET: &str = "javac.sock";
+const WARMUP: &str = "warmup.args";
+/// The build report's name for a compilation by the warm compiler.
+pub(crate) const STEP_LABEL: &str = "javac (warm compiler)";
+/// How long a build waits for a compiler that is starting.
+const STARTING: Duration = Duration::from_secs(5);
+
+/// What a Maven run's log says about its compilation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Captured {
+    /// javac's options, `-d` and all, without the source files.
+    pub options: Vec<String>,
+    /// How many source files Maven compiled.
+    pub files: usize,
+}
+
+/// Reads javac's options and the number of files from Maven's output, or
+/// says why this build cannot feed the warm compiler.
+pub(crate) fn capture(log: &str) -> Result<Captured, String> {
+    let mut options = None;
+    let mut files = None;
+    let mut lines = log.lines().map(|l| l.trim_end());
+    while let Some(line) = lines.next() {
+        let text = line
+            .strip_prefix("[INFO] ")
+            .or_else(|| line.strip_prefix("[DEBUG] "))
+            .unwrap_or(line);
+        if let Some(rest) = text.strip_prefix("--- ") {
+            // `--- maven-compiler-plugin:3.10.1:compile (default-compile) @ hello ---`
+            let id = rest.split_whitespace().next().unwrap_or("");
+            let parts: Vec<&str> = id.split(':').collect();
+            let (plugin, goal) = match parts.as_slice() {
+                [p, _, g] | [_, p, _, g] => (*p, *g),
+                _ => return Err(format!("unrecognized plugin execution `{rest}`")),
+            };
+            let short = plugin
+                .trim_start_matches("maven-")
+                .trim_end_matches("-maven-plugin")
+                .trim_end_matches("-plugin");
+            if !ALLOWED_GOALS.contains(&(short, goal)) {
+                return Err(format!("the build runs {plugin}:{goal}"));
+            }
+        } else if text == "Command line options:" {
+            let next = lines.next().unwrap_or("");
+            let opts = next.strip_prefix("[DEBUG] ").unwrap_or(next);
+            if options.is_some() {
+                return Err("more than one compilation".into());
+            }
+            options = Some(opts.split_whitespace().map(str::to_string).collect());
+        } else if let Some(rest) = text.strip_prefix("Compiling ") {
+            if let Some(n) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+                files = Some(n);
+            }
+        }
+    }
+    match (options, files) {
+        (Some(options), Some(files)) => Ok(Captured { options, files }),
+        (None, _) => Err("no javac command line in Maven's output".into()),
+        (_, None) => Err("Maven compiled nothing".into()),
+    }
+}
+
+/// The value of option `names` in `options`.
+fn option<'a>(options: &'a [String], names: &[&str]) -> Option<&'a str> {
+    options
+        .iter()
+        .position(|o| names.contains(&o.as_str()))
+        .and_then(|i| options.get(i + 1))
+        .map(String::as_str)
+}
+
+/// Checks the options; returns the source roots (relative to the project)
+/// and the classpath.
+fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+    let project = format!("{WORK}/src/");
+    if option(options, &["-d"]) != Some(&format!("{project}target/classes")) {
+        return Err("javac writes elsewhere than target/classes".into());
+    }
+    for o in options {
+        if o.starts_with("-J")
+            || o.starts_with('@')
+            || o.starts_with("-Xplugin")
+            || o.contains('\n')
+            || matches!(
+                o.as_str(),
+                "-processorpath"
+                    | "--processor-path"
+                    | "-processor"
+                    | "--processor-module-path"
+                    | "--module-source-path"
+            )
+        {
+            return Err(format!("javac option `{o}`"));
+        }
+    }
+    let mut roots = Vec::new();
+    for r in option(options, &["-sourcepath", "--source-path"])
+        .unwrap_or("")
+        .split(':')
+        .filter(|r| !r.is_empty())
+    {
+        let rel = r
+            .strip_prefix(&project)
+            .ok_or_else(|| format!("source root {r} is outside the project"))?;
+        if rel.split('/').any(|c| c == "..") {
+            return Err(format!("source root {r}"));
+        }
+        roots.push(rel.trim_end_matches('/').to_string());
+    }
+    if roots.is_empty() {
+        return Err("no source roots".into());
+    }
+    let classpath = option(options, &["-classpath", "-cp", "--class-path"])
+        .unwrap_or("")
+        .split(':')
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    Ok((roots, classpath))
+}
+
+/// Whether a classpath entry offers javac an annotation processor.
+fn offers_processor(entry: &Path) -> Result<bool, String> {
+    const SERVICE: &str = "META-INF/services/javax.annotation.processing.Processor";
+    if entry.is_dir() {
+        return Ok(entry.join(SERVICE).exists());
+    }
+    if !entry.is_file() {
+        return Ok(false);
+    }
+    let jar = crate::jar::Jar::open(entry).map_err(|e| format!("{}: {e}", entry.display()))?;
+    Ok(jar.entries.iter().any(|e| e.name == SERVICE))
+}
+
+/// The `.java` files below `roots` of `project` (relative, sorted).
+fn java_files(project: &Path, roots: &[String]) -> Result<Vec<PathBuf>, PluginError> {
+    let mut out = Vec::new();
+    for root in roots {
+        let files = select_files(&project.join(root), |p| {
+            p.extension().is_some_and(|e| e == "java")
+        })?;
+        out.extend(
+            files
+                .into_iter()
+                .filter(|p| p.extension().is_some_and(|e| e == "java"))
+                .map(|p| Path::new(root).join(p)),
+        );
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Key of every project file that is not a `.java` file below `roots`.
+fn others_key(source: &SourceTree, roots: &[String]) -> Result<String, PluginError> {
+    let files: Vec<PathBuf> = source
+        .entries()
+        .iter()
+        .filter(|p| !crate::plan::is_build_output(source, p))
+        .filter(|p| {
+            !(p.extension().is_some_and(|e| e == "java") && roots.iter().any(|r| p.starts_with(r)))
+        })
+        .cloned()
+        .collect();
+    Ok(ftl::app::content_key(crate::plan::PLUGIN, "warm-others", source, &files, "")?.hex)
+}
+
+/// A recipe: how Maven ran javac for one project configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Recipe {
+    options: Vec<String>,
+    roots: Vec<String>,
+    /// [`others_key`] when recorded.
+    others: String,
+    /// `pending` (to prove), `proven` or `rejected`.
+    status: String,
+    note: Option<String>,
+}
+
+/// The warm compiler of one recipe key.
+pub(crate) struct Warm {
+    /// `<cache>/persistent/java-warm-<key>`.
+    dir: PathBuf,
+    name: String,
+    idle: Duration,
+    builder: ftl::StepRoot,
+}
+
+fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
+    format!("{what} {}: {e}", path.display())
+}
+
+impl Warm {
+    pub(crate) fn new(
+        ctx: &StepContext<'_>,
+        key: &str,
+        idle: Duration,
+        builder: ftl::StepRoot,
+    ) -> Result<Warm, PluginError> {
+        let name = format!("java-warm-{key}");
+        Ok(Warm {
+            dir: ctx.exec.persistent_dir(&name)?,
+            name,
+            idle,
+            builder,
+        })
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+
+    fn lock(&self) -> Result<std::fs::File, String> {
+        let path = self.dir.join("lock");
+        let f = std::fs::File::create(&path).map_err(|e| io("cannot create", &path, e))?;
+        f.try_lock()
+            .map_err(|_| "another build is using it".to_string())?;
+        Ok(f)
+    }
+
+    fn load(&self) -> Option<Recipe> {
+        serde_json::from_slice(&std::fs::read(self.dir.join("recipe.json")).ok()?).ok()
+    }
+
+    fn save(&self, recipe: &Recipe) -> Result<(), String> {
+        let path = self.dir.join("recipe.json");
+        let tmp = self.dir.join("recipe.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(recipe).expect("serializes"))
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| io("cannot write", &path, e))
+    }
+
+    /// A connection to the running compiler. The socket is reached through
+    /// the directory's descriptor: its path may be longer than a socket
+    /// address holds.
+    fn connect(&self) -> Option<UnixStream> {
+        let dir = std::fs::File::open(self.work()).ok()?;
+        use std::os::fd::AsRawFd;
+        UnixStream::connect(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd())).ok()
+    }
+
+    /// Starts the compiler unless it is running (then `false`); it first
+    /// compiles `warmup.args` when present.
+    fn start(&self, ctx: &StepContext<'_>) -> Result<bool, String> {
+        let server = self.work().join("FtlJavac.java");
+        std::fs::write(&server, SERVER).map_err(|e| io("cannot write", &server, e))?;
+        let repo = ctx
+            .exec
+            .persistent_dir(crate::step::REPO_DIR)
+            .map_err(|e| e.to_string())?;
+        let script = format!(
+            "exec \"${{JAVA_HOME:+$JAVA_HOME/bin/}}java\" -XX:+UseSerialGC -XX:-UsePerfData \
+             -Djava.io.tmpdir=/tmp {WORK}/FtlJavac.java {WORK}/{SOCKET} {} {WORK}/{WARMUP}",
+            self.idle.as_secs().max(1)
+        );
+        let mut req = ExecRequest::new("warm javac", ["sh", "-c", &script]);
+        req.root = self.builder.clone();
+        req.cwd = WORK.into();
+        req.network = StepNetwork::None;
+        req.env = vec![
+            ("HOME".into(), "/tmp".into()),
+            ("TMPDIR".into(), "/tmp".into()),
+        ];
+        req.mounts = vec![
+            ExecMount {
+                host: self.work(),
+                target: WORK.into(),
+                writable: true,
+            },
+            ExecMount {
+                host: repo,
+                target: REPO.into(),
+                writable: false,
+            },
+        ];
+        let (log, started) = ctx
+            .exec
+            .start_resident(&self.name, &req)
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(log = %log.display(), started, "warm javac");
+        Ok(started)
+    }
+
+    /// Sends one compilation; returns javac's exit code and output.
+    fn compile(&self, conn: UnixStream, args: &[String]) -> Result<(i32, String), String> {
+        let mut conn = conn;
+        conn.set_read_timeout(Some(Duration::from_secs(600)))
+            .map_err(|e| e.to_string())?;
+        let mut request = format!("{}\n", args.len());
+        for a in args {
+            request.push_str(a);
+            request.push('\n');
+        }
+        conn.write_all(request.as_bytes())
+            .map_err(|e| format!("warm javac: {e}"))?;
+        let mut reader = BufReader::new(conn);
+        let mut first = String::new();
+        reader
+            .read_line(&mut first)
+            .map_err(|e| format!("warm javac: {e}"))?;
+        let code = first
+            .trim()
+            .parse()
+            .map_err(|_| format!("warm javac answered {first:?}"))?;
+        let mut output = String::new();
+        let _ = reader.read_to_string(&mut output);
+        Ok((code, output))
+    }
+
+    /// javac's arguments: the recipe with the output directory `out` (in
+    /// the sandbox), then the sources of `project` (on the host).
+    fn args(recipe: &Recipe, out: &str, project: &Path) -> Result<Vec<String>, String> {
+        let mut args = recipe.options.clone();
+        if let Some(i) = args.iter().position(|a| a == "-d") {
+            args[i + 1] = out.to_string();
+        }
+        for f in java_files(project, &recipe.roots).map_err(|e| e.to_string())? {
+            let f = format!("{WORK}/src/{}", f.display());
+            if f.contains('\n') {
+                return Err(format!("file name {f:?}"));
+            }
+            args.push(f);
+        }
+        Ok(args)
+    }
+
+    /// Records the recipe of a successful Maven run whose project copy
+    /// (with `target/classes`) is `maven_src`; the log is Maven's stdout.
+    /// Errors only say why this run cannot feed the compiler.
+    pub(crate) fn record(
+        &self,
+        ctx: &StepContext<'_>,
+        log: &str,
+        maven_src: &Path,
+        repo: &Path,
+        is_resource: &dyn Fn(&Path) -> bool,
+    ) -> Result<(), String> {
+        let captured = capture(log)?;
+        let (roots, classpath) = check_options(&captured.options)?;
+        if !captured.options.iter().any(|o| o == "-proc:none") {
+            for entry in &classpath {
+                let host = if let Some(rest) = entry.strip_prefix(&format!("{REPO}/")) {
+                    repo.join(rest)
+                } else if let Some(rest) = entry.strip_prefix(&format!("{WORK}/src/")) {
+                    maven_src.join(rest)
+                } else {
+                    return Err(format!(
+                        "classpath entry {entry} outside the Maven repository"
+                    ));
+                };
+                if offers_processor(&host)? {
+                    return Err(format!("{entry} offers an annotation processor"));
+                }
+            }
+        }
+        let sources = java_files(maven_src, &roots).map_err(|e| e.to_string())?;
+        if sources.len() != captured.files {
+            return Err(format!(
+                "Maven compiled {} of the {} source files",
+                captured.files,
+                sources.len()
+            ));
+        }
+        let _lock = self.lock()?;
+        let work = self.work();
+        let project = work.join("src");
+        let expected = self.dir.join("expected");
+        for d in [&project, &expected, &work.join("check")] {
+            if d.exists() {
+                std::fs::remove_dir_all(d).map_err(|e| io("cannot remove", d, e))?;
+            }
+        }
+        copy_project(ctx, &project).map_err(|e| e.to_string())?;
+        let classes = maven_src.join("target/classes");
+        for rel in select_files(&classes, |r| !is_resource(r)).map_err(|e| e.to_string())? {
+            let from = classes.join(&rel);
+            let to = expected.join(&rel);
+            if from.is_dir() {
+                std::fs::create_dir_all(&to).map_err(|e| io("cannot create", &to, e))?;
+            } else {
+                std::fs::copy(&from, &to).map_err(|e| io("cannot copy", &from, e))?;
+            }
+        }
+        prepare_output(&project, &captured.options)?;
+        let mut recipe = Recipe {
+            others: others_key(ctx.source, &roots).map_err(|e| e.to_string())?,
+            options: captured.options,
+            roots,
+            status: "pending".into(),
+            note: None,
+        };
+        let check = format!("{WORK}/check");
+        let args = Self::args(&recipe, &check, &project)?;
+        std::fs::create_dir_all(work.join("check")).map_err(|e| io("cannot create", &work, e))?;
+        let _ = std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777));
+        match self.connect() {
+            Some(conn) => {
+                // Running already: prove now.
+                let (code, output) = self.compile(conn, &args)?;
+                self.judge(&mut recipe, code, &output);
+                self.save(&recipe)
+            }
+            None => {
+                let warmup = work.join(WARMUP);
+                let done = work.join(format!("{WARMUP}.done"));
+                let _ = std::fs::remove_file(&done);
+                std::fs::write(&warmup, args.join("\n") + "\n")
+                    .map_err(|e| io("cannot write", &warmup, e))?;
+                self.save(&recipe)?;
+                self.start(ctx).map(|_| ())
+            }
+        }
+    }
+
+    /// Compares the proof compile (`work/check`) with Maven's classes.
+    fn judge(&self, recipe: &mut Recipe, code: i32, output: &str) {
+        let verdict = if code != 0 {
+            Err(format!("javac exited with {code}: {}", output.trim()))
+        } else {
+            same_files(&self.work().join("check"), &self.dir.join("expected"))
+        };
+        match verdict {
+            Ok(()) => recipe.status = "proven".into(),
+            Err(why) => {
+                tracing::info!(dir = %self.dir.display(), %why, "warm javac does not reproduce Maven: Maven it is");
+                recipe.status = "rejected".into();
+                recipe.note = Some(why);
+            }
+        }
+    }
+
+    /// Compiles the current sources into a directory below the step's
+    /// scratch directory and returns it, or says why Maven must run.
+    pub(crate) fn compile_sources(&self, ctx: &StepContext<'_>) -> Result<PathBuf, String> {
+        let mut recipe = self.load().ok_or("no recipe yet")?;
+        if recipe.status == "rejected" {
+            return Err(format!(
+                "rejected: {}",
+                recipe.note.as_deref().unwrap_or("")
+            ));
+        }
+        let _lock = self.lock()?;
+        if others_key(ctx.source, &recipe.roots).map_err(|e| e.to_string())? != recipe.others {
+            return Err("files other than Java sources changed".into());
+        }
+        let conn = match self.connect() {
+            Some(c) => c,
+            // Not running: Maven is as quick as a cold JVM (and records
+            // the recipe again); the started compiler serves the next build.
+            None if self.start(ctx)? => return Err("the compiler was not running".into()),
+            // Running but not listening yet: it is starting (a second or
+            // two, from the end of the build that recorded the recipe).
+            None => {
+                let deadline = std::time::Instant::now() + STARTING;
+                loop {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if let Some(c) = self.connect() {
+                        break c;
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        return Err("the compiler is still starting".into());
+                    }
+                }
+            }
+        };
+        let work = self.work();
+        if recipe.status == "pending" {
+            let done = work.join(format!("{WARMUP}.done"));
+            let (code, output) = match std::fs::read_to_string(&done) {
+                Ok(text) => {
+                    let (code, output) = text.split_once('\n').unwrap_or((&text, ""));
+                    (code.trim().parse().unwrap_or(-1), output.to_string())
+                }
+                Err(_) => {
+                    let args = Self::args(&recipe, &format!("{WORK}/check"), &work.join("src"))?;
+                    let conn = self.connect().ok_or("the compiler went away")?;
+                    self.compile(conn, &args)?
+                }
+            };
+            self.judge(&mut recipe, code, &output);
+            self.save(&recipe)?;
+            if recipe.status != "proven" {
+                return Err("the recipe was rejected".into());
+            }
+        }
+        let project = work.join("src");
+        std::fs::remove_dir_all(&project).map_err(|e| io("cannot remove", &project, e))?;
+        copy_project(ctx, &project).map_err(|e| e.to_string())?;
+        prepare_output(&project, &recipe.options)?;
+        let args = Self::args(&recipe, &format!("{WORK}/src/target/classes"), &project)?;
+        let t = std::time::Instant::now();
+        let (code, output) = self.compile(conn, &args)?;
+        ctx.exec.step_done(STEP_LABEL, t.elapsed());
+        if code != 0 {
+            return Err(format!("javac exited with {code}: {}", output.trim()));
+        }
+        let out = ctx.scratch.join("warm-classes");
+        let classes = project.join("target/classes");
+        std::fs::rename(&classes, &out).map_err(|e| io("cannot move", &classes, e))?;
+        Ok(out)
+    }
+}
+
+/// Creates javac's output directories (`-d`, `-s`) in `project`; javac
+/// does not create them.
+fn prepare_output(project: &Path, options: &[String]) -> Result<(), String> {
+    for name in ["-d", "-s"] {
+        if let Some(dir) = option(options, &[name]) {
+            if let Some(rel) = dir.strip_prefix(&format!("{WORK}/src/")) {
+                let d = project.join(rel);
+                std::fs::create_dir_all(&d).map_err(|e| io("cannot create", &d, e))?;
+            }
+        }
+    }
+    // The sandbox may run as another uid: everything writable.
+    for entry in walkdir::WalkDir::new(project.join("target"))
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_dir() {
+            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o777));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the files below `a` and `b` are the same, byte for byte.
+fn same_files(a: &Path, b: &Path) -> Result<(), String> {
+    let list = |root: &Path| -> Result<Vec<PathBuf>, String> {
+        select_files(root, |_| true)
+            .map(|v| v.into_iter().filter(|p| root.join(p).is_file()).collect())
+            .map_err(|e| e.to_string())
+    };
+    let (la, lb) = (list(a)?, list(b)?);
+    if la != lb {
+        let only = la
+            .iter()
+            .find(|p| !lb.contains(p))
+            .or_else(|| lb.iter().find(|p| !la.contains(p)));
+        return Err(format!(
+            "javac and Maven wrote different files (first: {})",
+            only.map(|p| p.display().to_string()).unwrap_or_default()
+        ));
+    }
+    for rel in &la {
+        let (x, y) = (std::fs::read(a.join(rel)), std::fs::read(b.join(rel)));
+        match (x, y) {
+            (Ok(x), Ok(y)) if x == y => {}
+            _ => return Err(format!("{} differs from Maven's", rel.display())),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "[INFO] --- maven-resources-plugin:3.3.0:resources (default-resources) @ hello ---
+[INFO] Copying 1 resource
+[INFO] --- maven-compiler-plugin:3.10.1:compile (default-compile) @ hello ---
+[DEBUG] Using compiler 'javac'.
+[INFO] Changes detected - recompiling the module!
+[DEBUG] Command line options:
+[DEBUG] -d /tmp/ftl-java/src/target/classes -classpath /tmp/ftl-java/src/target/classes:/tmp/ftl-m2/org/apache/commons/commons-lang3/3.12.0/commons-lang3-3.12.0.jar: -sourcepath /tmp/ftl-java/src/src/main/java:/tmp/ftl-java/src/target/generated-sources/annotations: -s /tmp/ftl-java/src/target/generated-sources/annotations -g -nowarn --release 17 -encoding UTF-8
+[INFO] Compiling 2 source files to /tmp/ftl-java/src/target/classes
+[INFO] --- maven-dependency-plugin:3.5.0:copy-dependencies (default-cli) @ hello ---
+[INFO] BUILD SUCCESS
+";
+
+    #[test]
+    fn captures_javac_from_maven() {
+        let c = capture(LOG).unwrap();
+        assert_eq!(c.files, 2);
+        assert_eq!(c.options[0], "-d");
+        assert_eq!(c.options.last().unwrap(), "UTF-8");
+        let (roots, cp) = check_options(&c.options).unwrap();
+        assert_eq!(
+            roots,
+            ["src/main/java", "target/generated-sources/annotations"]
+        );
+        assert_eq!(cp.len(), 2);
+        // Maven 3.9's short plugin names.
+        let short = LOG.replace("maven-compiler-plugin:", "compiler:");
+        assert!(capture(&short).is_ok());
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_reproduce() {
+        let other = LOG.replace(
+            "[INFO] BUILD SUCCESS",
+            "[INFO] --- exec-maven-plugin:3.1.0:java (gen) @ hello ---\n[INFO] BUILD SUCCESS",
+        );
+        assert!(capture(&other)
+            .unwrap_err()
+            .contains("exec-maven-plugin:java"));
+        assert!(capture(&LOG.replace("Command line options:", "x"))
+            .unwrap_err()
+            .contains("no javac"));
+        let c = capture(&LOG.replace("-nowarn", "-nowarn -processorpath /x.jar")).unwrap();
+        assert!(check_options(&c.options)
+            .unwrap_err()
+            .contains("-processorpath"));
+        let c =
+            capture(&LOG.replace("-d /tmp/ftl-java/src/target/classes", "-d /elsewhere")).unwrap();
+        assert!(check_options(&c.options).is_err());
+        let c =
+            capture(&LOG.replace("-sourcepath /tmp/ftl-java/src/", "-sourcepath /other/")).unwrap();
+        assert!(check_options(&c.options).unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn compares_trees() {
+        let t = tempfile::tempdir().unwrap();
+        let (a, b) = (t.path().join("a"), t.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir_all(d.join("p")).unwrap();
+            std::fs::write(d.join("p/A.class"), b"one").unwrap();
+        }
+        assert!(same_files(&a, &b).is_ok());
+        std::fs::write(b.join("p/A.class"), b"two").unwrap();
+        assert!(same_files(&a, &b).unwrap_err().contains("A.class"));
+        std::fs::write(b.join("p/A.class"), b"one").unwrap();
+        std::fs::write(b.join("p/B.class"), b"one").unwrap();
+        assert!(same_files(&a, &b).unwrap_err().contains("B.class"));
+    }
+}
