@@ -90,8 +90,15 @@ impl Exec for FakeExec {
     }
 
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
-        assert_eq!(name, "java-maven-repo");
-        Ok(self.repo.path().to_path_buf())
+        if name == "java-maven-repo" {
+            return Ok(self.repo.path().to_path_buf());
+        }
+        // The warm compiler's directory (a fake Maven logs no javac
+        // command line, so it is never used here).
+        assert!(name.starts_with("java-warm-"), "{name}");
+        let dir = self.repo.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Ok(dir)
     }
 }
 
