@@ -17,7 +17,9 @@
 #   cold        empty local cache (so an empty local Maven repository too),
 #               no registry cache, a new repository
 #   no-op       the same app again
-#   app change  one class changed (Greeting.java)
+#   app change  one class changed (Greeting.java): compiled by the warm
+#               compiler (a resident javac the warm-up build started; see
+#               languages/java/src/warm.rs), Maven when it is not up yet
 #   dep change  one more dependency in pom.xml, one not seen before in the
 #               run (a real miss: Maven resolves it)
 # "build step" is the engine's build phase: the Maven run in the sandbox

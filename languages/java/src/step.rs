@@ -251,7 +251,7 @@ fn explain_failure(poms: &[pom::Pom], text: &str, out: &ExecOutput) -> PluginErr
 }
 
 /// Copies the project (less build output) to `dest`.
-pub(crate) fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
+fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
     std::fs::create_dir_all(dest).map_err(|e| io_err("cannot create", dest, e))?;
     for rel in ctx.source.entries() {
         if crate::plan::is_build_output(ctx.source, rel) {

@@ -39,7 +39,7 @@ use std::time::Duration;
 use ftl::{ExecMount, ExecRequest, PluginError, SourceTree, StepContext, StepNetwork};
 use serde::{Deserialize, Serialize};
 
-use crate::step::{copy_project, select_files, REPO, WORK};
+use crate::step::{select_files, REPO, WORK};
 
 /// The resident compiler's source, run with the JDK's source launcher.
 const SERVER: &str = include_str!("FtlJavac.java");
@@ -56,6 +56,8 @@ const SOCKET: &str = "javac.sock";
 const WARMUP: &str = "warmup.args";
 /// The build report's name for a compilation by the warm compiler.
 pub(crate) const STEP_LABEL: &str = "javac (warm compiler)";
+/// Recipes unused for this long are removed when another is recorded.
+const STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a build waits for a compiler that is starting.
 const STARTING: Duration = Duration::from_secs(5);
 
@@ -415,6 +417,7 @@ impl Warm {
             ));
         }
         let _lock = self.lock()?;
+        prune(&self.dir);
         let work = self.work();
         let project = work.join("src");
         let expected = self.dir.join("expected");
@@ -423,7 +426,7 @@ impl Warm {
                 std::fs::remove_dir_all(d).map_err(|e| io("cannot remove", d, e))?;
             }
         }
-        copy_project(ctx, &project).map_err(|e| e.to_string())?;
+        copy_files(maven_src, &sources, &project)?;
         let classes = maven_src.join("target/classes");
         for rel in select_files(&classes, |r| !is_resource(r)).map_err(|e| e.to_string())? {
             let from = classes.join(&rel);
@@ -538,7 +541,18 @@ impl Warm {
         }
         let project = work.join("src");
         std::fs::remove_dir_all(&project).map_err(|e| io("cannot remove", &project, e))?;
-        copy_project(ctx, &project).map_err(|e| e.to_string())?;
+        let sources: Vec<PathBuf> = ctx
+            .source
+            .entries()
+            .iter()
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "java")
+                    && recipe.roots.iter().any(|r| p.starts_with(r))
+                    && !crate::plan::is_build_output(ctx.source, p)
+            })
+            .cloned()
+            .collect();
+        copy_files(ctx.source.root(), &sources, &project)?;
         prepare_output(&project, &recipe.options)?;
         let args = Self::args(&recipe, &format!("{WORK}/src/target/classes"), &project)?;
         let t = std::time::Instant::now();
@@ -551,6 +565,42 @@ impl Warm {
         let classes = project.join("target/classes");
         std::fs::rename(&classes, &out).map_err(|e| io("cannot move", &classes, e))?;
         Ok(out)
+    }
+}
+
+/// Copies `files` (relative) from `from` to `to`: what javac reads of a
+/// project is its sources (the rest is in the recipe's key).
+fn copy_files(from: &Path, files: &[PathBuf], to: &Path) -> Result<(), String> {
+    for rel in files {
+        let (src, dst) = (from.join(rel), to.join(rel));
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+        }
+        std::fs::copy(&src, &dst).map_err(|e| io("cannot copy", &src, e))?;
+    }
+    Ok(())
+}
+
+/// Removes the directories of other recipes of `dir`'s kind unused for
+/// [`STALE`] (a recipe's `lock` is rewritten on every use).
+fn prune(dir: &Path) {
+    let Some(parent) = dir.parent() else { return };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let stale = p != dir
+            && e.file_name().to_string_lossy().starts_with("java-warm-")
+            && std::fs::metadata(p.join("lock"))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > STALE);
+        if stale {
+            tracing::debug!(dir = %p.display(), "removing an unused warm compiler directory");
+            let _ = std::fs::remove_dir_all(&p);
+        }
     }
 }
 
