@@ -358,7 +358,14 @@ impl BuildStep for MavenStep {
         let is_resource = |rel: &Path| is_resource(&resources_src, rel);
         if let Some(w) = &warm {
             let log = String::from_utf8_lossy(&out.stdout);
-            if let Err(why) = w.record(ctx, &log, &src, &repo, &is_resource) {
+            let root_pom = p.poms.first();
+            let project = format!(
+                "{} {}:{}",
+                ctx.source.root().display(),
+                root_pom.and_then(|p| p.group_id.as_deref()).unwrap_or(""),
+                root_pom.map(|p| p.artifact_id.as_str()).unwrap_or("")
+            );
+            if let Err(why) = w.record(ctx, &project, &log, &src, &repo, &is_resource) {
                 tracing::debug!(%why, "this build cannot feed the warm javac");
             }
         }

@@ -230,6 +230,10 @@ struct Recipe {
     /// `pending` (to prove), `proven` or `rejected`.
     status: String,
     note: Option<String>,
+    /// The project (its directory and coordinates): a new recipe of the
+    /// same project stops the compilers of its older ones.
+    #[serde(default)]
+    project: String,
 }
 
 /// The warm compiler of one recipe key.
@@ -304,8 +308,13 @@ impl Warm {
             .persistent_dir(crate::step::REPO_DIR)
             .map_err(|e| e.to_string())?;
         let script = format!(
-            "exec \"${{JAVA_HOME:+$JAVA_HOME/bin/}}java\" -XX:+UseSerialGC -XX:-UsePerfData \
-             -Djava.io.tmpdir=/tmp {WORK}/FtlJavac.java {WORK}/{SOCKET} {} {WORK}/{WARMUP}",
+            // Niced: its start and warm-up (a second or two of CPU) yield
+            // to the builds running meanwhile. C1 alone warms up on half
+            // the CPU of tiered compilation, and javac runs as fast on it.
+            "n=; if command -v nice >/dev/null 2>&1; then n='nice -n 10'; fi; \
+             exec $n \"${{JAVA_HOME:+$JAVA_HOME/bin/}}java\" -XX:+UseSerialGC \
+             -XX:TieredStopAtLevel=1 -XX:-UsePerfData -Djava.io.tmpdir=/tmp \
+             {WORK}/FtlJavac.java {WORK}/{SOCKET} {} {WORK}/{WARMUP}",
             self.idle.as_secs().max(1)
         );
         let mut req = ExecRequest::new("warm javac", ["sh", "-c", &script]);
@@ -382,9 +391,11 @@ impl Warm {
     /// Records the recipe of a successful Maven run whose project copy
     /// (with `target/classes`) is `maven_src`; the log is Maven's stdout.
     /// Errors only say why this run cannot feed the compiler.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
         &self,
         ctx: &StepContext<'_>,
+        project_id: &str,
         log: &str,
         maven_src: &Path,
         repo: &Path,
@@ -444,7 +455,9 @@ impl Warm {
             roots,
             status: "pending".into(),
             note: None,
+            project: project_id.to_string(),
         };
+        self.stop_older(project_id);
         let check = format!("{WORK}/check");
         let args = Self::args(&recipe, &check, &project)?;
         std::fs::create_dir_all(work.join("check")).map_err(|e| io("cannot create", &work, e))?;
@@ -464,6 +477,34 @@ impl Warm {
                     .map_err(|e| io("cannot write", &warmup, e))?;
                 self.save(&recipe)?;
                 self.start(ctx).map(|_| ())
+            }
+        }
+    }
+
+    /// Stops the compilers of the other recipes of `project` (their
+    /// configuration changed: they would idle until `java.warm_idle`),
+    /// unless a build is using them. Removing the socket makes one exit.
+    fn stop_older(&self, project: &str) {
+        let Some(parent) = self.dir.parent() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let other = Warm {
+                dir: e.path(),
+                name: e.file_name().to_string_lossy().into_owned(),
+                idle: self.idle,
+                builder: self.builder.clone(),
+            };
+            if other.dir == self.dir || !other.name.starts_with("java-warm-") {
+                continue;
+            }
+            if other.load().is_some_and(|r| r.project == project) {
+                if let Ok(_lock) = other.lock() {
+                    let _ = std::fs::remove_file(other.work().join(SOCKET));
+                }
             }
         }
     }
