@@ -4,6 +4,8 @@
 # and bytes uploaded, as a table.
 #
 #   scripts/bench-java.sh [RUNS]        (default 5)
+#   JAVA_WARM=off scripts/bench-java.sh  (Maven for every build: the
+#                                         reference for the warm compiler)
 #
 # Uses a local docker-registry on loopback and the `java` test base image
 # (Debian's JRE; scripts/base-image.sh, cached under
@@ -83,7 +85,8 @@ rm -rf "$APP/target"
 ORIG_POM=$(cat "$APP/pom.xml")
 GREETING=$APP/src/main/java/com/example/hello/Greeting.java
 ORIG_GREETING=$(cat "$GREETING")
-SETTINGS=(--set "java.maven_settings=$ROOT/testdata/java/settings-offline.xml" --set java.builder=host)
+SETTINGS=(--set "java.maven_settings=$ROOT/testdata/java/settings-offline.xml" --set java.builder=host
+          --set "java.warm_compiler=${JAVA_WARM:-on}")
 
 # ftl CACHE IMAGE [extra args] -> "millis bytes_uploaded layers_built build_step_millis"
 run() {
@@ -143,7 +146,7 @@ done
 
 # 4. table ----------------------------------------------------------------------
 echo
-echo "ftl build testdata/java/hello-maven (base: Debian bookworm JRE 17; Maven 3.8.7 + JDK 17 of the host), $RUNS runs each, medians"
+echo "ftl build testdata/java/hello-maven (base: Debian bookworm JRE 17; Maven 3.8.7 + JDK 17 of the host; warm compiler ${JAVA_WARM:-on}), $RUNS runs each, medians"
 printf '| %-11s | %9s | %19s | %14s | %13s |\n' scenario "time (ms)" "build step (ms)" "bytes uploaded" "layers built"
 printf '|-%-11s-|-%9s-|-%19s-|-%14s-|-%13s-|\n' ----------- --------- ------------------- -------------- -------------
 for s in cold no-op "app change" "dep change"; do
