@@ -38,7 +38,10 @@ impl SharedCache {
 
 fn shared_cache() -> SharedCache {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    SharedCache(DIR.get_or_init(|| tempfile::tempdir().unwrap()).path())
+    SharedCache(
+        DIR.get_or_init(|| ftl_test_support::owned_temp_dir("ftl-node-cache-").unwrap())
+            .path(),
+    )
 }
 
 fn layer_digest(report: &serde_json::Value, name: &str) -> String {

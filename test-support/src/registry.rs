@@ -108,7 +108,9 @@ impl Registry {
     /// Starts a registry and waits until `GET /v2/` answers.
     pub fn start(options: RegistryOptions) -> Result<Self> {
         require_binary(REGISTRY_BINARY, "docker-registry")?;
-        let dir = tempfile::Builder::new().prefix("ftl-registry-").tempdir()?;
+        // A registry in a `static` rig is never dropped: its directory is
+        // removed by a later start once this process is gone.
+        let dir = crate::owned_temp_dir("ftl-registry-")?;
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage)?;
         let port = free_port()?;
