@@ -314,12 +314,7 @@ impl BuildStep for MavenStep {
         let p = &self.plan;
         let resources_rel = Path::new(&p.module).join("src/main/resources");
         let warm = match &p.warm_key {
-            Some(key) => Some(crate::warm::Warm::new(
-                ctx,
-                key,
-                p.settings.warm_idle,
-                p.settings.builder.clone(),
-            )?),
+            Some(key) => Some(crate::warm::Warm::new(ctx, key, &p.settings)?),
             None => None,
         };
         if let (Some(w), [only]) = (&warm, wanted) {

@@ -243,6 +243,8 @@ pub(crate) struct Warm {
     name: String,
     idle: Duration,
     builder: ftl::StepRoot,
+    /// How long one compilation may take (`java.build_timeout`).
+    timeout: Duration,
 }
 
 fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
@@ -253,15 +255,15 @@ impl Warm {
     pub(crate) fn new(
         ctx: &StepContext<'_>,
         key: &str,
-        idle: Duration,
-        builder: ftl::StepRoot,
+        settings: &crate::Settings,
     ) -> Result<Warm, PluginError> {
         let name = format!("java-warm-{key}");
         Ok(Warm {
             dir: ctx.exec.persistent_dir(&name)?,
             name,
-            idle,
-            builder,
+            idle: settings.warm_idle,
+            builder: settings.builder.clone(),
+            timeout: settings.build_timeout,
         })
     }
 
@@ -348,7 +350,7 @@ impl Warm {
     /// Sends one compilation; returns javac's exit code and output.
     fn compile(&self, conn: UnixStream, args: &[String]) -> Result<(i32, String), String> {
         let mut conn = conn;
-        conn.set_read_timeout(Some(Duration::from_secs(600)))
+        conn.set_read_timeout(Some(self.timeout))
             .map_err(|e| e.to_string())?;
         let mut request = format!("{}\n", args.len());
         for a in args {
@@ -497,6 +499,7 @@ impl Warm {
                 name: e.file_name().to_string_lossy().into_owned(),
                 idle: self.idle,
                 builder: self.builder.clone(),
+                timeout: self.timeout,
             };
             if other.dir == self.dir || !other.name.starts_with("java-warm-") {
                 continue;
