@@ -126,7 +126,7 @@ fn option<'a>(options: &'a [String], names: &[&str]) -> Option<&'a str> {
 }
 
 /// Checks the options; returns the source roots (relative to the project)
-/// and the classpath.
+/// and the class and module path entries.
 fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
     let project = format!("{WORK}/src/");
     if option(options, &["-d"]) != Some(&format!("{project}target/classes")) {
@@ -166,13 +166,21 @@ fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), Strin
     if roots.is_empty() {
         return Err("no source roots".into());
     }
-    let classpath = option(options, &["-classpath", "-cp", "--class-path"])
-        .unwrap_or("")
-        .split(':')
-        .filter(|e| !e.is_empty())
-        .map(str::to_string)
-        .collect();
-    Ok((roots, classpath))
+    // Where javac looks for processors without -processorpath.
+    let mut paths = Vec::new();
+    for names in [
+        &["-classpath", "-cp", "--class-path"][..],
+        &["--module-path", "-p"][..],
+    ] {
+        paths.extend(
+            option(options, names)
+                .unwrap_or("")
+                .split(':')
+                .filter(|e| !e.is_empty())
+                .map(str::to_string),
+        );
+    }
+    Ok((roots, paths))
 }
 
 /// Whether a classpath entry offers javac an annotation processor.
@@ -730,6 +738,11 @@ mod tests {
             ["src/main/java", "target/generated-sources/annotations"]
         );
         assert_eq!(cp.len(), 2);
+        // A modular build: the module path is searched for processors too.
+        let c = capture(&LOG.replace("-g -nowarn", "-g --module-path /tmp/ftl-m2/m.jar -nowarn"))
+            .unwrap();
+        let (_, paths) = check_options(&c.options).unwrap();
+        assert_eq!(paths.last().unwrap(), "/tmp/ftl-m2/m.jar");
         // Maven 3.9's short plugin names.
         let short = LOG.replace("maven-compiler-plugin:", "compiler:");
         assert!(capture(&short).is_ok());
