@@ -305,6 +305,19 @@ impl Client {
         reference: &Reference,
         platform: &Platform,
     ) -> Result<ResolvedImage, Error> {
+        self.resolve_with(reference, platform, &|_| None).await
+    }
+
+    /// As [`Client::resolve`], taking the config blob from `known` when it
+    /// has it (a content-addressed cache; bytes that do not hash to the
+    /// digest are ignored): an unchanged image then costs its manifest
+    /// request alone.
+    pub async fn resolve_with(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        known: &(dyn Fn(&Digest) -> Option<Bytes> + Send + Sync),
+    ) -> Result<ResolvedImage, Error> {
         let stats = Stats::default();
         let first = self.get_manifest_with(reference, &stats).await?;
         let (manifest, index_digest, pinned) = match first.parsed {
@@ -326,9 +339,14 @@ impl Client {
             });
         };
         let config_digest = image.config().digest().clone();
-        let config_bytes = self
-            .get_blob_bytes_with(&pinned, &config_digest, 64 * 1024 * 1024, &stats)
-            .await?;
+        let config_bytes = match known(&config_digest).filter(|b| sha256_digest(b) == config_digest)
+        {
+            Some(b) => b,
+            None => {
+                self.get_blob_bytes_with(&pinned, &config_digest, 64 * 1024 * 1024, &stats)
+                    .await?
+            }
+        };
         let config: ImageConfiguration =
             serde_json::from_slice(&config_bytes).map_err(|e| Error::InvalidManifest {
                 what: "config",

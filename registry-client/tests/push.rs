@@ -364,7 +364,26 @@ async fn resolve_picks_the_platform_and_fetches_only_manifest_and_config() {
         3,
         "index, manifest, config"
     );
-    assert_eq!(resolved.index_digest, Some(index_digest));
+    assert_eq!(resolved.index_digest, Some(index_digest.clone()));
+    // A known config is not fetched; bytes that do not match its digest
+    // (a corrupt cache) are ignored.
+    let known = amd.config.clone();
+    let before = client.request_count();
+    let cached = client
+        .resolve_with(&repo, &default_platform(), &|_| Some(known.clone()))
+        .await
+        .unwrap();
+    assert_eq!(client.request_count() - before, 2, "index, manifest");
+    assert_eq!(cached.config_bytes, amd.config);
+    let before = client.request_count();
+    let corrupt = client
+        .resolve_with(&repo, &default_platform(), &|_| {
+            Some(bytes::Bytes::from_static(b"{}"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(client.request_count() - before, 3, "the config fetched");
+    assert_eq!(corrupt.config_bytes, amd.config);
     assert_eq!(resolved.manifest_digest, amd.manifest_digest());
     assert_eq!(resolved.manifest_bytes, amd.manifest);
     assert_eq!(resolved.config_bytes, amd.config);

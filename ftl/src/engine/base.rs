@@ -25,13 +25,20 @@ pub struct BaseImage {
 }
 
 impl BaseImage {
+    /// Resolves the image; its config comes from `cache` when there
+    /// (configs are content-addressed), and is kept there.
     pub async fn resolve(
         client: &Client,
         reference: &Reference,
         platform: &Platform,
+        cache: &ftl_cache::Cache,
     ) -> Result<Self, EngineError> {
+        let known = |d: &ftl_registry_client::Digest| {
+            let path = cache.blobs.get(d.as_ref()).ok()?;
+            std::fs::read(path).ok().map(bytes::Bytes::from)
+        };
         let resolved = client
-            .resolve(reference, platform)
+            .resolve_with(reference, platform, &known)
             .await
             .map_err(|e| match e {
                 // Say which image is missing: the base, not the target.
@@ -41,6 +48,15 @@ impl BaseImage {
                 },
                 e => e.into(),
             })?;
+        let config_digest = resolved.config_digest.to_string();
+        if !cache.blobs.contains(&config_digest) {
+            // A cache that cannot be written costs the next build a request.
+            if let Ok(mut w) = cache.blobs.writer() {
+                if std::io::Write::write_all(&mut w, &resolved.config_bytes).is_ok() {
+                    let _ = w.commit(&config_digest);
+                }
+            }
+        }
         let config: serde_json::Value =
             serde_json::from_slice(&resolved.config_bytes).map_err(|e| EngineError::Base {
                 base: reference.to_string(),

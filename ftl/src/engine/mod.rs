@@ -310,7 +310,7 @@ impl Engine {
         // 1. The base: manifest and config only.
         let base = phase!(
             "resolve",
-            base::BaseImage::resolve(&self.client, &req.base, &req.platform).await
+            base::BaseImage::resolve(&self.client, &req.base, &req.platform, &self.cache).await
         )?;
         let source_dir = req.source.clone();
         let source = phase!(
@@ -1124,6 +1124,7 @@ impl SandboxExec {
                                 &self.client,
                                 &parsed,
                                 &self.platform,
+                                &self.cache,
                             ))
                             .map_err(|e| {
                                 PluginError::new(format!("builder image `{reference}`: {e}"))
