@@ -387,6 +387,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         cache_repo,
         no_cache: args.no_cache,
         verify,
+        cancel: Default::default(),
     };
     let progress = Arc::new(Progress::new(args.quiet || args.json));
     let result = engine.build(&req, progress.clone()).await;

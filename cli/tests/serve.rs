@@ -853,11 +853,53 @@ fn cancel_a_queued_and_a_running_build() {
             b"",
         )
     };
+    // Cancel while a sandboxed step of the running build is in flight.
+    let containers = tmp.path().join("state/cache/sandbox-state");
+    let steps_running = || -> Vec<String> {
+        std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ftl-step-"))
+            .collect()
+    };
+    // Layers the build has recorded in the cache so far.
+    let recorded = || {
+        let mut n = 0;
+        let mut stack = vec![tmp.path().join("state/cache/keys-v1")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.path().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    // A long step (an install, not a probe): one seen running for 300 ms.
     let start = Instant::now();
-    while server.get(&format!("/v1/builds/{running}")).json()["state"] != "running" {
-        assert!(start.elapsed() < Duration::from_secs(60));
-        std::thread::sleep(Duration::from_millis(50));
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no long step ran"
+        );
+        let now = steps_running();
+        if !now.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+            if steps_running().iter().any(|s| now.contains(s)) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
+    let recorded_before = recorded();
+    assert_eq!(
+        server.get(&format!("/v1/builds/{running}")).json()["state"],
+        "running"
+    );
     assert_eq!(cancel(&queued).status, 202);
     assert_eq!(
         server.get(&format!("/v1/builds/{queued}")).json()["state"],
@@ -869,6 +911,23 @@ fn cancel_a_queued_and_a_running_build() {
     assert_eq!(v["error"], "cancelled by request");
     let log = server.get(&format!("/v1/builds/{running}/log")).text();
     assert!(log.trim_end().ends_with("cancelled by request"), "{log}");
+    // The step was killed, and no other starts.
+    let start = Instant::now();
+    while !steps_running().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the cancelled build's step still runs: {:?}",
+            steps_running()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(steps_running().is_empty(), "{:?}", steps_running());
+    assert_eq!(
+        recorded(),
+        recorded_before,
+        "the cancelled step's layers reached the cache"
+    );
 }
 
 // ---- integrations and the builder image ------------------------------------

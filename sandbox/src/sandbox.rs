@@ -51,6 +51,10 @@ pub struct RunRequest {
     pub state_root: PathBuf,
     /// Do not create cgroups (limits then fall back to rlimits).
     pub ignore_cgroups: bool,
+    /// [`Sandbox::spawn`]: kill the container when the spawning thread
+    /// exits (as [`Sandbox::run`] always does), for a caller that waits for
+    /// it on that thread.
+    pub die_with_parent: bool,
 }
 
 impl RunRequest {
@@ -63,6 +67,7 @@ impl RunRequest {
             timeout: None,
             state_root: state::default_root(),
             ignore_cgroups: false,
+            die_with_parent: false,
         }
     }
 
@@ -84,6 +89,11 @@ impl RunRequest {
 
     pub fn with_stdio(mut self, s: Stdio) -> Self {
         self.stdio = s;
+        self
+    }
+
+    pub fn dying_with_parent(mut self) -> Self {
+        self.die_with_parent = true;
         self
     }
 
@@ -666,7 +676,7 @@ fn reader(fd: Option<OwnedFd>, buf: Buffer) -> Option<JoinHandle<()>> {
 }
 
 fn spawn_embedded(req: &RunRequest) -> Result<Running, SandboxError> {
-    let mut started = embedded_start(req, false)?;
+    let mut started = embedded_start(req, req.die_with_parent)?;
     let stdout = Buffer::default();
     let stderr = Buffer::default();
     let readers = [

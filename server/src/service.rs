@@ -398,6 +398,7 @@ impl Service {
                     }
                 }
                 let observer = Arc::new(LogObserver(log.clone()));
+                let stop = req.cancel.clone();
                 let build = AssertUnwindSafe(self.engine.build(&req, observer)).catch_unwind();
                 tokio::select! {
                     r = build => match r {
@@ -406,6 +407,9 @@ impl Service {
                         Err(_) => Err(Outcome::Failed("internal error: the build panicked".into())),
                     },
                     _ = cancel.notified() => {
+                        // The build's blocking work goes on without its
+                        // future: this kills its sandboxed step.
+                        stop.cancel();
                         let reason = self
                             .inner()
                             .cancel_reasons

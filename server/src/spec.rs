@@ -195,6 +195,7 @@ impl BuildSpec {
             cache_repo,
             no_cache: self.no_cache,
             verify,
+            cancel: Default::default(),
         })
     }
 }

@@ -36,8 +36,14 @@ pub use sandboxed::SandboxRuntime;
 /// Runs build steps and verification in a sandbox on a root filesystem.
 /// The CLI backs it with ftl's embedded sandbox or an external OCI runtime.
 pub trait StepRuntime: Send + Sync {
-    /// Runs one command on `rootfs` (mounted read-only).
-    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
+    /// Runs one command on `rootfs` (mounted read-only); kills it and
+    /// returns an error soon after `cancel` is set.
+    fn run(
+        &self,
+        rootfs: &Path,
+        request: &ExecRequest,
+        cancel: &CancelFlag,
+    ) -> Result<ExecOutput, PluginError>;
 
     /// Starts `request` on `rootfs` as container `id` that outlives this
     /// process, unless one of that id is already running (then `false`);
@@ -131,6 +137,23 @@ pub struct BuildRequest {
     /// Skip cache lookups (results are still recorded).
     pub no_cache: bool,
     pub verify: Option<VerifySpec>,
+    /// Set by the caller to stop the build: the sandboxed step running is
+    /// killed and no other starts (a service's cancel).
+    pub cancel: CancelFlag,
+}
+
+/// A build's cancellation, shared between the caller and the build.
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<std::sync::atomic::AtomicBool>);
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What went wrong in a build.
@@ -340,6 +363,7 @@ impl Engine {
             platform: req.platform.clone(),
             images: Mutex::new(HashMap::new()),
             steps: Mutex::new(Vec::new()),
+            cancel: req.cancel.clone(),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -1082,6 +1106,8 @@ pub(crate) struct SandboxExec {
     images: Mutex<HashMap<String, BuilderImage>>,
     /// What ran, for the report.
     steps: Mutex<Vec<StepRun>>,
+    /// The build's cancellation: steps are killed when it is set.
+    cancel: CancelFlag,
 }
 
 /// A builder image's lazily unpacked rootfs and its config's env.
@@ -1297,7 +1323,13 @@ impl Exec for SandboxExec {
         let (rootfs, req) = self.prepare(request)?;
         self.observer.event(&Event::StepStarted(req.label.clone()));
         let t = Instant::now();
-        let out = self.runtime.run(&rootfs, &req);
+        if self.cancel.is_cancelled() {
+            return Err(PluginError::new(format!(
+                "`{}` not started: the build was cancelled",
+                req.label
+            )));
+        }
+        let out = self.runtime.run(&rootfs, &req, &self.cancel);
         self.step_done(&req.label, t.elapsed());
         out
     }

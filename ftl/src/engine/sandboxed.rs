@@ -11,7 +11,7 @@ use ftl_sandbox::{
     spec_for_step, BindMount, ExternalRuntime, Network, RunRequest, Sandbox, Stdio, StepSpec,
 };
 
-use super::{AppProcess, EngineError, StepRuntime, VerifyReport, VerifySpec};
+use super::{AppProcess, CancelFlag, EngineError, StepRuntime, VerifyReport, VerifySpec};
 use crate::plugin::{ExecOutput, ExecRequest, PluginError, StepNetwork};
 
 /// Build steps and verification on a [`Sandbox`].
@@ -27,6 +27,9 @@ pub struct SandboxRuntime {
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// How often a running step checks its build's cancellation.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
 
 fn container_id(kind: &str) -> String {
     format!(
@@ -101,18 +104,48 @@ impl SandboxRuntime {
 }
 
 impl StepRuntime for SandboxRuntime {
-    fn run(&self, rootfs: &Path, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
+    fn run(
+        &self,
+        rootfs: &Path,
+        request: &ExecRequest,
+        cancel: &CancelFlag,
+    ) -> Result<ExecOutput, PluginError> {
         let spec = Self::step_spec(rootfs, request);
         let req = RunRequest::from_spec(container_id("step"), rootfs, spec)
             .with_timeout(request.timeout)
             .with_stdio(Stdio::Capture)
-            .with_state_root(&self.state_root);
-        let outcome = self.sandbox.run(&req).map_err(|e| {
+            .with_state_root(&self.state_root)
+            .dying_with_parent();
+        let could_not = |e: ftl_sandbox::SandboxError| {
             PluginError::new(format!(
                 "`{}` could not start in the sandbox: {e}",
                 request.label
             ))
-        })?;
+        };
+        let mut running = self.sandbox.spawn(&req).map_err(could_not)?;
+        let deadline = Instant::now() + request.timeout;
+        let outcome = loop {
+            if let Some(o) = running
+                .wait_timeout(CANCEL_POLL.min(deadline.saturating_duration_since(Instant::now())))
+                .map_err(could_not)?
+            {
+                break o;
+            }
+            if cancel.is_cancelled() {
+                running.kill();
+                let _ = running.wait();
+                return Err(PluginError::new(format!(
+                    "`{}` was stopped: the build was cancelled",
+                    request.label
+                )));
+            }
+            if Instant::now() >= deadline {
+                running.kill();
+                let mut o = running.wait().map_err(could_not)?;
+                o.timed_out = true;
+                break o;
+            }
+        };
         Ok(ExecOutput {
             code: outcome.code,
             signal: outcome.signal,
