@@ -224,12 +224,6 @@ impl ExecOutput {
 pub trait Exec: Send + Sync {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError>;
 
-    /// A host directory that persists across builds on this machine (under
-    /// the ftl cache directory), created if missing, for a build tool's own
-    /// cache that a step mounts read-write (Maven's local repository, npm's
-    /// cache). `name` is `[A-Za-z0-9._-]+`; plugins prefix it with their id.
-    /// Its contents must never decide a layer's key: a layer built with it
-    /// must equal one built without it.
     /// Starts `request` as a long-lived sandboxed process that outlives
     /// this build (a warm compiler, a build daemon), unless the one named
     /// `name` (`[A-Za-z0-9._-]+`, prefixed with the plugin's id) is still
@@ -257,6 +251,12 @@ pub trait Exec: Send + Sync {
         let _ = (label, took);
     }
 
+    /// A host directory that persists across builds on this machine (under
+    /// the ftl cache directory), created if missing, for a build tool's own
+    /// cache that a step mounts read-write (Maven's local repository, npm's
+    /// cache). `name` is `[A-Za-z0-9._-]+`; plugins prefix it with their id.
+    /// Its contents must never decide a layer's key: a layer built with it
+    /// must equal one built without it.
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         Err(PluginError::new(format!(
             "no persistent directory `{name}` in this context"

@@ -503,12 +503,20 @@ fn console_socket() {
                     &id,
                 ],
             )
-            .status()
+            .output()
             .unwrap();
-        assert!(st.success(), "{rt:?} create with console socket");
+        assert!(
+            st.status.success(),
+            "{rt:?} create with console socket: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let master = recv.join().unwrap();
-        let st = d.cmd(rt, &["start", &id]).status().unwrap();
-        assert!(st.success(), "{rt:?} start");
+        let st = d.cmd(rt, &["start", &id]).output().unwrap();
+        assert!(
+            st.status.success(),
+            "{rt:?} start: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         let mut f = std::fs::File::from(master);
         let mut text = Vec::new();
         let mut chunk = [0u8; 256];

@@ -574,6 +574,13 @@ impl Engine {
                         scratch: scratch.path(),
                     };
                     let contents = plan2.steps[step].build(&wanted2, &ctx)?;
+                    // A cancelled build's step may have finished: nothing
+                    // of it reaches the cache.
+                    if exec.cancel.is_cancelled() {
+                        return Err(EngineError::Plugin(PluginError::new(
+                            "the build was cancelled",
+                        )));
+                    }
                     let mut got: HashMap<usize, LayerContents> = contents.into_iter().collect();
                     let mut written = Vec::new();
                     for &i in &wanted2 {
@@ -1320,15 +1327,15 @@ fn check_cache_name(what: &str, name: &str) -> Result<(), PluginError> {
 
 impl Exec for SandboxExec {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let (rootfs, req) = self.prepare(request)?;
-        self.observer.event(&Event::StepStarted(req.label.clone()));
-        let t = Instant::now();
         if self.cancel.is_cancelled() {
             return Err(PluginError::new(format!(
                 "`{}` not started: the build was cancelled",
-                req.label
+                request.label
             )));
         }
+        let (rootfs, req) = self.prepare(request)?;
+        self.observer.event(&Event::StepStarted(req.label.clone()));
+        let t = Instant::now();
         let out = self.runtime.run(&rootfs, &req, &self.cancel);
         self.step_done(&req.label, t.elapsed());
         out
@@ -1358,7 +1365,7 @@ impl Exec for SandboxExec {
             self.runtime
                 .start_resident(&rootfs, &req, &format!("ftl-resident-{name}"), &log)?;
         if started {
-            self.observer.event(&Event::StepStarted(req.label.clone()));
+            tracing::info!(step = %req.label, log = %log.display(), "started a long-lived step");
         }
         Ok((log, started))
     }

@@ -123,7 +123,9 @@ impl StepRuntime for SandboxRuntime {
             ))
         };
         let mut running = self.sandbox.spawn(&req).map_err(could_not)?;
-        let deadline = Instant::now() + request.timeout;
+        let deadline = Instant::now()
+            .checked_add(request.timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
         let outcome = loop {
             if let Some(o) = running
                 .wait_timeout(CANCEL_POLL.min(deadline.saturating_duration_since(Instant::now())))

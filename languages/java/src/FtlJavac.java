@@ -3,7 +3,7 @@
 // of a cold Maven (see languages/java/src/warm.rs for when ftl uses it and
 // how it proves that its output equals Maven's).
 //
-//   java FtlJavac.java SOCKET IDLE_SECONDS WARMUP_ARGS
+//   java FtlJavac.java SOCKET IDLE_SECONDS WARMUP_ARGS MAX_REQUEST_SECONDS
 //
 // At start it compiles WARMUP_ARGS (one javac argument per line) if the file
 // exists, writing "<exit code>\n<javac output>" to WARMUP_ARGS.done: that
@@ -12,7 +12,10 @@
 // of arguments, one argument per line; the answer is "<exit code>\n" and
 // javac's output. It runs javac only (the recipes it gets have no annotation
 // processors), never project code. It exits when IDLE_SECONDS pass without
-// a request, or when SOCKET is removed (its cache directory was deleted).
+// a request, or when SOCKET is removed (its cache directory was deleted);
+// a request (reading it and compiling) that takes longer than
+// MAX_REQUEST_SECONDS ends the process, so that nothing waits on a stuck
+// compiler twice.
 import java.io.BufferedReader;
 import java.io.ByteArrayOutputStream;
 import java.io.InputStreamReader;
@@ -40,13 +43,14 @@ public final class FtlJavac {
     private static final long WARMUP_MILLIS = 1500;
 
     public static void main(String[] argv) throws Exception {
-        if (argv.length != 3) {
-            System.err.println("usage: java FtlJavac.java SOCKET IDLE_SECONDS WARMUP_ARGS");
+        if (argv.length != 4) {
+            System.err.println("usage: java FtlJavac.java SOCKET IDLE_SECONDS WARMUP_ARGS MAX_REQUEST_SECONDS");
             System.exit(2);
         }
         Path socket = Paths.get(argv[0]);
         long idleMillis = Long.parseLong(argv[1]) * 1000L;
         Path warmup = Paths.get(argv[2]);
+        long maxRequestMillis = Long.parseLong(argv[3]) * 1000L;
         JavaCompiler javac = ToolProvider.getSystemJavaCompiler();
         if (javac == null) {
             System.err.println("ftl-javac: this is a JRE: no system Java compiler");
@@ -80,7 +84,9 @@ public final class FtlJavac {
                 selector.selectedKeys().clear();
                 SocketChannel client = server.accept();
                 if (client != null) {
+                    Thread watchdog = watchdog(maxRequestMillis);
                     serve(javac, client);
+                    watchdog.interrupt();
                     last = System.currentTimeMillis();
                     continue;
                 }
@@ -95,6 +101,22 @@ public final class FtlJavac {
                 }
             }
         }
+    }
+
+    /** A thread that ends the process unless interrupted within `millis`. */
+    private static Thread watchdog(long millis) {
+        Thread t = new Thread(() -> {
+            try {
+                Thread.sleep(millis);
+            } catch (InterruptedException e) {
+                return;
+            }
+            System.err.println("ftl-javac: a request took longer than " + millis / 1000 + " s: exiting");
+            Runtime.getRuntime().halt(4);
+        });
+        t.setDaemon(true);
+        t.start();
+        return t;
     }
 
     private static void serve(JavaCompiler javac, SocketChannel client) {

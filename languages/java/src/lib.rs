@@ -26,7 +26,8 @@
 //! compiles with exactly the options Maven's log shows it used, once it
 //! has proved on the sources Maven compiled that it writes the same bytes.
 //! Builds it cannot reproduce (other plugins, annotation processors,
-//! modules) always run Maven; see `warm.rs`.
+//! multi-module builds, a forked or filtered compiler) always run Maven;
+//! see `warm.rs`.
 //!
 //! A prebuilt app (a runnable jar with `Main-Class`, at the top or in
 //! `target/`, or `java.jar`) with its `lib/` (or `libs/`, `dependency/`)

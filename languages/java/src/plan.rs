@@ -484,7 +484,8 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         && module.is_empty()
         && reactor.is_empty()
         && settings.maven_goal.is_none()
-        && !poms.iter().any(|p| p.has_ranges || p.has_snapshots))
+        && !poms.iter().any(|p| p.has_ranges || p.has_snapshots)
+        && warm_compiler_fits(ctx.source, &poms, &toolchain))
     .then(|| {
         let doc = json!({
             "common": common_doc,
@@ -517,6 +518,41 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         layers,
         steps: vec![Box::new(step)],
         config,
+    })
+}
+
+/// What the warm compiler (`warm.rs`) cannot see from Maven's log: a JDK
+/// without Unix sockets (before 16), a compiler plugin that forks another
+/// JDK or filters its sources (fork, executable, toolchains, includes,
+/// excludes), JVM settings for Maven's own JVM (`.mvn/jvm.config`), which
+/// its in-process javac inherits.
+fn warm_compiler_fits(source: &SourceTree, poms: &[Pom], toolchain: &Toolchain) -> bool {
+    let major = toolchain
+        .jdk
+        .get("JAVA_VERSION")
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok());
+    if major.is_none_or(|m| m < 16) || source.contains(".mvn/jvm.config") {
+        return false;
+    }
+    poms.iter().all(|p| {
+        source
+            .read_text(&p.file)
+            .ok()
+            .flatten()
+            .is_some_and(|text| {
+                ![
+                    "<fork>",
+                    "<executable>",
+                    "<jdkToolchain>",
+                    "<includes>",
+                    "<excludes>",
+                    "maven.compiler.fork",
+                    "maven.compiler.executable",
+                ]
+                .iter()
+                .any(|needle| text.contains(needle))
+            })
     })
 }
 

@@ -314,7 +314,7 @@ impl BuildStep for MavenStep {
         let p = &self.plan;
         let resources_rel = Path::new(&p.module).join("src/main/resources");
         let warm = match &p.warm_key {
-            Some(key) => Some(crate::warm::Warm::new(ctx, key, &p.settings)?),
+            Some(key) => crate::warm::Warm::new(ctx, key, &p.settings),
             None => None,
         };
         if let (Some(w), [only]) = (&warm, wanted) {
@@ -353,10 +353,11 @@ impl BuildStep for MavenStep {
         let is_resource = |rel: &Path| is_resource(&resources_src, rel);
         if let Some(w) = &warm {
             let log = String::from_utf8_lossy(&out.stdout);
+            // The coordinates, not the directory: `ftl serve` unpacks
+            // each build of a project somewhere else.
             let root_pom = p.poms.first();
             let project = format!(
-                "{} {}:{}",
-                ctx.source.root().display(),
+                "{}:{}",
                 root_pom.and_then(|p| p.group_id.as_deref()).unwrap_or(""),
                 root_pom.map(|p| p.artifact_id.as_str()).unwrap_or("")
             );

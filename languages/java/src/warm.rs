@@ -8,30 +8,45 @@
 //!
 //! 1. **Recording.** Every Maven run that may feed it logs the compiler
 //!    plugin at debug level. The *recipe* is javac's command line from that
-//!    log, kept when the build up to `process-classes` ran nothing but the
-//!    resources and compiler plugins (and the dependency plugin's copy), no
-//!    annotation processor can run (`-proc:none`, or no processor service in
-//!    the classpath), the module is the root project with no reactor
-//!    modules, no snapshot or version range is named, and Maven compiled
-//!    every `.java` file of the source roots. Anything else: Maven, always.
+//!    log, kept when:
+//!    - the log shows the build up to `process-classes` ran nothing but the
+//!      resources and compiler plugins (and the dependency plugin's copy);
+//!      a quiet log, which shows none, does not qualify;
+//!    - no annotation processor can run: `-proc:none`, or no processor
+//!      service (nor manifest `Class-Path`) on the class or module path, and
+//!      no processor option in either spelling (`--opt value`, `--opt=value`);
+//!    - the project is one module with no reactor, names no snapshot or
+//!      version range, runs no `java.maven_goal`, and its poms configure no
+//!      compiler fork, executable, toolchain, includes or excludes; there is
+//!      no `.mvn/jvm.config` (Maven's JVM settings reach its javac); the JDK
+//!      is 16 or later (Unix sockets);
+//!    - Maven compiled every `.java` file of the source roots and nothing
+//!      generated.
+//!
+//!    Anything else: Maven, always. A rejected recipe is remembered: the
+//!    same configuration is not tried again.
 //! 2. **Proof.** The resident compiler compiles the very sources Maven
 //!    compiled with the recipe; the recipe is used only if every file it
 //!    writes equals Maven's byte for byte (`recipe.json` says `proven` or
 //!    `rejected`, with the first difference).
 //! 3. **Use.** A build whose only missed layer is the classes layer, where
-//!    every project file outside the recipe's source roots is as recorded
-//!    (the recipe's key covers poms, settings, toolchain and resources),
-//!    sends the current sources to the compiler. Any failure (a compile
-//!    error, a compiler that is not running, a busy recipe) falls back to
-//!    Maven, whose error messages the user gets.
+//!    every project file but the sources is as recorded (the recipe's key
+//!    covers poms, settings, toolchain and resources; `module-info.java`
+//!    counts as configuration), sends the current sources to the compiler.
+//!    Only regular files are copied to it: a symbolic link could name a host
+//!    file that Maven, in the sandbox, would not read. Any failure (a
+//!    compile error, a compiler that is not running, a busy recipe, a link)
+//!    falls back to Maven, whose error messages the user gets.
 //!
 //! The compiler runs javac only, never project code; it is keyed by
 //! everything its output depends on but the sources, mounts the local Maven
 //! repository read-only, and exits after `java.warm_idle` seconds without a
-//! request. One per recipe key (`<cache>/persistent/java-warm-<key>/`).
+//! request, when its directory goes, or when a request takes longer than
+//! `java.build_timeout`. One per recipe key
+//! (`<cache>/persistent/java-warm-<key>/`); recipes unused for a week are
+//! removed, and a new recipe of a project stops its older compilers.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -58,6 +73,10 @@ const WARMUP: &str = "warmup.args";
 pub(crate) const STEP_LABEL: &str = "javac (warm compiler)";
 /// Recipes unused for this long are removed when another is recorded.
 const STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Touched on every use of a recipe.
+const USED: &str = "used";
+/// A bound for seconds handed to the JVM (a `long` of milliseconds there).
+const MAX_SECS: u64 = 365 * 24 * 3600;
 /// How long a build waits for a compiler that is starting.
 const STARTING: Duration = Duration::from_secs(5);
 
@@ -75,6 +94,7 @@ pub(crate) struct Captured {
 pub(crate) fn capture(log: &str) -> Result<Captured, String> {
     let mut options = None;
     let mut files = None;
+    let mut compiled = false;
     let mut lines = log.lines().map(|l| l.trim_end());
     while let Some(line) = lines.next() {
         let text = line
@@ -96,6 +116,7 @@ pub(crate) fn capture(log: &str) -> Result<Captured, String> {
             if !ALLOWED_GOALS.contains(&(short, goal)) {
                 return Err(format!("the build runs {plugin}:{goal}"));
             }
+            compiled |= (short, goal) == ("compiler", "compile");
         } else if text == "Command line options:" {
             let next = lines.next().unwrap_or("");
             let opts = next.strip_prefix("[DEBUG] ").unwrap_or(next);
@@ -108,6 +129,10 @@ pub(crate) fn capture(log: &str) -> Result<Captured, String> {
                 files = Some(n);
             }
         }
+    }
+    if !compiled {
+        // A quiet log (`-q`) hides which plugins ran: nothing to vouch for.
+        return Err("Maven's log names no compiler:compile execution".into());
     }
     match (options, files) {
         (Some(options), Some(files)) => Ok(Captured { options, files }),
@@ -125,9 +150,35 @@ fn option<'a>(options: &'a [String], names: &[&str]) -> Option<&'a str> {
         .map(String::as_str)
 }
 
-/// Checks the options; returns the source roots (relative to the project)
-/// and the class and module path entries.
-fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), String> {
+/// `--name=value` as two words, as javac reads it.
+fn normalized(options: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in options {
+        match o.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => {
+                out.push(name.to_string());
+                out.push(value.to_string());
+            }
+            _ => out.push(o.clone()),
+        }
+    }
+    out
+}
+
+/// What the options say about the compilation.
+#[derive(Debug)]
+struct Checked {
+    /// Source roots in the project (relative).
+    roots: Vec<String>,
+    /// Source roots in the build directory (`target/generated-sources/…`).
+    generated: Vec<String>,
+    /// Class and module path entries.
+    paths: Vec<String>,
+}
+
+/// Checks the options: what the compiler may replay.
+fn check_options(options: &[String]) -> Result<Checked, String> {
+    let options = &normalized(options);
     let project = format!("{WORK}/src/");
     if option(options, &["-d"]) != Some(&format!("{project}target/classes")) {
         return Err("javac writes elsewhere than target/classes".into());
@@ -149,7 +200,7 @@ fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), Strin
             return Err(format!("javac option `{o}`"));
         }
     }
-    let mut roots = Vec::new();
+    let (mut roots, mut generated) = (Vec::new(), Vec::new());
     for r in option(options, &["-sourcepath", "--source-path"])
         .unwrap_or("")
         .split(':')
@@ -161,7 +212,12 @@ fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), Strin
         if rel.split('/').any(|c| c == "..") {
             return Err(format!("source root {r}"));
         }
-        roots.push(rel.trim_end_matches('/').to_string());
+        let rel = rel.trim_end_matches('/').to_string();
+        if rel == "target" || rel.starts_with("target/") {
+            generated.push(rel);
+        } else {
+            roots.push(rel);
+        }
     }
     if roots.is_empty() {
         return Err("no source roots".into());
@@ -180,7 +236,11 @@ fn check_options(options: &[String]) -> Result<(Vec<String>, Vec<String>), Strin
                 .map(str::to_string),
         );
     }
-    Ok((roots, paths))
+    Ok(Checked {
+        roots,
+        generated,
+        paths,
+    })
 }
 
 /// Whether a classpath entry offers javac an annotation processor.
@@ -192,8 +252,17 @@ fn offers_processor(entry: &Path) -> Result<bool, String> {
     if !entry.is_file() {
         return Ok(false);
     }
-    let jar = crate::jar::Jar::open(entry).map_err(|e| format!("{}: {e}", entry.display()))?;
-    Ok(jar.entries.iter().any(|e| e.name == SERVICE))
+    let mut jar = crate::jar::Jar::open(entry).map_err(|e| format!("{}: {e}", entry.display()))?;
+    if jar.entries.iter().any(|e| e.name == SERVICE) {
+        return Ok(true);
+    }
+    // A manifest Class-Path widens the classpath javac searches.
+    let manifest = jar
+        .manifest()
+        .map_err(|e| format!("{}: {e}", entry.display()))?;
+    Ok(manifest
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("Class-Path") && !v.trim().is_empty()))
 }
 
 /// The `.java` files below `roots` of `project` (relative, sorted).
@@ -214,15 +283,21 @@ fn java_files(project: &Path, roots: &[String]) -> Result<Vec<PathBuf>, PluginEr
     Ok(out)
 }
 
-/// Key of every project file that is not a `.java` file below `roots`.
+/// Whether `p` is a source the compiler may take from a build: a `.java`
+/// file below `roots`, other than a module declaration (which switches
+/// Maven to the module path: a change to it is a change of configuration).
+fn is_source(p: &Path, roots: &[String]) -> bool {
+    p.extension().is_some_and(|e| e == "java")
+        && p.file_name().is_some_and(|n| n != "module-info.java")
+        && roots.iter().any(|r| p.starts_with(r))
+}
+
+/// Key of every project file that is not a source ([`is_source`]).
 fn others_key(source: &SourceTree, roots: &[String]) -> Result<String, PluginError> {
     let files: Vec<PathBuf> = source
         .entries()
         .iter()
-        .filter(|p| !crate::plan::is_build_output(source, p))
-        .filter(|p| {
-            !(p.extension().is_some_and(|e| e == "java") && roots.iter().any(|r| p.starts_with(r)))
-        })
+        .filter(|p| !crate::plan::is_build_output(source, p) && !is_source(p, roots))
         .cloned()
         .collect();
     Ok(ftl::app::content_key(crate::plan::PLUGIN, "warm-others", source, &files, "")?.hex)
@@ -238,10 +313,14 @@ struct Recipe {
     /// `pending` (to prove), `proven` or `rejected`.
     status: String,
     note: Option<String>,
-    /// The project (its directory and coordinates): a new recipe of the
-    /// same project stops the compilers of its older ones.
+    /// The project's coordinates: a new recipe of the same project stops
+    /// the compilers of its older ones.
     #[serde(default)]
     project: String,
+    /// How the proof is made: `warmup` (the compiler compiled it at start,
+    /// into `warmup.args.done`) or `request`.
+    #[serde(default)]
+    proof: String,
 }
 
 /// The warm compiler of one recipe key.
@@ -260,14 +339,21 @@ fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
 }
 
 impl Warm {
+    /// The warm compiler of recipe `key`, or `None` when there is no place
+    /// for it (the build then runs Maven as always).
     pub(crate) fn new(
         ctx: &StepContext<'_>,
         key: &str,
         settings: &crate::Settings,
-    ) -> Result<Warm, PluginError> {
+    ) -> Option<Warm> {
         let name = format!("java-warm-{key}");
-        Ok(Warm {
-            dir: ctx.exec.persistent_dir(&name)?,
+        let dir = ctx
+            .exec
+            .persistent_dir(&name)
+            .map_err(|e| tracing::debug!(error = %e, "no warm javac"))
+            .ok()?;
+        Some(Warm {
+            dir,
             name,
             idle: settings.warm_idle,
             builder: settings.builder.clone(),
@@ -279,12 +365,24 @@ impl Warm {
         self.dir.join("work")
     }
 
+    /// This recipe's lock (held while its files change or the compiler
+    /// serves a build), marking the recipe used.
     fn lock(&self) -> Result<std::fs::File, String> {
         let path = self.dir.join("lock");
-        let f = std::fs::File::create(&path).map_err(|e| io("cannot create", &path, e))?;
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io("cannot create", &path, e))?;
         f.try_lock()
             .map_err(|_| "another build is using it".to_string())?;
         Ok(f)
+    }
+
+    /// Marks the recipe used now (see [`prune`]).
+    fn touch(&self) {
+        let _ = std::fs::write(self.dir.join(USED), b"");
     }
 
     fn load(&self) -> Option<Recipe> {
@@ -308,6 +406,21 @@ impl Warm {
         UnixStream::connect(format!("/proc/self/fd/{}/{SOCKET}", dir.as_raw_fd())).ok()
     }
 
+    /// A connection, waiting up to [`STARTING`] for a compiler that is
+    /// running but not listening yet.
+    fn connect_starting(&self) -> Option<UnixStream> {
+        let deadline = std::time::Instant::now() + STARTING;
+        loop {
+            if let Some(c) = self.connect() {
+                return Some(c);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts the compiler unless it is running (then `false`); it first
     /// compiles `warmup.args` when present.
     fn start(&self, ctx: &StepContext<'_>) -> Result<bool, String> {
@@ -327,8 +440,9 @@ impl Warm {
              n=; if command -v nice >/dev/null 2>&1; then n='nice -n 10'; fi; \
              exec $n \"${{JAVA_HOME:+$JAVA_HOME/bin/}}java\" -XX:+UseSerialGC \
              -XX:TieredStopAtLevel=1 -XX:-UsePerfData -Djava.io.tmpdir=/tmp \
-             {WORK}/FtlJavac.java {WORK}/{SOCKET} {} {WORK}/{WARMUP}",
-            self.idle.as_secs().max(1)
+             {WORK}/FtlJavac.java {WORK}/{SOCKET} {} {WORK}/{WARMUP} {}",
+            self.idle.as_secs().clamp(1, MAX_SECS),
+            self.timeout.as_secs().clamp(1, MAX_SECS),
         );
         let mut req = ExecRequest::new("warm javac", ["sh", "-c", &script]);
         req.root = self.builder.clone();
@@ -415,9 +529,10 @@ impl Warm {
         is_resource: &dyn Fn(&Path) -> bool,
     ) -> Result<(), String> {
         let captured = capture(log)?;
-        let (roots, classpath) = check_options(&captured.options)?;
-        if !captured.options.iter().any(|o| o == "-proc:none") {
-            for entry in &classpath {
+        let checked = check_options(&captured.options)?;
+        let normalized = normalized(&captured.options);
+        if !normalized.iter().any(|o| o == "-proc:none") {
+            for entry in &checked.paths {
                 let host = if let Some(rest) = entry.strip_prefix(&format!("{REPO}/")) {
                     repo.join(rest)
                 } else if let Some(rest) = entry.strip_prefix(&format!("{WORK}/src/")) {
@@ -432,7 +547,15 @@ impl Warm {
                 }
             }
         }
-        let sources = java_files(maven_src, &roots).map_err(|e| e.to_string())?;
+        for g in &checked.generated {
+            if !java_files(maven_src, std::slice::from_ref(g))
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                return Err(format!("Maven compiled generated sources in {g}"));
+            }
+        }
+        let sources = java_files(maven_src, &checked.roots).map_err(|e| e.to_string())?;
         if sources.len() != captured.files {
             return Err(format!(
                 "Maven compiled {} of the {} source files",
@@ -440,15 +563,23 @@ impl Warm {
                 sources.len()
             ));
         }
+        let others = others_key(ctx.source, &checked.roots).map_err(|e| e.to_string())?;
         let _lock = self.lock()?;
+        self.touch();
         prune(&self.dir);
+        if let Some(old) = self.load().filter(|r| r.status == "rejected") {
+            if old.options == captured.options && old.others == others {
+                return Err(format!(
+                    "rejected before: {}",
+                    old.note.as_deref().unwrap_or("")
+                ));
+            }
+        }
         let work = self.work();
         let project = work.join("src");
         let expected = self.dir.join("expected");
         for d in [&project, &expected, &work.join("check")] {
-            if d.exists() {
-                std::fs::remove_dir_all(d).map_err(|e| io("cannot remove", d, e))?;
-            }
+            remove_dir(d)?;
         }
         copy_files(maven_src, &sources, &project)?;
         let classes = maven_src.join("target/classes");
@@ -463,35 +594,44 @@ impl Warm {
         }
         prepare_output(&project, &captured.options)?;
         let mut recipe = Recipe {
-            others: others_key(ctx.source, &roots).map_err(|e| e.to_string())?,
+            others,
             options: captured.options,
-            roots,
+            roots: checked.roots,
             status: "pending".into(),
             note: None,
             project: project_id.to_string(),
+            proof: "request".into(),
         };
         self.stop_older(project_id);
-        let check = format!("{WORK}/check");
-        let args = Self::args(&recipe, &check, &project)?;
+        let args = Self::args(&recipe, &format!("{WORK}/check"), &project)?;
         std::fs::create_dir_all(work.join("check")).map_err(|e| io("cannot create", &work, e))?;
-        let _ = std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o777));
-        match self.connect() {
-            Some(conn) => {
-                // Running already: prove now.
-                let (code, output) = self.compile(conn, &args)?;
-                self.judge(&mut recipe, code, &output);
-                self.save(&recipe)
-            }
+        let warmup = work.join(WARMUP);
+        let _ = std::fs::remove_file(work.join(format!("{WARMUP}.done")));
+        let _ = std::fs::remove_file(&warmup);
+        let conn = match self.connect() {
+            Some(c) => Some(c),
             None => {
-                let warmup = work.join(WARMUP);
-                let done = work.join(format!("{WARMUP}.done"));
-                let _ = std::fs::remove_file(&done);
+                // Not running: it proves at start, from `warmup.args`.
                 std::fs::write(&warmup, args.join("\n") + "\n")
                     .map_err(|e| io("cannot write", &warmup, e))?;
+                recipe.proof = "warmup".into();
                 self.save(&recipe)?;
-                self.start(ctx).map(|_| ())
+                if self.start(ctx)? {
+                    return Ok(());
+                }
+                // It was starting for an older recipe: prove over a
+                // request once it listens (else the next build does).
+                let _ = std::fs::remove_file(&warmup);
+                recipe.proof = "request".into();
+                self.save(&recipe)?;
+                self.connect_starting()
             }
+        };
+        if let Some(conn) = conn {
+            let (code, output) = self.compile(conn, &args)?;
+            self.judge(&mut recipe, code, &output);
         }
+        self.save(&recipe)
     }
 
     /// Stops the compilers of the other recipes of `project` (their
@@ -523,7 +663,8 @@ impl Warm {
         }
     }
 
-    /// Compares the proof compile (`work/check`) with Maven's classes.
+    /// Compares the proof compile (`work/check`) with Maven's classes; a
+    /// rejected recipe's compiler is stopped.
     fn judge(&self, recipe: &mut Recipe, code: i32, output: &str) {
         let verdict = if code != 0 {
             Err(format!("javac exited with {code}: {}", output.trim()))
@@ -536,6 +677,7 @@ impl Warm {
                 tracing::info!(dir = %self.dir.display(), %why, "warm javac does not reproduce Maven: Maven it is");
                 recipe.status = "rejected".into();
                 recipe.note = Some(why);
+                let _ = std::fs::remove_file(self.work().join(SOCKET));
             }
         }
     }
@@ -543,6 +685,7 @@ impl Warm {
     /// Compiles the current sources into a directory below the step's
     /// scratch directory and returns it, or says why Maven must run.
     pub(crate) fn compile_sources(&self, ctx: &StepContext<'_>) -> Result<PathBuf, String> {
+        let _lock = self.lock()?;
         let mut recipe = self.load().ok_or("no recipe yet")?;
         if recipe.status == "rejected" {
             return Err(format!(
@@ -550,10 +693,10 @@ impl Warm {
                 recipe.note.as_deref().unwrap_or("")
             ));
         }
-        let _lock = self.lock()?;
         if others_key(ctx.source, &recipe.roots).map_err(|e| e.to_string())? != recipe.others {
             return Err("files other than Java sources changed".into());
         }
+        self.touch();
         let conn = match self.connect() {
             Some(c) => c,
             // Not running: Maven is as quick as a cold JVM (and records
@@ -561,31 +704,27 @@ impl Warm {
             None if self.start(ctx)? => return Err("the compiler was not running".into()),
             // Running but not listening yet: it is starting (a second or
             // two, from the end of the build that recorded the recipe).
-            None => {
-                let deadline = std::time::Instant::now() + STARTING;
-                loop {
-                    std::thread::sleep(Duration::from_millis(20));
-                    if let Some(c) = self.connect() {
-                        break c;
-                    }
-                    if std::time::Instant::now() >= deadline {
-                        return Err("the compiler is still starting".into());
-                    }
-                }
-            }
+            None => self
+                .connect_starting()
+                .ok_or("the compiler is still starting")?,
         };
         let work = self.work();
-        if recipe.status == "pending" {
+        let conn = if recipe.status == "pending" {
             let done = work.join(format!("{WARMUP}.done"));
-            let (code, output) = match std::fs::read_to_string(&done) {
-                Ok(text) => {
+            let proved_at_start = match std::fs::read_to_string(&done) {
+                Ok(text) if recipe.proof == "warmup" => {
                     let (code, output) = text.split_once('\n').unwrap_or((&text, ""));
-                    (code.trim().parse().unwrap_or(-1), output.to_string())
+                    Some((code.trim().parse().unwrap_or(-1), output.to_string()))
                 }
-                Err(_) => {
+                _ => None,
+            };
+            let (code, output, conn) = match proved_at_start {
+                Some((code, output)) => (code, output, conn),
+                None => {
                     let args = Self::args(&recipe, &format!("{WORK}/check"), &work.join("src"))?;
+                    let (code, output) = self.compile(conn, &args)?;
                     let conn = self.connect().ok_or("the compiler went away")?;
-                    self.compile(conn, &args)?
+                    (code, output, conn)
                 }
             };
             self.judge(&mut recipe, code, &output);
@@ -593,9 +732,12 @@ impl Warm {
             if recipe.status != "proven" {
                 return Err("the recipe was rejected".into());
             }
-        }
+            conn
+        } else {
+            conn
+        };
         let project = work.join("src");
-        std::fs::remove_dir_all(&project).map_err(|e| io("cannot remove", &project, e))?;
+        remove_dir(&project)?;
         let sources: Vec<PathBuf> = ctx
             .source
             .entries()
@@ -623,11 +765,25 @@ impl Warm {
     }
 }
 
+/// Removes a directory tree; a missing one is fine.
+fn remove_dir(d: &Path) -> Result<(), String> {
+    match std::fs::remove_dir_all(d) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("cannot remove", d, e)),
+        _ => Ok(()),
+    }
+}
+
 /// Copies `files` (relative) from `from` to `to`: what javac reads of a
-/// project is its sources (the rest is in the recipe's key).
+/// project is its sources (the rest is in the recipe's key). Only regular
+/// files: a link could name a file outside the project, which Maven reads
+/// in the sandbox and this copy would read on the host.
 fn copy_files(from: &Path, files: &[PathBuf], to: &Path) -> Result<(), String> {
     for rel in files {
         let (src, dst) = (from.join(rel), to.join(rel));
+        let meta = std::fs::symlink_metadata(&src).map_err(|e| io("cannot read", &src, e))?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", rel.display()));
+        }
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
         }
@@ -636,8 +792,8 @@ fn copy_files(from: &Path, files: &[PathBuf], to: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Removes the directories of other recipes of `dir`'s kind unused for
-/// [`STALE`] (a recipe's `lock` is rewritten on every use).
+/// Removes the directories of other recipes unused for [`STALE`] (and
+/// their compilers' logs), unless a build holds them.
 fn prune(dir: &Path) {
     let Some(parent) = dir.parent() else { return };
     let Ok(entries) = std::fs::read_dir(parent) else {
@@ -645,16 +801,35 @@ fn prune(dir: &Path) {
     };
     for e in entries.flatten() {
         let p = e.path();
-        let stale = p != dir
-            && e.file_name().to_string_lossy().starts_with("java-warm-")
-            && std::fs::metadata(p.join("lock"))
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > STALE);
-        if stale {
-            tracing::debug!(dir = %p.display(), "removing an unused warm compiler directory");
-            let _ = std::fs::remove_dir_all(&p);
+        let name = e.file_name().to_string_lossy().into_owned();
+        if p == dir || !name.starts_with("java-warm-") {
+            continue;
+        }
+        let used = std::fs::metadata(p.join(USED)).or_else(|_| std::fs::metadata(&p));
+        let stale = used
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE);
+        if !stale {
+            continue;
+        }
+        let held = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p.join("lock"))
+            .map(|f| f.try_lock().is_err())
+            .unwrap_or(true);
+        if held {
+            continue;
+        }
+        tracing::debug!(dir = %p.display(), "removing an unused warm compiler directory");
+        let _ = std::fs::remove_file(p.join("work").join(SOCKET));
+        let _ = std::fs::remove_dir_all(&p);
+        // <cache>/persistent/<name> → <cache>/resident/<name>.log
+        if let Some(cache) = parent.parent() {
+            let _ = std::fs::remove_file(cache.join("resident").join(format!("{name}.log")));
         }
     }
 }
@@ -662,6 +837,7 @@ fn prune(dir: &Path) {
 /// Creates javac's output directories (`-d`, `-s`) in `project`; javac
 /// does not create them.
 fn prepare_output(project: &Path, options: &[String]) -> Result<(), String> {
+    let options = &normalized(options);
     for name in ["-d", "-s"] {
         if let Some(dir) = option(options, &[name]) {
             if let Some(rel) = dir.strip_prefix(&format!("{WORK}/src/")) {
@@ -670,15 +846,8 @@ fn prepare_output(project: &Path, options: &[String]) -> Result<(), String> {
             }
         }
     }
-    // The sandbox may run as another uid: everything writable.
-    for entry in walkdir::WalkDir::new(project.join("target"))
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_dir() {
-            let _ = std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(0o777));
-        }
-    }
+    // Not made world-writable (unlike a step's scratch directory): this one
+    // lives for weeks, and the sandbox's root is ftl's own user.
     Ok(())
 }
 
@@ -732,17 +901,20 @@ mod tests {
         assert_eq!(c.files, 2);
         assert_eq!(c.options[0], "-d");
         assert_eq!(c.options.last().unwrap(), "UTF-8");
-        let (roots, cp) = check_options(&c.options).unwrap();
-        assert_eq!(
-            roots,
-            ["src/main/java", "target/generated-sources/annotations"]
-        );
-        assert_eq!(cp.len(), 2);
-        // A modular build: the module path is searched for processors too.
-        let c = capture(&LOG.replace("-g -nowarn", "-g --module-path /tmp/ftl-m2/m.jar -nowarn"))
-            .unwrap();
-        let (_, paths) = check_options(&c.options).unwrap();
-        assert_eq!(paths.last().unwrap(), "/tmp/ftl-m2/m.jar");
+        let checked = check_options(&c.options).unwrap();
+        assert_eq!(checked.roots, ["src/main/java"]);
+        assert_eq!(checked.generated, ["target/generated-sources/annotations"]);
+        assert_eq!(checked.paths.len(), 2);
+        // A modular build: the module path is searched for processors too,
+        // in either spelling.
+        for spelling in [
+            "--module-path /tmp/ftl-m2/m.jar",
+            "--module-path=/tmp/ftl-m2/m.jar",
+        ] {
+            let c = capture(&LOG.replace("-g -nowarn", &format!("-g {spelling} -nowarn"))).unwrap();
+            let checked = check_options(&c.options).unwrap();
+            assert_eq!(checked.paths.last().unwrap(), "/tmp/ftl-m2/m.jar");
+        }
         // Maven 3.9's short plugin names.
         let short = LOG.replace("maven-compiler-plugin:", "compiler:");
         assert!(capture(&short).is_ok());
@@ -760,16 +932,44 @@ mod tests {
         assert!(capture(&LOG.replace("Command line options:", "x"))
             .unwrap_err()
             .contains("no javac"));
-        let c = capture(&LOG.replace("-nowarn", "-nowarn -processorpath /x.jar")).unwrap();
-        assert!(check_options(&c.options)
-            .unwrap_err()
-            .contains("-processorpath"));
+        for processors in [
+            "-processorpath /x.jar",
+            "--processor-path=/x.jar",
+            "-processor a.B",
+        ] {
+            let c = capture(&LOG.replace("-nowarn", &format!("-nowarn {processors}"))).unwrap();
+            let why = check_options(&c.options).unwrap_err();
+            assert!(why.contains("-processor"), "{processors}: {why}");
+        }
+        // A quiet log shows no plugin executions: nothing to vouch for.
+        let quiet: String = LOG
+            .lines()
+            .filter(|l| !l.contains("--- "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(capture(&quiet).unwrap_err().contains("no compiler:compile"));
         let c =
             capture(&LOG.replace("-d /tmp/ftl-java/src/target/classes", "-d /elsewhere")).unwrap();
         assert!(check_options(&c.options).is_err());
         let c =
             capture(&LOG.replace("-sourcepath /tmp/ftl-java/src/", "-sourcepath /other/")).unwrap();
         assert!(check_options(&c.options).unwrap_err().contains("outside"));
+    }
+
+    #[test]
+    fn copies_regular_files_only() {
+        let t = tempfile::tempdir().unwrap();
+        let (from, to) = (t.path().join("from"), t.path().join("to"));
+        std::fs::create_dir_all(from.join("p")).unwrap();
+        std::fs::write(from.join("p/A.java"), b"class A {}").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", from.join("p/B.java")).unwrap();
+        copy_files(&from, &[PathBuf::from("p/A.java")], &to).unwrap();
+        assert_eq!(std::fs::read(to.join("p/A.java")).unwrap(), b"class A {}");
+        // A link could name a host file that Maven, in the sandbox, would
+        // not see: such a build is Maven's.
+        let why = copy_files(&from, &[PathBuf::from("p/B.java")], &to).unwrap_err();
+        assert!(why.contains("not a regular file"), "{why}");
+        assert!(!to.join("p/B.java").exists());
     }
 
     #[test]
