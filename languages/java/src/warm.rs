@@ -287,9 +287,12 @@ fn java_files(project: &Path, roots: &[String]) -> Result<Vec<PathBuf>, PluginEr
 /// file below `roots`, other than a module declaration (which switches
 /// Maven to the module path: a change to it is a change of configuration).
 fn is_source(p: &Path, roots: &[String]) -> bool {
-    p.extension().is_some_and(|e| e == "java")
-        && p.file_name().is_some_and(|n| n != "module-info.java")
-        && roots.iter().any(|r| p.starts_with(r))
+    is_java_below(p, roots) && p.file_name().is_some_and(|n| n != "module-info.java")
+}
+
+/// Whether `p` is a `.java` file below one of `roots`.
+fn is_java_below(p: &Path, roots: &[String]) -> bool {
+    p.extension().is_some_and(|e| e == "java") && roots.iter().any(|r| p.starts_with(r))
 }
 
 /// Key of every project file that is not a source ([`is_source`]).
@@ -365,19 +368,9 @@ impl Warm {
         self.dir.join("work")
     }
 
-    /// This recipe's lock (held while its files change or the compiler
-    /// serves a build), marking the recipe used.
+    /// This recipe's lock ([`lock_recipe`]).
     fn lock(&self) -> Result<std::fs::File, String> {
-        let path = self.dir.join("lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io("cannot create", &path, e))?;
-        f.try_lock()
-            .map_err(|_| "another build is using it".to_string())?;
-        Ok(f)
+        lock_recipe(&self.dir)
     }
 
     /// Marks the recipe used now (see [`prune`]).
@@ -386,7 +379,7 @@ impl Warm {
     }
 
     fn load(&self) -> Option<Recipe> {
-        serde_json::from_slice(&std::fs::read(self.dir.join("recipe.json")).ok()?).ok()
+        load_recipe(&self.dir)
     }
 
     fn save(&self, recipe: &Recipe) -> Result<(), String> {
@@ -583,15 +576,12 @@ impl Warm {
         }
         copy_files(maven_src, &sources, &project)?;
         let classes = maven_src.join("target/classes");
-        for rel in select_files(&classes, |r| !is_resource(r)).map_err(|e| e.to_string())? {
-            let from = classes.join(&rel);
-            let to = expected.join(&rel);
-            if from.is_dir() {
-                std::fs::create_dir_all(&to).map_err(|e| io("cannot create", &to, e))?;
-            } else {
-                std::fs::copy(&from, &to).map_err(|e| io("cannot copy", &from, e))?;
-            }
-        }
+        let outputs: Vec<PathBuf> = select_files(&classes, |r| !is_resource(r))
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|r| classes.join(r).is_file())
+            .collect();
+        copy_files(&classes, &outputs, &expected)?;
         prepare_output(&project, &captured.options)?;
         let mut recipe = Recipe {
             others,
@@ -638,26 +628,10 @@ impl Warm {
     /// configuration changed: they would idle until `java.warm_idle`),
     /// unless a build is using them. Removing the socket makes one exit.
     fn stop_older(&self, project: &str) {
-        let Some(parent) = self.dir.parent() else {
-            return;
-        };
-        let Ok(entries) = std::fs::read_dir(parent) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let other = Warm {
-                dir: e.path(),
-                name: e.file_name().to_string_lossy().into_owned(),
-                idle: self.idle,
-                builder: self.builder.clone(),
-                timeout: self.timeout,
-            };
-            if other.dir == self.dir || !other.name.starts_with("java-warm-") {
-                continue;
-            }
-            if other.load().is_some_and(|r| r.project == project) {
-                if let Ok(_lock) = other.lock() {
-                    let _ = std::fs::remove_file(other.work().join(SOCKET));
+        for (dir, _) in other_recipes(&self.dir) {
+            if load_recipe(&dir).is_some_and(|r| r.project == project) {
+                if let Ok(_lock) = lock_recipe(&dir) {
+                    let _ = std::fs::remove_file(dir.join("work").join(SOCKET));
                 }
             }
         }
@@ -743,9 +717,7 @@ impl Warm {
             .entries()
             .iter()
             .filter(|p| {
-                p.extension().is_some_and(|e| e == "java")
-                    && recipe.roots.iter().any(|r| p.starts_with(r))
-                    && !crate::plan::is_build_output(ctx.source, p)
+                is_java_below(p, &recipe.roots) && !crate::plan::is_build_output(ctx.source, p)
             })
             .cloned()
             .collect();
@@ -792,19 +764,43 @@ fn copy_files(from: &Path, files: &[PathBuf], to: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The directories (and names) of the recipes beside `dir`.
+fn other_recipes(dir: &Path) -> Vec<(PathBuf, String)> {
+    let Some(parent) = dir.parent() else {
+        return Vec::new();
+    };
+    std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
+        .filter(|(p, name)| p != dir && name.starts_with("java-warm-"))
+        .collect()
+}
+
+/// Takes the lock of the recipe in `dir` (held while its files change or
+/// its compiler serves a build), or says that a build holds it.
+fn lock_recipe(dir: &Path) -> Result<std::fs::File, String> {
+    let path = dir.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io("cannot create", &path, e))?;
+    f.try_lock()
+        .map_err(|_| "another build is using it".to_string())?;
+    Ok(f)
+}
+
+fn load_recipe(dir: &Path) -> Option<Recipe> {
+    serde_json::from_slice(&std::fs::read(dir.join("recipe.json")).ok()?).ok()
+}
+
 /// Removes the directories of other recipes unused for [`STALE`] (and
 /// their compilers' logs), unless a build holds them.
 fn prune(dir: &Path) {
-    let Some(parent) = dir.parent() else { return };
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if p == dir || !name.starts_with("java-warm-") {
-            continue;
-        }
+    for (p, name) in other_recipes(dir) {
         let used = std::fs::metadata(p.join(USED)).or_else(|_| std::fs::metadata(&p));
         let stale = used
             .and_then(|m| m.modified())
@@ -814,21 +810,14 @@ fn prune(dir: &Path) {
         if !stale {
             continue;
         }
-        let held = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(p.join("lock"))
-            .map(|f| f.try_lock().is_err())
-            .unwrap_or(true);
-        if held {
+        let Ok(_lock) = lock_recipe(&p) else {
             continue;
-        }
+        };
         tracing::debug!(dir = %p.display(), "removing an unused warm compiler directory");
         let _ = std::fs::remove_file(p.join("work").join(SOCKET));
         let _ = std::fs::remove_dir_all(&p);
         // <cache>/persistent/<name> → <cache>/resident/<name>.log
-        if let Some(cache) = parent.parent() {
+        if let Some(cache) = dir.parent().and_then(Path::parent) {
             let _ = std::fs::remove_file(cache.join("resident").join(format!("{name}.log")));
         }
     }
