@@ -123,6 +123,18 @@ impl Exec for ProbeExec {
         Ok(out)
     }
 
+    fn start_resident(
+        &self,
+        name: &str,
+        request: &ExecRequest,
+    ) -> Result<(PathBuf, bool), PluginError> {
+        self.inner.start_resident(name, request)
+    }
+
+    fn step_done(&self, label: &str, took: std::time::Duration) {
+        self.inner.step_done(label, took)
+    }
+
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         self.inner.persistent_dir(name)
     }
