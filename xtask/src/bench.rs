@@ -256,20 +256,53 @@ fn push() -> Result<()> {
     Ok(())
 }
 
+/// A benchmark's scenarios in the order first run: each run's wall time
+/// and bytes uploaded, and the layers built.
+#[derive(Default)]
+struct Scenarios(Vec<(String, Vec<f64>, Vec<f64>, f64)>);
+
+impl Scenarios {
+    /// One run of scenario `name` that took `ms` and reported `r`.
+    fn record(&mut self, name: &str, ms: f64, r: &serde_json::Value) {
+        let bytes = r["bytes_uploaded"].as_f64().unwrap_or(0.0);
+        let built = r["layers_built"].as_f64().unwrap_or(0.0);
+        match self.0.iter_mut().find(|row| row.0 == name) {
+            Some(row) => {
+                row.1.push(ms);
+                row.2.push(bytes);
+            }
+            None => self
+                .0
+                .push((name.to_string(), vec![ms], vec![bytes], built)),
+        }
+    }
+
+    /// The table of medians under `title`.
+    fn print(&self, title: &str) {
+        println!("\n{title}");
+        println!(
+            "{:<30} {:>10} {:>14} {:>13}",
+            "scenario", "ms", "bytes uploaded", "layers built"
+        );
+        for (name, times, bytes, built) in &self.0 {
+            println!(
+                "{:<30} {:>10.0} {:>14.0} {:>13.0}",
+                name,
+                median(times.clone()),
+                median(bytes.clone()),
+                built
+            );
+        }
+    }
+}
+
 fn python() -> Result<()> {
     let ftl = build_ftl()?;
     let rig = Rig::start(&ftl, &["python"])?;
     let work = tempfile::tempdir()?;
     let runs = 3;
-    let mut rows: Vec<(String, Vec<f64>, f64, f64)> = Vec::new();
-    let mut record = |name: &str, ms: f64, r: &serde_json::Value| {
-        let bytes = r["bytes_uploaded"].as_f64().unwrap_or(0.0);
-        let built = r["layers_built"].as_f64().unwrap_or(0.0);
-        match rows.iter_mut().find(|row| row.0 == name) {
-            Some(row) => row.1.push(ms),
-            None => rows.push((name.to_string(), vec![ms], bytes, built)),
-        }
-    };
+    let mut table = Scenarios::default();
+    let mut record = |name: &str, ms: f64, r: &serde_json::Value| table.record(name, ms, r);
     for i in 0..runs {
         let app = work.path().join(format!("flask-{i}"));
         copy_tree(&root().join("testdata/python/flask"), &app)?;
@@ -333,20 +366,9 @@ fn python() -> Result<()> {
         }
         pip.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    println!("\npython: testdata/python/flask, medians of {runs} runs (whole `ftl build` process)");
-    println!(
-        "{:<30} {:>10} {:>14} {:>13}",
-        "scenario", "ms", "bytes uploaded", "layers built"
-    );
-    for (name, times, bytes, built) in &rows {
-        println!(
-            "{:<30} {:>10.0} {:>14.0} {:>13.0}",
-            name,
-            median(times.clone()),
-            bytes,
-            built
-        );
-    }
+    table.print(&format!(
+        "python: testdata/python/flask, medians of {runs} runs (whole `ftl build` process)"
+    ));
     println!(
         "{:<30} {:>10.0}",
         "host: venv + pip install (ref)",
@@ -362,18 +384,8 @@ fn node() -> Result<()> {
     let rig = Rig::start(&ftl, &["node"])?;
     let work = tempfile::tempdir()?;
     let runs = 3;
-    let mut rows: Vec<(String, Vec<f64>, Vec<f64>, f64)> = Vec::new();
-    let mut record = |name: &str, ms: f64, r: &serde_json::Value| {
-        let bytes = r["bytes_uploaded"].as_f64().unwrap_or(0.0);
-        let built = r["layers_built"].as_f64().unwrap_or(0.0);
-        match rows.iter_mut().find(|row| row.0 == name) {
-            Some(row) => {
-                row.1.push(ms);
-                row.2.push(bytes);
-            }
-            None => rows.push((name.to_string(), vec![ms], vec![bytes], built)),
-        }
-    };
+    let mut table = Scenarios::default();
+    let mut record = |name: &str, ms: f64, r: &serde_json::Value| table.record(name, ms, r);
     for i in 0..runs {
         let app = work.path().join(format!("express-{i}"));
         copy_tree(&root().join("testdata/node/express"), &app)?;
@@ -410,19 +422,8 @@ fn node() -> Result<()> {
         let (r, ms) = call()?;
         record("one added dependency (ms)", ms, &r);
     }
-    println!("\nnode: testdata/node/express, medians of {runs} runs (whole `ftl build` process)");
-    println!(
-        "{:<30} {:>10} {:>14} {:>13}",
-        "scenario", "ms", "bytes uploaded", "layers built"
-    );
-    for (name, times, bytes, built) in &rows {
-        println!(
-            "{:<30} {:>10.0} {:>14.0} {:>13.0}",
-            name,
-            median(times.clone()),
-            median(bytes.clone()),
-            built
-        );
-    }
+    table.print(&format!(
+        "node: testdata/node/express, medians of {runs} runs (whole `ftl build` process)"
+    ));
     Ok(())
 }
