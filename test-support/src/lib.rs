@@ -27,9 +27,8 @@ const OWNER_FILE: &str = ".ftl-test-owner";
 
 /// `pid start-time` of a live process (start time against pid reuse).
 fn process_identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    Some(format!("{pid} {}", after.split(' ').nth(19)?))
+    let start = ftl_sandbox::state::process_start_time(i32::try_from(pid).ok()?)?;
+    Some(format!("{pid} {start}"))
 }
 
 /// Removes the `prefix` directories whose owner is gone, and ownerless
