@@ -170,6 +170,21 @@ fn umoci_unpack(layout: &Path, tag: &str, into: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
+/// Reads a docker-archive as skopeo does (into the OCI layout `layout`)
+/// and unpacks it with umoci into `into`; returns the rootfs.
+fn docker_archive_rootfs(archive: &Path, layout: &Path, into: &Path) -> PathBuf {
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            &format!("docker-archive:{}", s(archive)),
+            &format!("oci:{}:t", s(layout)),
+        ],
+    );
+    umoci_unpack(layout, "t", into)
+}
+
 /// The app's files are in the unpacked rootfs at `/srv`, with their modes;
 /// the ignored file is not.
 fn assert_app_files(rootfs: &Path) {
@@ -743,17 +758,11 @@ fn oci_layout_and_docker_archive_outputs_are_read_by_skopeo_and_umoci() {
         "the base was downloaded once: {:#?}",
         proxy.requests()
     );
-    let copied = out.path().join("from-archive");
-    tool(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            &format!("docker-archive:{}", s(&archive)),
-            &format!("oci:{}:t", s(&copied)),
-        ],
+    let rootfs = docker_archive_rootfs(
+        &archive,
+        &out.path().join("from-archive"),
+        &out.path().join("archive-unpack"),
     );
-    let rootfs = umoci_unpack(&copied, "t", &out.path().join("archive-unpack"));
     assert_app_files(&rootfs);
 
     // Without a name: the directory's name, tag latest.
@@ -836,17 +845,11 @@ fn a_layer_that_appears_twice_is_pushed_and_exported_once() {
         3,
         "{manifest}"
     );
-    let copied = out.path().join("copied");
-    tool(
-        "skopeo",
-        &[
-            "copy",
-            "--quiet",
-            &format!("docker-archive:{}", s(&archive)),
-            &format!("oci:{}:t", s(&copied)),
-        ],
+    let rootfs = docker_archive_rootfs(
+        &archive,
+        &out.path().join("copied"),
+        &out.path().join("unpack"),
     );
-    let rootfs = umoci_unpack(&copied, "t", &out.path().join("unpack"));
     assert_app_files(&rootfs);
 
     // A docker-archive path that is a directory: a clear error, and no
