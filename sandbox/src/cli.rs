@@ -737,11 +737,12 @@ fn monitor(
         started.cleanup();
         return 0;
     }
-    if let Ok(mut st) = state::load(&ctx.root, &a.id) {
+    // Under the state lock: `start` may be recording `running` right now.
+    let _ = state::update(&ctx.root, &a.id, |st| {
         st.exit_code = Some(outcome.exit_status());
         st.status = "stopped".into();
-        let _ = state::save(&ctx.root, &st);
-    }
+        Ok(())
+    });
     // The cgroup stays until `delete` (runsc and runc keep it too).
     0
 }
@@ -788,26 +789,36 @@ fn run(ctx: &Ctx, a: &CreateArgs) -> Result<i32, Fail> {
 }
 
 fn start(ctx: &Ctx, id: &str) -> Result<(), Fail> {
-    let mut st = state::load(&ctx.root, id)?;
-    if st.status() != "created" {
-        return Err(fail(format!(
-            "container {id} is {}, start needs it created",
-            st.status()
-        )));
+    // The gate opens under the state lock, so the monitor's `stopped` (a
+    // process that exits at once) is written after our `running`, never
+    // overwritten by it.
+    let mut refused = None;
+    state::update(&ctx.root, id, |st| {
+        if st.status() != "created" {
+            refused = Some(format!(
+                "container {id} is {}, start needs it created",
+                st.status()
+            ));
+            return Ok(());
+        }
+        let Some(gate) = st.gate_fd else {
+            refused = Some(format!("container {id} was not created to wait for start"));
+            return Ok(());
+        };
+        let path = format!("/proc/{}/fd/{gate}", st.pid);
+        let opened = fs::OpenOptions::new().write(true).open(&path);
+        let written = opened.and_then(|mut f| f.write_all(b"s"));
+        if let Err(e) = written {
+            refused = Some(format!("signalling the start gate {path}: {e}"));
+            return Ok(());
+        }
+        st.status = "running".into();
+        Ok(())
+    })?;
+    match refused {
+        Some(msg) => Err(fail(msg)),
+        None => Ok(()),
     }
-    let gate = st
-        .gate_fd
-        .ok_or_else(|| fail(format!("container {id} was not created to wait for start")))?;
-    let path = format!("/proc/{}/fd/{gate}", st.pid);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .map_err(|e| fail(format!("opening the start gate {path}: {e}")))?;
-    f.write_all(b"s")
-        .map_err(|e| fail(format!("writing the start gate {path}: {e}")))?;
-    st.status = "running".into();
-    state::save(&ctx.root, &st)?;
-    Ok(())
 }
 
 /// Parses `KILL`, `SIGKILL` or `9`.

@@ -123,10 +123,14 @@ pub fn create_dir(root: &Path, id: &str) -> Result<PathBuf, SandboxError> {
     }
 }
 
-/// Writes `state.json` atomically.
+/// Writes `state.json` atomically. Writers that may race (the monitor
+/// recording an exit while `start` records `running`) go through
+/// [`update`] instead.
 pub fn save(root: &Path, state: &ContainerState) -> Result<(), SandboxError> {
     let d = dir(root, &state.id);
-    let tmp = d.join("state.json.tmp");
+    // A name of this process's own, so that two writers never rename each
+    // other's temporary file away.
+    let tmp = d.join(format!("state.json.{}.tmp", std::process::id()));
     let path = d.join("state.json");
     let text = serde_json::to_vec(state).expect("state serializes");
     fs::write(&tmp, text)
@@ -152,6 +156,50 @@ pub fn load(root: &Path, id: &str) -> Result<ContainerState, SandboxError> {
         path,
         source: io::Error::new(io::ErrorKind::InvalidData, e),
     })
+}
+
+/// Loads the state of `id`, lets `change` edit it and saves it, all under
+/// an exclusive lock of the container's state directory, so that
+/// concurrent read-modify-write cycles never lose each other's update.
+/// `change` runs under the lock too: whatever it does before returning
+/// (such as opening the start gate) is ordered against other updates.
+pub fn update<T>(
+    root: &Path,
+    id: &str,
+    change: impl FnOnce(&mut ContainerState) -> Result<T, SandboxError>,
+) -> Result<T, SandboxError> {
+    check_id(id)?;
+    let lock_path = dir(root, id).join("state.lock");
+    let lock = match fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SandboxError::NotFound {
+                id: id.to_string(),
+                root: root.to_path_buf(),
+            })
+        }
+        Err(source) => {
+            return Err(SandboxError::State {
+                path: lock_path,
+                source,
+            })
+        }
+    };
+    let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(
+        |(_, errno)| SandboxError::State {
+            path: lock_path.clone(),
+            source: io::Error::from(errno),
+        },
+    )?;
+    let mut st = load(root, id)?;
+    let out = change(&mut st)?;
+    save(root, &st)?;
+    Ok(out)
 }
 
 /// Ids of every container under `root`.

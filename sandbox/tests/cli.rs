@@ -174,3 +174,58 @@ fn do_runs_over_the_host_root() {
         "do wrote to the host"
     );
 }
+
+/// `start` of a process that exits at once: the monitor records the exit
+/// while `start` records `running`. Neither write may be lost (a lost
+/// `stopped` makes `wait` report 255) nor fail (two writers once renamed
+/// each other's temporary state file away, and `start` failed). Four
+/// threads race at once, which is what exposed it on a loaded machine.
+#[test]
+fn start_and_an_immediate_exit_both_reach_the_state() {
+    let fx = Fixture::new();
+    let mut spec = ftl_sandbox::example_spec(false);
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(false));
+    p.set_args(Some(vec!["sh".into(), "-c".into(), "exit 7".into()]));
+    let b = fx.bundle("exits-at-once", &spec);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for round in 0..15 {
+                    create_start_wait_delete(&fx, &b, round);
+                }
+            });
+        }
+    });
+    assert_eq!(std::fs::read_dir(&fx.state).unwrap().count(), 0);
+}
+
+fn create_start_wait_delete(fx: &Fixture, bundle: &std::path::Path, round: u32) {
+    let id = unique_id("race");
+    // The container's stdio is create's: not a pipe `output` waits on.
+    let created = Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
+        .arg("--root")
+        .arg(&fx.state)
+        .args(["create", "--bundle", bundle.to_str().unwrap(), &id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success(), "round {round} create");
+    let started = cli(fx, &["start", &id]);
+    assert!(
+        started.status.success(),
+        "round {round} start: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let waited = cli(fx, &["wait", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&waited.stdout).unwrap_or_else(|e| {
+        panic!(
+            "round {round} wait: {e}: {}",
+            String::from_utf8_lossy(&waited.stderr)
+        )
+    });
+    assert_eq!(v["exitStatus"], 7, "round {round}: the exit was lost");
+    let deleted = cli(fx, &["delete", &id]);
+    assert!(deleted.status.success(), "round {round} delete");
+}
