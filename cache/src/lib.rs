@@ -13,6 +13,7 @@
 //! write wins with an equivalent entry.
 
 mod blobs;
+pub mod dirs;
 mod index;
 
 pub use blobs::{BlobStore, BlobWriter};

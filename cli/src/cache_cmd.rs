@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Subcommand;
-use ftl_cache::Cache;
+use ftl_cache::{dirs, Cache};
 
 use crate::settings::default_cache_dir;
 
@@ -20,21 +20,45 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove entries older than N days (and expired ones), then blobs no
-    /// entry refers to.
+    /// Remove layer entries older than N days (and expired ones), the blobs
+    /// no entry refers to, and unpacked base images and package caches
+    /// (Maven's repository, npm's and pip's caches) unused for N days.
+    /// Directories a running build uses are kept.
     Gc {
+        /// Keep what was used (entries: created) in the last N days.
         #[arg(long, value_name = "N")]
         keep_days: u64,
+        /// The local cache directory [default: $FTL_CACHE_DIR, else ~/.cache/ftl].
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
+        /// Print what was removed as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+/// The cache's directories used in place, under these subdirectories.
+const DIR_KINDS: [(&str, &str); 2] = [
+    ("rootfs", "unpacked base images"),
+    ("persistent", "package caches"),
+];
+
+fn age(secs: u64) -> String {
+    if secs < 3600 {
+        format!("{}m", secs / 60)
+    } else if secs < 86400 {
+        format!("{}h", secs / 3600)
+    } else {
+        format!("{}d", secs / 86400)
+    }
 }
 
 #[allow(clippy::print_stdout)]
 pub fn run(cmd: CacheCommand) -> Result<()> {
     match cmd {
         CacheCommand::Ls { cache_dir, json } => {
-            let cache = Cache::open(cache_dir.unwrap_or_else(default_cache_dir))?;
+            let root = cache_dir.unwrap_or_else(default_cache_dir);
+            let cache = Cache::open(&root)?;
             let now = ftl_cache::now_secs();
             let entries = cache.keys.list()?;
             if json {
@@ -48,14 +72,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                 "KEY", "DIGEST", "SIZE", "AGE"
             );
             for e in &entries {
-                let age = now.saturating_sub(e.created);
-                let age = if age < 3600 {
-                    format!("{}m", age / 60)
-                } else if age < 86400 {
-                    format!("{}h", age / 3600)
-                } else {
-                    format!("{}d", age / 86400)
-                };
+                let age = age(now.saturating_sub(e.created));
                 let state = if e.expired(now) {
                     " (expired)"
                 } else if e.expires.is_some() {
@@ -78,17 +95,71 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                 entries.len(),
                 cache.blobs.size()
             );
+            for (sub, what) in DIR_KINDS {
+                let listed = dirs::list(&root.join(sub));
+                if listed.is_empty() {
+                    continue;
+                }
+                println!();
+                println!("{:>12} {:>9}  {}", "SIZE", "LAST USE", what.to_uppercase());
+                for d in &listed {
+                    println!(
+                        "{:>12} {:>9}  {}{}",
+                        d.bytes,
+                        age(now.saturating_sub(d.last_used)),
+                        d.path.display(),
+                        if d.in_use { " (in use)" } else { "" }
+                    );
+                }
+            }
             Ok(())
         }
         CacheCommand::Gc {
             keep_days,
             cache_dir,
+            json,
         } => {
-            let cache = Cache::open(cache_dir.unwrap_or_else(default_cache_dir))?;
-            let removed = cache.keys.gc(keep_days * 86_400)?;
+            let root = cache_dir.unwrap_or_else(default_cache_dir);
+            let cache = Cache::open(&root)?;
+            let keep_secs = keep_days.saturating_mul(86_400);
+            let removed = cache.keys.gc(keep_secs)?;
             let keep: HashSet<String> = cache.keys.list()?.into_iter().map(|e| e.digest).collect();
             let freed = cache.blobs.retain(&keep)?;
+            let mut dirs = Vec::new();
+            for parent in DIR_KINDS.iter().map(|(sub, _)| root.join(sub)) {
+                dirs.extend(
+                    dirs::sweep(&parent, keep_secs)
+                        .with_context(|| format!("sweeping {}", parent.display()))?,
+                );
+            }
+            // Scratch of builds that were killed (a running build's is
+            // younger than a day).
+            let scratch = dirs::sweep_scratch(&root.join("tmp"), 86_400)
+                .with_context(|| format!("sweeping {}", root.join("tmp").display()))?;
+            let dir_bytes: u64 = dirs.iter().map(|d| d.bytes).sum::<u64>() + scratch;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "removed_entries": removed.len(),
+                        "freed_blob_bytes": freed,
+                        "removed_directories": dirs,
+                        "freed_directory_bytes": dir_bytes,
+                    })
+                );
+                return Ok(());
+            }
             println!("removed {} entries, freed {} bytes", removed.len(), freed);
+            for d in &dirs {
+                println!("removed {} ({} bytes)", d.path.display(), d.bytes);
+            }
+            if !dirs.is_empty() {
+                println!(
+                    "removed {} directories, freed {} bytes",
+                    dirs.len(),
+                    dir_bytes
+                );
+            }
             Ok(())
         }
     }

@@ -93,6 +93,47 @@ fn flask_builds_verifies_and_rebuilds_incrementally() {
             assert_eq!(&digest, old, "layer {name} changed");
         }
     }
+
+    // `ftl cache ls` shows the directories builds use in place; `gc`
+    // removes them once unused (0 days: now), with the layer entries.
+    let ls = rig.ftl(cache.path(), &["cache", "ls"]);
+    assert_eq!(ls.status, 0, "{}", ls.stderr);
+    let rootfs = cache.path().join("rootfs");
+    let pip_cache = cache.path().join("persistent/python-pip-cache");
+    for dir in [&pip_cache, &rootfs] {
+        assert!(ls.stdout.contains(dir.to_str().unwrap()), "{}", ls.stdout);
+    }
+    let gc = rig.ftl(cache.path(), &["cache", "gc", "--keep-days", "0", "--json"]);
+    assert_eq!(gc.status, 0, "{}", gc.stderr);
+    let gc: serde_json::Value = serde_json::from_str(&gc.stdout).unwrap();
+    let removed: Vec<&str> = gc["removed_directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert!(removed.contains(&pip_cache.to_str().unwrap()), "{gc:#}");
+    assert!(
+        removed
+            .iter()
+            .any(|p| p.starts_with(rootfs.to_str().unwrap())),
+        "{gc:#}"
+    );
+    assert!(
+        gc["freed_directory_bytes"].as_u64().unwrap() > 1_000_000,
+        "{gc:#}"
+    );
+    assert!(gc["removed_entries"].as_u64().unwrap() > 0, "{gc:#}");
+    assert!(!pip_cache.exists());
+    assert_eq!(std::fs::read_dir(&rootfs).unwrap().count(), 0);
+    // And the next build works: the layers come from the registry's cache,
+    // the base rootfs is unpacked again for the check.
+    let after = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(after["digest"], added["digest"]);
+    assert_eq!(after["layers_built"], 0, "{after:#}");
+    assert_eq!(after["verify"]["status"], 200);
 }
 
 #[test]

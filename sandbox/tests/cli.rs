@@ -40,7 +40,16 @@ fn list_ps_events_kill_all_delete() {
         .status()
         .unwrap();
     assert!(st.success());
-    std::thread::sleep(Duration::from_millis(200));
+    // Both sleeps started: polled, not slept on (a loaded machine is slow).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let ps = cli(&fx, &["ps", "--format", "json", &id]);
+        let pids: Vec<i32> = serde_json::from_slice(&ps.stdout).unwrap_or_default();
+        if pids.len() == 3 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let list = cli(&fx, &["list", "--format", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();

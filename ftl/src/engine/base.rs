@@ -223,6 +223,8 @@ pub struct LazyRootfs {
     dir: PathBuf,
     base: BaseImage,
     cell: OnceCell<PathBuf>,
+    /// Held while this build may use the rootfs: `ftl cache gc` leaves it.
+    lease: std::sync::OnceLock<ftl_cache::dirs::Lease>,
 }
 
 impl LazyRootfs {
@@ -233,6 +235,7 @@ impl LazyRootfs {
             dir,
             base,
             cell: OnceCell::new(),
+            lease: std::sync::OnceLock::new(),
         }
     }
 
@@ -242,6 +245,8 @@ impl LazyRootfs {
             .get_or_try_init(|| async {
                 let hex = self.base.info.manifest_digest.trim_start_matches("sha256:");
                 let dest = self.dir.join(hex);
+                let lease = ftl_cache::dirs::lease(&dest)?;
+                let _ = self.lease.set(lease);
                 if dest.join(".ftl-complete").is_file() {
                     return Ok(dest);
                 }

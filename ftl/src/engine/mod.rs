@@ -364,6 +364,7 @@ impl Engine {
             images: Mutex::new(HashMap::new()),
             steps: Mutex::new(Vec::new()),
             cancel: req.cancel.clone(),
+            leases: Mutex::new(HashMap::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -1115,6 +1116,8 @@ pub(crate) struct SandboxExec {
     steps: Mutex<Vec<StepRun>>,
     /// The build's cancellation: steps are killed when it is set.
     cancel: CancelFlag,
+    /// Leases of the persistent directories this build uses, by name.
+    leases: Mutex<HashMap<String, ftl_cache::dirs::Lease>>,
 }
 
 /// A builder image's lazily unpacked rootfs and its config's env.
@@ -1373,6 +1376,14 @@ impl Exec for SandboxExec {
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         check_cache_name("persistent directory", name)?;
         let dir = self.cache_dir.join("persistent").join(name);
+        let mut leases = self.leases.lock().expect("not poisoned");
+        if !leases.contains_key(name) {
+            let lease = ftl_cache::dirs::lease(&dir).map_err(|e| {
+                let why = std::error::Error::source(&e).map(|s| format!(": {s}"));
+                PluginError::new(format!("{e}{}", why.unwrap_or_default()))
+            })?;
+            leases.insert(name.to_string(), lease);
+        }
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
