@@ -75,7 +75,7 @@ fn list_ps_events_kill_all_delete() {
     assert!(kill.status.success(), "{kill:?}");
     for p in &pids {
         let mut gone = false;
-        for _ in 0..100 {
+        for _ in 0..3000 {
             let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
             if stat.is_empty() || stat.contains(") Z") {
                 gone = true;

@@ -252,7 +252,7 @@ fn signal_exit_of_init_is_128_plus_n() {
             .spawn()
             .unwrap();
         let mut killed = false;
-        for _ in 0..200 {
+        for _ in 0..1200 {
             std::thread::sleep(Duration::from_millis(25));
             let st = d.cmd(rt, &["kill", &id, "KILL"]).output().unwrap();
             if st.status.success() {
@@ -431,7 +431,7 @@ fn lifecycle() {
         let st = d.cmd(rt, &["kill", &id, "KILL"]).status().unwrap();
         assert!(st.success(), "{rt:?} kill");
         let mut stopped = false;
-        for _ in 0..100 {
+        for _ in 0..1500 {
             std::thread::sleep(Duration::from_millis(20));
             if state(&d).1["status"] == "stopped" {
                 stopped = true;
