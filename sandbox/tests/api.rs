@@ -168,10 +168,7 @@ fn external_runtimes_run_the_same_request() {
 #[test]
 fn gc_removes_what_a_killed_caller_left() {
     let fx = Fixture::new();
-    let mut spec = ftl_sandbox::example_spec(false);
-    let p = spec.process_mut().as_mut().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(vec!["sleep".into(), "100".into()]));
+    let spec = common::spec_running(&["sleep", "100"]);
     let id = unique_id("gc");
     let b = fx.bundle(&id, &spec);
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))

@@ -6,7 +6,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{unique_id, Fixture};
+use common::{spec_running, unique_id, Fixture};
 
 fn cli(fx: &Fixture, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
@@ -21,14 +21,7 @@ fn cli(fx: &Fixture, args: &[&str]) -> std::process::Output {
 #[test]
 fn list_ps_events_kill_all_delete() {
     let fx = Fixture::new();
-    let mut spec = ftl_sandbox::example_spec(false);
-    let p = spec.process_mut().as_mut().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(vec![
-        "sh".into(),
-        "-c".into(),
-        "sleep 100 & sleep 100 & wait".into(),
-    ]));
+    let spec = spec_running(&["sh", "-c", "sleep 100 & sleep 100 & wait"]);
     let id = unique_id("cli");
     let b = fx.bundle(&id, &spec);
     let st = Command::new(env!("CARGO_BIN_EXE_ftl-sandbox"))
@@ -135,17 +128,14 @@ fn unknown_runsc_flags_are_accepted() {
 #[test]
 fn overlay_keeps_the_rootfs_unchanged() {
     let fx = Fixture::new();
-    let mut spec = ftl_sandbox::example_spec(false);
+    let mut spec = spec_running(&[
+        "sh",
+        "-c",
+        "echo x > /etc/written && cat /etc/written && rm /bin/echo && echo removed",
+    ]);
     let mut root = spec.root().clone().unwrap();
     root.set_readonly(Some(false));
     spec.set_root(Some(root));
-    let p = spec.process_mut().as_mut().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(vec![
-        "sh".into(),
-        "-c".into(),
-        "echo x > /etc/written && cat /etc/written && rm /bin/echo && echo removed".into(),
-    ]));
     let id = unique_id("ovl");
     let b = fx.bundle(&id, &spec);
     let out = cli(
@@ -192,10 +182,7 @@ fn do_runs_over_the_host_root() {
 #[test]
 fn start_and_an_immediate_exit_both_reach_the_state() {
     let fx = Fixture::new();
-    let mut spec = ftl_sandbox::example_spec(false);
-    let p = spec.process_mut().as_mut().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(vec!["sh".into(), "-c".into(), "exit 7".into()]));
+    let spec = spec_running(&["sh", "-c", "exit 7"]);
     let b = fx.bundle("exits-at-once", &spec);
     std::thread::scope(|s| {
         for _ in 0..4 {

@@ -74,11 +74,7 @@ impl Diff {
 
     /// A base spec: busybox `sh -c script`, runc-like defaults.
     fn spec(&self, script: &str) -> Spec {
-        let mut spec = ftl_sandbox::example_spec(false);
-        let p = spec.process_mut().as_mut().unwrap();
-        p.set_terminal(Some(false));
-        p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
-        spec
+        common::spec_running(&["sh", "-c", script])
     }
 
     fn run_spec(&self, rt: Rt, spec: &Spec) -> Res {

@@ -8,11 +8,7 @@ use std::process::Command;
 use common::{unique_id, Fixture};
 
 fn spec(script: &str) -> serde_json::Value {
-    let mut spec = ftl_sandbox::example_spec(false);
-    let p = spec.process_mut().as_mut().unwrap();
-    p.set_terminal(Some(false));
-    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
-    serde_json::to_value(&spec).unwrap()
+    serde_json::to_value(common::spec_running(&["sh", "-c", script])).unwrap()
 }
 
 fn write_bundle(fx: &Fixture, v: &serde_json::Value) -> std::path::PathBuf {

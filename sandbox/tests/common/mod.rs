@@ -99,6 +99,15 @@ impl Fixture {
     }
 }
 
+/// ftl's example spec running `args` without a terminal.
+pub fn spec_running(args: &[&str]) -> oci_spec::runtime::Spec {
+    let mut spec = ftl_sandbox::example_spec(false);
+    let p = spec.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(false));
+    p.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    spec
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
