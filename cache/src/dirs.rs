@@ -41,16 +41,44 @@ pub fn lease(dir: &Path) -> Result<Lease, CacheError> {
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(io_err(&path))?;
-    file.lock_shared().map_err(io_err(&path))?;
-    file.set_modified(SystemTime::now())
-        .map_err(io_err(&path))?;
-    Ok(Lease { _file: file })
+    loop {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.lock_shared().map_err(io_err(&path))?;
+        // A sweep may have unlinked the file while we waited for the lock:
+        // a lease on it would be invisible to the next sweep. Take the one
+        // the path names now.
+        if !same_file(&file, &path) {
+            continue;
+        }
+        stamp_now(&file);
+        return Ok(Lease { _file: file });
+    }
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Sets the file's mtime to now. `UTIME_NOW` needs only write access, not
+/// ownership, so users sharing a cache can stamp each other's leases; a
+/// failure costs only an earlier last use.
+fn stamp_now(file: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: futimens on our own open descriptor; a null `times` means
+    // both timestamps are set to now.
+    let rc = unsafe { libc::futimens(file.as_raw_fd(), std::ptr::null()) };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "cannot stamp a cache lease");
+    }
 }
 
 /// A directory of the cache, as [`list`] and [`sweep`] see it.
@@ -91,113 +119,166 @@ pub fn list(parent: &Path) -> Vec<DirUse> {
     out
 }
 
+/// What [`sweep`] did: the directories it removed, and the entries it
+/// could not handle (the sweep goes on past them).
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub removed: Vec<DirUse>,
+    pub problems: Vec<String>,
+}
+
 /// Removes the directories under `parent` last used more than `keep_secs`
-/// ago and not in use, and leftovers of interrupted removals. Returns what
-/// it removed.
-pub fn sweep(parent: &Path, keep_secs: u64) -> Result<Vec<DirUse>, CacheError> {
+/// ago and not in use, leftovers of interrupted removals and unpacks, and
+/// orphan leases.
+pub fn sweep(parent: &Path, keep_secs: u64) -> Swept {
     let cutoff = SystemTime::now()
         .checked_sub(Duration::from_secs(keep_secs))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let mut removed = Vec::new();
+    let mut out = Swept::default();
     for dir in subdirs(parent) {
-        let Some(lease_path) = lease_path(&dir) else {
-            continue;
-        };
-        // Opened (or created) and locked exclusively: no build uses it,
-        // and none can start to until the lock is released.
-        let (file, created) = match OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&lease_path)
-        {
-            Ok(f) => (f, true),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
-                OpenOptions::new()
-                    .write(true)
-                    .open(&lease_path)
-                    .map_err(io_err(&lease_path))?,
-                false,
-            ),
-            Err(e) => return Err(io_err(&lease_path)(e)),
-        };
-        if file.try_lock().is_err() {
-            continue;
+        match sweep_one(&dir, cutoff) {
+            Ok(Some(gone)) => out.removed.push(gone),
+            Ok(None) => {}
+            Err(e) => out.problems.push(problem(&e)),
         }
-        let used = if created {
-            last_used(&dir, None)
-        } else {
-            last_used(&dir, Some(&file))
-        };
-        let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(used);
-        if used_at >= cutoff {
-            if created {
-                // Kept as the record of the last use from now on.
-                let _ = file.set_modified(used_at);
-            }
-            continue;
-        }
-        let bytes = tree_bytes(&dir);
-        let trash = trash_name(&dir);
-        fs::rename(&dir, &trash).map_err(io_err(&dir))?;
-        // A build blocked on the old lease file goes on with a fresh
-        // directory; the next one creates a fresh lease file.
-        let _ = fs::remove_file(&lease_path);
-        drop(file);
-        remove_tree(&trash)?;
-        removed.push(DirUse {
-            path: dir,
-            bytes,
-            last_used: used,
-            in_use: false,
-        });
     }
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".trash-") {
-            // Left by a sweep that crashed mid-removal.
-            remove_tree(&entry.path())?;
-        } else if let Some(dir) = name
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if let Some(dir) = name
             .strip_prefix('.')
             .and_then(|n| n.strip_suffix(".lease"))
         {
-            // The lease of a directory removed by other means.
-            let orphan = !parent.join(dir).exists();
-            let unused = File::options()
-                .write(true)
-                .open(entry.path())
-                .is_ok_and(|f| f.try_lock().is_ok());
-            if orphan && unused {
-                let _ = fs::remove_file(entry.path());
+            // The lease of a directory removed by other means: removed
+            // with its lock held, so no build takes it meanwhile.
+            if !parent.join(dir).exists() {
+                if let Ok(f) = File::options().write(true).open(&path) {
+                    if f.try_lock().is_ok() && same_file(&f, &path) {
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        } else if is_dir && name.starts_with(".trash-") {
+            // Left by a sweep that crashed mid-removal.
+            if let Err(e) = remove_tree(&path) {
+                out.problems.push(problem(&e));
+            }
+        } else if is_dir && name.starts_with('.') && older_than(&entry, STALE_SCRATCH) {
+            // A temporary directory of an unpack that was killed (a
+            // running one is younger than a day).
+            if let Err(e) = remove_tree(&path) {
+                out.problems.push(problem(&e));
             }
         }
     }
-    Ok(removed)
+    out
+}
+
+/// How old a temporary entry must be to be taken for a killed build's.
+const STALE_SCRATCH: u64 = 86_400;
+
+fn problem(e: &CacheError) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => format!("{e}: {s}"),
+        None => e.to_string(),
+    }
+}
+
+fn older_than(entry: &fs::DirEntry, secs: u64) -> bool {
+    entry
+        .metadata()
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age.as_secs() > secs)
+}
+
+/// Removes `dir` if it was last used before `cutoff` and no build holds it.
+fn sweep_one(dir: &Path, cutoff: SystemTime) -> Result<Option<DirUse>, CacheError> {
+    let Some(lease_path) = lease_path(dir) else {
+        return Ok(None);
+    };
+    // Opened (or created) and locked exclusively: no build uses it, and
+    // none can start to until the lock is released.
+    let (file, created) = match OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&lease_path)
+    {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
+            OpenOptions::new()
+                .write(true)
+                .open(&lease_path)
+                .map_err(io_err(&lease_path))?,
+            false,
+        ),
+        Err(e) => return Err(io_err(&lease_path)(e)),
+    };
+    if file.try_lock().is_err() || !same_file(&file, &lease_path) {
+        return Ok(None);
+    }
+    let used = last_used(dir, (!created).then_some(&file));
+    let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(used);
+    if used_at >= cutoff {
+        if created {
+            // Kept as the record of the last use from now on.
+            let _ = file.set_modified(used_at);
+        }
+        return Ok(None);
+    }
+    let trash = trash_name(dir);
+    match fs::rename(dir, &trash) {
+        Ok(()) => {}
+        // Removed meanwhile by someone else (another gc, a plugin's own
+        // pruning).
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let _ = fs::remove_file(&lease_path);
+            return Ok(None);
+        }
+        Err(e) => return Err(io_err(dir)(e)),
+    }
+    // A build blocked on this lease file finds it unlinked, takes a fresh
+    // one and goes on with a fresh directory.
+    let _ = fs::remove_file(&lease_path);
+    drop(file);
+    let bytes = tree_bytes(&trash);
+    remove_tree(&trash)?;
+    Ok(Some(DirUse {
+        path: dir.to_path_buf(),
+        bytes,
+        last_used: used,
+        in_use: false,
+    }))
 }
 
 /// Removes the entries of `parent` (scratch left by builds that were
-/// killed) last modified more than `age_secs` ago; returns their bytes.
-pub fn sweep_scratch(parent: &Path, age_secs: u64) -> Result<u64, CacheError> {
+/// killed) last modified more than `age_secs` ago. Returns their bytes and
+/// the entries it could not remove.
+pub fn sweep_scratch(parent: &Path, age_secs: u64) -> (u64, Vec<String>) {
     let mut freed = 0;
+    let mut problems = Vec::new();
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
-        let old = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age.as_secs() > age_secs);
-        if !old {
+        if !older_than(&entry, age_secs) {
             continue;
         }
         let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            freed += tree_bytes(&path);
-            remove_tree(&path)?;
+        let bytes = tree_bytes(&path).max(entry.metadata().map(|m| m.len()).unwrap_or(0));
+        let gone = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_tree(&path)
         } else {
-            freed += entry.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = fs::remove_file(&path);
+            fs::remove_file(&path).or_else(|e| match e.kind() {
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(io_err(&path)(e)),
+            })
+        };
+        match gone {
+            Ok(()) => freed += bytes,
+            Err(e) => problems.push(problem(&e)),
         }
     }
-    Ok(freed)
+    (freed, problems)
 }
 
 fn subdirs(parent: &Path) -> Vec<PathBuf> {
@@ -233,18 +314,22 @@ fn trash_name(dir: &Path) -> PathBuf {
     dir.with_file_name(format!(".trash-{name}-{}", std::process::id()))
 }
 
-/// Bytes of the regular files under `dir` (links not followed).
+/// Disk usage of the files under `dir` (blocks, each hard-linked file
+/// once, links not followed).
 pub fn tree_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
     let mut total = 0;
+    let mut linked = std::collections::HashSet::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => stack.push(entry.path()),
-                Ok(t) if t.is_file() => {
-                    total += entry.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                _ => {}
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if meta.is_file() && (meta.nlink() == 1 || linked.insert(meta.ino())) {
+                total += meta.blocks() * 512;
             }
         }
     }
@@ -309,19 +394,23 @@ mod tests {
         let listed = list(root);
         assert_eq!(listed.len(), 3);
         assert!(listed.iter().any(|d| d.path.ends_with("busy") && d.in_use));
-        assert!(listed.iter().all(|d| d.bytes == 5));
+        assert!(listed
+            .iter()
+            .all(|d| d.bytes > 0 && d.bytes == listed[0].bytes));
 
-        let removed = sweep(root, 7 * 86_400).unwrap();
+        let swept = sweep(root, 7 * 86_400);
+        assert!(swept.problems.is_empty(), "{:?}", swept.problems);
+        let removed = swept.removed;
         let names: Vec<_> = removed.iter().map(|d| d.path.clone()).collect();
         assert_eq!(names, vec![root.join("old")]);
-        assert_eq!(removed[0].bytes, 5);
+        assert_eq!(removed[0].bytes, listed[0].bytes);
         assert!(!root.join("old").exists());
         assert!(!root.join(".old.lease").exists());
         assert!(root.join("recent/sub/f").exists());
         assert!(root.join("busy/sub/f").exists(), "a leased dir was removed");
 
         drop(held);
-        let removed = sweep(root, 7 * 86_400).unwrap();
+        let removed = sweep(root, 7 * 86_400).removed;
         assert_eq!(removed.len(), 1, "{removed:?}");
         assert!(!root.join("busy").exists());
         assert!(root.join("recent").exists());
@@ -343,7 +432,7 @@ mod tests {
         fs::write(d.join("ro/f"), b"x").unwrap();
         fs::set_permissions(d.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
         // Fresh by mtime: kept.
-        assert!(sweep(tmp.path(), 86_400).unwrap().is_empty());
+        assert!(sweep(tmp.path(), 86_400).removed.is_empty());
         assert!(d.join("ro/f").exists());
         File::open(&d)
             .unwrap()
@@ -351,13 +440,58 @@ mod tests {
             .unwrap();
         // The lease file the first sweep made carries the old mtime on.
         age(&d, 2 * 86_400);
-        assert_eq!(sweep(tmp.path(), 86_400).unwrap().len(), 1);
+        assert_eq!(sweep(tmp.path(), 86_400).removed.len(), 1);
         assert!(!d.exists());
         // Leftovers of an interrupted removal go too, and orphan leases.
         fs::create_dir_all(tmp.path().join(".trash-x-1/a")).unwrap();
         fs::write(tmp.path().join(".gone.lease"), b"").unwrap();
-        sweep(tmp.path(), 86_400).unwrap();
-        assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+        // And a day-old temporary directory of a killed unpack.
+        fs::create_dir_all(tmp.path().join(".rootfs-abc/usr")).unwrap();
+        File::open(tmp.path().join(".rootfs-abc"))
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
+            .unwrap();
+        fs::create_dir_all(tmp.path().join(".rootfs-new")).unwrap();
+        assert!(sweep(tmp.path(), 86_400).problems.is_empty());
+        let left: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [".rootfs-new"]);
+    }
+
+    /// A build waiting for the lease while a sweep removes the directory
+    /// ends up holding the lease file the path names, which the next sweep
+    /// sees (not the unlinked one, which it would not).
+    #[test]
+    fn a_lease_taken_during_a_removal_is_seen_by_the_next_sweep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join("repo");
+        fs::create_dir_all(&d).unwrap();
+        drop(lease(&d).unwrap());
+        let lease_file = tmp.path().join(".repo.lease");
+        let sweeper = File::options().write(true).open(&lease_file).unwrap();
+        sweeper.lock().unwrap();
+        let waiter = std::thread::spawn({
+            let d = d.clone();
+            move || {
+                let l = lease(&d).unwrap();
+                fs::create_dir_all(&d).unwrap();
+                l
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        // What a sweep does: the directory aside, the lease file unlinked.
+        fs::rename(&d, tmp.path().join(".trash-repo-1")).unwrap();
+        fs::remove_file(&lease_file).unwrap();
+        drop(sweeper);
+        let held = waiter.join().unwrap();
+        let swept = sweep(tmp.path(), 0);
+        assert!(swept.removed.is_empty(), "a leased directory was removed");
+        assert!(d.exists());
+        drop(held);
+        assert_eq!(sweep(tmp.path(), 0).removed.len(), 1);
     }
 
     #[test]
@@ -370,7 +504,8 @@ mod tests {
             .unwrap()
             .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
             .unwrap();
-        assert_eq!(sweep_scratch(tmp.path(), 86_400).unwrap(), 3);
+        let (freed, problems) = sweep_scratch(tmp.path(), 86_400);
+        assert!(freed > 0 && problems.is_empty(), "{freed} {problems:?}");
         assert!(!tmp.path().join("old").exists());
         assert!(tmp.path().join("new").exists());
     }

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Subcommand;
 use ftl_cache::{dirs, Cache};
 
@@ -126,16 +126,16 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             let keep: HashSet<String> = cache.keys.list()?.into_iter().map(|e| e.digest).collect();
             let freed = cache.blobs.retain(&keep)?;
             let mut dirs = Vec::new();
+            let mut problems = Vec::new();
             for parent in DIR_KINDS.iter().map(|(sub, _)| root.join(sub)) {
-                dirs.extend(
-                    dirs::sweep(&parent, keep_secs)
-                        .with_context(|| format!("sweeping {}", parent.display()))?,
-                );
+                let swept = dirs::sweep(&parent, keep_secs);
+                dirs.extend(swept.removed);
+                problems.extend(swept.problems);
             }
             // Scratch of builds that were killed (a running build's is
             // younger than a day).
-            let scratch = dirs::sweep_scratch(&root.join("tmp"), 86_400)
-                .with_context(|| format!("sweeping {}", root.join("tmp").display()))?;
+            let (scratch, scratch_problems) = dirs::sweep_scratch(&root.join("tmp"), 86_400);
+            problems.extend(scratch_problems);
             let dir_bytes: u64 = dirs.iter().map(|d| d.bytes).sum::<u64>() + scratch;
             if json {
                 println!(
@@ -145,22 +145,31 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                         "freed_blob_bytes": freed,
                         "removed_directories": dirs,
                         "freed_directory_bytes": dir_bytes,
+                        "problems": problems,
                     })
                 );
+            } else {
+                println!("removed {} entries, freed {} bytes", removed.len(), freed);
+                for d in &dirs {
+                    println!("removed {} ({} bytes)", d.path.display(), d.bytes);
+                }
+                if !dirs.is_empty() {
+                    println!(
+                        "removed {} directories, freed {} bytes",
+                        dirs.len(),
+                        dir_bytes
+                    );
+                }
+            }
+            if problems.is_empty() {
                 return Ok(());
             }
-            println!("removed {} entries, freed {} bytes", removed.len(), freed);
-            for d in &dirs {
-                println!("removed {} ({} bytes)", d.path.display(), d.bytes);
-            }
-            if !dirs.is_empty() {
-                println!(
-                    "removed {} directories, freed {} bytes",
-                    dirs.len(),
-                    dir_bytes
-                );
-            }
-            Ok(())
+            anyhow::bail!(
+                "{} cache entries could not be removed (the rest was):\n  {}\n\
+                 fix their permissions or mounts, or remove them by hand, and run gc again",
+                problems.len(),
+                problems.join("\n  ")
+            )
         }
     }
 }

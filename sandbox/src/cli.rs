@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -738,7 +739,16 @@ fn monitor(
         return 0;
     }
     // Under the state lock: `start` may be recording `running` right now.
+    // Only this init's state: after a `delete` that stopped waiting for us,
+    // the id may name a new container.
+    let init = started.child.pid;
     let _ = state::update(&ctx.root, &a.id, |st| {
+        if st.pid != init {
+            return Err(SandboxError::NotFound {
+                id: a.id.clone(),
+                root: ctx.root.clone(),
+            });
+        }
         st.exit_code = Some(outcome.exit_status());
         st.status = "stopped".into();
         Ok(())
@@ -791,34 +801,36 @@ fn run(ctx: &Ctx, a: &CreateArgs) -> Result<i32, Fail> {
 fn start(ctx: &Ctx, id: &str) -> Result<(), Fail> {
     // The gate opens under the state lock, so the monitor's `stopped` (a
     // process that exits at once) is written after our `running`, never
-    // overwritten by it.
-    let mut refused = None;
+    // overwritten by it. A refusal saves nothing.
     state::update(&ctx.root, id, |st| {
         if st.status() != "created" {
-            refused = Some(format!(
-                "container {id} is {}, start needs it created",
-                st.status()
-            ));
-            return Ok(());
+            return Err(SandboxError::WrongState {
+                id: id.to_string(),
+                status: st.status().to_string(),
+                operation: "start",
+                wanted: "created",
+            });
         }
-        let Some(gate) = st.gate_fd else {
-            refused = Some(format!("container {id} was not created to wait for start"));
-            return Ok(());
-        };
+        let gate = st.gate_fd.ok_or_else(|| SandboxError::Sys {
+            what: format!("container {id} was not created to wait for start"),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
         let path = format!("/proc/{}/fd/{gate}", st.pid);
-        let opened = fs::OpenOptions::new().write(true).open(&path);
-        let written = opened.and_then(|mut f| f.write_all(b"s"));
-        if let Err(e) = written {
-            refused = Some(format!("signalling the start gate {path}: {e}"));
-            return Ok(());
-        }
+        // Non-blocking: an init gone since the check leaves a pipe with no
+        // reader, where a blocking open would wait for ever (lock held).
+        fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b"s"))
+            .map_err(|source| SandboxError::Sys {
+                what: format!("signalling the start gate {path}"),
+                source,
+            })?;
         st.status = "running".into();
         Ok(())
     })?;
-    match refused {
-        Some(msg) => Err(fail(msg)),
-        None => Ok(()),
-    }
+    Ok(())
 }
 
 /// Parses `KILL`, `SIGKILL` or `9`.

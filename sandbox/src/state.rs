@@ -162,7 +162,8 @@ pub fn load(root: &Path, id: &str) -> Result<ContainerState, SandboxError> {
 /// an exclusive lock of the container's state directory, so that
 /// concurrent read-modify-write cycles never lose each other's update.
 /// `change` runs under the lock too: whatever it does before returning
-/// (such as opening the start gate) is ordered against other updates.
+/// (such as opening the start gate) is ordered against other updates. An
+/// error from `change` saves nothing.
 pub fn update<T>(
     root: &Path,
     id: &str,

@@ -245,7 +245,11 @@ impl LazyRootfs {
             .get_or_try_init(|| async {
                 let hex = self.base.info.manifest_digest.trim_start_matches("sha256:");
                 let dest = self.dir.join(hex);
-                let lease = ftl_cache::dirs::lease(&dest)?;
+                // Blocks while a `cache gc` removes this rootfs.
+                let at = dest.clone();
+                let lease = tokio::task::spawn_blocking(move || ftl_cache::dirs::lease(&at))
+                    .await
+                    .map_err(super::join_err)??;
                 let _ = self.lease.set(lease);
                 if dest.join(".ftl-complete").is_file() {
                     return Ok(dest);

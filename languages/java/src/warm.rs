@@ -671,6 +671,11 @@ impl Warm {
             return Err("files other than Java sources changed".into());
         }
         self.touch();
+        // The running compiler reads the Maven repository: leased for this
+        // build like any step's, so `ftl cache gc` keeps it.
+        ctx.exec
+            .persistent_dir(crate::step::REPO_DIR)
+            .map_err(|e| e.to_string())?;
         let conn = match self.connect() {
             Some(c) => c,
             // Not running: Maven is as quick as a cold JVM (and records
