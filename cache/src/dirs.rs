@@ -364,15 +364,17 @@ fn remove_tree(dir: &Path) -> Result<(), CacheError> {
 mod tests {
     use super::*;
 
-    fn age(dir: &Path, secs: u64) {
-        let t = SystemTime::now() - Duration::from_secs(secs);
-        let lease = lease_path(dir).unwrap();
-        File::options()
-            .write(true)
-            .open(lease)
+    /// Sets the mtime of `path` (a file or a directory) `secs` back.
+    fn backdate(path: &Path, secs: u64) {
+        File::open(path)
             .unwrap()
-            .set_modified(t)
+            .set_modified(SystemTime::now() - Duration::from_secs(secs))
             .unwrap();
+    }
+
+    /// Makes the last use of `dir` `secs` ago.
+    fn age(dir: &Path, secs: u64) {
+        backdate(&lease_path(dir).unwrap(), secs);
     }
 
     #[test]
@@ -434,10 +436,7 @@ mod tests {
         // Fresh by mtime: kept.
         assert!(sweep(tmp.path(), 86_400).removed.is_empty());
         assert!(d.join("ro/f").exists());
-        File::open(&d)
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
-            .unwrap();
+        backdate(&d, 2 * 86_400);
         // The lease file the first sweep made carries the old mtime on.
         age(&d, 2 * 86_400);
         assert_eq!(sweep(tmp.path(), 86_400).removed.len(), 1);
@@ -447,10 +446,7 @@ mod tests {
         fs::write(tmp.path().join(".gone.lease"), b"").unwrap();
         // And a day-old temporary directory of a killed unpack.
         fs::create_dir_all(tmp.path().join(".rootfs-abc/usr")).unwrap();
-        File::open(tmp.path().join(".rootfs-abc"))
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
-            .unwrap();
+        backdate(&tmp.path().join(".rootfs-abc"), 2 * 86_400);
         fs::create_dir_all(tmp.path().join(".rootfs-new")).unwrap();
         assert!(sweep(tmp.path(), 86_400).problems.is_empty());
         let left: Vec<_> = fs::read_dir(tmp.path())
@@ -500,10 +496,7 @@ mod tests {
         fs::create_dir_all(tmp.path().join("old/a")).unwrap();
         fs::write(tmp.path().join("old/a/f"), b"123").unwrap();
         fs::create_dir_all(tmp.path().join("new")).unwrap();
-        File::open(tmp.path().join("old"))
-            .unwrap()
-            .set_modified(SystemTime::now() - Duration::from_secs(2 * 86_400))
-            .unwrap();
+        backdate(&tmp.path().join("old"), 2 * 86_400);
         let (freed, problems) = sweep_scratch(tmp.path(), 86_400);
         assert!(freed > 0 && problems.is_empty(), "{freed} {problems:?}");
         assert!(!tmp.path().join("old").exists());
