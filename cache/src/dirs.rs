@@ -124,7 +124,7 @@ pub fn list(parent: &Path) -> Vec<DirUse> {
 #[derive(Debug, Default)]
 pub struct Swept {
     pub removed: Vec<DirUse>,
-    pub problems: Vec<String>,
+    pub problems: Vec<CacheError>,
 }
 
 /// Removes the directories under `parent` last used more than `keep_secs`
@@ -139,7 +139,7 @@ pub fn sweep(parent: &Path, keep_secs: u64) -> Swept {
         match sweep_one(&dir, cutoff) {
             Ok(Some(gone)) => out.removed.push(gone),
             Ok(None) => {}
-            Err(e) => out.problems.push(problem(&e)),
+            Err(e) => out.problems.push(e),
         }
     }
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
@@ -162,13 +162,13 @@ pub fn sweep(parent: &Path, keep_secs: u64) -> Swept {
         } else if is_dir && name.starts_with(".trash-") {
             // Left by a sweep that crashed mid-removal.
             if let Err(e) = remove_tree(&path) {
-                out.problems.push(problem(&e));
+                out.problems.push(e);
             }
         } else if is_dir && name.starts_with('.') && older_than(&entry, STALE_SCRATCH) {
             // A temporary directory of an unpack that was killed (a
             // running one is younger than a day).
             if let Err(e) = remove_tree(&path) {
-                out.problems.push(problem(&e));
+                out.problems.push(e);
             }
         }
     }
@@ -177,13 +177,6 @@ pub fn sweep(parent: &Path, keep_secs: u64) -> Swept {
 
 /// How old a temporary entry must be to be taken for a killed build's.
 const STALE_SCRATCH: u64 = 86_400;
-
-fn problem(e: &CacheError) -> String {
-    match std::error::Error::source(e) {
-        Some(s) => format!("{e}: {s}"),
-        None => e.to_string(),
-    }
-}
 
 fn older_than(entry: &fs::DirEntry, secs: u64) -> bool {
     entry
@@ -256,7 +249,7 @@ fn sweep_one(dir: &Path, cutoff: SystemTime) -> Result<Option<DirUse>, CacheErro
 /// Removes the entries of `parent` (scratch left by builds that were
 /// killed) last modified more than `age_secs` ago. Returns their bytes and
 /// the entries it could not remove.
-pub fn sweep_scratch(parent: &Path, age_secs: u64) -> (u64, Vec<String>) {
+pub fn sweep_scratch(parent: &Path, age_secs: u64) -> (u64, Vec<CacheError>) {
     let mut freed = 0;
     let mut problems = Vec::new();
     for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
@@ -275,7 +268,7 @@ pub fn sweep_scratch(parent: &Path, age_secs: u64) -> (u64, Vec<String>) {
         };
         match gone {
             Ok(()) => freed += bytes,
-            Err(e) => problems.push(problem(&e)),
+            Err(e) => problems.push(e),
         }
     }
     (freed, problems)

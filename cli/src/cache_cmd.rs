@@ -136,6 +136,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             // younger than a day).
             let (scratch, scratch_problems) = dirs::sweep_scratch(&root.join("tmp"), 86_400);
             problems.extend(scratch_problems);
+            let problems: Vec<String> = problems.iter().map(|e| ftl::error_chain(e)).collect();
             let dir_bytes: u64 = dirs.iter().map(|d| d.bytes).sum::<u64>() + scratch;
             if json {
                 println!(

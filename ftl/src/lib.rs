@@ -16,5 +16,21 @@ pub mod rootfs;
 pub mod source;
 
 pub use key::{canonical_json, sha256_tagged, CacheKey};
+
+/// An error and its sources as one line (`outer: inner: …`), each message
+/// once even when an outer one already quotes an inner one.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
+}
 pub use plugin::*;
 pub use source::{SourceError, SourceTree};

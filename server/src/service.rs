@@ -403,7 +403,7 @@ impl Service {
                 tokio::select! {
                     r = build => match r {
                         Ok(Ok(report)) => Ok(report),
-                        Ok(Err(e)) => Err(Outcome::Failed(error_chain(&e))),
+                        Ok(Err(e)) => Err(Outcome::Failed(ftl::error_chain(&e))),
                         Err(_) => Err(Outcome::Failed("internal error: the build panicked".into())),
                     },
                     _ = cancel.notified() => {
@@ -576,18 +576,4 @@ impl Service {
 enum Outcome {
     Failed(String),
     Cancelled(String),
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        cur = c.source();
-    }
-    out
 }

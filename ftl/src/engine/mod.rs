@@ -1378,10 +1378,8 @@ impl Exec for SandboxExec {
         let dir = self.cache_dir.join("persistent").join(name);
         let mut leases = self.leases.lock().expect("not poisoned");
         if !leases.contains_key(name) {
-            let lease = ftl_cache::dirs::lease(&dir).map_err(|e| {
-                let why = std::error::Error::source(&e).map(|s| format!(": {s}"));
-                PluginError::new(format!("{e}{}", why.unwrap_or_default()))
-            })?;
+            let lease = ftl_cache::dirs::lease(&dir)
+                .map_err(|e| PluginError::new(crate::error_chain(&e)))?;
             leases.insert(name.to_string(), lease);
         }
         std::fs::create_dir_all(&dir)
