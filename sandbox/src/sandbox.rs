@@ -810,6 +810,37 @@ impl Running {
         Ok(Some(self.finish(st)))
     }
 
+    /// Waits for the container to exit, killing it once `timeout` has
+    /// passed (the outcome is then `timed_out`) or as soon as `stop` says so
+    /// (then `None`, the container killed and reaped). `stop` is asked
+    /// every `poll`: a caller's cancellation.
+    pub fn wait_or_stop(
+        &mut self,
+        timeout: Option<Duration>,
+        poll: Duration,
+        stop: impl Fn() -> bool,
+    ) -> Result<Option<Outcome>, SandboxError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let left = deadline.map_or(poll, |d| d.saturating_duration_since(Instant::now()));
+            if let Some(o) = self.wait_timeout(poll.min(left))? {
+                return Ok(Some(o));
+            }
+            if stop() {
+                self.kill();
+                self.wait()?;
+                return Ok(None);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                self.kill();
+                let mut o = self.wait()?;
+                o.timed_out = true;
+                self.outcome = Some(o.clone());
+                return Ok(Some(o));
+            }
+        }
+    }
+
     /// Waits for the container to exit.
     pub fn wait(&mut self) -> Result<Outcome, SandboxError> {
         loop {

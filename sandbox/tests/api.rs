@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{unique_id, Fixture};
-use ftl_sandbox::{spec_for_step, RunRequest, Sandbox, StepSpec};
+use ftl_sandbox::{spec_for_step, RunRequest, Sandbox, Stdio, StepSpec};
 
 fn step(fx: &Fixture, args: &[&str]) -> RunRequest {
     let spec = spec_for_step(&StepSpec::new(&fx.rootfs, args.iter().copied()));
@@ -40,6 +40,44 @@ fn timeout_kills_the_tree() {
     assert!(out.timed_out);
     assert_eq!(out.signal, Some(9));
     assert!(out.duration < Duration::from_secs(5));
+}
+
+/// A spawned step waited for with a timeout and a caller's stop: the
+/// timeout kills it as `run`'s does; a stop kills and reaps it at once.
+#[test]
+fn wait_or_stop_honours_the_timeout_and_the_stop() {
+    let fx = Fixture::new();
+    let req = step(&fx, &["sh", "-c", "echo up; sleep 100"]).with_stdio(Stdio::Capture);
+    let mut running = Sandbox::default().spawn(&req).unwrap();
+    let out = running
+        .wait_or_stop(
+            Some(Duration::from_millis(300)),
+            Duration::from_millis(50),
+            || false,
+        )
+        .unwrap()
+        .expect("not stopped");
+    assert!(out.timed_out);
+    assert_eq!(out.signal, Some(9));
+    assert_eq!(out.stdout, b"up\n");
+    assert!(out.duration < Duration::from_secs(5));
+
+    let mut running = Sandbox::default()
+        .spawn(&step(&fx, &["sleep", "100"]))
+        .unwrap();
+    let pid = running.pid();
+    let asked = std::time::Instant::now();
+    let stopped = running
+        .wait_or_stop(None, Duration::from_millis(50), || {
+            asked.elapsed() > Duration::from_millis(200)
+        })
+        .unwrap();
+    assert!(stopped.is_none());
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the stopped step still runs"
+    );
 }
 
 /// Verification of a built image: start a server, probe it from the host,

@@ -123,31 +123,15 @@ impl StepRuntime for SandboxRuntime {
             ))
         };
         let mut running = self.sandbox.spawn(&req).map_err(could_not)?;
-        let deadline = Instant::now()
-            .checked_add(request.timeout)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600));
-        let outcome = loop {
-            if let Some(o) = running
-                .wait_timeout(CANCEL_POLL.min(deadline.saturating_duration_since(Instant::now())))
-                .map_err(could_not)?
-            {
-                break o;
-            }
-            if cancel.is_cancelled() {
-                running.kill();
-                let _ = running.wait();
-                return Err(PluginError::new(format!(
+        let outcome = running
+            .wait_or_stop(Some(request.timeout), CANCEL_POLL, || cancel.is_cancelled())
+            .map_err(could_not)?
+            .ok_or_else(|| {
+                PluginError::new(format!(
                     "`{}` was stopped: the build was cancelled",
                     request.label
-                )));
-            }
-            if Instant::now() >= deadline {
-                running.kill();
-                let mut o = running.wait().map_err(could_not)?;
-                o.timed_out = true;
-                break o;
-            }
-        };
+                ))
+            })?;
         Ok(ExecOutput {
             code: outcome.code,
             signal: outcome.signal,
