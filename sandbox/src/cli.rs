@@ -1124,6 +1124,8 @@ fn do_cmd(
         .or_else(|| std::env::current_dir().ok())
         .unwrap_or_else(|| PathBuf::from("/"));
     let mut step = crate::spec::StepSpec::new(&root, command);
+    // The caller's own command on its own root, as `runsc do`: its ids.
+    step.ids = None;
     step.cwd = cwd.to_string_lossy().into_owned();
     if !explicit_cwd {
         // The caller's directory may lie below a mount of the sandbox's own

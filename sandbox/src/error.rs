@@ -69,6 +69,9 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// A user namespace id range (`--userns-range`, `/etc/subuid`) is unusable.
+    #[error("id range {text:?}: {why} (give HOST[:SIZE] with HOST > 0, or a user with a range in /etc/subuid and /etc/subgid)")]
+    InvalidIdRange { text: String, why: String },
     /// The seccomp profile could not be compiled.
     #[error("seccomp profile: {0}")]
     Seccomp(String),

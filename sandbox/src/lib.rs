@@ -38,5 +38,7 @@ pub use external::ExternalRuntime;
 pub use sandbox::{Outcome, RunRequest, Running, Sandbox, Source, Stdio};
 pub use spec::{
     default_mounts, default_namespaces, example_spec, load_bundle, parse_config, spec_for_step,
-    BindMount, Limits, Network, StepSpec, DEFAULT_CAPABILITIES, MASKED_PATHS, READONLY_PATHS,
+    step_device_rules, uid_map_of, BindMount, IdRange, Limits, Network, StepSpec,
+    DEFAULT_CAPABILITIES, DEFAULT_TMP_BYTES, MASKED_PATHS, READONLY_PATHS, ROOTFS_IDMAP,
+    STEP_CAPABILITIES, STEP_DEVICES,
 };

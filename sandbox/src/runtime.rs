@@ -62,6 +62,8 @@ const STEPS: &[&str] = &[
     "setting up the console (process.terminal)",                      // 30
     "setdomainname (domainname)",                                     // 31
     "setsid",                                                         // 32
+    "receiving idmapped mounts from the parent",                      // 33
+    "moving an idmapped mount into place (idmap, dev.ftl.rootfs-idmap)", // 34
 ];
 const STEP_EXEC: u32 = 28;
 
@@ -83,6 +85,10 @@ struct MountOp {
     sysfs_fallback: bool,
     /// cgroup: a failure is ignored.
     optional: bool,
+    /// `idmap` / `ridmap` (`Some(recursive)`): the parent clones the source
+    /// as a detached mount idmapped with the container's user namespace,
+    /// and the child moves it onto the target instead of bind mounting.
+    idmap: Option<bool>,
 }
 
 #[derive(Debug)]
@@ -147,6 +153,8 @@ pub(crate) struct Plan {
     pub(crate) resources: Option<oci_spec::runtime::LinuxResources>,
     /// SIGKILL the init when the thread that started it exits (`run`).
     pub(crate) die_with_parent: bool,
+    /// Idmap the root filesystem ([`crate::ROOTFS_IDMAP`]).
+    idmap_rootfs: bool,
 }
 
 fn cstr(s: impl AsRef<OsStr>, field: &str) -> Result<CString, SandboxError> {
@@ -517,12 +525,26 @@ impl Plan {
                 ));
             }
             let target = secure_join(&rootfs, dest);
-            let opts = m.options().clone().unwrap_or_default();
+            let mut opts = m.options().clone().unwrap_or_default();
+            let idmap = if opts.iter().any(|o| o == "ridmap") {
+                Some(true)
+            } else if opts.iter().any(|o| o == "idmap") {
+                Some(false)
+            } else {
+                None
+            };
+            opts.retain(|o| o != "idmap" && o != "ridmap");
             let (mut flags, propagation, data, bind_opt, _) = mount_flags(&opts);
             let typ = m.typ().clone().unwrap_or_default();
             let bind = bind_opt || typ == "bind";
             if bind {
                 flags |= libc::MS_BIND;
+            }
+            if idmap.is_some() && (!bind || !userns) {
+                return Err(SandboxError::spec(
+                    format!("{field}.options"),
+                    "idmap needs a bind mount and a new user namespace",
+                ));
             }
             let mut source = m.source().clone();
             if bind {
@@ -621,6 +643,7 @@ impl Plan {
                 file: is_file,
                 sysfs_fallback: typ == "sysfs",
                 optional: typ == "cgroup",
+                idmap,
             });
             let _ = cur;
         }
@@ -667,6 +690,7 @@ impl Plan {
                 file: true,
                 sysfs_fallback: false,
                 optional: false,
+                idmap: None,
             });
         }
         let mut symlinks = Vec::new();
@@ -793,6 +817,17 @@ impl Plan {
                 })
                 .collect::<Result<Vec<_>, _>>()?
         };
+        let idmap_rootfs = spec
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(crate::ROOTFS_IDMAP))
+            .is_some_and(|v| v == "true");
+        if idmap_rootfs && !userns {
+            return Err(SandboxError::spec(
+                format!("annotations.{}", crate::ROOTFS_IDMAP),
+                "idmapping the root filesystem needs a new user namespace",
+            ));
+        }
         let cwd = process.cwd();
         if !cwd.is_absolute() {
             return Err(SandboxError::spec(
@@ -844,7 +879,14 @@ impl Plan {
             cgroups_path: linux.cgroups_path().clone(),
             resources: linux.resources().clone(),
             die_with_parent: false,
+            idmap_rootfs,
         })
+    }
+
+    /// How many idmapped mounts the parent hands the child: the rootfs
+    /// first, then the mounts with `idmap` in their order.
+    fn idmap_count(&self) -> usize {
+        usize::from(self.idmap_rootfs) + self.mounts.iter().filter(|m| m.idmap.is_some()).count()
     }
 
     /// The plan of a process started in the namespaces of a running
@@ -881,6 +923,7 @@ impl Plan {
         plan.uid_map = None;
         plan.gid_map = None;
         plan.unshare_cgroupns = false;
+        plan.idmap_rootfs = false;
         Ok(plan)
     }
 
@@ -921,6 +964,12 @@ impl Plan {
     /// the container can write anywhere the spec allows, the rootfs on
     /// disk is never changed. `scratch` is an empty host directory.
     pub(crate) fn set_overlay(&mut self, scratch: &Path) -> Result<(), SandboxError> {
+        if self.idmap_rootfs {
+            return Err(SandboxError::spec(
+                format!("annotations.{}", crate::ROOTFS_IDMAP),
+                "an idmapped root filesystem cannot be overlaid (--overlay)",
+            ));
+        }
         let root = self.rootfs_src.to_string_lossy().into_owned();
         let up = scratch.join("upper");
         let wk = scratch.join("work");
@@ -1034,6 +1083,29 @@ pub(crate) fn launch(
     let (go_r, go_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (ready_r, ready_w) = pipe()?;
+    // Idmapped mounts are made by the parent (it needs CAP_SYS_ADMIN in the
+    // initial user namespace) once the child's id maps are written, and
+    // passed to the child over a socket; the child's buffers are allocated
+    // here, before clone.
+    let idmaps = plan.idmap_count();
+    let idmap_sock = if idmaps > 0 {
+        let (a, b) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| SandboxError::sys("creating a socket pair", e))?;
+        Some((a, b))
+    } else {
+        None
+    };
+    let mut idmap_fds: Vec<libc::c_int> = vec![-1; idmaps];
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let cmsg_space = unsafe {
+        libc::CMSG_SPACE((idmaps * std::mem::size_of::<libc::c_int>()) as u32) as usize
+    };
+    let mut idmap_cmsg: Vec<u64> = vec![0; cmsg_space.div_ceil(8).max(1)];
     let argv: Vec<*const libc::c_char> = plan
         .argv
         .iter()
@@ -1054,6 +1126,11 @@ pub(crate) fn launch(
         go: go_r.as_raw_fd(),
         err: err_w.as_raw_fd(),
         ready: ready_w.as_raw_fd(),
+        idmap_sock: idmap_sock.as_ref().map_or(-1, |(_, b)| b.as_raw_fd()),
+        idmap_fds: idmap_fds.as_mut_ptr(),
+        idmap_len: idmaps,
+        idmap_cmsg: idmap_cmsg.as_mut_ptr() as *mut libc::c_void,
+        idmap_cmsg_len: cmsg_space,
     };
     // SAFETY: clone without CLONE_VM behaves like fork; the child only runs
     // child_main, which makes system calls on data prepared above and never
@@ -1118,6 +1195,11 @@ pub(crate) fn launch(
             })?;
         }
     }
+    if let Some((ours, theirs)) = idmap_sock {
+        drop(theirs);
+        let trees = idmapped_trees(plan, pid).map_err(fail)?;
+        send_fds(&ours, &trees).map_err(fail)?;
+    }
     if let Some(cg) = cgroup {
         cg.add(pid).map_err(fail)?;
     }
@@ -1174,7 +1256,7 @@ pub(crate) fn launch(
         .copied()
         .unwrap_or("unknown step")
         .to_string();
-    if ce.step == 6 || ce.step == 7 || ce.step == 8 {
+    if ce.step == 6 || ce.step == 7 || ce.step == 8 || (ce.step == 34 && ce.index > 0) {
         if let Some(m) = plan.mounts.get(ce.index as usize) {
             step = format!("{step}: {}", m.target.to_string_lossy());
         }
@@ -1209,6 +1291,165 @@ struct ChildCtx<'a> {
     go: RawFd,
     err: RawFd,
     ready: RawFd,
+    /// The child's end of the socket the idmapped mounts arrive on (-1: none).
+    idmap_sock: RawFd,
+    /// Where the child puts them: `idmap_len` slots, allocated before clone.
+    idmap_fds: *mut libc::c_int,
+    idmap_len: usize,
+    /// The control message buffer for receiving them.
+    idmap_cmsg: *mut libc::c_void,
+    idmap_cmsg_len: usize,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A detached clone of `source` (recursive or not), idmapped with the user
+/// namespace `userns`.
+fn idmapped_tree(source: &CStr, recursive: bool, userns: RawFd) -> Result<OwnedFd, SandboxError> {
+    let what = |step: &str| format!("{step} for an idmapped mount of {}", source.to_string_lossy());
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree on a NUL-terminated path.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+        )
+    };
+    if fd < 0 {
+        return Err(SandboxError::sys(what("open_tree"), io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns as u64,
+    };
+    // SAFETY: mount_setattr on our fd with a correctly sized struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
+            " (the filesystem does not support idmapped mounts)"
+        } else {
+            ""
+        };
+        return Err(SandboxError::sys(format!("{}{hint}", what("mount_setattr")), e));
+    }
+    Ok(fd)
+}
+
+/// The idmapped mounts of `plan` for the child `pid`, in the order the
+/// child uses them (see [`Plan::idmap_count`]).
+fn idmapped_trees(plan: &Plan, pid: libc::pid_t) -> Result<Vec<OwnedFd>, SandboxError> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/user"))
+        .map_err(|e| SandboxError::sys("opening the container's user namespace", e))?;
+    let mut trees = Vec::new();
+    if plan.idmap_rootfs {
+        trees.push(idmapped_tree(&plan.rootfs_src, true, ns.as_raw_fd())?);
+    }
+    for m in &plan.mounts {
+        if let (Some(rec), Some(src)) = (m.idmap, &m.source) {
+            trees.push(idmapped_tree(src, rec, ns.as_raw_fd())?);
+        }
+    }
+    Ok(trees)
+}
+
+/// Sends `fds` in one message over `sock`.
+fn send_fds(sock: &OwnedFd, fds: &[OwnedFd]) -> Result<(), SandboxError> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let iov = [std::io::IoSlice::new(b"m")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| SandboxError::sys("passing idmapped mounts to the container", e))?;
+    Ok(())
+}
+
+/// Receives the idmapped mounts into `ctx.idmap_fds`, without allocating.
+unsafe fn recv_idmaps(ctx: &ChildCtx<'_>) -> bool {
+    // SAFETY: buffers were allocated by the parent before clone for exactly
+    // this message.
+    unsafe {
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctx.idmap_cmsg;
+        msg.msg_controllen = ctx.idmap_cmsg_len as _;
+        if libc::recvmsg(ctx.idmap_sock, &mut msg, libc::MSG_CMSG_CLOEXEC) != 1 {
+            return false;
+        }
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null()
+            || (*cmsg).cmsg_level != libc::SOL_SOCKET
+            || (*cmsg).cmsg_type != libc::SCM_RIGHTS
+        {
+            return false;
+        }
+        let data = libc::CMSG_DATA(cmsg) as *const libc::c_int;
+        let n = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+            / std::mem::size_of::<libc::c_int>();
+        if n != ctx.idmap_len {
+            return false;
+        }
+        for i in 0..n {
+            *ctx.idmap_fds.add(i) = std::ptr::read_unaligned(data.add(i));
+        }
+        libc::close(ctx.idmap_sock);
+        true
+    }
+}
+
+/// Moves the detached mount `fd` onto `target`.
+unsafe fn move_mount_onto(fd: libc::c_int, target: *const libc::c_char) -> bool {
+    // SAFETY: move_mount of a detached mount fd onto a NUL-terminated path.
+    unsafe {
+        let r = libc::syscall(
+            libc::SYS_move_mount,
+            fd,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target,
+            MOVE_MOUNT_F_EMPTY_PATH,
+        );
+        libc::close(fd);
+        r == 0
+    }
 }
 
 fn errno() -> i32 {
@@ -1303,6 +1544,10 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
         if libc::read(ctx.go, b.as_mut_ptr() as *mut libc::c_void, 1) != 1 {
             die(ctx, 0, 0, errno());
         }
+        if ctx.idmap_len > 0 && !recv_idmaps(ctx) {
+            die(ctx, 33, 0, errno());
+        }
+        let mut next_idmap = 0usize;
         for (i, fd) in io.stdio.iter().enumerate() {
             if let Some(fd) = fd {
                 if *fd != i as RawFd && libc::dup2(*fd, i as RawFd) < 0 {
@@ -1349,6 +1594,12 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
                 {
                     die(ctx, 5, 1, errno());
                 }
+            } else if plan.idmap_rootfs {
+                let fd = *ctx.idmap_fds;
+                next_idmap = 1;
+                if !move_mount_onto(fd, plan.rootfs.as_ptr()) {
+                    die(ctx, 34, 0, errno());
+                }
             } else if !sys_mount(
                 plan.rootfs_src.as_ptr(),
                 plan.rootfs.as_ptr(),
@@ -1378,13 +1629,22 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
                         libc::close(fd);
                     }
                 }
-                let ok = sys_mount(
-                    opt_ptr(&m.source),
-                    m.target.as_ptr(),
-                    opt_ptr(&m.fstype),
-                    m.flags,
-                    opt_ptr(&m.data),
-                );
+                let ok = if m.idmap.is_some() {
+                    let fd = *ctx.idmap_fds.add(next_idmap);
+                    next_idmap += 1;
+                    if !move_mount_onto(fd, m.target.as_ptr()) {
+                        die(ctx, 34, i, errno());
+                    }
+                    true
+                } else {
+                    sys_mount(
+                        opt_ptr(&m.source),
+                        m.target.as_ptr(),
+                        opt_ptr(&m.fstype),
+                        m.flags,
+                        opt_ptr(&m.data),
+                    )
+                };
                 if !ok {
                     let e = errno();
                     if m.optional {

@@ -199,11 +199,19 @@ pub fn compile(seccomp: &LinuxSeccomp) -> Result<Program, SandboxError> {
     let mut acc_is_nr;
     #[cfg(target_arch = "x86_64")]
     {
-        // x32 syscalls carry bit 30 in the number: they get the default
-        // action, never a rule meant for the 64-bit call.
+        // x32 syscalls carry bit 30 in the number: never a rule meant for
+        // the 64-bit call. Unless the profile lists the x32 ABI among its
+        // architectures they are refused outright (a deny-list profile
+        // would otherwise let `mount` through as x32), as a foreign
+        // architecture is; listed, they get the default action.
+        let x32 = seccomp
+            .architectures()
+            .iter()
+            .flatten()
+            .any(|a| matches!(a, oci_spec::runtime::Arch::ScmpArchX32));
         prog.push(stmt(LD_W_ABS, OFF_NR));
         prog.push(jump(JGE_K, 0x4000_0000, 0, 1));
-        prog.push(stmt(RET_K, default));
+        prog.push(stmt(RET_K, if x32 { default } else { RET_KILL_PROCESS }));
         acc_is_nr = true;
     }
     for (ri, rule) in seccomp.syscalls().iter().flatten().enumerate() {

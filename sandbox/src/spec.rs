@@ -4,10 +4,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
-    SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroup,
+    LinuxDeviceCgroupBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
 };
 
 use crate::error::SandboxError;
@@ -140,7 +141,13 @@ pub struct Limits {
     pub cpu_shares: Option<u64>,
     /// RLIMIT_NOFILE (soft = hard).
     pub open_files: u64,
+    /// Size of the step's `/tmp` (a tmpfs) in bytes; writing past it fails
+    /// with ENOSPC. Its pages count toward the memory limit.
+    pub tmp_bytes: u64,
 }
+
+/// The default size of a step's `/tmp`: 1 GiB.
+pub const DEFAULT_TMP_BYTES: u64 = 1 << 30;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -151,6 +158,7 @@ impl Default for Limits {
             cpu_period_us: None,
             cpu_shares: None,
             open_files: 65536,
+            tmp_bytes: DEFAULT_TMP_BYTES,
         }
     }
 }
@@ -169,6 +177,122 @@ pub struct StepSpec {
     pub hostname: String,
     pub uid: u32,
     pub gid: u32,
+    /// When the caller is root: the host ids the step's ids map to (its
+    /// root is `ids.uid`, never host root), with the root filesystem and
+    /// bind mounts idmapped so that host ownership reads unchanged inside.
+    /// `None` keeps the caller's ids (no user namespace for root): only for
+    /// commands the caller runs on its own behalf (`runsc do`). A caller
+    /// that is not root always gets a user namespace mapping its own ids.
+    pub ids: Option<IdRange>,
+}
+
+/// A range of host user and group ids that a step's ids `0..size` map to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// The host uid of the step's root.
+    pub uid: u32,
+    /// The host gid of the step's root group.
+    pub gid: u32,
+    /// How many ids are mapped (65536 covers `nobody`).
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The default range, `1879048192` (`0x70000000`) for 65536 ids: in the
+    /// range systemd leaves unused (above the one `systemd-nspawn` picks
+    /// from, below 2^31), so that no user or container of the host owns it.
+    pub const DEFAULT: IdRange = IdRange {
+        uid: 0x7000_0000,
+        gid: 0x7000_0000,
+        size: 65536,
+    };
+
+    /// Parses `HOST[:SIZE]` (uid and gid alike), as `--userns-range` takes it.
+    pub fn parse(text: &str) -> Result<IdRange, SandboxError> {
+        let bad = |why: &str| SandboxError::InvalidIdRange {
+            text: text.to_string(),
+            why: why.to_string(),
+        };
+        let (host, size) = text.split_once(':').unwrap_or((text, "65536"));
+        let host: u32 = host.trim().parse().map_err(|_| bad("HOST is not a number"))?;
+        let size: u32 = size.trim().parse().map_err(|_| bad("SIZE is not a number"))?;
+        IdRange {
+            uid: host,
+            gid: host,
+            size,
+        }
+        .checked(text)
+    }
+
+    /// The first subordinate range of `user` in `/etc/subuid` and
+    /// `/etc/subgid` (as `newuidmap` reads them), of at least 65536 ids
+    /// when there is one.
+    pub fn for_user(user: &str) -> Result<IdRange, SandboxError> {
+        Self::for_user_in(user, Path::new("/etc/subuid"), Path::new("/etc/subgid"))
+    }
+
+    fn for_user_in(user: &str, subuid: &Path, subgid: &Path) -> Result<IdRange, SandboxError> {
+        let uid_of = nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw().to_string());
+        let pick = |file: &Path| -> Result<(u32, u32), SandboxError> {
+            let text = fs::read_to_string(file).map_err(|source| SandboxError::Sys {
+                what: format!("reading {} for the subordinate ids of {user}", file.display()),
+                source,
+            })?;
+            let ranges: Vec<(u32, u32)> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.trim().split(':');
+                    let (name, start, count) = (f.next()?, f.next()?, f.next()?);
+                    (name == user || Some(name) == uid_of.as_deref())
+                        .then(|| Some((start.parse().ok()?, count.parse().ok()?)))
+                        .flatten()
+                })
+                .collect();
+            ranges
+                .iter()
+                .find(|(_, n)| *n >= 65536)
+                .or(ranges.first())
+                .copied()
+                .ok_or_else(|| SandboxError::InvalidIdRange {
+                    text: user.to_string(),
+                    why: format!("{} has no range for {user}", file.display()),
+                })
+        };
+        let (uid, usize) = pick(subuid)?;
+        let (gid, gsize) = pick(subgid)?;
+        IdRange {
+            uid,
+            gid,
+            size: usize.min(gsize),
+        }
+        .checked(user)
+    }
+
+    fn checked(self, text: &str) -> Result<IdRange, SandboxError> {
+        let bad = |why: &str| SandboxError::InvalidIdRange {
+            text: text.to_string(),
+            why: why.to_string(),
+        };
+        if self.uid == 0 || self.gid == 0 {
+            return Err(bad("the range must not start at host root (0)"));
+        }
+        if self.size == 0 {
+            return Err(bad("the range is empty"));
+        }
+        if self.uid.checked_add(self.size).is_none() || self.gid.checked_add(self.size).is_none()
+        {
+            return Err(bad("the range passes the largest id"));
+        }
+        Ok(self)
+    }
+
+    /// `0 HOST SIZE`, as in `/proc/PID/uid_map` (for reports).
+    pub fn uid_map(&self) -> String {
+        format!("0 {} {}", self.uid, self.size)
+    }
 }
 
 impl StepSpec {
@@ -187,6 +311,7 @@ impl StepSpec {
             hostname: "ftl".into(),
             uid: 0,
             gid: 0,
+            ids: Some(IdRange::DEFAULT),
         }
     }
 }
@@ -208,6 +333,68 @@ pub const DEFAULT_CAPABILITIES: &[Capability] = &[
     Capability::Kill,
     Capability::AuditWrite,
 ];
+
+/// The capabilities of ftl's own build and verify steps: Docker's default
+/// set without `CAP_NET_RAW` (raw sockets: sniffing, spoofing) and
+/// `CAP_MKNOD` (device nodes).
+pub const STEP_CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// The character devices a step may use, as `(major, minor)` (`None`: any
+/// minor): null, zero, full, random, urandom, tty, ptmx and the ptys of its
+/// private devpts. The devices cgroup of a step allows these and nothing
+/// else (no `mknod`, no block device).
+pub const STEP_DEVICES: &[(i64, Option<i64>)] = &[
+    (1, Some(3)),
+    (1, Some(5)),
+    (1, Some(7)),
+    (1, Some(8)),
+    (1, Some(9)),
+    (5, Some(0)),
+    (5, Some(2)),
+    (136, None),
+];
+
+/// The device cgroup rules of a step: deny everything, then allow
+/// [`STEP_DEVICES`] for reading and writing.
+pub fn step_device_rules() -> Vec<LinuxDeviceCgroup> {
+    let mut rules = vec![LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .expect("valid device rule")];
+    for (major, minor) in STEP_DEVICES {
+        let mut rule = LinuxDeviceCgroupBuilder::default()
+            .allow(true)
+            .typ(LinuxDeviceType::C)
+            .major(*major)
+            .access("rw");
+        if let Some(minor) = minor {
+            rule = rule.minor(*minor);
+        }
+        rules.push(rule.build().expect("valid device rule"));
+    }
+    rules
+}
+
+/// An annotation (`"true"`) asking ftl's runtime to idmap the root
+/// filesystem with the container's user namespace, as the `idmap` mount
+/// option does for a mount: files owned by host root read as owned by the
+/// container's root. runtime-spec has no field for it; other runtimes
+/// ignore it.
+pub const ROOTFS_IDMAP: &str = "dev.ftl.rootfs-idmap";
 
 /// runc's default masked paths.
 pub const MASKED_PATHS: &[&str] = &[
@@ -317,7 +504,7 @@ pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNames
 /// minimal `/dev`, ftl's default seccomp profile, Docker's default
 /// capabilities, `noNewPrivileges`, and the given limits.
 pub fn spec_for_step(step: &StepSpec) -> Spec {
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let caps: oci_spec::runtime::Capabilities = STEP_CAPABILITIES.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -356,32 +543,47 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
         .build()
         .expect("valid process");
 
+    let root = nix::unistd::geteuid().is_root();
+    // As root, a user namespace whose root is `ids.uid`, with the root
+    // filesystem and every bind mount idmapped to it.
+    let mapped = step.ids.filter(|_| root);
     let mut mounts = default_mounts();
+    // ftl's runtime binds the standard nodes onto /dev: nothing made on
+    // the tmpfs itself is a usable device (runc, which mknods them, cannot
+    // use nodev there; `example_spec` keeps its options).
+    for m in mounts.iter_mut().filter(|m| m.destination() == Path::new("/dev")) {
+        if let Some(o) = m.options_mut() {
+            o.insert(1, "nodev".to_string());
+        }
+    }
+    let tmp_size = format!("size={}", step.limits.tmp_bytes);
     mounts.push(mount(
         "/tmp",
         "tmpfs",
         "tmpfs",
-        &["nosuid", "nodev", "mode=1777"],
+        &["nosuid", "nodev", "mode=1777", &tmp_size],
     ));
     if step.network == Network::Host {
         for f in ["/etc/resolv.conf", "/etc/hosts"] {
             if Path::new(f).exists() {
-                mounts.push(mount(
-                    f,
-                    "bind",
-                    f,
-                    &["rbind", "ro", "nosuid", "nodev", "noexec"],
-                ));
+                let mut opts = vec!["rbind", "ro", "nosuid", "nodev", "noexec"];
+                if mapped.is_some() {
+                    opts.push("ridmap");
+                }
+                mounts.push(mount(f, "bind", f, &opts));
             }
         }
     }
     for m in &step.mounts {
         let mut opts = vec!["rbind", "nosuid", "nodev"];
         opts.push(if m.writable { "rw" } else { "ro" });
+        if mapped.is_some() {
+            opts.push("ridmap");
+        }
         mounts.push(mount(&m.target, "bind", &m.host.to_string_lossy(), &opts));
     }
 
-    let mut resources = LinuxResourcesBuilder::default();
+    let mut resources = LinuxResourcesBuilder::default().devices(step_device_rules());
     if let Some(mem) = step.limits.memory_bytes {
         resources = resources.memory(
             LinuxMemoryBuilder::default()
@@ -411,8 +613,17 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
         }
         resources = resources.cpu(cpu.build().expect("valid cpu"));
     }
+    let mut namespaces = default_namespaces(step.network);
+    if mapped.is_some() {
+        namespaces.push(
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .build()
+                .expect("valid namespace"),
+        );
+    }
     let mut linux = LinuxBuilder::default()
-        .namespaces(default_namespaces(step.network))
+        .namespaces(namespaces)
         .masked_paths(
             MASKED_PATHS
                 .iter()
@@ -427,22 +638,28 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
         )
         .resources(resources.build().expect("valid resources"))
         .seccomp(crate::seccomp::default_profile());
-    if !nix::unistd::geteuid().is_root() {
+    let map = |host: u32, size: u32| {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(host)
+            .size(size)
+            .build()
+            .expect("valid id mapping")
+    };
+    let mut annotations = std::collections::HashMap::new();
+    if let Some(ids) = mapped {
+        linux = linux
+            .uid_mappings(vec![map(ids.uid, ids.size)])
+            .gid_mappings(vec![map(ids.gid, ids.size)]);
+        annotations.insert(ROOTFS_IDMAP.to_string(), "true".to_string());
+    } else if !root {
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
-        let map = |host| {
-            oci_spec::runtime::LinuxIdMappingBuilder::default()
-                .container_id(0u32)
-                .host_id(host)
-                .size(1u32)
-                .build()
-                .expect("valid id mapping")
-        };
         linux = linux
-            .uid_mappings(vec![map(uid)])
-            .gid_mappings(vec![map(gid)]);
+            .uid_mappings(vec![map(uid, 1)])
+            .gid_mappings(vec![map(gid, 1)]);
     }
-    SpecBuilder::default()
+    let mut spec = SpecBuilder::default()
         .version("1.0.2")
         .root(
             RootBuilder::default()
@@ -456,7 +673,32 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
         .mounts(mounts)
         .linux(linux.build().expect("valid linux"))
         .build()
-        .expect("valid spec")
+        .expect("valid spec");
+    if !annotations.is_empty() {
+        spec.set_annotations(Some(annotations));
+    }
+    spec
+}
+
+/// The uid mapping of a spec's user namespace (`0 HOST SIZE`, one line per
+/// entry, joined by `, `), or `None` without one: what a step's report
+/// shows.
+pub fn uid_map_of(spec: &Spec) -> Option<String> {
+    let linux = spec.linux().as_ref()?;
+    linux
+        .namespaces()
+        .iter()
+        .flatten()
+        .any(|n| n.typ() == LinuxNamespaceType::User)
+        .then(|| {
+            linux
+                .uid_mappings()
+                .iter()
+                .flatten()
+                .map(|m| format!("{} {} {}", m.container_id(), m.host_id(), m.size()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
 }
 
 /// A spec like `runc spec` writes: `sh` in `rootfs`, runc's defaults.
@@ -464,7 +706,33 @@ pub fn example_spec(rootless: bool) -> Spec {
     let mut step = StepSpec::new("rootfs", ["sh"]);
     step.env.push("TERM=xterm".into());
     step.hostname = "runsc".into();
+    // What `runc spec` writes: no mapped range for root, Docker's
+    // capabilities, no size on /tmp, a /dev runc can mknod in.
+    step.ids = None;
     let mut spec = spec_for_step(&step);
+    spec.set_annotations(None);
+    if let Some(mounts) = spec.mounts_mut() {
+        for m in mounts.iter_mut() {
+            let dest = m.destination().clone();
+            if let Some(o) = m.options_mut() {
+                if dest == Path::new("/tmp") {
+                    o.retain(|o| !o.starts_with("size="));
+                } else if dest == Path::new("/dev") {
+                    o.retain(|o| o != "nodev");
+                }
+            }
+        }
+    }
+    if let Some(p) = spec.process_mut() {
+        let caps: oci_spec::runtime::Capabilities =
+            DEFAULT_CAPABILITIES.iter().copied().collect();
+        if let Some(mut c) = p.capabilities().clone() {
+            c.set_bounding(Some(caps.clone()));
+            c.set_effective(Some(caps.clone()));
+            c.set_permitted(Some(caps));
+            p.set_capabilities(Some(c));
+        }
+    }
     if let Some(linux) = spec.linux_mut() {
         linux.set_seccomp(None);
         linux.set_resources(None);

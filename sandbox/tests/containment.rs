@@ -95,14 +95,25 @@ fn cannot_mount() {
     );
 }
 
+/// ptrace and process_vm_readv of another process of the step are refused
+/// (seccomp). The probe waits until its target has executed, so it cannot
+/// race an `exec` (the old probe, `cat /proc/$p/mem`, read a dying mm as
+/// EOF under load and passed or failed by chance).
 #[test]
-fn cannot_ptrace() {
+fn a_step_cannot_ptrace_or_read_another_process() {
     let fx = Fixture::new();
-    // busybox has no strace; ptrace is refused by seccomp: use the
-    // process_vm_readv-style probe of /proc/PID/mem instead, and unshare.
-    let out = run(&fx, "sleep 10 & p=$!; cat /proc/$p/mem >/dev/null 2>&1 && echo READ; unshare -U true 2>&1; echo rc=$?; kill $p");
-    assert!(!text(&out.stdout).contains("READ"), "{out:?}");
-    assert!(text(&out.stdout).contains("rc=1"), "{out:?}");
+    common::install_probe(&fx.rootfs);
+    let out = run(
+        &fx,
+        "probe x32 >/dev/null 2>&1; sleep 10 & p=$!; \
+         i=0; while [ \"$(cat /proc/$p/comm 2>/dev/null)\" != sleep ] && [ $i -lt 500 ]; do i=$((i+1)); done; \
+         echo ptrace=$(probe ptrace $p); echo vmread=$(probe vmread $p); \
+         unshare -U true 2>&1; echo rc=$?; kill $p",
+    );
+    let t = text(&out.stdout);
+    assert!(t.contains("ptrace=EPERM"), "{out:?}");
+    assert!(t.contains("vmread=EPERM"), "{out:?}");
+    assert!(t.contains("rc=1"), "{out:?}");
 }
 
 #[test]
@@ -202,4 +213,221 @@ fn background_process_is_killed_at_exit() {
         !text(&ps.stdout).contains(&marker),
         "background process survived"
     );
+}
+
+/// A loop device over a file that holds [`DISK_MARKER`]: a host disk whose
+/// bytes a test can recognise. Detached on drop.
+struct LoopDisk {
+    dev: String,
+    _file: tempfile::NamedTempFile,
+}
+
+const DISK_MARKER: &str = "FTL-HOST-DISK-SECRET";
+
+impl LoopDisk {
+    fn new() -> LoopDisk {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(DISK_MARKER.as_bytes()).unwrap();
+        file.write_all(&[0u8; 4096]).unwrap();
+        file.flush().unwrap();
+        let losetup = common::require("losetup", "mount");
+        let out = std::process::Command::new(losetup)
+            .args(["--find", "--show", "--read-only"])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {out:?}");
+        LoopDisk {
+            dev: String::from_utf8(out.stdout).unwrap().trim().to_string(),
+            _file: file,
+        }
+    }
+
+    /// `(major, minor)` of the device.
+    fn numbers(&self) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let rdev = std::fs::metadata(&self.dev).unwrap().rdev();
+        (
+            nix::sys::stat::major(rdev) as u64,
+            nix::sys::stat::minor(rdev) as u64,
+        )
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["--detach", &self.dev])
+            .status();
+    }
+}
+
+/// As root there used to be no user namespace, `CAP_MKNOD` was kept, the
+/// devices cgroup allowed everything and `/dev` was not `nodev`: a step
+/// made a node of the host's disk and read it.
+#[test]
+fn a_step_cannot_mknod_a_block_device() {
+    if !common::is_root() {
+        // Without root nothing can make a node anyway; the test is root's.
+        return;
+    }
+    let fx = Fixture::new();
+    common::install_probe(&fx.rootfs);
+    let disk = LoopDisk::new();
+    let (major, minor) = disk.numbers();
+    let out = run(
+        &fx,
+        &format!(
+            "for d in /dev /tmp /dev/shm; do \
+               echo $d mknod=$(probe mknod $d/disk {major} {minor}) read=$(probe readdev $d/disk); \
+             done"
+        ),
+    );
+    let t = text(&out.stdout);
+    assert_eq!(t.lines().count(), 3, "{out:?}");
+    for line in t.lines() {
+        assert!(line.contains("mknod=EPERM"), "{line}: {out:?}");
+        assert!(!line.contains("read=ok"), "{line}: {out:?}");
+    }
+    assert!(!t.contains(DISK_MARKER), "{out:?}");
+}
+
+/// Each layer of the device defence holds on its own: with `CAP_MKNOD`
+/// given back, no user namespace and a `/dev` that allows devices, the
+/// devices cgroup still refuses to make or open the node. The same spec
+/// without the cgroup rules (the control) reads the disk, so the test
+/// reaches the layer it means to test.
+#[test]
+fn the_devices_cgroup_refuses_a_block_device_even_with_cap_mknod() {
+    if !common::is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    common::install_probe(&fx.rootfs);
+    let disk = LoopDisk::new();
+    let (major, minor) = disk.numbers();
+    let attempt = |cgroup_rules: bool| {
+        let mut step = StepSpec::new(
+            &fx.rootfs,
+            [
+                "sh",
+                "-c",
+                &format!(
+                    "echo mknod=$(probe mknod /dev/disk {major} {minor}) read=$(probe readdev /dev/disk)"
+                ),
+            ],
+        );
+        step.ids = None;
+        let mut spec = spec_for_step(&step);
+        let caps: oci_spec::runtime::Capabilities = ftl_sandbox::DEFAULT_CAPABILITIES
+            .iter()
+            .copied()
+            .collect();
+        let p = spec.process_mut().as_mut().unwrap();
+        let mut c = p.capabilities().clone().unwrap();
+        c.set_bounding(Some(caps.clone()));
+        c.set_effective(Some(caps.clone()));
+        c.set_permitted(Some(caps));
+        p.set_capabilities(Some(c));
+        for m in spec.mounts_mut().as_mut().unwrap() {
+            if m.destination() == std::path::Path::new("/dev") {
+                m.options_mut().as_mut().unwrap().retain(|o| o != "nodev");
+            }
+        }
+        if !cgroup_rules {
+            let linux = spec.linux_mut().as_mut().unwrap();
+            let mut r = linux.resources().clone().unwrap();
+            r.set_devices(None);
+            linux.set_resources(Some(r));
+        }
+        let req = RunRequest::from_spec(unique_id("devcg"), &fx.rootfs, spec)
+            .with_state_root(&fx.state)
+            .with_timeout(Duration::from_secs(30));
+        let out = Sandbox::default().run(&req).unwrap();
+        (text(&out.stdout), out)
+    };
+    let (control, out) = attempt(false);
+    assert!(
+        control.contains(&format!("mknod=ok read=ok:{DISK_MARKER}")),
+        "the control did not reach the disk, so the test proves nothing: {out:?}"
+    );
+    let (t, out) = attempt(true);
+    assert!(t.contains("mknod=EPERM"), "{out:?}");
+    assert!(!t.contains(DISK_MARKER), "{out:?}");
+}
+
+/// Container root is an unprivileged host id when ftl runs as root; files
+/// it writes through a writable mount still belong to host root (the mount
+/// is idmapped), and host-root-only files of the rootfs read as root's.
+#[test]
+fn a_steps_root_is_not_host_root() {
+    let fx = Fixture::new();
+    let out_dir = fx.dir.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = run_with(
+        &fx,
+        "cat /proc/self/uid_map; cat /proc/self/gid_map; id -u; stat -c %u /bin/busybox; \
+         echo x > /out/made && stat -c %u /out/made; sleep 2 & echo pid=$$",
+        |s| {
+            s.mounts.push(ftl_sandbox::BindMount {
+                host: out_dir.clone(),
+                target: "/out".into(),
+                writable: true,
+            })
+        },
+    );
+    assert!(out.success(), "{out:?}");
+    let t = text(&out.stdout);
+    let lines: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+    let host_root = if common::is_root() {
+        ftl_sandbox::IdRange::DEFAULT.uid.to_string()
+    } else {
+        nix::unistd::geteuid().as_raw().to_string()
+    };
+    assert_eq!(lines[0][..2], ["0", host_root.as_str()], "uid_map: {out:?}");
+    assert_ne!(lines[1][1], "0", "gid_map maps host root: {out:?}");
+    assert_eq!(lines[2], ["0"], "{out:?}");
+    assert_eq!(lines[3], ["0"], "the rootfs is not idmapped: {out:?}");
+    assert_eq!(lines[4], ["0"], "{out:?}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(out_dir.join("made")).unwrap().uid(),
+        nix::unistd::geteuid().as_raw()
+    );
+}
+
+/// A step's `/tmp` is a tmpfs of a fixed size: writing past it fails with
+/// ENOSPC instead of taking the host's memory.
+#[test]
+fn a_step_cannot_write_past_its_tmp_size() {
+    let fx = Fixture::new();
+    let out = run_with(
+        &fx,
+        "dd if=/dev/zero of=/tmp/big bs=1M count=32 2>&1; echo rc=$?; df -k /tmp | tail -1",
+        |s| s.limits.tmp_bytes = 8 << 20,
+    );
+    let t = text(&out.stdout);
+    assert!(t.contains("No space left"), "{out:?}");
+    assert!(!t.contains("rc=0"), "{out:?}");
+}
+
+/// Raw and packet sockets need `CAP_NET_RAW`, which steps do not get.
+#[test]
+fn a_step_cannot_open_a_raw_socket() {
+    let fx = Fixture::new();
+    common::install_probe(&fx.rootfs);
+    let out = run(&fx, "echo raw=$(probe rawsock)");
+    assert!(text(&out.stdout).contains("raw=EPERM"), "{out:?}");
+}
+
+/// The x32 ABI is refused: under a deny-list profile, an x32 `mount` would
+/// otherwise bypass every rule (its number carries bit 30).
+#[test]
+fn a_step_cannot_use_the_x32_abi() {
+    let fx = Fixture::new();
+    common::install_probe(&fx.rootfs);
+    let out = run(&fx, "probe x32; echo rc=$?");
+    // Killed by SIGSYS (31): the shell reports 128 + 31.
+    assert!(text(&out.stdout).contains("rc=159"), "{out:?}");
 }

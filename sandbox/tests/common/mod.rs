@@ -111,3 +111,23 @@ pub fn spec_running(args: &[&str]) -> oci_spec::runtime::Spec {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// Compiles `tests/probe/probe.c` (static, once per test binary) and puts
+/// it at `rootfs/bin/probe`: the containment tests' system-call prober.
+pub fn install_probe(rootfs: &Path) {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let gcc = require("gcc", "gcc libc6-dev");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
+        let out = std::env::temp_dir().join(format!("ftl-probe-{}", std::process::id()));
+        let st = Command::new(gcc)
+            .args(["-static", "-O1", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success(), "cannot compile {}", src.display());
+        out
+    });
+    std::fs::copy(built, rootfs.join("bin/probe")).unwrap();
+}
