@@ -185,9 +185,29 @@ pub struct StepArgs {
     /// runsc, runc, crun, or a path.
     #[arg(long, default_value = "ftl", value_name = "RUNTIME")]
     pub sandbox_runtime: String,
+
+    /// When ftl runs as root: the host ids that build and verify steps'
+    /// ids 0..SIZE map to (their root is HOST, never host root)
+    /// [default: 1879048192:65536, a range systemd leaves unused].
+    #[arg(long, value_name = "HOST[:SIZE]", conflicts_with = "userns_user")]
+    pub userns_range: Option<String>,
+
+    /// When ftl runs as root: take the steps' id range from USER's entries
+    /// in /etc/subuid and /etc/subgid.
+    #[arg(long, value_name = "USER")]
+    pub userns_user: Option<String>,
 }
 
 impl StepArgs {
+    /// The steps' id range from `--userns-range` / `--userns-user`.
+    pub fn id_range(&self) -> Result<ftl_sandbox::IdRange> {
+        Ok(match (&self.userns_range, &self.userns_user) {
+            (Some(r), _) => ftl_sandbox::IdRange::parse(r).context("--userns-range")?,
+            (None, Some(u)) => ftl_sandbox::IdRange::for_user(u).context("--userns-user")?,
+            (None, None) => ftl_sandbox::IdRange::DEFAULT,
+        })
+    }
+
     /// The engine with ftl's plugins, its local cache at `cache_dir`
     /// (created if missing), and unpinned layers living `unpinned_ttl`.
     pub fn engine(
@@ -239,6 +259,7 @@ impl StepArgs {
             sandbox,
             state_root,
             detached,
+            ids: self.id_range()?,
         });
         Ok(ftl::engine::Engine::new(
             registry.client()?,

@@ -19,6 +19,7 @@ mod cgroup;
 pub mod cli;
 mod error;
 mod external;
+pub mod idmap;
 mod runtime;
 mod sandbox;
 pub mod seccomp;

@@ -15,6 +15,7 @@ use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
 
 use crate::cgroup::Cgroup;
 use crate::error::SandboxError;
+use crate::idmap::{idmapped_tree, MOVE_MOUNT_F_EMPTY_PATH};
 use crate::seccomp::{self, Program};
 
 /// Where the child writes the failing step before exiting.
@@ -29,40 +30,40 @@ struct ChildError {
 
 /// The steps of the child, in order; the index is what the child reports.
 const STEPS: &[&str] = &[
-    "waiting for the parent",                                         // 0
-    "dup2 of stdio",                                                  // 1
-    "setns (linux.namespaces[].path)",                                // 2
-    "unshare of the cgroup namespace",                                // 3
-    "setting mount propagation of /",                                 // 4
-    "bind mount of the rootfs",                                       // 5
-    "creating a mount point",                                         // 6
-    "mounting (mounts[])",                                            // 7
-    "setting mount options (mounts[])",                               // 8
-    "creating a device (linux.devices)",                              // 9
-    "creating a /dev symlink",                                        // 10
-    "pivot_root",                                                     // 11
-    "masking a path (linux.maskedPaths)",                             // 12
-    "read-only path (linux.readonlyPaths)",                           // 13
-    "remounting the root read-only (root.readonly)",                  // 14
-    "sethostname (hostname)",                                         // 15
-    "bringing up the loopback interface",                             // 16
-    "writing a sysctl (linux.sysctl)",                                // 17
-    "setting an rlimit (process.rlimits)",                            // 18
-    "dropping bounding capabilities (process.capabilities.bounding)", // 19
-    "setgroups (process.user.additionalGids)",                        // 20
-    "setresgid (process.user.gid)",                                   // 21
-    "setresuid (process.user.uid)",                                   // 22
-    "capset (process.capabilities)",                                  // 23
-    "raising ambient capabilities (process.capabilities.ambient)",    // 24
-    "setting no_new_privs (process.noNewPrivileges)",                 // 25
-    "loading seccomp (linux.seccomp)",                                // 26
-    "chdir (process.cwd)",                                            // 27
-    "exec (process.args)",                                            // 28
-    "waiting for start",                                              // 29
-    "setting up the console (process.terminal)",                      // 30
-    "setdomainname (domainname)",                                     // 31
-    "setsid",                                                         // 32
-    "receiving idmapped mounts from the parent",                      // 33
+    "waiting for the parent",                                            // 0
+    "dup2 of stdio",                                                     // 1
+    "setns (linux.namespaces[].path)",                                   // 2
+    "unshare of the cgroup namespace",                                   // 3
+    "setting mount propagation of /",                                    // 4
+    "bind mount of the rootfs",                                          // 5
+    "creating a mount point",                                            // 6
+    "mounting (mounts[])",                                               // 7
+    "setting mount options (mounts[])",                                  // 8
+    "creating a device (linux.devices)",                                 // 9
+    "creating a /dev symlink",                                           // 10
+    "pivot_root",                                                        // 11
+    "masking a path (linux.maskedPaths)",                                // 12
+    "read-only path (linux.readonlyPaths)",                              // 13
+    "remounting the root read-only (root.readonly)",                     // 14
+    "sethostname (hostname)",                                            // 15
+    "bringing up the loopback interface",                                // 16
+    "writing a sysctl (linux.sysctl)",                                   // 17
+    "setting an rlimit (process.rlimits)",                               // 18
+    "dropping bounding capabilities (process.capabilities.bounding)",    // 19
+    "setgroups (process.user.additionalGids)",                           // 20
+    "setresgid (process.user.gid)",                                      // 21
+    "setresuid (process.user.uid)",                                      // 22
+    "capset (process.capabilities)",                                     // 23
+    "raising ambient capabilities (process.capabilities.ambient)",       // 24
+    "setting no_new_privs (process.noNewPrivileges)",                    // 25
+    "loading seccomp (linux.seccomp)",                                   // 26
+    "chdir (process.cwd)",                                               // 27
+    "exec (process.args)",                                               // 28
+    "waiting for start",                                                 // 29
+    "setting up the console (process.terminal)",                         // 30
+    "setdomainname (domainname)",                                        // 31
+    "setsid",                                                            // 32
+    "receiving idmapped mounts from the parent",                         // 33
     "moving an idmapped mount into place (idmap, dev.ftl.rootfs-idmap)", // 34
 ];
 const STEP_EXEC: u32 = 28;
@@ -1102,9 +1103,8 @@ pub(crate) fn launch(
     };
     let mut idmap_fds: Vec<libc::c_int> = vec![-1; idmaps];
     // SAFETY: CMSG_SPACE is a pure computation.
-    let cmsg_space = unsafe {
-        libc::CMSG_SPACE((idmaps * std::mem::size_of::<libc::c_int>()) as u32) as usize
-    };
+    let cmsg_space =
+        unsafe { libc::CMSG_SPACE((idmaps * std::mem::size_of::<libc::c_int>()) as u32) as usize };
     let mut idmap_cmsg: Vec<u64> = vec![0; cmsg_space.div_ceil(8).max(1)];
     let argv: Vec<*const libc::c_char> = plan
         .argv
@@ -1299,68 +1299,6 @@ struct ChildCtx<'a> {
     /// The control message buffer for receiving them.
     idmap_cmsg: *mut libc::c_void,
     idmap_cmsg_len: usize,
-}
-
-const OPEN_TREE_CLONE: libc::c_uint = 1;
-const AT_RECURSIVE: libc::c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-
-/// `struct mount_attr` of `mount_setattr(2)`.
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
-
-/// A detached clone of `source` (recursive or not), idmapped with the user
-/// namespace `userns`.
-fn idmapped_tree(source: &CStr, recursive: bool, userns: RawFd) -> Result<OwnedFd, SandboxError> {
-    let what = |step: &str| format!("{step} for an idmapped mount of {}", source.to_string_lossy());
-    let rec = if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree on a NUL-terminated path.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            source.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
-        )
-    };
-    if fd < 0 {
-        return Err(SandboxError::sys(what("open_tree"), io::Error::last_os_error()));
-    }
-    // SAFETY: a fresh fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns as u64,
-    };
-    // SAFETY: mount_setattr on our fd with a correctly sized struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        let hint = if e.raw_os_error() == Some(libc::EINVAL) {
-            " (the filesystem does not support idmapped mounts)"
-        } else {
-            ""
-        };
-        return Err(SandboxError::sys(format!("{}{hint}", what("mount_setattr")), e));
-    }
-    Ok(fd)
 }
 
 /// The idmapped mounts of `plan` for the child `pid`, in the order the

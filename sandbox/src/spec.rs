@@ -214,8 +214,14 @@ impl IdRange {
             why: why.to_string(),
         };
         let (host, size) = text.split_once(':').unwrap_or((text, "65536"));
-        let host: u32 = host.trim().parse().map_err(|_| bad("HOST is not a number"))?;
-        let size: u32 = size.trim().parse().map_err(|_| bad("SIZE is not a number"))?;
+        let host: u32 = host
+            .trim()
+            .parse()
+            .map_err(|_| bad("HOST is not a number"))?;
+        let size: u32 = size
+            .trim()
+            .parse()
+            .map_err(|_| bad("SIZE is not a number"))?;
         IdRange {
             uid: host,
             gid: host,
@@ -238,7 +244,10 @@ impl IdRange {
             .map(|u| u.uid.as_raw().to_string());
         let pick = |file: &Path| -> Result<(u32, u32), SandboxError> {
             let text = fs::read_to_string(file).map_err(|source| SandboxError::Sys {
-                what: format!("reading {} for the subordinate ids of {user}", file.display()),
+                what: format!(
+                    "reading {} for the subordinate ids of {user}",
+                    file.display()
+                ),
                 source,
             })?;
             let ranges: Vec<(u32, u32)> = text
@@ -282,8 +291,7 @@ impl IdRange {
         if self.size == 0 {
             return Err(bad("the range is empty"));
         }
-        if self.uid.checked_add(self.size).is_none() || self.gid.checked_add(self.size).is_none()
-        {
+        if self.uid.checked_add(self.size).is_none() || self.gid.checked_add(self.size).is_none() {
             return Err(bad("the range passes the largest id"));
         }
         Ok(self)
@@ -551,7 +559,10 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
     // ftl's runtime binds the standard nodes onto /dev: nothing made on
     // the tmpfs itself is a usable device (runc, which mknods them, cannot
     // use nodev there; `example_spec` keeps its options).
-    for m in mounts.iter_mut().filter(|m| m.destination() == Path::new("/dev")) {
+    for m in mounts
+        .iter_mut()
+        .filter(|m| m.destination() == Path::new("/dev"))
+    {
         if let Some(o) = m.options_mut() {
             o.insert(1, "nodev".to_string());
         }
@@ -724,8 +735,7 @@ pub fn example_spec(rootless: bool) -> Spec {
         }
     }
     if let Some(p) = spec.process_mut() {
-        let caps: oci_spec::runtime::Capabilities =
-            DEFAULT_CAPABILITIES.iter().copied().collect();
+        let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
         if let Some(mut c) = p.capabilities().clone() {
             c.set_bounding(Some(caps.clone()));
             c.set_effective(Some(caps.clone()));

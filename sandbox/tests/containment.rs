@@ -320,10 +320,8 @@ fn the_devices_cgroup_refuses_a_block_device_even_with_cap_mknod() {
         );
         step.ids = None;
         let mut spec = spec_for_step(&step);
-        let caps: oci_spec::runtime::Capabilities = ftl_sandbox::DEFAULT_CAPABILITIES
-            .iter()
-            .copied()
-            .collect();
+        let caps: oci_spec::runtime::Capabilities =
+            ftl_sandbox::DEFAULT_CAPABILITIES.iter().copied().collect();
         let p = spec.process_mut().as_mut().unwrap();
         let mut c = p.capabilities().clone().unwrap();
         c.set_bounding(Some(caps.clone()));

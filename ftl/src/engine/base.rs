@@ -313,24 +313,39 @@ pub fn image_rootfs(
     base_rootfs: &Path,
     layers: &[PathBuf],
     scratch: &Path,
+    ids: Option<&ftl_sandbox::IdRange>,
 ) -> Result<ImageRootfs, EngineError> {
     let upper_layers = scratch.join("layers");
     crate::rootfs::unpack_rootfs(layers, &upper_layers)?;
-    let (upper, work, merged) = (
-        scratch.join("upper"),
-        scratch.join("work"),
-        scratch.join("merged"),
-    );
+    let rw = scratch.join("rw");
+    let (upper, work, merged) = (rw.join("upper"), rw.join("work"), scratch.join("merged"));
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d)
             .map_err(|e| EngineError::Internal(format!("cannot create {}: {e}", d.display())))?;
     }
+    // For a step whose root is an unprivileged host id, the overlay is made
+    // of idmapped views of its layers (the shared base rootfs is never
+    // chowned): the merged tree reads as owned by that root, and what the
+    // app writes lands on disk as host root's.
+    let mapped = match ids {
+        // SAFETY: geteuid has no preconditions.
+        Some(ids) if unsafe { libc::geteuid() } == 0 => Some(idmapped_layers(
+            &[&upper_layers, base_rootfs, &rw],
+            scratch,
+            ids,
+        )?),
+        _ => None,
+    };
+    let dirs: Vec<&Path> = match &mapped {
+        Some(m) => m.iter().map(|p| p.as_path()).collect(),
+        None => vec![&upper_layers, base_rootfs, &rw],
+    };
     let opts = format!(
         "lowerdir={}:{},upperdir={},workdir={}",
-        upper_layers.display(),
-        base_rootfs.display(),
-        upper.display(),
-        work.display()
+        dirs[0].display(),
+        dirs[1].display(),
+        dirs[2].join("upper").display(),
+        dirs[2].join("work").display()
     );
     let c_target = std::ffi::CString::new(merged.as_os_str().as_encoded_bytes()).expect("no NUL");
     let c_opts = std::ffi::CString::new(opts).expect("no NUL");
@@ -344,13 +359,24 @@ pub fn image_rootfs(
             c_opts.as_ptr() as *const libc::c_void,
         )
     };
+    let mount_error = io::Error::last_os_error();
+    // The overlay holds its own references to its layers: the views go.
+    for p in mapped.iter().flatten() {
+        detach(p);
+    }
     if rc == 0 {
         return Ok(ImageRootfs {
             path: merged,
             mounted: true,
         });
     }
-    tracing::debug!(error = %io::Error::last_os_error(), "overlayfs unavailable; copying the base rootfs");
+    if mapped.is_some() {
+        return Err(EngineError::Sandbox(format!(
+            "cannot mount the verification overlay of idmapped layers at {}: {mount_error}",
+            merged.display()
+        )));
+    }
+    tracing::debug!(error = %mount_error, "overlayfs unavailable; copying the base rootfs");
     let copy = scratch.join("copy");
     let status = std::process::Command::new("cp")
         .arg("-a")
@@ -372,4 +398,41 @@ pub fn image_rootfs(
         path: copy,
         mounted: false,
     })
+}
+
+/// Idmapped views of `dirs` under `scratch/idmap-N`, in order.
+fn idmapped_layers(
+    dirs: &[&Path],
+    scratch: &Path,
+    ids: &ftl_sandbox::IdRange,
+) -> Result<Vec<PathBuf>, EngineError> {
+    let ns = ftl_sandbox::idmap::UserNs::new(ids)
+        .map_err(|e| EngineError::Sandbox(crate::error_chain(&e)))?;
+    let mut made: Vec<PathBuf> = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let at = scratch.join(format!("idmap-{i}"));
+        let r = std::fs::create_dir_all(&at)
+            .map_err(|e| EngineError::Internal(format!("cannot create {}: {e}", at.display())))
+            .and_then(|()| {
+                ftl_sandbox::idmap::bind_idmapped(dir, &at, &ns)
+                    .map_err(|e| EngineError::Sandbox(crate::error_chain(&e)))
+            });
+        if let Err(e) = r {
+            for p in &made {
+                detach(p);
+            }
+            return Err(e);
+        }
+        made.push(at);
+    }
+    Ok(made)
+}
+
+fn detach(path: &Path) {
+    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+        // SAFETY: umount2 on a NUL-terminated path.
+        unsafe {
+            libc::umount2(c.as_ptr(), libc::MNT_DETACH);
+        }
+    }
 }

@@ -62,6 +62,11 @@ pub trait StepRuntime: Send + Sync {
         )))
     }
 
+    /// The host ids the root of this runtime's steps maps to (`None`: the
+    /// caller's own ids). A root filesystem the engine assembles for a
+    /// step (verification's overlay) is made to read as owned by that root.
+    fn id_range(&self) -> Option<ftl_sandbox::IdRange>;
+
     /// Starts the image's process on `rootfs` (writable copy) with the host
     /// network and waits for it to answer, as `check` says.
     fn verify(
@@ -1009,6 +1014,7 @@ impl Engine {
         let runtime = self.runtime.clone();
         let spec = spec.clone();
         let scratch_root = self.settings.cache_dir.join("tmp");
+        let ids = runtime.id_range();
         tokio::task::spawn_blocking(move || -> Result<VerifyReport, EngineError> {
             let scratch = tempfile::Builder::new()
                 .prefix("verify-")
@@ -1016,7 +1022,7 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::Internal(format!("cannot create {}: {e}", scratch_root.display()))
                 })?;
-            let root = base::image_rootfs(&base_rootfs, &ours, scratch.path())?;
+            let root = base::image_rootfs(&base_rootfs, &ours, scratch.path(), ids.as_ref())?;
             let result = runtime.verify(root.path(), &app, &spec);
             drop(root);
             result

@@ -24,6 +24,9 @@ pub struct SandboxRuntime {
     /// the external runtime itself, or ftl's own binary as `runsc` for the
     /// embedded one. `None`: no long-lived steps.
     pub detached: Option<ExternalRuntime>,
+    /// When ftl runs as root: the host ids the steps' root maps to
+    /// (`--userns-range`, `--userns-user`; [`ftl_sandbox::IdRange::DEFAULT`]).
+    pub ids: ftl_sandbox::IdRange,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -77,8 +80,9 @@ fn resolve_user(rootfs: &Path, user: &str) -> (u32, u32) {
 
 impl SandboxRuntime {
     /// The spec of a build step.
-    fn step_spec(rootfs: &Path, request: &ExecRequest) -> oci_spec::runtime::Spec {
+    fn step_spec(&self, rootfs: &Path, request: &ExecRequest) -> oci_spec::runtime::Spec {
         let mut step = StepSpec::new(rootfs, request.args.clone());
+        step.ids = Some(self.ids);
         // The engine already merged the base env with the request's.
         step.env = request
             .env
@@ -104,13 +108,17 @@ impl SandboxRuntime {
 }
 
 impl StepRuntime for SandboxRuntime {
+    fn id_range(&self) -> Option<ftl_sandbox::IdRange> {
+        Some(self.ids)
+    }
+
     fn run(
         &self,
         rootfs: &Path,
         request: &ExecRequest,
         cancel: &CancelFlag,
     ) -> Result<ExecOutput, PluginError> {
-        let spec = Self::step_spec(rootfs, request);
+        let spec = self.step_spec(rootfs, request);
         let req = RunRequest::from_spec(container_id("step"), rootfs, spec)
             .with_timeout(request.timeout)
             .with_stdio(Stdio::Capture)
@@ -155,7 +163,7 @@ impl StepRuntime for SandboxRuntime {
                 request.label
             )));
         };
-        let mut spec = Self::step_spec(rootfs, request);
+        let mut spec = self.step_spec(rootfs, request);
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(ftl_sandbox::REMOVE_ON_EXIT.into(), "true".into());
         spec.set_annotations(Some(annotations));
@@ -192,10 +200,24 @@ impl StepRuntime for SandboxRuntime {
         step.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         step.cwd = app.cwd.clone();
         step.network = Network::Host;
+        step.ids = Some(self.ids);
         if let Some(user) = &app.user {
             (step.uid, step.gid) = resolve_user(rootfs, user);
         }
         let mut spec = spec_for_step(&step);
+        // The engine's overlay of idmapped layers already reads as owned by
+        // the step's root: no second idmap of the root (overlayfs cannot be
+        // idmapped itself).
+        if std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(rootfs).map_err(|e| {
+                EngineError::Internal(format!("cannot read {}: {e}", rootfs.display()))
+            })?,
+        ) == self.ids.uid
+        {
+            if let Some(a) = spec.annotations_mut() {
+                a.remove(ftl_sandbox::ROOTFS_IDMAP);
+            }
+        }
         if let Some(root) = spec.root_mut() {
             root.set_readonly(Some(false));
         }
