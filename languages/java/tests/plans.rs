@@ -480,7 +480,11 @@ fn run_step(
                                 format!(
                                     "{}{}\n",
                                     p.display(),
-                                    if root.join(p).is_dir() { "/" } else { "" }
+                                    if root.path().join(p).is_dir() {
+                                        "/"
+                                    } else {
+                                        ""
+                                    }
                                 )
                             })
                             .collect::<String>()
@@ -626,12 +630,14 @@ fn jar_step_explodes_the_jar() {
     let LayerInput::Tree { from, to } = &out[1].1.inputs[0] else {
         panic!()
     };
+    let from = &from.path();
     assert_eq!(to, "/srv/classes");
     assert!(from.join("com/example/hello/Main.class").is_file());
     assert!(!from.join("greeting.txt").exists());
     let LayerInput::Tree { from, to } = &out[0].1.inputs[0] else {
         panic!()
     };
+    let from = &from.path();
     assert_eq!(to, "/srv/resources");
     assert_eq!(
         std::fs::read(from.join("greeting.txt")).unwrap(),
