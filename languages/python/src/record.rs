@@ -292,6 +292,58 @@ pub fn overlaps(dists: &[InstalledDist]) -> BTreeMap<PathBuf, (String, String)> 
 mod tests {
     use super::*;
 
+    /// An install script replaces a package directory of site-packages
+    /// with a link to a host directory, and its RECORD names a file "in"
+    /// it: the link is listed as itself, never walked into, and the
+    /// RECORD entry below it is an error; the layer holds no host byte.
+    #[test]
+    fn a_venv_symlink_to_a_host_dir_is_not_followed() {
+        use ftl::layer::{write_layer, LayerSettings};
+        use ftl::{Beneath, LayerContents, LayerInput};
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("root-only");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("shadow"), "root:HOST-SECRET").unwrap();
+        let v = t.path().join("env");
+        let site = v.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(site.join("evil-1.0.dist-info")).unwrap();
+        std::os::unix::fs::symlink(&host, site.join("evil")).unwrap();
+        std::fs::write(
+            site.join("evil-1.0.dist-info/RECORD"),
+            "evil/shadow,,\nevil-1.0.dist-info/RECORD,,\n",
+        )
+        .unwrap();
+
+        let files = all_files(&v).unwrap();
+        assert!(files.contains(&PathBuf::from("lib/python3.11/site-packages/evil")));
+        assert!(files.iter().all(|f| !f.ends_with("shadow")), "{files:?}");
+        let e = installed_dists(&v, None).unwrap_err();
+        assert!(e.to_string().contains("refusing to follow it"), "{e}");
+
+        // The venv layer of everything new: the link is a link.
+        let c = LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: Beneath::root(&v),
+                to: "/env".into(),
+                paths: files,
+            }],
+        };
+        let mut blob = Vec::new();
+        write_layer(&c, LayerSettings::default(), &mut blob).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob.as_slice()), &mut tar)
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&tar).contains("HOST-SECRET"));
+        let mut ar = tar::Archive::new(tar.as_slice());
+        let link = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("site-packages/evil"))
+            .unwrap();
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+    }
+
     #[test]
     fn record_rows() {
         let text = "six.py,sha256=abc,123\n\"weird,name.py\",,\n\"q\"\"uote.py\",sha256=x,1\n../../../bin/tool,sha256=y,2\nsix-1.16.0.dist-info/RECORD,,\n";
