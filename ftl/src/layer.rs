@@ -7,6 +7,12 @@
 //! (`SOURCE_DATE_EPOCH` or [`DEFAULT_MTIME`]), gzip through zlib-rs at a
 //! pinned level. The compressed digest and the diffID are computed in the
 //! same single pass that writes the blob.
+//!
+//! Inputs are what a step left (or an upload holds): they are read through
+//! directory descriptors ([`crate::beneath`]), never following a link. A
+//! link is stored as a link; a collected directory that is a link, or a
+//! path whose parent is one, is an error naming it; a file is opened again
+//! by descriptor when it is written and must be the one that was listed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
