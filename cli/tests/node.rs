@@ -481,14 +481,15 @@ impl PrivateRegistry {
 
 /// `@ftlt/hello@1.0.0` as an npm tarball.
 fn hello_tarball() -> Vec<u8> {
+    hello_tarball_with(r#"{"name":"@ftlt/hello","version":"1.0.0","main":"index.js"}"#)
+}
+
+/// `@ftlt/hello@1.0.0` with the given package.json, as an npm tarball.
+fn hello_tarball_with(package_json: &str) -> Vec<u8> {
     let tmp = tempfile::tempdir().unwrap();
     let pkg = tmp.path().join("package");
     std::fs::create_dir_all(&pkg).unwrap();
-    std::fs::write(
-        pkg.join("package.json"),
-        r#"{"name":"@ftlt/hello","version":"1.0.0","main":"index.js"}"#,
-    )
-    .unwrap();
+    std::fs::write(pkg.join("package.json"), package_json).unwrap();
     std::fs::write(
         pkg.join("index.js"),
         "module.exports = \"hello from a private registry\";\n",
@@ -564,6 +565,87 @@ fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
         "{deps:?}"
     );
     assert_token_nowhere(rig, cache.path(), TOKEN);
+}
+
+/// Issue 10: a dependency's `postinstall` replaced `node_modules` with a
+/// link to a host directory, and ftl packed the host directory (root-only
+/// files included) into the pushed image. The link's target is made inside
+/// the sandbox too (its /tmp is a tmpfs), so npm finishes happily; on the
+/// host the same path holds a root-only secret. The build fails naming
+/// `node_modules`, and the secret is in no blob, manifest or cache file.
+#[test]
+fn a_postinstall_cannot_swap_node_modules_for_a_host_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let rig = rig();
+    let cache = shared_cache();
+    const TOKEN: &str = "ftl-private-TOKEN-swap-4e1f";
+    const SECRET: &str = "HOST-ONLY-SECRET-9b2c71d0";
+    let host = ftl_test_support::owned_temp_dir("ftl-root-only-").unwrap();
+    let secret = host.path().join("shadow");
+    std::fs::write(&secret, format!("root:{SECRET}:19000:0:99999:7:::\n")).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let target = host.path().display().to_string();
+    let script = format!(
+        "mkdir -p {target} && cd \"$INIT_CWD\" && rm -rf node_modules && ln -s {target} node_modules"
+    );
+    let pj = serde_json::json!({
+        "name": "@ftlt/hello",
+        "version": "1.0.0",
+        "main": "index.js",
+        "scripts": {"postinstall": script},
+    });
+    let registry = PrivateRegistry::start(TOKEN, hello_tarball_with(&pj.to_string()));
+    let (_tmp, app) = copy_app("private-registry");
+    let url = format!("http://127.0.0.1:{}/", registry.port);
+    std::fs::write(
+        app.join(".npmrc"),
+        format!(
+            "@ftlt:registry={url}\n//127.0.0.1:{}/:_authToken={TOKEN}\n",
+            registry.port
+        ),
+    )
+    .unwrap();
+    let lock = serde_json::json!({
+        "name": "ftl-private-registry-sample",
+        "version": "1.0.0",
+        "lockfileVersion": 3,
+        "requires": true,
+        "packages": {
+            "": {"name": "ftl-private-registry-sample", "version": "1.0.0", "dependencies": {"@ftlt/hello": "1.0.0"}},
+            "node_modules/@ftlt/hello": {
+                "version": "1.0.0",
+                "resolved": format!("{url}@ftlt/hello/-/hello-1.0.0.tgz"),
+                "hasInstallScript": true
+            }
+        }
+    });
+    std::fs::write(
+        app.join("package-lock.json"),
+        serde_json::to_string_pretty(&lock).unwrap(),
+    )
+    .unwrap();
+
+    let repo = "node/swap";
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("node"),
+        &rig.image(&format!("{repo}:e2e")),
+        &[],
+    );
+    let err = run.error();
+    assert!(
+        err.contains("`node_modules` left by `npm ci")
+            && err.contains("is a symlink, not a directory: refusing to follow it"),
+        "{err}"
+    );
+    use std::sync::atomic::Ordering;
+    assert!(
+        registry.authorized.load(Ordering::SeqCst) >= 1,
+        "npm fetched the package (and ran its postinstall)"
+    );
+    assert!(rig.registry.tags(repo).is_empty(), "nothing pushed");
+    assert_token_nowhere(rig, cache.path(), SECRET);
 }
 
 #[test]

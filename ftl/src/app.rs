@@ -2,12 +2,12 @@
 //! only places the source tree on the base (no language).
 
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
+use crate::beneath::{Beneath, Kind};
 use crate::key::CacheKey;
 use crate::plugin::*;
 use crate::source::SourceTree;
@@ -29,60 +29,59 @@ pub fn content_key(
     // Files that are hard links of one another are written as one file and
     // links to it: the grouping changes the layer, so it is in the key (as
     // the group's first path), for groups of two or more within `paths`.
+    // Entries are read through the root's descriptor, never following a
+    // link (as the layer writer reads them).
+    let dir = source.dir();
+    let cannot = |rel: &Path, e: &dyn std::fmt::Display| {
+        PluginError::new(format!(
+            "cannot read {}: {e}",
+            source.root().join(rel).display()
+        ))
+    };
+    let mut nodes = Vec::with_capacity(paths.len());
     let mut groups: std::collections::HashMap<(u64, u64), Vec<&PathBuf>> =
         std::collections::HashMap::new();
     for rel in paths {
-        if let Ok(meta) = std::fs::symlink_metadata(source.root().join(rel)) {
-            if meta.file_type().is_file() && meta.nlink() > 1 {
-                groups
-                    .entry((meta.dev(), meta.ino()))
-                    .or_default()
-                    .push(rel);
-            }
+        let node = dir
+            .stat(rel)
+            .map_err(|e| cannot(rel, &e))?
+            .ok_or_else(|| cannot(rel, &"not found"))?;
+        if node.kind == Kind::File && node.nlink > 1 {
+            groups.entry((node.dev, node.ino)).or_default().push(rel);
         }
+        nodes.push(node);
     }
     let mut files = Vec::with_capacity(paths.len());
     let mut buf = vec![0u8; 64 * 1024];
-    for rel in paths {
-        let path = source.root().join(rel);
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|e| PluginError::new(format!("cannot read {}: {e}", path.display())))?;
-        let ft = meta.file_type();
-        let entry = if ft.is_dir() {
-            json!([rel, "d"])
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&path).map_err(|e| {
-                PluginError::new(format!("cannot read link {}: {e}", path.display()))
-            })?;
-            json!([rel, "l", target])
-        } else if ft.is_file() {
-            let mut h = Sha256::new();
-            let mut f = std::fs::File::open(&path)
-                .map_err(|e| PluginError::new(format!("cannot read {}: {e}", path.display())))?;
-            loop {
-                let n = f.read(&mut buf).map_err(|e| {
-                    PluginError::new(format!("cannot read {}: {e}", path.display()))
-                })?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
+    for (rel, node) in paths.iter().zip(&nodes) {
+        let entry = match node.kind {
+            Kind::Dir => json!([rel, "d"]),
+            Kind::Symlink => {
+                let target = dir.read_link(rel).map_err(|e| cannot(rel, &e))?;
+                json!([rel, "l", target])
             }
-            let exec = meta.permissions().mode() & 0o100 != 0;
-            let kind = if exec { "x" } else { "f" };
-            let digest = hex::encode(h.finalize());
-            match groups
-                .get(&(meta.dev(), meta.ino()))
-                .filter(|g| g.len() > 1)
-            {
-                Some(group) => {
-                    let first = group.iter().min().expect("a group has members");
-                    json!([rel, kind, digest, {"hardlink_group": first}])
+            Kind::File => {
+                let mut h = Sha256::new();
+                let mut f = dir.open_file(rel).map_err(|e| cannot(rel, &e))?;
+                loop {
+                    let n = f.read(&mut buf).map_err(|e| cannot(rel, &e))?;
+                    if n == 0 {
+                        break;
+                    }
+                    h.update(&buf[..n]);
                 }
-                None => json!([rel, kind, digest]),
+                let exec = node.mode & 0o100 != 0;
+                let kind = if exec { "x" } else { "f" };
+                let digest = hex::encode(h.finalize());
+                match groups.get(&(node.dev, node.ino)).filter(|g| g.len() > 1) {
+                    Some(group) => {
+                        let first = group.iter().min().expect("a group has members");
+                        json!([rel, kind, digest, {"hardlink_group": first}])
+                    }
+                    None => json!([rel, kind, digest]),
+                }
             }
-        } else {
-            continue;
+            Kind::Special => continue,
         };
         files.push(entry);
     }
@@ -96,7 +95,7 @@ pub fn content_key(
 /// A layer of files already on disk: `paths` (relative to `root`) placed
 /// at `to`. The "build" just names them.
 pub struct FilesStep {
-    pub root: PathBuf,
+    pub root: Beneath,
     pub to: String,
     pub paths: Vec<PathBuf>,
 }
@@ -137,7 +136,7 @@ pub fn push_source_layer(
 ) -> Result<(), PluginError> {
     let key = content_key(plugin, name, source, &paths, to)?;
     plan.steps.push(Box::new(FilesStep {
-        root: source.root().to_path_buf(),
+        root: source.beneath(""),
         to: to.to_string(),
         paths,
     }));

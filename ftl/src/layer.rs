@@ -7,15 +7,23 @@
 //! (`SOURCE_DATE_EPOCH` or [`DEFAULT_MTIME`]), gzip through zlib-rs at a
 //! pinned level. The compressed digest and the diffID are computed in the
 //! same single pass that writes the blob.
+//!
+//! Inputs are what a step left (or an upload holds): they are read through
+//! directory descriptors ([`crate::beneath`]), never following a link. A
+//! link is stored as a link; a collected directory that is a link, or a
+//! path whose parent is one, is an error naming it; a file is opened again
+//! by descriptor when it is written and must be the one that was listed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::beneath::{BeneathError, Dir, Kind, Node};
 use crate::plugin::{LayerContents, LayerInput};
 
 /// The mtime every entry gets unless `SOURCE_DATE_EPOCH` says otherwise:
@@ -79,6 +87,10 @@ pub enum LayerError {
     },
     #[error("failed to write layer")]
     Write(#[source] io::Error),
+    #[error(transparent)]
+    Beneath(#[from] BeneathError),
+    #[error("{path} changed while the layer was written")]
+    Changed { path: PathBuf },
     #[error("image path `{0}` is not absolute or has `..` in it")]
     BadImagePath(String),
     #[error("SOURCE_DATE_EPOCH=`{0}` is not a whole number of seconds")]
@@ -105,11 +117,17 @@ enum Entry {
     Dir {
         mode: u32,
     },
+    /// A regular file, opened again (beneath `dir`, no links) when it is
+    /// written.
     File {
-        host: PathBuf,
+        dir: Arc<Dir>,
+        rel: PathBuf,
         mode: u32,
         size: u64,
-        inode: Option<(u64, u64)>,
+        /// (dev, ino): checked when the file is opened again.
+        id: (u64, u64),
+        /// Whether it has other hard links.
+        linked: bool,
     },
     Bytes {
         data: Vec<u8>,
@@ -156,21 +174,22 @@ impl Entries {
         for input in &contents.inputs {
             match input {
                 LayerInput::Tree { from, to } => {
-                    for item in walkdir::WalkDir::new(from).follow_links(false) {
-                        let item = item.map_err(|e| LayerError::Read {
-                            path: e
-                                .path()
-                                .map(Path::to_path_buf)
-                                .unwrap_or_else(|| from.clone()),
-                            source: e.into(),
-                        })?;
-                        let rel = item.path().strip_prefix(from).expect("below root");
-                        add_host(&mut map, item.path(), &join_image(to, rel)?)?;
-                    }
+                    let dir = Arc::new(from.open()?);
+                    // The root itself, as a directory (never a link).
+                    map.insert(tar_name(to)?, Entry::Dir { mode: 0o755 });
+                    dir.walk::<LayerError>(&mut |rel, node| {
+                        add_node(&mut map, &dir, rel, node, join_image(to, rel)?)?;
+                        Ok(true)
+                    })?;
                 }
                 LayerInput::Files { root, to, paths } => {
+                    let dir = Arc::new(root.open()?);
                     for rel in paths {
-                        add_host(&mut map, &root.join(rel), &join_image(to, rel)?)?;
+                        let node = dir.stat(rel)?.ok_or_else(|| LayerError::Read {
+                            path: dir.path().join(rel),
+                            source: io::ErrorKind::NotFound.into(),
+                        })?;
+                        add_node(&mut map, &dir, rel, &node, join_image(to, rel)?)?;
                     }
                 }
                 LayerInput::Bytes { path, mode, data } => {
@@ -199,35 +218,35 @@ impl Entries {
     }
 }
 
-fn add_host(map: &mut BTreeMap<String, Entry>, host: &Path, name: &str) -> Result<(), LayerError> {
-    let meta = std::fs::symlink_metadata(host).map_err(|source| LayerError::Read {
-        path: host.to_path_buf(),
-        source,
-    })?;
-    let ft = meta.file_type();
-    let mode = meta.permissions().mode();
-    let entry = if ft.is_dir() {
-        Entry::Dir {
-            mode: normal_mode(mode, true),
+/// Adds the entry `rel` of `dir` (its `lstat` in `node`) as `name`.
+fn add_node(
+    map: &mut BTreeMap<String, Entry>,
+    dir: &Arc<Dir>,
+    rel: &Path,
+    node: &Node,
+    name: String,
+) -> Result<(), LayerError> {
+    let entry = match node.kind {
+        Kind::Dir => Entry::Dir {
+            mode: normal_mode(node.mode, true),
+        },
+        Kind::File => Entry::File {
+            dir: dir.clone(),
+            rel: rel.to_path_buf(),
+            mode: normal_mode(node.mode, false),
+            size: node.size,
+            id: (node.dev, node.ino),
+            linked: node.nlink > 1,
+        },
+        Kind::Symlink => Entry::Symlink {
+            target: dir.read_link(rel)?,
+        },
+        Kind::Special => {
+            tracing::warn!(path = %dir.path().join(rel).display(), "skipping special file (device, socket or fifo) in layer");
+            return Ok(());
         }
-    } else if ft.is_file() {
-        Entry::File {
-            host: host.to_path_buf(),
-            mode: normal_mode(mode, false),
-            size: meta.len(),
-            inode: (meta.nlink() > 1).then(|| (meta.dev(), meta.ino())),
-        }
-    } else if ft.is_symlink() {
-        let target = std::fs::read_link(host).map_err(|source| LayerError::Read {
-            path: host.to_path_buf(),
-            source,
-        })?;
-        Entry::Symlink { target }
-    } else {
-        tracing::warn!(path = %host.display(), "skipping special file (device, socket or fifo) in layer");
-        return Ok(());
     };
-    map.insert(name.to_string(), entry);
+    map.insert(name, entry);
     Ok(())
 }
 
@@ -328,30 +347,37 @@ fn write_tar<W: Write>(
                 builder.append_link(&mut h, name, target).map_err(w)?;
             }
             Entry::File {
-                host,
+                dir,
+                rel,
                 mode,
                 size,
-                inode,
+                id,
+                linked,
             } => {
-                if let Some(ino) = inode {
-                    if let Some(first) = first_of_inode.get(ino) {
+                if *linked {
+                    if let Some(first) = first_of_inode.get(id) {
                         let mut h = header(tar::EntryType::Link, *mode, 0, mtime);
                         builder.append_link(&mut h, name, first).map_err(w)?;
                         continue;
                     }
-                    first_of_inode.insert(*ino, name.clone());
+                    first_of_inode.insert(*id, name.clone());
                 }
-                let file = File::open(host).map_err(|source| LayerError::Read {
+                let host = dir.path().join(rel);
+                let file = dir.open_file(rel)?;
+                let meta = file.metadata().map_err(|source| LayerError::Read {
                     path: host.clone(),
                     source,
                 })?;
+                if (meta.dev(), meta.ino()) != *id {
+                    return Err(LayerError::Changed { path: host });
+                }
                 // The size is the one read at collection time; a file that
                 // changes under us is an error, not a corrupt layer.
                 let mut h = header(tar::EntryType::Regular, *mode, *size, mtime);
                 let mut limited = ExactReader {
                     inner: file,
                     left: *size,
-                    path: host,
+                    path: &host,
                 };
                 builder
                     .append_data(&mut h, name, &mut limited)
@@ -432,7 +458,128 @@ pub enum LayerStoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
+    use crate::beneath::Beneath;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    /// Every entry of a layer: (name, type, link target, content).
+    fn listing(blob: &[u8]) -> Vec<(String, String, String, Vec<u8>)> {
+        let mut tar_bytes = Vec::new();
+        flate2::read::GzDecoder::new(blob)
+            .read_to_end(&mut tar_bytes)
+            .unwrap();
+        let mut ar = tar::Archive::new(tar_bytes.as_slice());
+        ar.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().display().to_string();
+                let kind = format!("{:?}", e.header().entry_type());
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (name, kind, target, data)
+            })
+            .collect()
+    }
+
+    /// A "host" directory with a file no layer may hold, and a step's
+    /// output directory beside it.
+    fn host_and_output() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("root-only");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("shadow"), b"root:HOST-SECRET:19000::::::\n").unwrap();
+        let app = t.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        (t, host, app)
+    }
+
+    #[test]
+    fn a_symlink_below_node_modules_is_stored_as_a_link() {
+        let (_t, host, app) = host_and_output();
+        let nm = app.join("node_modules");
+        std::fs::create_dir_all(nm.join("evil")).unwrap();
+        std::fs::write(nm.join("evil/index.js"), b"module.exports = 1\n").unwrap();
+        symlink(host.join("shadow"), nm.join("evil/shadow")).unwrap();
+        symlink(&host, nm.join("evil/hostdir")).unwrap();
+        let c = LayerContents {
+            inputs: vec![LayerInput::Tree {
+                from: Beneath::new(&app, "node_modules"),
+                to: "/srv/node_modules".into(),
+            }],
+        };
+        let mut blob = Vec::new();
+        write_layer(&c, LayerSettings::default(), &mut blob).unwrap();
+        let listed = listing(&blob);
+        let shadow = listed
+            .iter()
+            .find(|e| e.0 == "srv/node_modules/evil/shadow")
+            .unwrap();
+        assert_eq!(shadow.1, "Symlink");
+        assert_eq!(shadow.2, host.join("shadow").display().to_string());
+        let dir = listed
+            .iter()
+            .find(|e| e.0 == "srv/node_modules/evil/hostdir")
+            .unwrap();
+        assert_eq!(dir.1, "Symlink");
+        assert!(listed.iter().all(|e| !e.0.contains("hostdir/")));
+        assert!(listed
+            .iter()
+            .all(|e| !String::from_utf8_lossy(&e.3).contains("HOST-SECRET")));
+    }
+
+    #[test]
+    fn a_collected_root_that_is_a_symlink_is_refused() {
+        let (_t, host, app) = host_and_output();
+        symlink(&host, app.join("node_modules")).unwrap();
+        let c = LayerContents {
+            inputs: vec![LayerInput::Tree {
+                from: Beneath::new(&app, "node_modules"),
+                to: "/srv/node_modules".into(),
+            }],
+        };
+        let e = write_layer(&c, LayerSettings::default(), io::sink()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is a symlink, not a directory: refusing to follow it",
+                app.join("node_modules").display()
+            )
+        );
+        // A link above the collected directory is refused too.
+        std::fs::remove_file(app.join("node_modules")).unwrap();
+        std::fs::create_dir_all(host.join("classes")).unwrap();
+        std::fs::create_dir_all(app.join("m")).unwrap();
+        symlink(&host, app.join("m/target")).unwrap();
+        let files = LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: Beneath::new(&app, "m/target/classes"),
+                to: "/srv/classes".into(),
+                paths: vec!["x".into()],
+            }],
+        };
+        let e = write_layer(&files, LayerSettings::default(), io::sink()).unwrap_err();
+        assert!(e.to_string().contains("passes through the symlink"), "{e}");
+    }
+
+    #[test]
+    fn files_below_a_linked_parent_are_refused() {
+        let (_t, host, app) = host_and_output();
+        symlink(&host, app.join("lib")).unwrap();
+        let c = LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: Beneath::root(&app),
+                to: "/env".into(),
+                paths: vec!["lib".into(), "lib/shadow".into()],
+            }],
+        };
+        let e = write_layer(&c, LayerSettings::default(), io::sink()).unwrap_err();
+        assert!(e.to_string().contains("refusing to follow it"), "{e}");
+    }
 
     fn sample(dir: &Path) {
         std::fs::create_dir_all(dir.join("pkg/sub")).unwrap();
@@ -450,7 +597,7 @@ mod tests {
     fn contents(dir: &Path) -> LayerContents {
         LayerContents {
             inputs: vec![LayerInput::Tree {
-                from: dir.to_path_buf(),
+                from: crate::beneath::Beneath::root(dir),
                 to: "/srv".into(),
             }],
         }

@@ -5,6 +5,7 @@
 //! plugin interface, and the build engine.
 
 pub mod app;
+pub mod beneath;
 pub mod engine;
 pub mod export;
 pub mod gzip;
@@ -32,5 +33,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+pub use beneath::{Beneath, BeneathError};
 pub use plugin::*;
 pub use source::{SourceError, SourceTree};

@@ -12,6 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::beneath::Beneath;
 use crate::key::CacheKey;
 use crate::source::SourceTree;
 
@@ -347,12 +348,17 @@ pub struct LayerContents {
 /// One source of files for a layer.
 #[derive(Debug, Clone)]
 pub enum LayerInput {
-    /// Everything below host directory `from`, placed at image path `to`.
-    Tree { from: PathBuf, to: String },
+    /// Everything below the directory `from`, placed at image path `to`.
+    /// `from` is read as a step left it: it must be a directory reached
+    /// without a link (below its trusted base), and no link below it is
+    /// followed: links are stored as links.
+    Tree { from: Beneath, to: String },
     /// The given paths (relative to `root`, files, links or directories
     /// without their children) placed at image path `to` joined with each.
+    /// Neither `root` (below its base) nor the parents of a path may be
+    /// links; a path that is a link is stored as one.
     Files {
-        root: PathBuf,
+        root: Beneath,
         to: String,
         paths: Vec<PathBuf>,
     },

@@ -1,8 +1,17 @@
 //! The application source tree as a build sees it: the files below a
 //! directory, less what `.dockerignore` and `.gcloudignore` exclude.
+//!
+//! The source may be an upload (`ftl serve`): every read goes through the
+//! root's directory descriptor ([`crate::beneath`]). A file read by name
+//! ([`SourceTree::read`], [`SourceTree::read_text`]) may be a link, but its
+//! resolution never leaves the root; an entry read as an entry
+//! ([`SourceTree::dir`], for layers, keys and copies) is never followed.
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::beneath::{Beneath, BeneathError, Dir, Kind};
 
 use globset::{GlobBuilder, GlobMatcher};
 
@@ -18,6 +27,14 @@ pub enum SourceError {
         path: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error(transparent)]
+    Walk(#[from] BeneathError),
+    #[error("cannot read `{file}` of the source: {source}")]
+    Beneath {
+        file: PathBuf,
+        #[source]
+        source: BeneathError,
     },
     #[error("file name {path:?} is not valid UTF-8, which image layers cannot name; rename it, or list it in .dockerignore")]
     NotUtf8 { path: PathBuf },
@@ -36,6 +53,7 @@ pub enum SourceError {
 #[derive(Debug, Clone)]
 pub struct SourceTree {
     root: PathBuf,
+    dir: Arc<Dir>,
     entries: Vec<PathBuf>,
 }
 
@@ -59,55 +77,45 @@ impl SourceTree {
                 path: root.to_path_buf(),
             });
         }
+        let dir = Dir::open(root).map_err(|source| SourceError::Beneath {
+            file: PathBuf::new(),
+            source,
+        })?;
         let mut rules = Vec::new();
         for name in [".dockerignore", ".gcloudignore"] {
-            let file = root.join(name);
-            match std::fs::read_to_string(&file) {
-                Ok(text) => rules.extend(parse_ignore(&file, &text)?),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(SourceError::Io {
-                        path: file,
-                        source: e,
+            match read_beneath(&dir, Path::new(name)) {
+                Ok(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    rules.extend(parse_ignore(&root.join(name), &text)?)
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(source) => {
+                    return Err(SourceError::Beneath {
+                        file: name.into(),
+                        source,
                     })
                 }
             }
         }
         let mut entries = Vec::new();
-        let mut walk = walkdir::WalkDir::new(root)
-            .min_depth(1)
-            .follow_links(false)
-            .sort_by_file_name()
-            .into_iter();
-        while let Some(entry) = walk.next() {
-            let entry = entry.map_err(|e| SourceError::Io {
-                path: e
-                    .path()
-                    .map(Path::to_path_buf)
-                    .unwrap_or_else(|| root.to_path_buf()),
-                source: e.into(),
-            })?;
-            let rel = entry
-                .path()
-                .strip_prefix(root)
-                .expect("walkdir stays below root")
-                .to_path_buf();
-            if is_ignored(&rules, &rel) {
-                if entry.file_type().is_dir() && !has_negation(&rules) {
-                    walk.skip_current_dir();
-                }
-                continue;
+        let negations = has_negation(&rules);
+        dir.walk::<SourceError>(&mut |rel, node| {
+            if is_ignored(&rules, rel) {
+                // Below an ignored directory, a negation may keep a file.
+                return Ok(node.kind == Kind::Dir && negations);
             }
             if rel.to_str().is_none() {
                 return Err(SourceError::NotUtf8 {
-                    path: entry.path().to_path_buf(),
+                    path: root.join(rel),
                 });
             }
-            entries.push(rel);
-        }
+            entries.push(rel.to_path_buf());
+            Ok(true)
+        })?;
         entries.sort();
         Ok(SourceTree {
             root: root.to_path_buf(),
+            dir: Arc::new(dir),
             entries,
         })
     }
@@ -129,15 +137,46 @@ impl SourceTree {
             .is_ok()
     }
 
-    /// Reads a file of the tree (ignored files are not found).
-    pub fn read(&self, rel: impl AsRef<Path>) -> io::Result<Vec<u8>> {
-        if !self.contains(rel.as_ref()) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("{} is not in the source tree", rel.as_ref().display()),
-            ));
+    /// The root, opened: entries read through it (with [`Dir::stat`],
+    /// [`Dir::open_file`], [`Dir::copy_entries`]) are never followed.
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// The directory `rel` of the tree (empty: the root) as a layer input
+    /// names it: reached without links.
+    pub fn beneath(&self, rel: impl Into<PathBuf>) -> Beneath {
+        Beneath::new(&self.root, rel)
+    }
+
+    /// Opens a file of the tree by name (ignored files are not found): a
+    /// link is followed only while it resolves below the root.
+    pub fn open(&self, rel: impl AsRef<Path>) -> Result<std::fs::File, SourceError> {
+        let rel = rel.as_ref();
+        let err = |source| SourceError::Beneath {
+            file: rel.to_path_buf(),
+            source,
+        };
+        if !self.contains(rel) {
+            return Err(err(BeneathError::Io {
+                path: rel.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::NotFound, "not in the source tree"),
+            }));
         }
-        std::fs::read(self.root.join(rel))
+        self.dir.open_file_beneath(rel).map_err(err)
+    }
+
+    /// Reads a file of the tree (ignored files are not found), as
+    /// [`SourceTree::open`] opens it.
+    pub fn read(&self, rel: impl AsRef<Path>) -> Result<Vec<u8>, SourceError> {
+        let rel = rel.as_ref();
+        let mut f = self.open(rel)?;
+        let mut out = Vec::new();
+        f.read_to_end(&mut out).map_err(|source| SourceError::Io {
+            path: self.root.join(rel),
+            source,
+        })?;
+        Ok(out)
     }
 
     /// Reads a file of the tree as UTF-8 text, `None` when it is absent.
@@ -146,10 +185,13 @@ impl SourceTree {
         if !self.contains(rel) {
             return Ok(None);
         }
-        let path = self.root.join(rel);
-        std::fs::read_to_string(&path)
+        let bytes = self.read(rel)?;
+        String::from_utf8(bytes)
             .map(Some)
-            .map_err(|source| SourceError::Io { path, source })
+            .map_err(|e| SourceError::Io {
+                path: self.root.join(rel),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })
     }
 
     /// A copy of this tree without the entries `drop` rejects (and without
@@ -169,9 +211,20 @@ impl SourceTree {
         }
         SourceTree {
             root: self.root.clone(),
+            dir: self.dir.clone(),
             entries,
         }
     }
+}
+
+fn read_beneath(dir: &Dir, rel: &Path) -> Result<Vec<u8>, BeneathError> {
+    let mut f = dir.open_file_beneath(rel)?;
+    let mut out = Vec::new();
+    f.read_to_end(&mut out).map_err(|source| BeneathError::Io {
+        path: dir.path().join(rel),
+        source,
+    })?;
+    Ok(out)
 }
 
 struct Rule {
@@ -234,6 +287,38 @@ fn is_ignored(rules: &[Rule], rel: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_source_link_chain_cannot_read_a_host_file() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("host-file"), b"HOST SECRET").unwrap();
+        let root = t.path().join("src");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        symlink("../..", root.join("a/b/s")).unwrap();
+        symlink("a/b/s/../../host-file", root.join("requirements.txt")).unwrap();
+        // Absolute links leave the root too.
+        symlink(t.path().join("host-file"), root.join("package.json")).unwrap();
+        // A link that stays inside is followed.
+        std::fs::write(root.join("a/real.txt"), b"flask\n").unwrap();
+        symlink("a/b/s/a/real.txt", root.join("inside.txt")).unwrap();
+        let tree = SourceTree::scan(&root).unwrap();
+        assert!(tree.contains("requirements.txt"));
+        let e = tree.read_text("requirements.txt").unwrap_err();
+        let msg = crate::error_chain(&e);
+        assert!(msg.contains("`requirements.txt`"), "{msg}");
+        assert!(msg.contains("resolves outside"), "{msg}");
+        assert!(!msg.contains("HOST SECRET"));
+        assert!(tree.read("package.json").is_err());
+        assert_eq!(tree.read_text("inside.txt").unwrap().unwrap(), "flask\n");
+        // As an entry (for the app layer), the link is a link.
+        let n = tree
+            .dir()
+            .stat(Path::new("requirements.txt"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(n.kind, Kind::Symlink);
+    }
 
     #[test]
     fn dockerignore_rules() {

@@ -53,7 +53,11 @@ fn bad(msg: impl Into<String>) -> std::io::Error {
 
 impl Jar {
     pub fn open(path: &Path) -> std::io::Result<Jar> {
-        let mut file = File::open(path)?;
+        Jar::from_file(File::open(path)?)
+    }
+
+    /// Reads the jar open as `file`.
+    pub fn from_file(mut file: File) -> std::io::Result<Jar> {
         let len = file.metadata()?.len();
         // The end of central directory record: 22 bytes plus a comment of
         // at most 64 KiB.

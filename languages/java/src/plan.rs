@@ -196,8 +196,9 @@ pub(crate) struct MavenPlan {
     /// The app module's directory ("" for the root project).
     pub module: String,
     pub poms: Vec<Pom>,
-    /// The Maven settings file: (host path, where it came from for messages).
-    pub maven_settings: Option<(PathBuf, String)>,
+    /// The Maven settings file: (its bytes, where it came from for
+    /// messages).
+    pub maven_settings: Option<(Vec<u8>, String)>,
     pub dependency_plugin: String,
     /// Artifact ids of the reactor's modules (their jars go to the modules
     /// layer).
@@ -269,29 +270,39 @@ fn read_poms(source: &SourceTree) -> Result<Vec<Pom>, PluginError> {
     Ok(out)
 }
 
-/// The Maven settings file: the setting (relative to the app, or an
-/// absolute host path), else the project's.
+/// The Maven settings file, read: the setting (relative to the app, read
+/// beneath it, or an absolute host path), else the project's.
 fn maven_settings(
     source: &SourceTree,
     settings: &Settings,
-) -> Result<Option<(PathBuf, String)>, PluginError> {
+) -> Result<Option<(Vec<u8>, String)>, PluginError> {
+    let not_found = |p: &Path, why: String| {
+        PluginError::new(format!(
+            "Maven settings {} (java.maven_settings) not found: {why}",
+            p.display()
+        ))
+    };
     if let Some(p) = &settings.maven_settings {
-        let host = if p.is_absolute() {
-            p.clone()
+        let bytes = if p.is_absolute() {
+            std::fs::read(p).map_err(|e| not_found(p, e.to_string()))?
         } else {
-            source.root().join(p)
+            let mut f = source
+                .dir()
+                .open_file_beneath(p)
+                .map_err(|e| not_found(p, ftl::error_chain(&e)))?;
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut out)
+                .map_err(|e| not_found(p, e.to_string()))?;
+            out
         };
-        if !host.is_file() {
-            return Err(PluginError::new(format!(
-                "Maven settings {} (java.maven_settings) not found",
-                p.display()
-            )));
-        }
-        return Ok(Some((host, p.display().to_string())));
+        return Ok(Some((bytes, p.display().to_string())));
     }
     for rel in [".mvn/settings.xml", "settings.xml"] {
         if source.contains(rel) {
-            return Ok(Some((source.root().join(rel), rel.to_string())));
+            let bytes = source
+                .read(rel)
+                .map_err(|e| PluginError::new(ftl::error_chain(&e)).in_file(rel, None))?;
+            return Ok(Some((bytes, rel.to_string())));
         }
     }
     Ok(None)
@@ -346,12 +357,8 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
     build_files.dedup();
     let build_key = content_key(PLUGIN, "build", ctx.source, &build_files, "")?;
     let settings_doc = match &maven_settings {
-        Some((host, _)) => {
-            let bytes = std::fs::read(host)
-                .map_err(|e| PluginError::new(format!("cannot read {}: {e}", host.display())))?;
-            // Settings may hold credentials: only their hash.
-            Value::String(sha256_tagged(&bytes))
-        }
+        // Settings may hold credentials: only their hash.
+        Some((bytes, _)) => Value::String(sha256_tagged(bytes)),
         None => Value::Null,
     };
     let dependency_plugin = settings
@@ -636,7 +643,10 @@ pub(crate) fn find_jar(
     wanted: Option<&Path>,
 ) -> Result<Option<FoundJar>, PluginError> {
     let open = |rel: &Path| -> Result<Option<String>, PluginError> {
-        let mut jar = Jar::open(&source.root().join(rel)).map_err(|e| {
+        let file = source
+            .open(rel)
+            .map_err(|e| PluginError::new(ftl::error_chain(&e)).in_file(rel, None))?;
+        let mut jar = Jar::from_file(file).map_err(|e| {
             PluginError::new(format!("cannot read the jar: {e}")).in_file(rel, None)
         })?;
         let manifest = jar.manifest().map_err(|e| {
@@ -732,6 +742,7 @@ fn entries_doc(entries: &[crate::jar::Entry]) -> Value {
 /// What the jar steps need.
 #[derive(Debug, Clone)]
 pub(crate) struct JarPlan {
+    /// The jar, relative to the source root.
     pub jar: PathBuf,
     pub app_dir: String,
     pub resources_layer: usize,
@@ -818,7 +829,7 @@ fn plan_jar(
         }
         let key = content_key(PLUGIN, name, ctx.source, &group, &libs_to)?;
         steps.push(Box::new(ftl::app::FilesStep {
-            root: ctx.source.root().join(lib),
+            root: ctx.source.beneath(lib),
             to: libs_to.clone(),
             paths: group
                 .iter()
@@ -837,7 +848,11 @@ fn plan_jar(
     }
 
     // The jar, exploded: resources and classes, keyed by its directory.
-    let jar = Jar::open(&ctx.source.root().join(&found.jar)).map_err(|e| {
+    let file = ctx
+        .source
+        .open(&found.jar)
+        .map_err(|e| PluginError::new(ftl::error_chain(&e)).in_file(&found.jar, None))?;
+    let jar = Jar::from_file(file).map_err(|e| {
         PluginError::new(format!("cannot read the jar: {e}")).in_file(&found.jar, None)
     })?;
     if let Some(bad) = jar.entries.iter().find(|e| !e.is_safe()) {
@@ -875,7 +890,7 @@ fn plan_jar(
     });
     steps.push(Box::new(JarStep {
         plan: JarPlan {
-            jar: ctx.source.root().join(&found.jar),
+            jar: found.jar.clone(),
             app_dir: app.clone(),
             resources_layer,
             classes_layer,

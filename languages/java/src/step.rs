@@ -5,8 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use ftl::beneath::{Dir, Kind};
 use ftl::{
-    BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
+    Beneath, BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
     StepContext, StepNetwork,
 };
 
@@ -250,59 +251,100 @@ fn explain_failure(poms: &[pom::Pom], text: &str, out: &ExecOutput) -> PluginErr
     )
 }
 
-/// Copies the project (less build output) to `dest`.
-fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
-    std::fs::create_dir_all(dest).map_err(|e| io_err("cannot create", dest, e))?;
-    for rel in ctx.source.entries() {
-        if crate::plan::is_build_output(ctx.source, rel) {
-            continue;
-        }
-        let from = ctx.source.root().join(rel);
-        let to = dest.join(rel);
-        let meta = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
-        if meta.is_dir() {
-            std::fs::create_dir_all(&to).map_err(|e| io_err("cannot create", &to, e))?;
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&from).map_err(|e| io_err("cannot read", &from, e))?;
-            std::os::unix::fs::symlink(target, &to).map_err(|e| io_err("cannot create", &to, e))?;
-        } else if meta.is_file() {
-            std::fs::copy(&from, &to).map_err(|e| io_err("cannot copy", &from, e))?;
-        }
-    }
-    Ok(())
+fn beneath_err(e: ftl::BeneathError) -> PluginError {
+    PluginError::new(ftl::error_chain(&e))
 }
 
-/// Files below `root` (relative, sorted) for which `keep` holds, with their
-/// ancestor directories.
+/// Copies the project (less build output) to `dest`.
+fn copy_project(ctx: &StepContext<'_>, dest: &Path) -> Result<(), PluginError> {
+    let paths: Vec<PathBuf> = ctx
+        .source
+        .entries()
+        .iter()
+        .filter(|rel| !crate::plan::is_build_output(ctx.source, rel))
+        .cloned()
+        .collect();
+    ctx.source
+        .dir()
+        .copy_entries(&paths, dest)
+        .map_err(beneath_err)
+}
+
+/// Files (and links) below the directory `root` (relative, sorted) for
+/// which `keep` holds, with their ancestor directories: none when `root`
+/// does not exist. What a step left: `root` must be reached without links,
+/// and no link below it is followed.
 pub(crate) fn select_files(
-    root: &Path,
+    root: &Beneath,
     keep: impl Fn(&Path) -> bool,
 ) -> Result<Vec<PathBuf>, PluginError> {
     let mut out = BTreeSet::new();
-    if !root.is_dir() {
-        return Ok(Vec::new());
-    }
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by_file_name() {
-        let entry = entry.map_err(|e| io_err("cannot read", root, e))?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
-        let rel = entry
-            .path()
-            .strip_prefix(root)
-            .expect("below root")
-            .to_path_buf();
-        if !keep(&rel) {
-            continue;
+    let dir = match root.open() {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(Vec::new()),
+        Err(e) => return Err(beneath_err(e)),
+    };
+    dir.walk::<ftl::BeneathError>(&mut |rel, node| {
+        if node.kind == Kind::Dir || !keep(rel) {
+            return Ok(true);
         }
         let mut parent = rel.parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
             out.insert(p.to_path_buf());
             parent = p.parent();
         }
-        out.insert(rel);
-    }
+        out.insert(rel.to_path_buf());
+        Ok(true)
+    })
+    .map_err(beneath_err)?;
     Ok(out.into_iter().collect())
+}
+
+/// The resources a build copied to its output: the directory of them,
+/// when it is one (a link is no directory of resources).
+pub(crate) struct Resources(Option<Dir>);
+
+impl Resources {
+    pub(crate) fn at(dir: &Beneath) -> Resources {
+        Resources(dir.open().ok())
+    }
+
+    /// Whether `rel` in the output directory is a resource copied from
+    /// here rather than javac's output.
+    pub(crate) fn has(&self, rel: &Path) -> bool {
+        rel.extension().is_none_or(|e| e != "class")
+            && self.0.as_ref().is_some_and(|d| {
+                d.stat(rel)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|n| n.kind == Kind::File)
+            })
+    }
+}
+
+/// `target/classes` of a module as Maven left it: a directory (or
+/// nothing), never a link.
+fn check_classes(work: &Path, classes: &Beneath) -> Result<(), PluginError> {
+    let dir = Dir::open(work).map_err(beneath_err)?;
+    match dir.stat(&classes.rel) {
+        Ok(None) => Ok(()),
+        Ok(Some(n)) if n.kind == Kind::Dir => Ok(()),
+        Ok(Some(n)) => Err(PluginError::new(format!(
+            "`{}` left by `mvn package` is {}: refusing to follow it",
+            classes.rel.display(),
+            if n.kind == Kind::Symlink {
+                "a symlink, not a directory"
+            } else {
+                "not a directory"
+            }
+        ))
+        .hint("a Maven plugin of the build replaced it")),
+        Err(e) => Err(PluginError::new(format!(
+            "`{}` left by `mvn package`: {}",
+            classes.rel.display(),
+            ftl::error_chain(&e)
+        ))),
+    }
 }
 
 impl BuildStep for MavenStep {
@@ -321,10 +363,10 @@ impl BuildStep for MavenStep {
             if *only == p.classes_layer {
                 match w.compile_sources(ctx) {
                     Ok(classes) => {
-                        let resources_src = ctx.source.root().join(&resources_rel);
+                        let resources = Resources::at(&ctx.source.beneath(&resources_rel));
                         return Ok(vec![(
                             p.classes_layer,
-                            classes_layer(&classes, &resources_src, &p.app_dir)?,
+                            classes_layer(&classes, &resources, &p.app_dir)?,
                         )]);
                     }
                     Err(why) => tracing::debug!(%why, "warm javac not used: Maven"),
@@ -334,9 +376,9 @@ impl BuildStep for MavenStep {
         let work = ctx.scratch;
         let src = work.join("src");
         copy_project(ctx, &src)?;
-        if let Some((host, _)) = &p.maven_settings {
+        if let Some((bytes, _)) = &p.maven_settings {
             let to = work.join("settings.xml");
-            std::fs::copy(host, &to).map_err(|e| io_err("cannot copy", host, e))?;
+            std::fs::write(&to, bytes).map_err(|e| io_err("cannot write", &to, e))?;
         }
         // The sandbox may run as another uid: everything writable.
         let _ = std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o777));
@@ -347,10 +389,12 @@ impl BuildStep for MavenStep {
         }
         tracing::debug!(output = %out.tail(10), "mvn package");
 
-        let module_dir = src.join(&p.module);
-        let classes_dir = module_dir.join("target/classes");
-        let resources_src = src.join(&resources_rel);
-        let is_resource = |rel: &Path| is_resource(&resources_src, rel);
+        // What Maven left is read below `work`, following no link.
+        let module_dir = Path::new("src").join(&p.module);
+        let classes_dir = Beneath::new(work, module_dir.join("target/classes"));
+        check_classes(work, &classes_dir)?;
+        let resources = Resources::at(&Beneath::new(work, Path::new("src").join(&resources_rel)));
+        let is_resource = |rel: &Path| resources.has(rel);
         if let Some(w) = &warm {
             let log = String::from_utf8_lossy(&out.stdout);
             // The coordinates, not the directory: `ftl serve` unpacks
@@ -361,22 +405,22 @@ impl BuildStep for MavenStep {
                 root_pom.and_then(|p| p.group_id.as_deref()).unwrap_or(""),
                 root_pom.map(|p| p.artifact_id.as_str()).unwrap_or("")
             );
-            if let Err(why) = w.record(ctx, &project, &log, &src, &repo, &is_resource) {
+            let maven_src = Beneath::new(work, "src");
+            if let Err(why) = w.record(ctx, &project, &log, &maven_src, &repo, &is_resource) {
                 tracing::debug!(%why, "this build cannot feed the warm javac");
             }
         }
-        let lib_dir = work.join("lib");
-        let libs: Vec<String> = match std::fs::read_dir(&lib_dir) {
-            Ok(rd) => {
-                let mut v: Vec<String> = rd
-                    .filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.ends_with(".jar"))
-                    .collect();
-                v.sort();
-                v
-            }
-            Err(_) => Vec::new(),
+        let lib_dir = Beneath::new(work, "lib");
+        let libs: Vec<String> = match lib_dir.open() {
+            Ok(d) => d
+                .names()
+                .map_err(beneath_err)?
+                .into_iter()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".jar"))
+                .collect(),
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => return Err(beneath_err(e)),
         };
         let is_module = |name: &str| {
             p.reactor.iter().any(|a| {
@@ -396,7 +440,7 @@ impl BuildStep for MavenStep {
         let mut result = Vec::new();
         for &i in wanted {
             let contents = if i == p.classes_layer {
-                classes_layer(&classes_dir, &resources_src, &p.app_dir)?
+                classes_layer(&classes_dir, &resources, &p.app_dir)?
             } else if i == p.resources_layer {
                 LayerContents {
                     inputs: vec![LayerInput::Files {
@@ -434,23 +478,17 @@ impl BuildStep for MavenStep {
     }
 }
 
-/// Whether `rel` in the output directory is a resource copied from
-/// `resources_src` rather than javac's output.
-fn is_resource(resources_src: &Path, rel: &Path) -> bool {
-    rel.extension().is_none_or(|e| e != "class") && resources_src.join(rel).is_file()
-}
-
 /// The classes layer: javac's output in `classes_dir`, resources left out.
 fn classes_layer(
-    classes_dir: &Path,
-    resources_src: &Path,
+    classes_dir: &Beneath,
+    resources: &Resources,
     app_dir: &str,
 ) -> Result<LayerContents, PluginError> {
     Ok(LayerContents {
         inputs: vec![LayerInput::Files {
-            root: classes_dir.to_path_buf(),
+            root: classes_dir.clone(),
             to: join(app_dir, "classes"),
-            paths: select_files(classes_dir, |r| !is_resource(resources_src, r))?,
+            paths: select_files(classes_dir, |r| !resources.has(r))?,
         }],
     })
 }
@@ -467,7 +505,11 @@ impl BuildStep for JarStep {
         ctx: &StepContext<'_>,
     ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
         let p = &self.plan;
-        let mut jar = Jar::open(&p.jar).map_err(|e| io_err("cannot read", &p.jar, e))?;
+        let file = ctx
+            .source
+            .open(&p.jar)
+            .map_err(|e| PluginError::new(ftl::error_chain(&e)).in_file(&p.jar, None))?;
+        let mut jar = Jar::from_file(file).map_err(|e| io_err("cannot read", &p.jar, e))?;
         let (resources, classes) = split_entries(&jar);
         let mut out = Vec::new();
         for &i in wanted {
@@ -498,7 +540,7 @@ impl BuildStep for JarStep {
                 i,
                 LayerContents {
                     inputs: vec![LayerInput::Tree {
-                        from: dir,
+                        from: Beneath::new(ctx.scratch, name),
                         to: join(&p.app_dir, name),
                     }],
                 },

@@ -51,7 +51,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ftl::{ExecMount, ExecRequest, PluginError, SourceTree, StepContext, StepNetwork};
+use ftl::beneath::{Dir, Kind};
+use ftl::{Beneath, ExecMount, ExecRequest, PluginError, SourceTree, StepContext, StepNetwork};
 use serde::{Deserialize, Serialize};
 
 use crate::step::{select_files, REPO, WORK};
@@ -243,16 +244,35 @@ fn check_options(options: &[String]) -> Result<Checked, String> {
     })
 }
 
-/// Whether a classpath entry offers javac an annotation processor.
-fn offers_processor(entry: &Path) -> Result<bool, String> {
+/// The path `rel` below `at`, as one [`Beneath`].
+fn below(at: &Beneath, rel: impl AsRef<Path>) -> Beneath {
+    Beneath::new(&at.base, at.rel.join(rel))
+}
+
+/// Whether a classpath entry (in the Maven repository or the project, both
+/// written by sandboxed code: read without following links) offers javac
+/// an annotation processor.
+fn offers_processor(entry: &Beneath) -> Result<bool, String> {
     const SERVICE: &str = "META-INF/services/javax.annotation.processing.Processor";
-    if entry.is_dir() {
-        return Ok(entry.join(SERVICE).exists());
-    }
-    if !entry.is_file() {
-        return Ok(false);
-    }
-    let mut jar = crate::jar::Jar::open(entry).map_err(|e| format!("{}: {e}", entry.display()))?;
+    let shown = entry.path();
+    let err = |e: ftl::BeneathError| format!("{}: {}", shown.display(), ftl::error_chain(&e));
+    let base = Dir::open(&entry.base).map_err(err)?;
+    let file = match base.stat(&entry.rel).map_err(err)?.map(|n| n.kind) {
+        Some(Kind::Dir) => {
+            return Ok(base
+                .dir(&entry.rel)
+                .map_err(err)?
+                .stat(Path::new(SERVICE))
+                .map_err(err)?
+                .is_some())
+        }
+        Some(Kind::File) => base.open_file(&entry.rel).map_err(err)?,
+        Some(Kind::Symlink) => return Err(format!("{} is a symlink", shown.display())),
+        _ => return Ok(false),
+    };
+    let entry = &shown;
+    let mut jar =
+        crate::jar::Jar::from_file(file).map_err(|e| format!("{}: {e}", entry.display()))?;
     if jar.entries.iter().any(|e| e.name == SERVICE) {
         return Ok(true);
     }
@@ -266,10 +286,10 @@ fn offers_processor(entry: &Path) -> Result<bool, String> {
 }
 
 /// The `.java` files below `roots` of `project` (relative, sorted).
-fn java_files(project: &Path, roots: &[String]) -> Result<Vec<PathBuf>, PluginError> {
+fn java_files(project: &Beneath, roots: &[String]) -> Result<Vec<PathBuf>, PluginError> {
     let mut out = Vec::new();
     for root in roots {
-        let files = select_files(&project.join(root), |p| {
+        let files = select_files(&below(project, root), |p| {
             p.extension().is_some_and(|e| e == "java")
         })?;
         out.extend(
@@ -498,7 +518,13 @@ impl Warm {
         if let Some(i) = args.iter().position(|a| a == "-d") {
             args[i + 1] = out.to_string();
         }
-        for f in java_files(project, &recipe.roots).map_err(|e| e.to_string())? {
+        // The project's last component too is read without links: the
+        // compiler's mount holds it.
+        let at = match (project.parent(), project.file_name()) {
+            (Some(parent), Some(name)) => Beneath::new(parent, name),
+            _ => Beneath::root(project),
+        };
+        for f in java_files(&at, &recipe.roots).map_err(|e| e.to_string())? {
             let f = format!("{WORK}/src/{}", f.display());
             if f.contains('\n') {
                 return Err(format!("file name {f:?}"));
@@ -509,7 +535,8 @@ impl Warm {
     }
 
     /// Records the recipe of a successful Maven run whose project copy
-    /// (with `target/classes`) is `maven_src`; the log is Maven's stdout.
+    /// (with `target/classes`) is `maven_src` (as Maven left it: read
+    /// without following links); the log is Maven's stdout.
     /// Errors only say why this run cannot feed the compiler.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn record(
@@ -517,7 +544,7 @@ impl Warm {
         ctx: &StepContext<'_>,
         project_id: &str,
         log: &str,
-        maven_src: &Path,
+        maven_src: &Beneath,
         repo: &Path,
         is_resource: &dyn Fn(&Path) -> bool,
     ) -> Result<(), String> {
@@ -527,9 +554,9 @@ impl Warm {
         if !normalized.iter().any(|o| o == "-proc:none") {
             for entry in &checked.paths {
                 let host = if let Some(rest) = entry.strip_prefix(&format!("{REPO}/")) {
-                    repo.join(rest)
+                    Beneath::new(repo, rest)
                 } else if let Some(rest) = entry.strip_prefix(&format!("{WORK}/src/")) {
-                    maven_src.join(rest)
+                    below(maven_src, rest)
                 } else {
                     return Err(format!(
                         "classpath entry {entry} outside the Maven repository"
@@ -574,14 +601,16 @@ impl Warm {
         for d in [&project, &expected, &work.join("check")] {
             remove_dir(d)?;
         }
-        copy_files(maven_src, &sources, &project)?;
-        let classes = maven_src.join("target/classes");
+        let open = |b: &Beneath| b.open().map_err(|e| ftl::error_chain(&e));
+        copy_files(&open(maven_src)?, &sources, &project)?;
+        let classes = below(maven_src, "target/classes");
+        let classes_dir = open(&classes)?;
         let outputs: Vec<PathBuf> = select_files(&classes, |r| !is_resource(r))
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|r| classes.join(r).is_file())
+            .filter(|r| is_file(&classes_dir, r))
             .collect();
-        copy_files(&classes, &outputs, &expected)?;
+        copy_files(&classes_dir, &outputs, &expected)?;
         prepare_output(&project, &captured.options)?;
         let mut recipe = Recipe {
             others,
@@ -643,7 +672,10 @@ impl Warm {
         let verdict = if code != 0 {
             Err(format!("javac exited with {code}: {}", output.trim()))
         } else {
-            same_files(&self.work().join("check"), &self.dir.join("expected"))
+            same_files(
+                &Beneath::new(self.work(), "check"),
+                &Beneath::new(&self.dir, "expected"),
+            )
         };
         match verdict {
             Ok(()) => recipe.status = "proven".into(),
@@ -658,7 +690,7 @@ impl Warm {
 
     /// Compiles the current sources into a directory below the step's
     /// scratch directory and returns it, or says why Maven must run.
-    pub(crate) fn compile_sources(&self, ctx: &StepContext<'_>) -> Result<PathBuf, String> {
+    pub(crate) fn compile_sources(&self, ctx: &StepContext<'_>) -> Result<Beneath, String> {
         let _lock = self.lock()?;
         let mut recipe = self.load().ok_or("no recipe yet")?;
         if recipe.status == "rejected" {
@@ -726,7 +758,7 @@ impl Warm {
             })
             .cloned()
             .collect();
-        copy_files(ctx.source.root(), &sources, &project)?;
+        copy_files(ctx.source.dir(), &sources, &project)?;
         prepare_output(&project, &recipe.options)?;
         let args = Self::args(&recipe, &format!("{WORK}/src/target/classes"), &project)?;
         let t = std::time::Instant::now();
@@ -738,7 +770,8 @@ impl Warm {
         let out = ctx.scratch.join("warm-classes");
         let classes = project.join("target/classes");
         std::fs::rename(&classes, &out).map_err(|e| io("cannot move", &classes, e))?;
-        Ok(out)
+        // javac's output, read below the scratch directory without links.
+        Ok(Beneath::new(ctx.scratch, "warm-classes"))
     }
 }
 
@@ -752,21 +785,30 @@ fn remove_dir(d: &Path) -> Result<(), String> {
 
 /// Copies `files` (relative) from `from` to `to`: what javac reads of a
 /// project is its sources (the rest is in the recipe's key). Only regular
-/// files: a link could name a file outside the project, which Maven reads
-/// in the sandbox and this copy would read on the host.
-fn copy_files(from: &Path, files: &[PathBuf], to: &Path) -> Result<(), String> {
+/// files, reached without links: a link could name a file outside the
+/// project, which Maven reads in the sandbox and this copy would read on
+/// the host.
+fn copy_files(from: &Dir, files: &[PathBuf], to: &Path) -> Result<(), String> {
     for rel in files {
-        let (src, dst) = (from.join(rel), to.join(rel));
-        let meta = std::fs::symlink_metadata(&src).map_err(|e| io("cannot read", &src, e))?;
-        if !meta.is_file() {
+        if !is_file(from, rel) {
             return Err(format!("{} is not a regular file", rel.display()));
         }
+        let dst = to.join(rel);
         if let Some(parent) = dst.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
         }
-        std::fs::copy(&src, &dst).map_err(|e| io("cannot copy", &src, e))?;
+        from.copy_file(rel, &dst)
+            .map_err(|e| ftl::error_chain(&e))?;
     }
     Ok(())
+}
+
+/// Whether `rel` below `dir` is a regular file reached without links.
+fn is_file(dir: &Dir, rel: &Path) -> bool {
+    dir.stat(rel)
+        .ok()
+        .flatten()
+        .is_some_and(|n| n.kind == Kind::File)
 }
 
 /// The directories (and names) of the recipes beside `dir`.
@@ -845,14 +887,17 @@ fn prepare_output(project: &Path, options: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the files below `a` and `b` are the same, byte for byte.
-fn same_files(a: &Path, b: &Path) -> Result<(), String> {
-    let list = |root: &Path| -> Result<Vec<PathBuf>, String> {
+/// Whether the files below `a` and `b` are the same, byte for byte (read
+/// without following links).
+fn same_files(a: &Beneath, b: &Beneath) -> Result<(), String> {
+    let open = |b: &Beneath| b.open().map_err(|e| ftl::error_chain(&e));
+    let (da, db) = (open(a)?, open(b)?);
+    let list = |root: &Beneath, dir: &Dir| -> Result<Vec<PathBuf>, String> {
         select_files(root, |_| true)
-            .map(|v| v.into_iter().filter(|p| root.join(p).is_file()).collect())
+            .map(|v| v.into_iter().filter(|p| is_file(dir, p)).collect())
             .map_err(|e| e.to_string())
     };
-    let (la, lb) = (list(a)?, list(b)?);
+    let (la, lb) = (list(a, &da)?, list(b, &db)?);
     if la != lb {
         let only = la
             .iter()
@@ -864,7 +909,7 @@ fn same_files(a: &Path, b: &Path) -> Result<(), String> {
         ));
     }
     for rel in &la {
-        let (x, y) = (std::fs::read(a.join(rel)), std::fs::read(b.join(rel)));
+        let (x, y) = (da.read(rel), db.read(rel));
         match (x, y) {
             (Ok(x), Ok(y)) if x == y => {}
             _ => return Err(format!("{} differs from Maven's", rel.display())),
@@ -957,6 +1002,7 @@ mod tests {
         std::fs::create_dir_all(from.join("p")).unwrap();
         std::fs::write(from.join("p/A.java"), b"class A {}").unwrap();
         std::os::unix::fs::symlink("/etc/hostname", from.join("p/B.java")).unwrap();
+        let from = Dir::open(&from).unwrap();
         copy_files(&from, &[PathBuf::from("p/A.java")], &to).unwrap();
         assert_eq!(std::fs::read(to.join("p/A.java")).unwrap(), b"class A {}");
         // A link could name a host file that Maven, in the sandbox, would
@@ -970,6 +1016,8 @@ mod tests {
     fn compares_trees() {
         let t = tempfile::tempdir().unwrap();
         let (a, b) = (t.path().join("a"), t.path().join("b"));
+        let (ba, bb) = (Beneath::root(&a), Beneath::root(&b));
+        let same_files = |_: &PathBuf, _: &PathBuf| same_files(&ba, &bb);
         for d in [&a, &b] {
             std::fs::create_dir_all(d.join("p")).unwrap();
             std::fs::write(d.join("p/A.class"), b"one").unwrap();

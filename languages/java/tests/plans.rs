@@ -480,7 +480,11 @@ fn run_step(
                                 format!(
                                     "{}{}\n",
                                     p.display(),
-                                    if root.join(p).is_dir() { "/" } else { "" }
+                                    if root.path().join(p).is_dir() {
+                                        "/"
+                                    } else {
+                                        ""
+                                    }
                                 )
                             })
                             .collect::<String>()
@@ -563,6 +567,46 @@ fn maven_step_layers_classes_resources_and_libs() {
     );
 }
 
+/// A Maven plugin (code of the build, run in the sandbox) replaces
+/// `target/classes` with a link to a host directory: the step is an error
+/// naming it, and no layer is made of the host's files.
+#[test]
+fn java_target_classes_symlink_is_refused() {
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("shadow"), "root:HOST-SECRET").unwrap();
+    let host_dir = host.path().to_path_buf();
+    let mut exec = FakeExec::new(BOOKWORM_PROBE);
+    exec.maven = Box::new(move |req| {
+        let target = mounted(req, "/tmp/ftl-java").join("src/target");
+        std::fs::create_dir_all(&target).unwrap();
+        std::os::unix::fs::symlink(&host_dir, target.join("classes")).unwrap();
+        ExecOutput {
+            code: Some(0),
+            ..Default::default()
+        }
+    });
+    let e = run_step(&testdata("hello-maven"), &exec, &[0, 1, 2]).unwrap_err();
+    assert_eq!(
+        e.message,
+        "`src/target/classes` left by `mvn package` is a symlink, not a directory: refusing to follow it"
+    );
+
+    // A link above it (`target` itself) is refused as well.
+    let host_dir = host.path().to_path_buf();
+    exec.maven = Box::new(move |req| {
+        let src = mounted(req, "/tmp/ftl-java").join("src");
+        std::fs::create_dir_all(host_dir.join("classes")).unwrap();
+        std::fs::write(host_dir.join("classes/Main.class"), "HOST-SECRET").unwrap();
+        std::os::unix::fs::symlink(&host_dir, src.join("target")).unwrap();
+        ExecOutput {
+            code: Some(0),
+            ..Default::default()
+        }
+    });
+    let e = run_step(&testdata("hello-maven"), &exec, &[0, 1, 2]).unwrap_err();
+    assert!(e.message.contains("refusing to follow it"), "{e}");
+}
+
 #[test]
 fn unresolvable_dependency_names_the_pom_line() {
     let mut exec = FakeExec::new(BOOKWORM_PROBE);
@@ -626,12 +670,14 @@ fn jar_step_explodes_the_jar() {
     let LayerInput::Tree { from, to } = &out[1].1.inputs[0] else {
         panic!()
     };
+    let from = &from.path();
     assert_eq!(to, "/srv/classes");
     assert!(from.join("com/example/hello/Main.class").is_file());
     assert!(!from.join("greeting.txt").exists());
     let LayerInput::Tree { from, to } = &out[0].1.inputs[0] else {
         panic!()
     };
+    let from = &from.path();
     assert_eq!(to, "/srv/resources");
     assert_eq!(
         std::fs::read(from.join("greeting.txt")).unwrap(),

@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ftl::beneath::{Dir, Kind};
 use ftl::{
-    BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
-    StepContext, StepNetwork,
+    Beneath, BuildStep, ExecMount, ExecOutput, ExecRequest, LayerContents, LayerInput, PluginError,
+    SourceTree, StepContext, StepNetwork,
 };
 use serde_json::{json, Value};
 
@@ -449,9 +450,31 @@ impl BuildStep for DepsStep {
         }
         let mounts = plan.mounts(ctx)?;
         plan.install(ctx, &app, &mounts, true)?;
-        let modules = app.join("node_modules");
-        if !modules.is_dir() {
-            std::fs::create_dir_all(&modules).map_err(|e| io_err("cannot create", &modules, e))?;
+        // What the install left is read without following links: an
+        // install script may have swapped `node_modules` for a link to a
+        // host directory.
+        let dir = Dir::open(&app).map_err(|e| io_err("cannot read", &app, e))?;
+        let install = plan.manager.install_command(plan.lock.is_some(), true);
+        match dir
+            .stat(Path::new("node_modules"))
+            .map_err(|e| io_err("cannot read", &app, e))?
+            .map(|n| n.kind)
+        {
+            Some(Kind::Dir) => {}
+            None => {
+                let modules = app.join("node_modules");
+                std::fs::create_dir(&modules).map_err(|e| io_err("cannot create", &modules, e))?;
+            }
+            Some(kind) => {
+                return Err(PluginError::new(format!(
+                    "`node_modules` left by `{install}` is {}: refusing to follow it",
+                    match kind {
+                        Kind::Symlink => "a symlink, not a directory",
+                        _ => "not a directory",
+                    }
+                ))
+                .hint("an install script of a dependency replaced it; remove that dependency"))
+            }
         }
         let to = format!("{}/node_modules", plan.app_dir.trim_end_matches('/'));
         Ok(wanted
@@ -461,7 +484,7 @@ impl BuildStep for DepsStep {
                     i,
                     LayerContents {
                         inputs: vec![LayerInput::Tree {
-                            from: modules.clone(),
+                            from: Beneath::new(&app, "node_modules"),
                             to: to.clone(),
                         }],
                     },
@@ -475,35 +498,18 @@ impl BuildStep for DepsStep {
 /// and returns the app without `node_modules`.
 pub(crate) struct GcpBuildStep {
     plan: Arc<InstallPlan>,
-    root: PathBuf,
+    source: SourceTree,
     paths: Vec<PathBuf>,
 }
 
 impl GcpBuildStep {
-    pub(crate) fn new(plan: Arc<InstallPlan>, root: PathBuf, paths: Vec<PathBuf>) -> Self {
-        GcpBuildStep { plan, root, paths }
-    }
-}
-
-fn copy_entries(root: &Path, paths: &[PathBuf], to: &Path) -> Result<(), PluginError> {
-    for rel in paths {
-        let from = root.join(rel);
-        let dest = to.join(rel);
-        let meta = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| io_err("cannot create", parent, e))?;
-        }
-        if meta.is_dir() {
-            std::fs::create_dir_all(&dest).map_err(|e| io_err("cannot create", &dest, e))?;
-        } else if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&from).map_err(|e| io_err("cannot read", &from, e))?;
-            std::os::unix::fs::symlink(target, &dest)
-                .map_err(|e| io_err("cannot create", &dest, e))?;
-        } else if meta.is_file() {
-            std::fs::copy(&from, &dest).map_err(|e| io_err("cannot copy", &from, e))?;
+    pub(crate) fn new(plan: Arc<InstallPlan>, source: SourceTree, paths: Vec<PathBuf>) -> Self {
+        GcpBuildStep {
+            plan,
+            source,
+            paths,
         }
     }
-    Ok(())
 }
 
 impl BuildStep for GcpBuildStep {
@@ -515,7 +521,10 @@ impl BuildStep for GcpBuildStep {
         let plan = &self.plan;
         let app = ctx.scratch.join("app");
         std::fs::create_dir_all(&app).map_err(|e| io_err("cannot create", &app, e))?;
-        copy_entries(&self.root, &self.paths, &app)?;
+        self.source
+            .dir()
+            .copy_entries(&self.paths, &app)
+            .map_err(|e| PluginError::new(ftl::error_chain(&e)))?;
         let mounts = plan.mounts(ctx)?;
         plan.install(ctx, &app, &mounts, false)?;
         let mut args: Vec<String> = plan
@@ -536,8 +545,9 @@ impl BuildStep for GcpBuildStep {
             })?;
         // Dev dependencies are not shipped; production ones are their own
         // layer.
+        // (A link is removed, not followed.)
         let modules = app.join("node_modules");
-        if modules.exists() {
+        if std::fs::symlink_metadata(&modules).is_ok() {
             std::fs::remove_dir_all(&modules).map_err(|e| io_err("cannot remove", &modules, e))?;
         }
         if plan.lock.is_none() {
@@ -555,7 +565,7 @@ impl BuildStep for GcpBuildStep {
                     i,
                     LayerContents {
                         inputs: vec![LayerInput::Tree {
-                            from: app.clone(),
+                            from: Beneath::root(&app),
                             to: plan.app_dir.clone(),
                         }],
                     },

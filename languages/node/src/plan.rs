@@ -202,7 +202,7 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         doc["files"] = json!(files.hex);
         plan.steps.push(Box::new(GcpBuildStep::new(
             install.clone(),
-            app_source.root().to_path_buf(),
+            app_source.clone(),
             paths,
         )));
         plan.layers.push(PlannedLayer {

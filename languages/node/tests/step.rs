@@ -91,7 +91,7 @@ impl Exec for FakeNpm {
 
 fn files_of(input: &LayerInput) -> Vec<String> {
     let (root, to) = match input {
-        LayerInput::Tree { from, to } => (from.clone(), to.clone()),
+        LayerInput::Tree { from, to } => (from.path(), to.clone()),
         other => panic!("expected a tree, got {other:?}"),
     };
     let mut out = Vec::new();

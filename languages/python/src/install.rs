@@ -140,7 +140,7 @@ impl DepsStep {
     /// The requirement files, at the app directory.
     fn dep_files_input(&self) -> Option<LayerInput> {
         (!self.plan.dep_files.is_empty()).then(|| LayerInput::Files {
-            root: self.plan.source_root.clone(),
+            root: ftl::Beneath::root(&self.plan.source_root),
             to: self.plan.app_dir.clone(),
             paths: self.plan.dep_files.clone(),
         })
@@ -414,7 +414,8 @@ impl BuildStep for DepsStep {
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
         let files_input = |paths: Vec<PathBuf>| LayerContents {
             inputs: vec![LayerInput::Files {
-                root: env.clone(),
+                // The venv's mount point; nothing below it is followed.
+                root: ftl::Beneath::root(&env),
                 to: venv.clone(),
                 paths,
             }],

@@ -1,9 +1,16 @@
 //! Splitting an installed virtualenv by distribution, using each
 //! `*.dist-info/RECORD`.
+//!
+//! The virtualenv is what pip (and the install scripts it ran) left: it is
+//! read through the venv root's descriptor ([`ftl::beneath`]), never
+//! following a link: a link is listed as a file (and stored as a link), and
+//! a RECORD entry below a link is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Component, Path, PathBuf};
+
+use ftl::beneath::{BeneathError, Dir, Kind};
 
 use crate::requirements::normalize;
 
@@ -16,6 +23,8 @@ pub enum RecordError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Beneath(#[from] BeneathError),
     #[error("{record}: entry `{entry}` points outside the virtualenv")]
     Escapes { record: PathBuf, entry: String },
     #[error(
@@ -40,39 +49,36 @@ pub struct InstalledDist {
 /// The `site-packages` directories of a venv, relative to its root
 /// (`lib/pythonX.Y/site-packages`; `lib64` when it is not a link to `lib`).
 pub fn site_dirs(venv: &Path) -> Result<Vec<PathBuf>, RecordError> {
+    site_dirs_in(&Dir::open(venv)?)
+}
+
+fn site_dirs_in(venv: &Dir) -> Result<Vec<PathBuf>, RecordError> {
     let mut out = Vec::new();
     for lib in ["lib", "lib64"] {
-        let dir = venv.join(lib);
-        let meta = match std::fs::symlink_metadata(&dir) {
-            Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(RecordError::Io { path: dir, source }),
-        };
-        if meta.file_type().is_symlink() {
-            continue; // lib64 -> lib
+        match venv.stat(Path::new(lib))?.map(|n| n.kind) {
+            Some(Kind::Dir) => {}
+            // lib64 -> lib, or nothing there.
+            _ => continue,
         }
-        let mut names: Vec<_> = read_dir_names(&dir)?;
-        names.sort();
-        for name in names {
-            if name.starts_with("python") && dir.join(&name).join("site-packages").is_dir() {
-                out.push(PathBuf::from(lib).join(&name).join("site-packages"));
+        for name in read_dir_names(venv, Path::new(lib))? {
+            let site = PathBuf::from(lib).join(&name).join("site-packages");
+            if name.starts_with("python") && venv.stat(&site)?.is_some_and(|n| n.kind == Kind::Dir)
+            {
+                out.push(site);
             }
         }
     }
     Ok(out)
 }
 
-fn read_dir_names(dir: &Path) -> Result<Vec<String>, RecordError> {
-    let io_err = |source| RecordError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(io_err)? {
-        let e = e.map_err(io_err)?;
-        out.push(e.file_name().to_string_lossy().into_owned());
-    }
-    Ok(out)
+/// The names in the directory `rel` of `venv`, sorted.
+fn read_dir_names(venv: &Dir, rel: &Path) -> Result<Vec<String>, RecordError> {
+    Ok(venv
+        .dir(rel)?
+        .names()?
+        .into_iter()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect())
 }
 
 /// The path field of each RECORD row (CSV: quoted fields may hold commas).
@@ -131,8 +137,20 @@ fn join_lexical(base: &Path, rel: &str) -> Option<PathBuf> {
     Some(out.iter().collect())
 }
 
-fn exists(path: &Path) -> bool {
-    std::fs::symlink_metadata(path).is_ok()
+/// Whether `rel` exists below `venv` (as itself: a link counts); a parent
+/// that is a link is an error.
+fn exists(venv: &Dir, rel: &Path) -> Result<bool, RecordError> {
+    Ok(venv.stat(rel)?.is_some())
+}
+
+/// The text of the file `rel` of `venv` (no links followed), `None` when
+/// it does not exist.
+fn read_text(venv: &Dir, rel: &Path) -> Result<Option<String>, RecordError> {
+    match venv.read(rel) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Reads every distribution installed in the venv at `venv` (host path).
@@ -141,35 +159,26 @@ pub fn installed_dists(
     venv: &Path,
     cache_tag: Option<&str>,
 ) -> Result<Vec<InstalledDist>, RecordError> {
+    let dir = Dir::open(venv)?;
     let mut out = Vec::new();
-    for site in site_dirs(venv)? {
-        let mut names = read_dir_names(&venv.join(&site))?;
-        names.sort();
+    for site in site_dirs_in(&dir)? {
+        let names = read_dir_names(&dir, &site)?;
         for name in names.into_iter().filter(|n| n.ends_with(".dist-info")) {
             let dist_info = site.join(&name);
             let record = venv.join(&dist_info).join("RECORD");
-            let text = match std::fs::read_to_string(&record) {
-                Ok(t) => t,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(RecordError::NoRecord {
-                        dist_info: venv.join(&dist_info),
-                    })
-                }
-                Err(source) => {
-                    return Err(RecordError::Io {
-                        path: record,
-                        source,
-                    })
-                }
+            let Some(text) = read_text(&dir, &dist_info.join("RECORD"))? else {
+                return Err(RecordError::NoRecord {
+                    dist_info: venv.join(&dist_info),
+                });
             };
-            let (dist_name, version) = dist_name_version(&venv.join(&dist_info), &name)?;
+            let (dist_name, version) = dist_name_version(&dir, &dist_info, &name)?;
             let mut files = BTreeSet::new();
             for entry in record_paths(&text) {
                 let rel = join_lexical(&site, &entry).ok_or_else(|| RecordError::Escapes {
                     record: record.clone(),
                     entry: entry.clone(),
                 })?;
-                if !exists(&venv.join(&rel)) {
+                if !exists(&dir, &rel)? {
                     continue; // pip lists .pyc it did not write, for uninstall
                 }
                 if let (Some(tag), Some(stem)) = (cache_tag, entry.strip_suffix(".py")) {
@@ -179,7 +188,7 @@ pub fn installed_dists(
                             let pyc = parent
                                 .join("__pycache__")
                                 .join(format!("{}.{tag}{opt}.pyc", file.to_string_lossy()));
-                            if exists(&venv.join(&pyc)) {
+                            if exists(&dir, &pyc)? {
                                 files.insert(pyc);
                             }
                         }
@@ -200,17 +209,18 @@ pub fn installed_dists(
 }
 
 /// Name and version from METADATA, else from the directory name.
-fn dist_name_version(dir: &Path, dir_name: &str) -> Result<(String, String), RecordError> {
+fn dist_name_version(
+    venv: &Dir,
+    dist_info: &Path,
+    dir_name: &str,
+) -> Result<(String, String), RecordError> {
     let from_dir = || {
         let stem = dir_name.trim_end_matches(".dist-info");
         let (n, v) = stem.rsplit_once('-').unwrap_or((stem, ""));
         (n.to_string(), v.to_string())
     };
-    let meta = dir.join("METADATA");
-    let text = match std::fs::read_to_string(&meta) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(from_dir()),
-        Err(source) => return Err(RecordError::Io { path: meta, source }),
+    let Some(text) = read_text(venv, &dist_info.join("METADATA"))? else {
+        return Ok(from_dir());
     };
     let mut name = None;
     let mut version = None;
@@ -240,26 +250,12 @@ pub fn all_entries(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
 
 fn walk(root: &Path, dirs: bool) -> Result<Vec<PathBuf>, RecordError> {
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = root.join(&rel);
-        for name in read_dir_names(&dir)? {
-            let child = rel.join(&name);
-            let path = root.join(&child);
-            let meta = std::fs::symlink_metadata(&path).map_err(|source| RecordError::Io {
-                path: path.clone(),
-                source,
-            })?;
-            if meta.is_dir() {
-                if dirs {
-                    out.push(child.clone());
-                }
-                stack.push(child);
-            } else {
-                out.push(child);
-            }
+    Dir::open(root)?.walk::<RecordError>(&mut |rel, node| {
+        if node.kind != Kind::Dir || dirs {
+            out.push(rel.to_path_buf());
         }
-    }
+        Ok(true)
+    })?;
     out.sort();
     Ok(out)
 }
@@ -295,6 +291,58 @@ pub fn overlaps(dists: &[InstalledDist]) -> BTreeMap<PathBuf, (String, String)> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An install script replaces a package directory of site-packages
+    /// with a link to a host directory, and its RECORD names a file "in"
+    /// it: the link is listed as itself, never walked into, and the
+    /// RECORD entry below it is an error; the layer holds no host byte.
+    #[test]
+    fn a_venv_symlink_to_a_host_dir_is_not_followed() {
+        use ftl::layer::{write_layer, LayerSettings};
+        use ftl::{Beneath, LayerContents, LayerInput};
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("root-only");
+        std::fs::create_dir(&host).unwrap();
+        std::fs::write(host.join("shadow"), "root:HOST-SECRET").unwrap();
+        let v = t.path().join("env");
+        let site = v.join("lib/python3.11/site-packages");
+        std::fs::create_dir_all(site.join("evil-1.0.dist-info")).unwrap();
+        std::os::unix::fs::symlink(&host, site.join("evil")).unwrap();
+        std::fs::write(
+            site.join("evil-1.0.dist-info/RECORD"),
+            "evil/shadow,,\nevil-1.0.dist-info/RECORD,,\n",
+        )
+        .unwrap();
+
+        let files = all_files(&v).unwrap();
+        assert!(files.contains(&PathBuf::from("lib/python3.11/site-packages/evil")));
+        assert!(files.iter().all(|f| !f.ends_with("shadow")), "{files:?}");
+        let e = installed_dists(&v, None).unwrap_err();
+        assert!(e.to_string().contains("refusing to follow it"), "{e}");
+
+        // The venv layer of everything new: the link is a link.
+        let c = LayerContents {
+            inputs: vec![LayerInput::Files {
+                root: Beneath::root(&v),
+                to: "/env".into(),
+                paths: files,
+            }],
+        };
+        let mut blob = Vec::new();
+        write_layer(&c, LayerSettings::default(), &mut blob).unwrap();
+        let mut tar = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(blob.as_slice()), &mut tar)
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&tar).contains("HOST-SECRET"));
+        let mut ar = tar::Archive::new(tar.as_slice());
+        let link = ar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap())
+            .find(|e| e.path().unwrap().ends_with("site-packages/evil"))
+            .unwrap();
+        assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+    }
 
     #[test]
     fn record_rows() {

@@ -121,7 +121,7 @@ fn build(requirements: &str, dir: &Path) -> Result<Built, PluginError> {
         .into_iter()
         .map(|(i, c)| match c.inputs.into_iter().next() {
             Some(LayerInput::Files { root, to, paths }) => {
-                assert_eq!(root, venv);
+                assert_eq!(root.path(), venv);
                 assert_eq!(to, venv.display().to_string());
                 (plan.layers[i].name.clone(), paths)
             }
