@@ -147,6 +147,9 @@ pub(crate) struct Plan {
     pub(crate) resources: Option<oci_spec::runtime::LinuxResources>,
     /// SIGKILL the init when the thread that started it exits (`run`).
     pub(crate) die_with_parent: bool,
+    /// A user-mode network stack to attach to the new network namespace
+    /// before the init is released (`net::prepare`).
+    pub(crate) egress: Option<crate::net::Egress>,
 }
 
 fn cstr(s: impl AsRef<OsStr>, field: &str) -> Result<CString, SandboxError> {
@@ -844,6 +847,7 @@ impl Plan {
             cgroups_path: linux.cgroups_path().clone(),
             resources: linux.resources().clone(),
             die_with_parent: false,
+            egress: None,
         })
     }
 
@@ -994,6 +998,8 @@ pub(crate) struct ChildIo {
 pub(crate) struct Child {
     pub(crate) pid: libc::pid_t,
     pub(crate) pidfd: OwnedFd,
+    /// The network stack of an egress container: stopped when dropped.
+    pub(crate) net: Option<crate::net::Attached>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
@@ -1092,7 +1098,11 @@ pub(crate) fn launch(
         kill_and_reap(pid);
         return Err(SandboxError::sys("pidfd_open", e));
     };
-    let child = Child { pid, pidfd };
+    let mut child = Child {
+        pid,
+        pidfd,
+        net: None,
+    };
     let fail = |e: SandboxError| {
         kill_and_reap(pid);
         e
@@ -1128,6 +1138,9 @@ pub(crate) fn launch(
                 source,
             })
         })?;
+    }
+    if let Some(egress) = &plan.egress {
+        child.net = Some(egress.attach(pid).map_err(fail)?);
     }
     // Release the child.
     nix::unistd::write(&go_w, &[1])
@@ -1366,9 +1379,15 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
                     }
                 }
                 if m.file {
+                    // O_EXCL: an existing file is left alone, even one the
+                    // container's root (in a user namespace) may not write.
                     let fd = libc::open(
                         m.target.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_RDONLY
+                            | libc::O_CLOEXEC
+                            | libc::O_NOFOLLOW,
                         0o644,
                     );
                     if fd < 0 && errno() != libc::EEXIST && errno() != libc::EISDIR {

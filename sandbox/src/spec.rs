@@ -125,6 +125,11 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
+    /// A new network namespace with egress through a user-mode network
+    /// stack (ftl's runtime: [`crate::NETWORK`]) that cannot reach the
+    /// host's loopback, link-local or private ranges. DNS goes to the
+    /// stack's forwarder. An external runtime gets loopback only.
+    Egress(crate::Stack),
 }
 
 /// Resource limits of a step.
@@ -296,7 +301,7 @@ pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNames
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if network == Network::None {
+    if network != Network::Host {
         types.push(LinuxNamespaceType::Network);
     }
     if !nix::unistd::geteuid().is_root() {
@@ -315,9 +320,14 @@ pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNames
 
 /// The spec of one ftl build step: read-only root, tmpfs `/tmp`, proc, a
 /// minimal `/dev`, ftl's default seccomp profile, Docker's default
-/// capabilities, `noNewPrivileges`, and the given limits.
+/// capabilities but CAP_NET_RAW (no raw or packet sockets),
+/// `noNewPrivileges`, and the given limits.
 pub fn spec_for_step(step: &StepSpec) -> Spec {
-    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES.iter().copied().collect();
+    let caps: oci_spec::runtime::Capabilities = DEFAULT_CAPABILITIES
+        .iter()
+        .copied()
+        .filter(|c| *c != Capability::NetRaw)
+        .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -442,8 +452,14 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
             .uid_mappings(vec![map(uid)])
             .gid_mappings(vec![map(gid)]);
     }
+    let mut annotations = std::collections::HashMap::new();
+    if let Network::Egress(stack) = step.network {
+        annotations.insert(crate::NETWORK.to_string(), "egress".to_string());
+        annotations.insert(crate::NETWORK_STACK.to_string(), stack.name().to_string());
+    }
     SpecBuilder::default()
         .version("1.0.2")
+        .annotations(annotations)
         .root(
             RootBuilder::default()
                 .path(step.rootfs.clone())
