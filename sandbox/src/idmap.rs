@@ -186,3 +186,37 @@ pub fn bind_idmapped(source: &Path, target: &Path, ns: &UserNs) -> Result<(), Sa
     }
     Ok(())
 }
+
+/// A detached clone of `source` without an idmap (see `idmapped_tree`).
+pub(crate) fn plain_tree(source: &CStr, recursive: bool) -> Result<OwnedFd, SandboxError> {
+    let rec = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: open_tree on a NUL-terminated path.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            source.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | rec,
+        )
+    };
+    if fd < 0 {
+        return Err(SandboxError::sys(
+            format!("open_tree of {}", source.to_string_lossy()),
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// An error and its sources on one line.
+pub(crate) fn chain(e: &SandboxError) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

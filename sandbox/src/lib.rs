@@ -20,6 +20,7 @@ pub mod cli;
 mod error;
 mod external;
 pub mod idmap;
+mod net;
 mod runtime;
 mod sandbox;
 pub mod seccomp;
@@ -36,6 +37,9 @@ pub use cgroup::Cgroup;
 pub const REMOVE_ON_EXIT: &str = "dev.ftl.remove-on-exit";
 pub use error::SandboxError;
 pub use external::ExternalRuntime;
+pub use net::{
+    connect_in_netns, stack_available, Stack, BLOCKED_V4, BLOCKED_V6, NETWORK, NETWORK_STACK,
+};
 pub use sandbox::{Outcome, RunRequest, Running, Sandbox, Source, Stdio};
 pub use spec::{
     default_mounts, default_namespaces, example_spec, load_bundle, parse_config, spec_for_step,

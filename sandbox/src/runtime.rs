@@ -156,6 +156,9 @@ pub(crate) struct Plan {
     pub(crate) die_with_parent: bool,
     /// Idmap the root filesystem ([`crate::ROOTFS_IDMAP`]).
     idmap_rootfs: bool,
+    /// A user-mode network stack to attach to the new network namespace
+    /// before the init is released (`net::prepare`).
+    pub(crate) egress: Option<crate::net::Egress>,
 }
 
 fn cstr(s: impl AsRef<OsStr>, field: &str) -> Result<CString, SandboxError> {
@@ -881,6 +884,7 @@ impl Plan {
             resources: linux.resources().clone(),
             die_with_parent: false,
             idmap_rootfs,
+            egress: None,
         })
     }
 
@@ -1044,6 +1048,8 @@ pub(crate) struct ChildIo {
 pub(crate) struct Child {
     pub(crate) pid: libc::pid_t,
     pub(crate) pidfd: OwnedFd,
+    /// The network stack of an egress container: stopped when dropped.
+    pub(crate) net: Option<crate::net::Attached>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
@@ -1169,7 +1175,11 @@ pub(crate) fn launch(
         kill_and_reap(pid);
         return Err(SandboxError::sys("pidfd_open", e));
     };
-    let child = Child { pid, pidfd };
+    let mut child = Child {
+        pid,
+        pidfd,
+        net: None,
+    };
     let fail = |e: SandboxError| {
         kill_and_reap(pid);
         e
@@ -1210,6 +1220,9 @@ pub(crate) fn launch(
                 source,
             })
         })?;
+    }
+    if let Some(egress) = &plan.egress {
+        child.net = Some(egress.attach(pid).map_err(fail)?);
     }
     // Release the child.
     nix::unistd::write(&go_w, &[1])
@@ -1308,11 +1321,28 @@ fn idmapped_trees(plan: &Plan, pid: libc::pid_t) -> Result<Vec<OwnedFd>, Sandbox
         .map_err(|e| SandboxError::sys("opening the container's user namespace", e))?;
     let mut trees = Vec::new();
     if plan.idmap_rootfs {
-        trees.push(idmapped_tree(&plan.rootfs_src, true, ns.as_raw_fd())?);
+        let tree = match idmapped_tree(&plan.rootfs_src, true, ns.as_raw_fd()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!(error = %crate::idmap::chain(&e), "root filesystem bound without idmap");
+                crate::idmap::plain_tree(&plan.rootfs_src, true)?
+            }
+        };
+        trees.push(tree);
     }
     for m in &plan.mounts {
         if let (Some(rec), Some(src)) = (m.idmap, &m.source) {
-            trees.push(idmapped_tree(src, rec, ns.as_raw_fd())?);
+            // A tree holding a filesystem that cannot be idmapped (procfs
+            // under a recursive bind of `/`) is bound as it is: its files
+            // read as owned by nobody, as without idmap.
+            let tree = match idmapped_tree(src, rec, ns.as_raw_fd()) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(error = %crate::idmap::chain(&e), "bound without idmap");
+                    crate::idmap::plain_tree(src, rec)?
+                }
+            };
+            trees.push(tree);
         }
     }
     Ok(trees)
@@ -1555,9 +1585,15 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
                     }
                 }
                 if m.file {
+                    // O_EXCL: an existing file is left alone, even one the
+                    // container's root (in a user namespace) may not write.
                     let fd = libc::open(
                         m.target.as_ptr(),
-                        libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+                        libc::O_CREAT
+                            | libc::O_EXCL
+                            | libc::O_RDONLY
+                            | libc::O_CLOEXEC
+                            | libc::O_NOFOLLOW,
                         0o644,
                     );
                     if fd < 0 && errno() != libc::EEXIST && errno() != libc::EISDIR {

@@ -269,7 +269,15 @@ pub(crate) fn start(
         }
         state::remove(&opts.state_root, &opts.id);
     };
-    let mut plan = match Plan::new(spec, rootfs) {
+    let (egress_spec, egress) = match crate::net::prepare(spec, rootfs, &dir) {
+        Ok(Some((s, e))) => (Some(s), Some(e)),
+        Ok(None) => (None, None),
+        Err(e) => {
+            cleanup(None);
+            return Err(e);
+        }
+    };
+    let mut plan = match Plan::new(egress_spec.as_ref().unwrap_or(spec), rootfs) {
         Ok(p) => p,
         Err(e) => {
             cleanup(None);
@@ -277,6 +285,7 @@ pub(crate) fn start(
         }
     };
     plan.die_with_parent = opts.die_with_parent;
+    plan.egress = egress;
     if rootfs.canonicalize().is_ok_and(|r| r == Path::new("/")) {
         let at = dir.join("root");
         let r = std::fs::create_dir(&at)

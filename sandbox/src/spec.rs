@@ -126,6 +126,11 @@ pub enum Network {
     None,
     /// The host's network namespace.
     Host,
+    /// A new network namespace with egress through a user-mode network
+    /// stack (ftl's runtime: [`crate::NETWORK`]) that cannot reach the
+    /// host's loopback, link-local or private ranges. DNS goes to the
+    /// stack's forwarder. An external runtime gets loopback only.
+    Egress(crate::Stack),
 }
 
 /// Resource limits of a step.
@@ -491,7 +496,7 @@ pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNames
         LinuxNamespaceType::Mount,
         LinuxNamespaceType::Cgroup,
     ];
-    if network == Network::None {
+    if network != Network::Host {
         types.push(LinuxNamespaceType::Network);
     }
     if !nix::unistd::geteuid().is_root() {
@@ -510,7 +515,8 @@ pub fn default_namespaces(network: Network) -> Vec<oci_spec::runtime::LinuxNames
 
 /// The spec of one ftl build step: read-only root, tmpfs `/tmp`, proc, a
 /// minimal `/dev`, ftl's default seccomp profile, Docker's default
-/// capabilities, `noNewPrivileges`, and the given limits.
+/// capabilities but CAP_NET_RAW (no raw or packet sockets),
+/// `noNewPrivileges`, and the given limits.
 pub fn spec_for_step(step: &StepSpec) -> Spec {
     let caps: oci_spec::runtime::Capabilities = STEP_CAPABILITIES.iter().copied().collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
@@ -669,6 +675,10 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
         linux = linux
             .uid_mappings(vec![map(uid, 1)])
             .gid_mappings(vec![map(gid, 1)]);
+    }
+    if let Network::Egress(stack) = step.network {
+        annotations.insert(crate::NETWORK.to_string(), "egress".to_string());
+        annotations.insert(crate::NETWORK_STACK.to_string(), stack.name().to_string());
     }
     let mut spec = SpecBuilder::default()
         .version("1.0.2")

@@ -6,6 +6,9 @@
 //!   no-op rebuild+push latency of a small app (ms).
 //! - `python`: the four scenarios on testdata/python/flask.
 //! - `node`: the four scenarios on testdata/node/express.
+//! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
+//!   wheel set, on the host, in a sandboxed step on the host's network,
+//!   and in egress steps behind slirp4netns and pasta (as root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,13 +28,15 @@ pub fn main(args: &[String]) -> Result<()> {
         "push" => push(),
         "python" => python(),
         "node" => node(),
+        "net" => net(),
         "all" => {
             layers()?;
             push()?;
             python()?;
-            node()
+            node()?;
+            net()
         }
-        other => bail!("unknown benchmark {other:?}: layers, push, python, node, all"),
+        other => bail!("unknown benchmark {other:?}: layers, push, python, node, net, all"),
     }
 }
 
@@ -425,5 +430,150 @@ fn node() -> Result<()> {
     table.print(&format!(
         "node: testdata/node/express, medians of {runs} runs (whole `ftl build` process)"
     ));
+    Ok(())
+}
+
+/// Pinned wheels of about 67 MB (cp311, manylinux x86_64).
+const BIG_WHEELS: &str = "numpy==1.26.4\npandas==2.2.2\nscipy==1.13.1\n";
+
+/// `pip download` through each network a step can have, against the host.
+fn net() -> Result<()> {
+    use ftl_sandbox::{spec_for_step, BindMount, Network, RunRequest, Sandbox, Stack, StepSpec};
+    let work = tempfile::tempdir()?;
+    let reqs = work.path().join("reqs");
+    std::fs::create_dir_all(&reqs)?;
+    std::fs::copy(
+        root().join("testdata/python/flask/requirements.txt"),
+        reqs.join("flask.txt"),
+    )?;
+    std::fs::write(reqs.join("big.txt"), BIG_WHEELS)?;
+    // The host's interpreter by its real path (a pyenv shim needs more).
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("python3 on the host")?;
+    let python = String::from_utf8(out.stdout)?.trim().to_string();
+    let ca = "/etc/ssl/certs/ca-certificates.crt";
+    let pip = |req: &str, dest: &str| -> Vec<String> {
+        [
+            python.as_str(),
+            "-m",
+            "pip",
+            "download",
+            "--no-cache-dir",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            dest,
+            "-r",
+            req,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let env = [
+        "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
+        "HOME=/tmp".into(),
+        format!("PIP_CERT={ca}"),
+        format!("SSL_CERT_FILE={ca}"),
+    ];
+    let state = work.path().join("state");
+    let ways: [(&str, Option<Network>); 4] = [
+        ("host", None),
+        ("step, host network", Some(Network::Host)),
+        (
+            "step, egress slirp4netns",
+            Some(Network::Egress(Stack::Slirp4netns)),
+        ),
+        ("step, egress pasta", Some(Network::Egress(Stack::Pasta))),
+    ];
+    let runs = 3;
+    let mut rows: Vec<(String, &str, Vec<f64>)> = Vec::new();
+    for set in ["flask", "big"] {
+        for (name, _) in &ways {
+            rows.push((set.to_string(), name, Vec::new()));
+        }
+        // Interleaved, so that the network's ups and downs hit all alike.
+        for round in 0..runs {
+            for (k, (_, network)) in ways.iter().enumerate() {
+                let dest = work.path().join(format!("d-{set}-{k}-{round}"));
+                std::fs::create_dir_all(&dest)?;
+                let t = Instant::now();
+                match network {
+                    None => {
+                        let req = reqs.join(format!("{set}.txt"));
+                        let st = Command::new(&python)
+                            .args(
+                                &pip(&req.display().to_string(), &dest.display().to_string())[1..],
+                            )
+                            .env("PIP_CERT", ca)
+                            .status()?;
+                        if !st.success() {
+                            bail!("pip download on the host failed: {st}");
+                        }
+                    }
+                    Some(network) => {
+                        let mut step = StepSpec::new("/", pip(&format!("/reqs/{set}.txt"), "/out"));
+                        step.env = env.to_vec();
+                        step.network = *network;
+                        step.mounts = vec![
+                            BindMount {
+                                host: reqs.clone(),
+                                target: "/reqs".into(),
+                                writable: false,
+                            },
+                            BindMount {
+                                host: dest.clone(),
+                                target: "/out".into(),
+                                writable: true,
+                            },
+                        ];
+                        let req = RunRequest::from_spec(
+                            format!("bench-net-{set}-{k}-{round}"),
+                            "/",
+                            spec_for_step(&step),
+                        )
+                        .with_state_root(&state);
+                        let o = Sandbox::default().run(&req)?;
+                        if !o.success() {
+                            bail!(
+                                "pip download in a step ({network:?}) failed: {}",
+                                String::from_utf8_lossy(&o.stderr)
+                            );
+                        }
+                    }
+                }
+                let ms = t.elapsed().as_secs_f64() * 1e3;
+                let row = rows.len() - ways.len() + k;
+                rows[row].2.push(ms);
+            }
+        }
+    }
+    println!();
+    println!("pip download, median of {runs} interleaved runs (no cache; flask = testdata/python/flask, big = numpy+pandas+scipy, 67 MB)");
+    println!(
+        "{:<6} {:<26} {:>10} {:>14} {:>10}",
+        "set", "network", "median", "vs host", "vs step"
+    );
+    for set in ["flask", "big"] {
+        let med = |name: &str| {
+            rows.iter()
+                .find(|r| r.0 == set && r.1 == name)
+                .map(|r| median(r.2.clone()))
+                .unwrap_or(f64::NAN)
+        };
+        let (host, step) = (med("host"), med("step, host network"));
+        for (name, _) in &ways {
+            let m = med(name);
+            println!(
+                "{set:<6} {name:<26} {m:>7.0} ms {:>13.2}x {:>9.2}x",
+                m / host,
+                m / step
+            );
+        }
+    }
     Ok(())
 }

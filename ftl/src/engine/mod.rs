@@ -84,6 +84,27 @@ pub struct AppProcess {
     pub env: Vec<(String, String)>,
     pub cwd: String,
     pub user: Option<String>,
+    /// The port the app is started with in `PORT` and probed on: the
+    /// lowest TCP port of the image's `ExposedPorts`, else 8080 (as Cloud
+    /// Run and App Engine do).
+    pub port: u16,
+}
+
+/// `PORT` when an image declares none.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// The lowest TCP port of a config's `ExposedPorts` (`"8080/tcp"`, `"9000"`).
+fn declared_port(config: &serde_json::Value) -> Option<u16> {
+    config["config"]["ExposedPorts"]
+        .as_object()?
+        .keys()
+        .filter_map(|k| match k.split_once('/') {
+            Some((p, proto)) if proto.eq_ignore_ascii_case("tcp") => p.parse().ok(),
+            Some(_) => None,
+            None => k.parse().ok(),
+        })
+        .filter(|&p| p != 0)
+        .min()
 }
 
 /// How to verify a built image.
@@ -1097,6 +1118,7 @@ fn app_process(config: &serde_json::Value, spec: &VerifySpec) -> Result<AppProce
             .as_str()
             .filter(|s| !s.is_empty())
             .map(String::from),
+        port: declared_port(config).unwrap_or(DEFAULT_PORT),
     })
 }
 
@@ -1391,5 +1413,22 @@ impl Exec for SandboxExec {
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::declared_port;
+    use serde_json::json;
+
+    #[test]
+    fn verify_port_is_the_lowest_declared_tcp_port_else_none() {
+        let c = |ports: serde_json::Value| json!({"config": {"ExposedPorts": ports}});
+        assert_eq!(
+            declared_port(&c(json!({"9000/tcp": {}, "53/udp": {}, "8081": {}}))),
+            Some(8081)
+        );
+        assert_eq!(declared_port(&c(json!({"53/udp": {}}))), None);
+        assert_eq!(declared_port(&json!({"config": {}})), None);
     }
 }

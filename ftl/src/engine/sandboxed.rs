@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ftl_sandbox::{
-    spec_for_step, BindMount, ExternalRuntime, Network, RunRequest, Sandbox, Stdio, StepSpec,
+    spec_for_step, BindMount, ExternalRuntime, Network, RunRequest, Sandbox, Stack, Stdio, StepSpec,
 };
 
 use super::{AppProcess, CancelFlag, EngineError, StepRuntime, VerifyReport, VerifySpec};
@@ -90,9 +90,13 @@ impl SandboxRuntime {
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         step.cwd = request.cwd.clone();
-        step.network = match request.network {
-            StepNetwork::None => Network::None,
-            StepNetwork::Egress => Network::Host,
+        step.network = match (request.network, &self.sandbox) {
+            (StepNetwork::None, _) => Network::None,
+            (StepNetwork::Egress, Sandbox::Embedded) => Network::Egress(Stack::default()),
+            // An external runtime cannot start ftl's network stack: it
+            // gets the host's network, as it did before (runsc's own
+            // netstack stands between the step and the host there).
+            (StepNetwork::Egress, Sandbox::External(_)) => Network::Host,
         };
         step.mounts = request
             .mounts
@@ -183,12 +187,20 @@ impl StepRuntime for SandboxRuntime {
         check: &VerifySpec,
     ) -> Result<VerifyReport, EngineError> {
         let started = Instant::now();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .map_err(|e| {
-                EngineError::Internal(format!("no free loopback port for verification: {e}"))
-            })?;
+        // The app runs in a network namespace of its own, loopback only,
+        // and is probed from inside it: nothing of the image reaches the
+        // host's network, and its port cannot clash with the host's.
+        let embedded = matches!(self.sandbox, Sandbox::Embedded);
+        let port = if embedded {
+            app.port
+        } else {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| {
+                    EngineError::Internal(format!("no free loopback port for verification: {e}"))
+                })?
+        };
         let mut env: Vec<(String, String)> = app
             .env
             .iter()
@@ -199,7 +211,13 @@ impl StepRuntime for SandboxRuntime {
         let mut step = StepSpec::new(rootfs, app.args.clone());
         step.env = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         step.cwd = app.cwd.clone();
-        step.network = Network::Host;
+        // An external runtime's init pid is not the runtime's process: it
+        // keeps the host network and a free port there.
+        step.network = if embedded {
+            Network::None
+        } else {
+            Network::Host
+        };
         step.ids = Some(self.ids);
         if let Some(user) = &app.user {
             (step.uid, step.gid) = resolve_user(rootfs, user);
@@ -262,7 +280,18 @@ impl StepRuntime for SandboxRuntime {
             .map_err(|e| EngineError::Sandbox(e.to_string()))?;
         let deadline = Instant::now() + check.timeout;
         loop {
-            if let Some(status) = http_status(port, &check.path) {
+            let connect = |timeout| {
+                let addr = ([127, 0, 0, 1], port).into();
+                if embedded {
+                    ftl_sandbox::connect_in_netns(running.pid(), addr, timeout)
+                } else {
+                    TcpStream::connect_timeout(&addr, timeout)
+                }
+            };
+            if let Some(status) = connect(Duration::from_millis(200))
+                .ok()
+                .and_then(|s| http_status(s, &check.path))
+            {
                 let (out, err) = running.logs();
                 let _ = running.stop(Duration::from_secs(2));
                 let output_tail = tail(&out, &err, 20);
@@ -306,11 +335,9 @@ impl StepRuntime for SandboxRuntime {
     }
 }
 
-/// One plain HTTP/1.0 GET; the status code, or `None` if nothing answered.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-            .ok()?;
+/// One plain HTTP/1.0 GET on a connected stream; the status code, or
+/// `None` if nothing answered.
+fn http_status(mut s: TcpStream, path: &str) -> Option<u16> {
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
@@ -328,4 +355,89 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     }
     let line = std::str::from_utf8(&buf[..got]).ok()?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A busybox rootfs in `dir` (the sandbox's own tests use the same).
+    fn busybox_rootfs(dir: &Path) -> PathBuf {
+        let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.exists())
+            .expect("busybox is not installed: apt-get install -y busybox-static");
+        let rootfs = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        for applet in ["sh", "nc", "httpd", "mkdir", "echo"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        rootfs
+    }
+
+    fn verify(script: &str) -> (Result<VerifyReport, EngineError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(dir.path());
+        let runtime = SandboxRuntime {
+            sandbox: Sandbox::Embedded,
+            state_root: dir.path().join("state"),
+            detached: None,
+        };
+        let app = AppProcess {
+            args: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/bin".into())],
+            cwd: "/".into(),
+            user: None,
+            port: super::super::DEFAULT_PORT,
+        };
+        let check = VerifySpec {
+            command: None,
+            timeout: Duration::from_secs(20),
+            path: "/".into(),
+        };
+        (runtime.verify(&rootfs, &app, &check), dir)
+    }
+
+    const SERVE: &str =
+        "mkdir -p /tmp/www && echo ok > /tmp/www/index.html && exec httpd -f -h /tmp/www";
+
+    #[test]
+    fn verify_runs_without_the_host_network() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // The app reports the host's loopback by failing to start.
+        let script = format!(
+            "if nc -w 2 127.0.0.1 {port} </dev/null; then echo reached the host; exit 3; fi; {SERVE} -p $PORT"
+        );
+        let (report, _dir) = verify(&script);
+        let report = report.expect("verifies without reaching the host");
+        assert_eq!(report.status, Some(200), "{report:?}");
+        listener.set_nonblocking(true).unwrap();
+        assert!(
+            listener.accept().is_err(),
+            "the app reached the host's loopback"
+        );
+    }
+
+    #[test]
+    fn an_app_on_fixed_8080_verifies() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        // PORT is 8080 when the image declares no port: an app that ignores
+        // it and listens on 8080 answers where the probe looks, and a host
+        // service on 8080 (if any) is another namespace's.
+        let (report, _dir) = verify(&format!("{SERVE} -p 8080"));
+        assert_eq!(report.expect("verifies").status, Some(200));
+    }
 }
