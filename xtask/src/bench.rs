@@ -103,7 +103,7 @@ fn layers() -> Result<()> {
         inputs: dirs
             .iter()
             .map(|d| LayerInput::Tree {
-                from: d.clone(),
+                from: ftl::beneath::Beneath::root(d.clone()),
                 to: format!("/data{}", d.display()),
             })
             .collect(),

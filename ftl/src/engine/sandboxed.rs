@@ -387,6 +387,7 @@ mod tests {
             sandbox: Sandbox::Embedded,
             state_root: dir.path().join("state"),
             detached: None,
+            ids: ftl_sandbox::IdRange::DEFAULT,
         };
         let app = AppProcess {
             args: vec!["sh".into(), "-c".into(), script.into()],
