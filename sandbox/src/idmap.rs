@@ -126,7 +126,10 @@ impl UserNs {
         }
         if pid == 0 {
             // SAFETY: raw system calls only, then _exit.
+            // The child's copy of the write end must go, or the read
+            // never sees the parent close its own.
             unsafe {
+                libc::close(w.as_raw_fd());
                 let mut b = [0u8; 1];
                 libc::read(r.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, 1);
                 libc::_exit(0);
