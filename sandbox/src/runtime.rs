@@ -1528,6 +1528,10 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
             if raw_setresgid(0, 0, 0) != 0 || raw_setresuid(0, 0, 0) != 0 {
                 die(ctx, 22, 0, errno());
             }
+            // A change of credentials clears the parent-death signal.
+            if plan.die_with_parent {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
         }
         for (i, (fd, flag)) in plan.join.iter().enumerate() {
             if libc::setns(fd.as_raw_fd(), *flag) != 0 {
@@ -1859,6 +1863,11 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
         }
         if raw_setresuid(plan.uid, plan.uid, plan.uid) != 0 {
             die(ctx, 22, 0, errno());
+        }
+        // Cleared by the change of credentials: a step whose ftl is killed
+        // must not run on (holding its mounts) with nobody to stop it.
+        if plan.die_with_parent {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         }
         if let Some(caps) = &plan.caps {
             #[repr(C)]
