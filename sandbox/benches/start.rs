@@ -1,7 +1,8 @@
 //! Start-to-exit latency of `echo hi` in a busybox bundle: ftl's sandbox
 //! (library call and command line; a build step without network and with
-//! egress through slirp4netns and pasta), runsc (ptrace), runc and crun;
-//! medians of 30 runs. `cargo bench -p ftl-sandbox`.
+//! egress through slirp4netns and pasta, and with its output directory on a
+//! size-limited volume), runsc (ptrace), runc and crun; medians of 30 runs.
+//! `cargo bench -p ftl-sandbox`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -158,6 +159,56 @@ fn main() {
                     return Err(format!("unexpected outcome {o:?}"));
                 }
                 Ok(dt)
+            }),
+        ));
+    }
+    // A build step whose output directory is a 16 GiB volume (made,
+    // mounted, bound writable, unmounted and deleted around the step):
+    // what a size limit costs a step (root only).
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let rootfs = rootfs.clone();
+        let state = state.clone();
+        let dir = tmp.path().join("volumes");
+        std::fs::create_dir_all(&dir).unwrap();
+        runners.push((
+            "ftl step, 16 GiB output volume".into(),
+            Box::new(move |i| {
+                let out = dir.join(format!("out-{i}"));
+                let image = dir.join(format!(".out-{i}.img"));
+                let t = Instant::now();
+                let volume = ftl_sandbox::volume::Volume::create(&image, &out, 16 << 30)
+                    .map_err(|e| e.to_string())?;
+                let mut step = StepSpec::new(&rootfs, ["echo", "hi"]);
+                step.mounts.push(ftl_sandbox::BindMount {
+                    host: out.clone(),
+                    target: "/out".into(),
+                    writable: true,
+                });
+                let req =
+                    RunRequest::from_spec(format!("bench-vol-{i}"), &rootfs, spec_for_step(&step))
+                        .with_state_root(&state);
+                let o = Sandbox::default().run(&req).map_err(|e| e.to_string())?;
+                drop(volume);
+                let dt = t.elapsed();
+                if o.stdout != b"hi\n" {
+                    return Err(format!("unexpected outcome {o:?}"));
+                }
+                Ok(dt)
+            }),
+        ));
+        let dir = tmp.path().join("volumes-alone");
+        std::fs::create_dir_all(&dir).unwrap();
+        runners.push((
+            "16 GiB volume alone".into(),
+            Box::new(move |i| {
+                let out = dir.join(format!("out-{i}"));
+                let image = dir.join(format!(".out-{i}.img"));
+                let t = Instant::now();
+                let volume = ftl_sandbox::volume::Volume::create(&image, &out, 16 << 30)
+                    .map_err(|e| e.to_string())?;
+                drop(volume);
+                Ok(t.elapsed())
             }),
         ));
     }

@@ -27,6 +27,7 @@ pub mod seccomp;
 mod spec;
 pub mod state;
 mod syscalls;
+pub mod volume;
 
 pub use cgroup::Cgroup;
 

@@ -410,6 +410,58 @@ fn a_step_cannot_write_past_its_tmp_size() {
     assert!(!t.contains("rc=0"), "{out:?}");
 }
 
+/// A writable mount on a volume ([`ftl_sandbox::volume`]) is idmapped like
+/// any bind, and a step that writes past the volume's size gets ENOSPC
+/// there: the host's disk holds no more than the volume. Unmounted when
+/// dropped, with no loop device left.
+#[test]
+fn a_step_cannot_write_past_a_volume() {
+    if !common::is_root() {
+        return;
+    }
+    let fx = Fixture::new();
+    let out_dir = fx.dir.path().join("out");
+    let image = fx.dir.path().join(".out.img");
+    let volume = ftl_sandbox::volume::Volume::create(&image, &out_dir, 32 << 20).unwrap();
+    let out = run_with(
+        &fx,
+        "echo x > /out/made && stat -c %u /out/made; \
+         dd if=/dev/zero of=/out/big bs=1M count=256 2>&1; echo rc=$?",
+        |s| {
+            s.mounts.push(ftl_sandbox::BindMount {
+                host: out_dir.clone(),
+                target: "/out".into(),
+                writable: true,
+            })
+        },
+    );
+    let t = text(&out.stdout);
+    assert!(t.starts_with("0\n"), "{out:?}");
+    assert!(
+        t.contains("No space left") && !t.contains("rc=0"),
+        "{out:?}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let on_disk = std::fs::metadata(&image).unwrap().blocks() * 512;
+    assert!(on_disk <= 32 << 20, "{on_disk}");
+    let usage = ftl_sandbox::volume::usage(&out_dir).unwrap();
+    assert!(usage.is_full(), "{usage:?}");
+    assert_eq!(
+        std::fs::metadata(out_dir.join("made")).unwrap().uid(),
+        0,
+        "written as host root through the idmap"
+    );
+    drop(volume);
+    assert!(!image.exists() && !out_dir.exists());
+    let backing: Vec<String> = std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
+        .filter(|b| b.contains(&*fx.dir.path().to_string_lossy()))
+        .collect();
+    assert!(backing.is_empty(), "{backing:?}");
+}
+
 /// Raw and packet sockets need `CAP_NET_RAW`, which steps do not get.
 #[test]
 fn a_step_cannot_open_a_raw_socket() {
