@@ -133,6 +133,12 @@ pub struct BuildArgs {
     #[arg(long, help_heading = "Cache")]
     pub no_cache: bool,
 
+    /// Share package managers' caches (npm's, Maven's repository) only with
+    /// builds of the same scope: one per team or repository on a shared CI
+    /// machine [default: the machine's one scope].
+    #[arg(long, value_name = "NAME", help_heading = "Cache")]
+    pub cache_scope: Option<String>,
+
     /// The local cache directory [default: $FTL_CACHE_DIR, else ~/.cache/ftl].
     #[arg(long, value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
@@ -388,6 +394,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         no_cache: args.no_cache,
         verify,
         cancel: Default::default(),
+        cache_scope: args.cache_scope.clone(),
     };
     let progress = Arc::new(Progress::new(args.quiet || args.json));
     let result = engine.build(&req, progress.clone()).await;

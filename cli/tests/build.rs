@@ -473,6 +473,45 @@ fn same_dir_gives_same_digest_and_a_golden_app_layer() {
 /// Rule 3 of the design: a cache key names everything that changes the
 /// layer. After each change, a build with a warm local cache gives the
 /// same app layer as a build on a machine that never saw the app.
+/// Verification's root is an overlay of the image over the shared base
+/// rootfs. Made of idmapped layers for the step's unprivileged root, its
+/// upper layer was idmapped too, which overlayfs cannot create its work
+/// directory in: it mounted the whole root read-only, and an app that
+/// writes below its own directory failed verification.
+#[test]
+fn verification_runs_the_image_on_a_writable_root_and_leaves_the_base_alone() {
+    let rig = rig();
+    let (_tmp, dir) = app(Some("writable-root"));
+    let cache = tempfile::tempdir().unwrap();
+    let base = rig.base("python");
+    let script = "echo written > /etc/ftl-verify-wrote && mkdir -p /srv/new && \
+                  echo changed >> /etc/os-release && grep -q written /etc/ftl-verify-wrote";
+    let r = build(
+        cache.path(),
+        &dir,
+        &base,
+        &rig.image("gen/writable-root:v1"),
+        &["--verify-cmd", &format!("/bin/sh -c '{script}'")],
+    )
+    .report();
+    assert!(r["verify"].is_object(), "{r:#}");
+    // What the app wrote stayed in its overlay: the cached base rootfs,
+    // shared by every build, is as it was.
+    for rootfs in std::fs::read_dir(cache.path().join("rootfs"))
+        .unwrap()
+        .flatten()
+    {
+        if !rootfs.file_type().unwrap().is_dir()
+            || rootfs.file_name().to_string_lossy().starts_with('.')
+        {
+            continue;
+        }
+        let os_release = std::fs::read_to_string(rootfs.path().join("etc/os-release")).unwrap();
+        assert!(!os_release.contains("changed"), "{os_release}");
+        assert!(!rootfs.path().join("etc/ftl-verify-wrote").exists());
+    }
+}
+
 #[test]
 fn a_warm_cache_gives_the_same_layer_as_a_cold_one() {
     use std::os::unix::fs::PermissionsExt;

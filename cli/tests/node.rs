@@ -649,6 +649,113 @@ fn a_postinstall_cannot_swap_node_modules_for_a_host_dir() {
     assert_token_nowhere(rig, cache.path(), SECRET);
 }
 
+/// Every regular file of a shared npm cache, with whether it is an entry
+/// of `_cacache/content-v2` whose content hashes to its name.
+fn shared_npm_cache_files(cache: &Path) -> Vec<(PathBuf, bool)> {
+    use sha2::Digest;
+    let root = cache.join("persistent/node-package-cache");
+    let content = root.join("npm/_cacache/content-v2");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(e.path());
+                continue;
+            }
+            let path = e.path();
+            let verified = path.strip_prefix(&content).ok().is_some_and(|rel| {
+                let mut parts = rel.iter().map(|c| c.to_string_lossy().into_owned());
+                let algorithm = parts.next().unwrap_or_default();
+                let name: String = parts.collect();
+                let data = std::fs::read(&path).unwrap();
+                match algorithm.as_str() {
+                    "sha512" => hex::encode(sha2::Sha512::digest(&data)) == name,
+                    "sha256" => hex::encode(sha2::Sha256::digest(&data)) == name,
+                    _ => false,
+                }
+            });
+            out.push((path, verified && t.is_file()));
+        }
+    }
+    out
+}
+
+/// Issue 10: the npm cache was one read-write directory for every build,
+/// so a build's code could plant files that the next build installs. A
+/// `gcp-build` script (the app's own code, run with the cache mounted)
+/// writes a file into the cache, adds an entry whose name is not the
+/// digest of its content, and overwrites every tarball the cache holds.
+/// None of it reaches the shared cache, and another app's build, whose
+/// `gcp-build` looks for all three, installs the real packages.
+#[test]
+fn a_build_cannot_plant_a_package_cache_file_for_the_next_build() {
+    let rig = rig();
+    let cache = ftl_test_support::owned_temp_dir("ftl-node-poison-").unwrap();
+    let base = rig.base("node-build");
+    let with_gcp_build = |script: &str| {
+        let (tmp, app) = copy_app("gcp-build");
+        let pj_path = app.join("package.json");
+        let mut pj: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&pj_path).unwrap()).unwrap();
+        pj["scripts"]["gcp-build"] = script.into();
+        std::fs::write(&pj_path, pj.to_string()).unwrap();
+        (tmp, app)
+    };
+
+    // A clean build fills the shared cache with what it downloaded, as
+    // content-addressed entries that verify.
+    rig.build(
+        cache.path(),
+        &testdata("gcp-build"),
+        &base,
+        &rig.image("node/poison-clean:e2e"),
+        &["--no-cache"],
+    )
+    .report();
+    let before = shared_npm_cache_files(cache.path());
+    assert!(before.len() >= 2, "ms and left-pad are cached: {before:?}");
+    assert!(before.iter().all(|(_, ok)| *ok), "{before:?}");
+
+    let fake = format!("_cacache/content-v2/sha512/ab/cd/{}", "ef".repeat(62));
+    let attack = format!(
+        "c=\"$npm_config_cache\"; echo PLANTED > \"$c/planted.js\" && \
+         mkdir -p \"$(dirname \"$c/{fake}\")\" && echo PLANTED > \"$c/{fake}\" && \
+         find \"$c/_cacache/content-v2\" -type f -exec sh -c 'echo PLANTED > \"$1\"' _ {{}} \\; && \
+         grep -rlq PLANTED \"$c\" && node build.js"
+    );
+    let (_a, attacker) = with_gcp_build(&attack);
+    rig.build(
+        cache.path(),
+        &attacker,
+        &base,
+        &rig.image("node/poison-attacker:e2e"),
+        &["--no-cache"],
+    )
+    .report();
+    let after = shared_npm_cache_files(cache.path());
+    assert_eq!(
+        after, before,
+        "the attacker's build changed the shared cache"
+    );
+
+    let probe =
+        "c=\"$npm_config_cache\"; if [ -e \"$c/planted.js\" ] || grep -rlq PLANTED \"$c\"; \
+                 then echo POISONED-CACHE; exit 3; fi; node build.js";
+    let (_v, victim) = with_gcp_build(probe);
+    let r = rig
+        .build(
+            cache.path(),
+            &victim,
+            &base,
+            &rig.image("node/poison-victim:e2e"),
+            &["--no-cache", "--verify"],
+        )
+        .report();
+    assert_eq!(r["verify"]["status"], 200, "{r:#}");
+}
+
 #[test]
 fn yarn_lock_installs_with_the_base_yarn() {
     let rig = rig();

@@ -252,17 +252,48 @@ pub trait Exec: Send + Sync {
         let _ = (label, took);
     }
 
-    /// A host directory that persists across builds on this machine (under
-    /// the ftl cache directory), created if missing, for a build tool's own
-    /// cache that a step mounts read-write (Maven's local repository, npm's
-    /// cache). `name` is `[A-Za-z0-9._-]+`; plugins prefix it with their id.
-    /// Its contents must never decide a layer's key: a layer built with it
-    /// must equal one built without it.
+    /// A host directory that persists across builds of this cache scope on
+    /// this machine (under the ftl cache directory), created if missing.
+    /// Only ftl and code the plugin trusts may write it (the warm
+    /// compiler's state); a step that runs a package's code mounts it
+    /// read-only, or uses a [`Exec::package_cache`] instead. `name` is
+    /// `[A-Za-z0-9._-]+`; plugins prefix it with their id. Its contents must
+    /// never decide a layer's key: a layer built with it must equal one
+    /// built without it.
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         Err(PluginError::new(format!(
             "no persistent directory `{name}` in this context"
         )))
     }
+
+    /// A package manager's cache (npm's, Maven's local repository) for the
+    /// steps of this build to mount read-write: this build's own view of
+    /// the shared cache [`Exec::persistent_dir`]`(name)`. What the steps
+    /// write stays in the view; after the build's steps succeed, ftl adds
+    /// to the shared cache only what `trust` lets through, and never
+    /// replaces a file of it. So no build can change what another build's
+    /// steps read from the cache. The same path for every call of a build.
+    fn package_cache(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        let _ = trust;
+        Err(PluginError::new(format!(
+            "no package cache `{name}` in this context"
+        )))
+    }
+}
+
+/// What of a build's writes to a [package cache](Exec::package_cache) may
+/// reach later builds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheTrust {
+    /// Files below `dir` (relative to the cache) whose path names the
+    /// digest of their content, `dir/<sha512|sha256>/<hex, in any number of
+    /// parts>` (npm's cacache: `_cacache/content-v2`), each kept only when
+    /// its content hashes to that name. Nothing else is kept.
+    ContentAddressed { dir: &'static str },
+    /// New files, never a changed one. Only for a cache whose name is
+    /// private to one project (its scope's builds of other projects never
+    /// read it), since what a step adds is not checked.
+    AddOnly,
 }
 
 /// Everything a plugin sees while planning.

@@ -175,8 +175,15 @@ fn memory_bomb_is_stopped_and_reported() {
             ..Limits::default()
         }
     });
-    assert!(out.oom_killed, "{out:?}");
-    assert_eq!(out.signal, Some(9), "{out:?}");
+    if common::is_root() || out.oom_killed {
+        assert!(out.oom_killed, "{out:?}");
+        assert_eq!(out.signal, Some(9), "{out:?}");
+    } else {
+        // Without a cgroup of its own (a user on cgroup v1), the memory
+        // limit is RLIMIT_AS: the allocation fails and the shell says so.
+        assert_ne!(out.code, Some(0), "{out:?}");
+        assert!(text(&out.stderr).contains("out of memory"), "{out:?}");
+    }
 }
 
 #[test]
@@ -573,10 +580,33 @@ fn our_stacks() -> Vec<u32> {
         .collect()
 }
 
-/// Every combination of stack and user namespace.
+/// Whether this caller can give a step egress: the stacks open
+/// `/dev/net/tun` in the step's namespaces, which a user can only where
+/// the device is world-writable (Debian's default; not on every machine).
+fn egress_possible() -> bool {
+    let ok = common::is_root()
+        || std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .is_ok();
+    if !ok {
+        eprintln!("not run: /dev/net/tun is not open to this user");
+    }
+    ok
+}
+
+/// Every combination of stack and user namespace. Not as root, a step
+/// always has a user namespace of the caller's ids, and a spec cannot map
+/// others: each stack once.
 fn each_egress(mut f: impl FnMut(Stack, bool)) {
+    let namespaces: &[bool] = if common::is_root() {
+        &[false, true]
+    } else {
+        &[false]
+    };
     for stack in STACKS {
-        for userns in [false, true] {
+        for &userns in namespaces {
             f(stack, userns);
         }
     }
@@ -612,7 +642,7 @@ fn nothing_accepted(l: &TcpListener) -> bool {
 
 #[test]
 fn an_egress_step_cannot_reach_host_loopback() {
-    if !common::is_root() {
+    if !egress_possible() {
         return;
     }
     let fx = Fixture::new();
@@ -671,7 +701,7 @@ fn an_egress_step_cannot_reach_host_loopback() {
 
 #[test]
 fn an_egress_step_cannot_reach_private_ranges() {
-    if !common::is_root() {
+    if !egress_possible() {
         return;
     }
     let fx = Fixture::new();
@@ -727,7 +757,7 @@ fn an_egress_step_cannot_reach_private_ranges() {
 
 #[test]
 fn an_egress_step_cannot_sniff_another_steps_traffic() {
-    if !common::is_root() {
+    if !egress_possible() {
         return;
     }
     let fx = Fixture::new();
@@ -784,7 +814,7 @@ fn an_egress_step_cannot_sniff_another_steps_traffic() {
 
 #[test]
 fn an_egress_step_reaches_a_package_index() {
-    if !common::is_root() {
+    if !egress_possible() {
         return;
     }
     let fx = Fixture::new();

@@ -123,9 +123,72 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(Command::new(cargo)
+    let suite = run(Command::new(cargo).current_dir(root()).args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+    ]));
+    let as_user = containment_as_user();
+    suite.and(as_user)
+}
+
+/// As root, runs the sandbox's containment tests once more as an
+/// unprivileged user (`nobody`, no capabilities): ftl's steps must hold
+/// there too. The test binary and the probe's source are copied to a
+/// directory that user can read, whatever the checkout's permissions.
+fn containment_as_user() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("containment tests: ran as this user only (not root)");
+        return Ok(());
+    }
+    let out = Command::new(env!("CARGO"))
         .current_dir(root())
-        .args(["test", "--workspace", "--no-fail-fast"]))
+        .args([
+            "test",
+            "-p",
+            "ftl-sandbox",
+            "--test",
+            "containment",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .output()
+        .context("cannot build the containment tests")?;
+    if !out.status.success() {
+        bail!("building the containment tests failed");
+    }
+    let binary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "containment")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .context("cargo named no containment test binary")?;
+    let dir = tempfile::Builder::new()
+        .prefix("ftl-containment-as-user-")
+        .tempdir()?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777))?;
+    let bin = dir.path().join("containment");
+    std::fs::copy(&binary, &bin).with_context(|| format!("cannot copy {}", binary.display()))?;
+    let probe = dir.path().join("probe.c");
+    std::fs::copy(root().join("sandbox/tests/probe/probe.c"), &probe)?;
+    std::fs::set_permissions(&probe, std::fs::Permissions::from_mode(0o644))?;
+    eprintln!("containment tests as an unprivileged user (nobody):");
+    run(Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--",
+            "env",
+        ])
+        .arg(format!("HOME={}", dir.path().display()))
+        .arg(format!("TMPDIR={}", dir.path().display()))
+        .arg(format!("FTL_TEST_PROBE_C={}", probe.display()))
+        .arg(&bin)
+        .current_dir(dir.path()))
 }
 
 fn main() {
@@ -133,11 +196,12 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
+        Some("containment-as-user") => containment_as_user(),
         Some("bench") => bench::main(&args[1..]),
         Some("base-image") => base_image(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [APP_DIR] | test | bench [layers|push|noop|python|node|all]"
+                "usage: cargo xtask demo [APP_DIR] | test | containment-as-user | bench [layers|push|noop|python|node|all]"
             );
             std::process::exit(2);
         }

@@ -323,59 +323,16 @@ pub fn image_rootfs(
         std::fs::create_dir_all(d)
             .map_err(|e| EngineError::Internal(format!("cannot create {}: {e}", d.display())))?;
     }
-    // For a step whose root is an unprivileged host id, the overlay is made
-    // of idmapped views of its layers (the shared base rootfs is never
-    // chowned): the merged tree reads as owned by that root, and what the
-    // app writes lands on disk as host root's.
-    let mapped = match ids {
-        // SAFETY: geteuid has no preconditions.
-        Some(ids) if unsafe { libc::geteuid() } == 0 => Some(idmapped_layers(
-            &[&upper_layers, base_rootfs, &rw],
-            scratch,
-            ids,
-        )?),
-        _ => None,
+    let mount_error = match overlay(&[&upper_layers, base_rootfs], &rw, &merged, scratch, ids) {
+        Ok(()) => {
+            return Ok(ImageRootfs {
+                path: merged,
+                mounted: true,
+            })
+        }
+        Err(e @ OverlayError::Idmapped(_)) => return Err(EngineError::Sandbox(e.to_string())),
+        Err(OverlayError::Plain(e)) => e,
     };
-    let dirs: Vec<&Path> = match &mapped {
-        Some(m) => m.iter().map(|p| p.as_path()).collect(),
-        None => vec![&upper_layers, base_rootfs, &rw],
-    };
-    let opts = format!(
-        "lowerdir={}:{},upperdir={},workdir={}",
-        dirs[0].display(),
-        dirs[1].display(),
-        dirs[2].join("upper").display(),
-        dirs[2].join("work").display()
-    );
-    let c_target = std::ffi::CString::new(merged.as_os_str().as_encoded_bytes()).expect("no NUL");
-    let c_opts = std::ffi::CString::new(opts).expect("no NUL");
-    // SAFETY: plain mount(2) with valid NUL-terminated strings.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            c_target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            c_opts.as_ptr() as *const libc::c_void,
-        )
-    };
-    let mount_error = io::Error::last_os_error();
-    // The overlay holds its own references to its layers: the views go.
-    for p in mapped.iter().flatten() {
-        detach(p);
-    }
-    if rc == 0 {
-        return Ok(ImageRootfs {
-            path: merged,
-            mounted: true,
-        });
-    }
-    if mapped.is_some() {
-        return Err(EngineError::Sandbox(format!(
-            "cannot mount the verification overlay of idmapped layers at {}: {mount_error}",
-            merged.display()
-        )));
-    }
     tracing::debug!(error = %mount_error, "overlayfs unavailable; copying the base rootfs");
     let copy = scratch.join("copy");
     let status = std::process::Command::new("cp")
@@ -398,6 +355,89 @@ pub fn image_rootfs(
         path: copy,
         mounted: false,
     })
+}
+
+/// Why [`overlay`] failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OverlayError {
+    /// Overlayfs refused a plain mount (not available here, or not
+    /// permitted): a caller may fall back to a copy.
+    #[error("cannot mount an overlay: {0}")]
+    Plain(io::Error),
+    /// The overlay of idmapped views could not be made.
+    #[error("{0}")]
+    Idmapped(String),
+}
+
+/// Mounts at `merged` an overlay of `lowers` (top first) with the upper
+/// and work directories `rw/upper` and `rw/work`. With `ids` (and as
+/// root), the lower layers are idmapped views (under `scratch/idmap-N`;
+/// overlayfs cannot itself be idmapped), so that the shared trees, owned
+/// by host root and never chowned, read as owned by the step's root; the
+/// upper directory is the step's root's own, so what the step writes or
+/// copies up is its root's on disk too. (An idmapped upper layer does not
+/// work: overlayfs creates its work directory as the mounter, host root,
+/// whom the idmap cannot represent, and falls back to a read-only mount.)
+pub(crate) fn overlay(
+    lowers: &[&Path],
+    rw: &Path,
+    merged: &Path,
+    scratch: &Path,
+    ids: Option<&ftl_sandbox::IdRange>,
+) -> Result<(), OverlayError> {
+    let upper = rw.join("upper");
+    let mapped = match ids {
+        // SAFETY: geteuid has no preconditions.
+        Some(ids) if unsafe { libc::geteuid() } == 0 => {
+            std::os::unix::fs::chown(&upper, Some(ids.uid), Some(ids.gid)).map_err(|e| {
+                OverlayError::Idmapped(format!("cannot chown {}: {e}", upper.display()))
+            })?;
+            Some(
+                idmapped_layers(lowers, scratch, ids)
+                    .map_err(|e| OverlayError::Idmapped(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    let lower_dirs: Vec<&Path> = match &mapped {
+        Some(m) => m.iter().map(|p| p.as_path()).collect(),
+        None => lowers.to_vec(),
+    };
+    let lowerdir = lower_dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        rw.join("work").display()
+    );
+    let c_target = std::ffi::CString::new(merged.as_os_str().as_encoded_bytes()).expect("no NUL");
+    let c_opts = std::ffi::CString::new(opts).expect("no NUL");
+    // SAFETY: plain mount(2) with valid NUL-terminated strings.
+    let rc = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            c_target.as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            c_opts.as_ptr() as *const libc::c_void,
+        )
+    };
+    let mount_error = io::Error::last_os_error();
+    // The overlay holds its own references to its layers: the views go.
+    for p in mapped.iter().flatten() {
+        detach(p);
+    }
+    match (rc, mapped.is_some()) {
+        (0, _) => Ok(()),
+        (_, true) => Err(OverlayError::Idmapped(format!(
+            "cannot mount an overlay of idmapped layers at {}: {mount_error}",
+            merged.display()
+        ))),
+        (_, false) => Err(OverlayError::Plain(mount_error)),
+    }
 }
 
 /// Idmapped views of `dirs` under `scratch/idmap-N`, in order.
@@ -428,7 +468,7 @@ fn idmapped_layers(
     Ok(made)
 }
 
-fn detach(path: &Path) {
+pub(crate) fn detach(path: &Path) {
     if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
         // SAFETY: umount2 on a NUL-terminated path.
         unsafe {

@@ -4,7 +4,9 @@
 //! The engine knows no language: the caller hands it its plugins.
 
 mod base;
+mod package_cache;
 mod probe;
+pub use package_cache::Promoted;
 pub mod regcache;
 mod report;
 mod sandboxed;
@@ -166,6 +168,10 @@ pub struct BuildRequest {
     /// Set by the caller to stop the build: the sandboxed step running is
     /// killed and no other starts (a service's cancel).
     pub cancel: CancelFlag,
+    /// The package-cache scope of this build: builds with another scope
+    /// never read or write the same persistent package caches (`ftl serve`
+    /// sets the token's name); `None` is the machine's default scope.
+    pub cache_scope: Option<String>,
 }
 
 /// A build's cancellation, shared between the caller and the build.
@@ -391,6 +397,8 @@ impl Engine {
             steps: Mutex::new(Vec::new()),
             cancel: req.cancel.clone(),
             leases: Mutex::new(HashMap::new()),
+            scope_suffix: scope_suffix(req.cache_scope.as_deref()),
+            package_caches: Mutex::new(HashMap::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -487,6 +495,12 @@ impl Engine {
             }
         }
         probe_exec.flush_to_registry().await;
+        {
+            let exec = exec.clone();
+            tokio::task::spawn_blocking(move || exec.promote_package_caches())
+                .await
+                .map_err(join_err)?;
+        }
         let steps = std::mem::take(&mut *exec.steps.lock().expect("not poisoned"));
         self.finish(
             req,
@@ -1146,6 +1160,23 @@ pub(crate) struct SandboxExec {
     cancel: CancelFlag,
     /// Leases of the persistent directories this build uses, by name.
     leases: Mutex<HashMap<String, ftl_cache::dirs::Lease>>,
+    /// Appended to persistent directories' names: the build's cache scope.
+    scope_suffix: String,
+    /// This build's views of shared package caches, by name.
+    package_caches: Mutex<HashMap<String, package_cache::CacheView>>,
+}
+
+/// `""` for the default scope, else `~` and 16 hex digits of the scope's
+/// sha256 (any string names a scope; the directory name stays short).
+fn scope_suffix(scope: Option<&str>) -> String {
+    use sha2::Digest as _;
+    match scope {
+        None => String::new(),
+        Some(s) => format!(
+            "~{}",
+            &hex::encode(sha2::Sha256::digest(s.as_bytes()))[..16]
+        ),
+    }
 }
 
 /// A builder image's lazily unpacked rootfs and its config's env.
@@ -1403,16 +1434,56 @@ impl Exec for SandboxExec {
 
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         check_cache_name("persistent directory", name)?;
-        let dir = self.cache_dir.join("persistent").join(name);
+        let name = format!("{name}{}", self.scope_suffix);
+        let dir = self.cache_dir.join("persistent").join(&name);
         let mut leases = self.leases.lock().expect("not poisoned");
-        if !leases.contains_key(name) {
+        if let std::collections::hash_map::Entry::Vacant(e) = leases.entry(name) {
             let lease = ftl_cache::dirs::lease(&dir)
                 .map_err(|e| PluginError::new(crate::error_chain(&e)))?;
-            leases.insert(name.to_string(), lease);
+            e.insert(lease);
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
         Ok(dir)
+    }
+
+    fn package_cache(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        let shared = self.persistent_dir(name)?;
+        let mut views = self.package_caches.lock().expect("not poisoned");
+        if let Some(v) = views.get(name) {
+            return Ok(v.path().to_path_buf());
+        }
+        let ids = self.runtime.id_range();
+        let view = package_cache::CacheView::open(
+            &shared,
+            &self.cache_dir.join("tmp"),
+            trust,
+            ids.as_ref(),
+        )?;
+        let path = view.path().to_path_buf();
+        views.insert(name.to_string(), view);
+        Ok(path)
+    }
+}
+
+impl SandboxExec {
+    /// Adds to the shared package caches what this build's steps wrote
+    /// and their trust lets through, then drops the views. After the
+    /// build's steps succeeded only.
+    fn promote_package_caches(&self) {
+        let views = std::mem::take(&mut *self.package_caches.lock().expect("not poisoned"));
+        for (name, view) in views {
+            match view.promote() {
+                Ok(p) => tracing::debug!(
+                    cache = %name,
+                    files = p.files,
+                    bytes = p.bytes,
+                    refused = p.refused,
+                    "package cache: added what the build downloaded"
+                ),
+                Err(e) => tracing::warn!(cache = %name, error = %e, "package cache: nothing added"),
+            }
+        }
     }
 }
 

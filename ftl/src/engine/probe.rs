@@ -15,7 +15,9 @@ use serde_json::json;
 
 use super::{regcache, SandboxExec};
 use crate::key::CacheKey;
-use crate::plugin::{Exec, ExecOutput, ExecRequest, PluginError, StepNetwork, StepRoot};
+use crate::plugin::{
+    CacheTrust, Exec, ExecOutput, ExecRequest, PluginError, StepNetwork, StepRoot,
+};
 
 #[derive(Serialize, Deserialize)]
 struct Memo {
@@ -137,6 +139,10 @@ impl Exec for ProbeExec {
 
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         self.inner.persistent_dir(name)
+    }
+
+    fn package_cache(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        self.inner.package_cache(name, trust)
     }
 }
 

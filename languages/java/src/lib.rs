@@ -47,11 +47,12 @@
 //! toolchain is probed where Maven will run (JDK `release` file, Maven core
 //! jar and global settings hashes) and is part of the keys.
 //!
-//! The local Maven repository persists across builds on a machine
-//! (`<cache>/persistent/java-maven-repo`), mounted read-write into every
-//! Maven run: it makes rebuilds fast, but every build on the machine can
-//! write to it, so builds of mutually untrusted tenants (`ftl serve`)
-//! should get separate cache directories.
+//! The local Maven repository persists across builds of one project
+//! (`<cache>/persistent/java-maven-repo-<hash of groupId:artifactId>`,
+//! per cache scope). Each Maven run mounts the build's own view of it
+//! read-write; after a successful build the files it added are kept,
+//! never one it changed (`CacheTrust::AddOnly`), and no other project's
+//! build reads them.
 //!
 //! Settings (`--set name=value`):
 //!

@@ -21,8 +21,30 @@ use crate::pom;
 pub(crate) const WORK: &str = "/tmp/ftl-java";
 /// Where the persistent local Maven repository is mounted (read-write).
 pub(crate) const REPO: &str = "/tmp/ftl-m2";
-/// The persistent directory holding the local Maven repository.
+/// The persistent directories holding local Maven repositories, one per
+/// project ([`repo_dir`]).
 pub(crate) const REPO_DIR: &str = "java-maven-repo";
+
+/// The project's coordinates (`groupId:artifactId` of the root pom): the
+/// directory, not the coordinates, changes between `ftl serve` uploads.
+pub(crate) fn project_id(p: &crate::plan::MavenPlan) -> String {
+    let root_pom = p.poms.first();
+    format!(
+        "{}:{}",
+        root_pom.and_then(|p| p.group_id.as_deref()).unwrap_or(""),
+        root_pom.map(|p| p.artifact_id.as_str()).unwrap_or("")
+    )
+}
+
+/// The name of `project`'s local Maven repository. A repository is private
+/// to one project, since what a build's Maven run (its plugins and tests:
+/// the project's dependencies' code) adds to it is kept unchecked
+/// ([`ftl::CacheTrust::AddOnly`]): another project's build never reads it.
+pub(crate) fn repo_dir(project: &str) -> String {
+    let digest = ftl::sha256_tagged(project.as_bytes());
+    let hex = &digest["sha256:".len()..];
+    format!("{REPO_DIR}-{}", &hex[..16])
+}
 /// Any fixed instant: what jars Maven builds (project modules) carry.
 const OUTPUT_TIMESTAMP: &str = "1980-01-01T00:00:02Z";
 const SOURCE_DATE_EPOCH: &str = "315532802";
@@ -356,7 +378,7 @@ impl BuildStep for MavenStep {
         let p = &self.plan;
         let resources_rel = Path::new(&p.module).join("src/main/resources");
         let warm = match &p.warm_key {
-            Some(key) => crate::warm::Warm::new(ctx, key, &p.settings),
+            Some(key) => crate::warm::Warm::new(ctx, key, &p.settings, repo_dir(&project_id(p))),
             None => None,
         };
         if let (Some(w), [only]) = (&warm, wanted) {
@@ -382,7 +404,10 @@ impl BuildStep for MavenStep {
         }
         // The sandbox may run as another uid: everything writable.
         let _ = std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o777));
-        let repo = ctx.exec.persistent_dir(REPO_DIR)?;
+        let project = project_id(p);
+        let repo = ctx
+            .exec
+            .package_cache(&repo_dir(&project), ftl::CacheTrust::AddOnly)?;
         let out = ctx.exec.run(&self.request(work, &repo, wanted))?;
         if !out.success() {
             return Err(self.explain(&out));
@@ -397,14 +422,6 @@ impl BuildStep for MavenStep {
         let is_resource = |rel: &Path| resources.has(rel);
         if let Some(w) = &warm {
             let log = String::from_utf8_lossy(&out.stdout);
-            // The coordinates, not the directory: `ftl serve` unpacks
-            // each build of a project somewhere else.
-            let root_pom = p.poms.first();
-            let project = format!(
-                "{}:{}",
-                root_pom.and_then(|p| p.group_id.as_deref()).unwrap_or(""),
-                root_pom.map(|p| p.artifact_id.as_str()).unwrap_or("")
-            );
             let maven_src = Beneath::new(work, "src");
             if let Err(why) = w.record(ctx, &project, &log, &maven_src, &repo, &is_resource) {
                 tracing::debug!(%why, "this build cannot feed the warm javac");

@@ -355,6 +355,9 @@ pub(crate) struct Warm {
     builder: ftl::StepRoot,
     /// How long one compilation may take (`java.build_timeout`).
     timeout: Duration,
+    /// The project's local Maven repository ([`crate::step::repo_dir`]),
+    /// which the compiler mounts read-only.
+    repo: String,
 }
 
 fn io(what: &str, path: &Path, e: impl std::fmt::Display) -> String {
@@ -368,6 +371,7 @@ impl Warm {
         ctx: &StepContext<'_>,
         key: &str,
         settings: &crate::Settings,
+        repo: String,
     ) -> Option<Warm> {
         let name = format!("java-warm-{key}");
         let dir = ctx
@@ -381,6 +385,7 @@ impl Warm {
             idle: settings.warm_idle,
             builder: settings.builder.clone(),
             timeout: settings.build_timeout,
+            repo,
         })
     }
 
@@ -441,7 +446,7 @@ impl Warm {
         std::fs::write(&server, SERVER).map_err(|e| io("cannot write", &server, e))?;
         let repo = ctx
             .exec
-            .persistent_dir(crate::step::REPO_DIR)
+            .persistent_dir(&self.repo)
             .map_err(|e| e.to_string())?;
         let script = format!(
             // Niced: its start and warm-up (a second or two of CPU) yield
@@ -706,7 +711,7 @@ impl Warm {
         // The running compiler reads the Maven repository: leased for this
         // build like any step's, so `ftl cache gc` keeps it.
         ctx.exec
-            .persistent_dir(crate::step::REPO_DIR)
+            .persistent_dir(&self.repo)
             .map_err(|e| e.to_string())?;
         let conn = match self.connect() {
             Some(c) => c,
@@ -816,12 +821,15 @@ fn other_recipes(dir: &Path) -> Vec<(PathBuf, String)> {
     let Some(parent) = dir.parent() else {
         return Vec::new();
     };
+    // Recipes of this build's cache scope only (`java-warm-KEY~SCOPE`).
+    let scope = |name: &str| name.split_once('~').map(|(_, s)| s.to_string());
+    let own = scope(&dir.file_name().unwrap_or_default().to_string_lossy());
     std::fs::read_dir(parent)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| (e.path(), e.file_name().to_string_lossy().into_owned()))
-        .filter(|(p, name)| p != dir && name.starts_with("java-warm-"))
+        .filter(|(p, name)| p != dir && name.starts_with("java-warm-") && scope(name) == own)
         .collect()
 }
 

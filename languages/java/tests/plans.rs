@@ -89,8 +89,15 @@ impl Exec for FakeExec {
         Ok((self.maven)(request))
     }
 
+    fn package_cache(&self, name: &str, trust: ftl::CacheTrust) -> Result<PathBuf, PluginError> {
+        // One repository per project, whose additions are kept unchecked.
+        assert!(name.starts_with("java-maven-repo-"), "{name}");
+        assert_eq!(trust, ftl::CacheTrust::AddOnly);
+        Ok(self.repo.path().to_path_buf())
+    }
+
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
-        if name == "java-maven-repo" {
+        if name.starts_with("java-maven-repo-") {
             return Ok(self.repo.path().to_path_buf());
         }
         // The warm compiler's directory (a fake Maven logs no javac

@@ -154,12 +154,20 @@ impl InstallPlan {
     }
 
     /// The mounts every command of a step gets besides the app: the secret
-    /// npmrc and the package managers' download cache (kept across builds
-    /// on this machine when the engine offers a persistent directory; its
-    /// contents never change what is installed, only how fast).
+    /// npmrc and the package managers' download cache (this build's view of
+    /// a cache kept across builds on this machine, when the engine offers
+    /// one; its contents never change what is installed, only how fast).
+    /// Of what a build downloads, only npm's content-addressed tarballs
+    /// (`_cacache/content-v2`, checked against their digests) reach later
+    /// builds: `npm ci` reads a locked package from there by its
+    /// `integrity`, and fetches anything else (packuments, index entries)
+    /// again.
     fn mounts(&self, ctx: &StepContext<'_>) -> Result<Mounts, PluginError> {
         let secrets = self.secrets(ctx.scratch)?;
-        let cache = match ctx.exec.persistent_dir("node-package-cache") {
+        let trust = ftl::CacheTrust::ContentAddressed {
+            dir: "npm/_cacache/content-v2",
+        };
+        let cache = match ctx.exec.package_cache("node-package-cache", trust) {
             Ok(dir) => Some(ExecMount {
                 host: dir,
                 target: PKG_CACHE.into(),

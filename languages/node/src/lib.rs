@@ -15,10 +15,12 @@
 //! lockfile, npm resolves one in the sandbox and the layer is unpinned (its
 //! cache entry expires after the TTL).
 //!
-//! npm's (and yarn's) download cache is a persistent directory of the
-//! engine (`Exec::persistent_dir("node-package-cache")`), mounted read-write
-//! at `/ftl-package-cache`: it makes a dependency change download only
-//! what is new, and never decides a key.
+//! npm's (and yarn's) download cache is the build's view of a package
+//! cache of the engine (`Exec::package_cache("node-package-cache")`),
+//! mounted read-write at `/ftl-package-cache`: it makes a dependency change
+//! download only what is new, and never decides a key. Only npm's
+//! content-addressed tarballs that hash to their names reach later builds
+//! (`CacheTrust::ContentAddressed`).
 //!
 //! Not supported yet (each a clear error): local-path dependencies
 //! (`file:`), npm workspaces; a yarn.lock on a base without yarn. The

@@ -87,6 +87,17 @@ impl Exec for FakeNpm {
         std::fs::create_dir_all(&d).unwrap();
         Ok(d)
     }
+
+    fn package_cache(&self, name: &str, trust: ftl::CacheTrust) -> Result<PathBuf, PluginError> {
+        // Only npm's content-addressed tarballs may reach the next build.
+        assert_eq!(
+            trust,
+            ftl::CacheTrust::ContentAddressed {
+                dir: "npm/_cacache/content-v2"
+            }
+        );
+        self.persistent_dir(name)
+    }
 }
 
 fn files_of(input: &LayerInput) -> Vec<String> {

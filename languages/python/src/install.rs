@@ -385,10 +385,12 @@ impl BuildStep for DepsStep {
         let plan = &self.plan;
         let env = ctx.scratch.join("env");
         let work = ctx.scratch.join("work");
-        let pip_cache = ctx
-            .exec
-            .persistent_dir("python-pip-cache")
-            .unwrap_or_else(|_| work.join("pip-cache"));
+        // pip's cache stays with the build: its entries (HTTP responses
+        // keyed by URL, wheels built from sdists) cannot be checked, so a
+        // build's install code could plant one for the next build; and
+        // each distribution's layer is cached by its pin anyway, so a
+        // rebuild downloads only what it adds.
+        let pip_cache = work.join("pip-cache");
         for d in [&env, &work, &pip_cache] {
             std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
         }

@@ -118,7 +118,11 @@ pub fn install_probe(rootfs: &Path) {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let built = BUILT.get_or_init(|| {
         let gcc = require("gcc", "gcc libc6-dev");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c");
+        // `cargo xtask test` runs this suite again as an unprivileged
+        // user, with a copy of the source it can read.
+        let src = std::env::var_os("FTL_TEST_PROBE_C")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe/probe.c"));
         let out = std::env::temp_dir().join(format!("ftl-probe-{}", std::process::id()));
         let st = Command::new(gcc)
             .args(["-static", "-O1", "-o"])
