@@ -4,6 +4,7 @@
 //! The engine knows no language: the caller hands it its plugins.
 
 mod base;
+mod disk;
 mod package_cache;
 mod probe;
 pub use package_cache::Promoted;
@@ -32,6 +33,9 @@ use crate::plugin::*;
 use crate::source::SourceTree;
 
 pub use base::{BaseImage, RemoteBlobSource};
+pub use disk::{
+    human_bytes, reclaim as reclaim_volumes, DiskLimits, DEFAULT_CACHE_BYTES, DEFAULT_SCRATCH_BYTES,
+};
 pub use report::{BuildReport, LayerReport, LayerSource, StepRun, Timing, VerifyReport};
 pub use sandboxed::SandboxRuntime;
 
@@ -138,6 +142,8 @@ pub struct EngineSettings {
     /// How long entries of unpinned inputs live.
     pub unpinned_ttl: Duration,
     pub build_env: BuildEnv,
+    /// The size limits of the directories steps write.
+    pub disk: DiskLimits,
 }
 
 /// Where the image goes.
@@ -297,6 +303,11 @@ impl Engine {
         plugins: Vec<Arc<dyn LanguagePlugin>>,
     ) -> Result<Self, EngineError> {
         let cache = Cache::open(&settings.cache_dir)?;
+        // Volumes of builds that were killed.
+        let reclaimed = disk::reclaim(&settings.cache_dir);
+        if !reclaimed.is_empty() {
+            tracing::info!(count = reclaimed.len(), "removed volumes of killed builds");
+        }
         Ok(Engine {
             client,
             cache,
@@ -399,6 +410,9 @@ impl Engine {
             leases: Mutex::new(HashMap::new()),
             scope_suffix: scope_suffix(req.cache_scope.as_deref()),
             package_caches: Mutex::new(HashMap::new()),
+            disk: self.settings.disk,
+            bounds: disk::Bounds::default(),
+            cache_volumes: Mutex::new(Vec::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -598,15 +612,13 @@ impl Engine {
             let t = Instant::now();
             let results = tokio::task::spawn_blocking(
                 move || -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
-                    let scratch = tempfile::Builder::new()
-                        .prefix("step-")
-                        .tempdir_in(settings.cache_dir.join("tmp"))
-                        .map_err(|e| {
-                            EngineError::Internal(format!(
-                                "cannot create a scratch directory in {}: {e}",
-                                settings.cache_dir.display()
-                            ))
-                        })?;
+                    // The step's outputs live on a volume of their own.
+                    let scratch = disk::Scratch::new(
+                        &settings.cache_dir.join("tmp"),
+                        "step-",
+                        settings.disk.scratch_bytes,
+                        &exec.bounds,
+                    )?;
                     let ctx = StepContext {
                         source: &source,
                         base: &base_info,
@@ -1050,6 +1062,7 @@ impl Engine {
         let spec = spec.clone();
         let scratch_root = self.settings.cache_dir.join("tmp");
         let ids = runtime.id_range();
+        let limit = self.settings.disk.scratch_bytes;
         tokio::task::spawn_blocking(move || -> Result<VerifyReport, EngineError> {
             let scratch = tempfile::Builder::new()
                 .prefix("verify-")
@@ -1057,9 +1070,14 @@ impl Engine {
                 .map_err(|e| {
                     EngineError::Internal(format!("cannot create {}: {e}", scratch_root.display()))
                 })?;
+            // What the app writes to its root (the overlay's upper
+            // directory) goes to a volume of its own.
+            let rw = disk::verify_volume(scratch.path(), limit);
             let root = base::image_rootfs(&base_rootfs, &ours, scratch.path(), ids.as_ref())?;
             let result = runtime.verify(root.path(), &app, &spec);
             drop(root);
+            let result = result.map_err(|e| disk::explain_full_root(rw.as_ref(), e));
+            drop(rw);
             result
         })
         .await
@@ -1164,6 +1182,13 @@ pub(crate) struct SandboxExec {
     scope_suffix: String,
     /// This build's views of shared package caches, by name.
     package_caches: Mutex<HashMap<String, package_cache::CacheView>>,
+    /// The size limits of the directories steps write.
+    disk: DiskLimits,
+    /// Which of the directories steps write are size-limited.
+    bounds: disk::Bounds,
+    /// The persistent directories whose volumes this build mounted or
+    /// found mounted (unmounted by the last build out).
+    cache_volumes: Mutex<Vec<PathBuf>>,
 }
 
 /// `""` for the default scope, else `~` and 16 hex digits of the scope's
@@ -1396,20 +1421,16 @@ impl Exec for SandboxExec {
             )));
         }
         let (rootfs, req) = self.prepare(request)?;
+        let warnings = self.bounds.warnings(&req);
         self.observer.event(&Event::StepStarted(req.label.clone()));
         let t = Instant::now();
         let out = self.runtime.run(&rootfs, &req, &self.cancel);
-        self.step_done(&req.label, t.elapsed());
-        out
+        self.record_step(&req.label, t.elapsed(), warnings);
+        out.and_then(|out| self.bounds.check(&req, out))
     }
 
     fn step_done(&self, label: &str, took: Duration) {
-        self.observer
-            .event(&Event::StepFinished(label.to_string(), took));
-        self.steps.lock().expect("not poisoned").push(StepRun {
-            label: label.to_string(),
-            ms: took.as_millis() as u64,
-        });
+        self.record_step(label, took, Vec::new());
     }
 
     fn start_resident(
@@ -1437,13 +1458,14 @@ impl Exec for SandboxExec {
         let name = format!("{name}{}", self.scope_suffix);
         let dir = self.cache_dir.join("persistent").join(&name);
         let mut leases = self.leases.lock().expect("not poisoned");
-        if let std::collections::hash_map::Entry::Vacant(e) = leases.entry(name) {
+        if let std::collections::hash_map::Entry::Vacant(e) = leases.entry(name.clone()) {
             let lease = ftl_cache::dirs::lease(&dir)
                 .map_err(|e| PluginError::new(crate::error_chain(&e)))?;
             e.insert(lease);
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
+        self.limit_persistent(&name, &dir);
         Ok(dir)
     }
 
@@ -1459,8 +1481,18 @@ impl Exec for SandboxExec {
             &self.cache_dir.join("tmp"),
             trust,
             ids.as_ref(),
+            disk::unavailable()
+                .is_none()
+                .then_some(self.disk.cache_bytes),
         )?;
         let path = view.path().to_path_buf();
+        if view.limited() {
+            self.bounds.add(
+                &path,
+                disk::Kind::Cache(name.to_string()),
+                self.disk.cache_bytes,
+            );
+        }
         views.insert(name.to_string(), view);
         Ok(path)
     }
@@ -1484,6 +1516,88 @@ impl SandboxExec {
                 Err(e) => tracing::warn!(cache = %name, error = %e, "package cache: nothing added"),
             }
         }
+    }
+}
+
+impl SandboxExec {
+    fn record_step(&self, label: &str, took: Duration, warnings: Vec<String>) {
+        self.observer
+            .event(&Event::StepFinished(label.to_string(), took));
+        self.steps.lock().expect("not poisoned").push(StepRun {
+            label: label.to_string(),
+            ms: took.as_millis() as u64,
+            warnings,
+        });
+    }
+
+    /// Mounts the volume of the persistent directory `name` on `dir`
+    /// (leased by this build), once per build: what is written there (by
+    /// a step that mounts it, by the promotion of a package cache) is
+    /// limited to [`DiskLimits::cache_bytes`]. Where no volume can be
+    /// made, the directory stays as it is and steps that write to it say
+    /// so.
+    fn limit_persistent(&self, name: &str, dir: &Path) {
+        let mut mounted = self.cache_volumes.lock().expect("not poisoned");
+        if mounted.iter().any(|d| d == dir) {
+            return;
+        }
+        if let Some(why) = disk::unavailable() {
+            self.bounds.not_limited(why);
+            return;
+        }
+        let image = ftl_cache::dirs::volume_image(dir).expect("a named directory");
+        // Whatever the directory held before it was a volume is a cache's:
+        // it may go.
+        match ftl_sandbox::volume::mount_shared(&image, dir, self.disk.cache_bytes, true) {
+            Ok(_) => {
+                self.bounds.add(
+                    dir,
+                    disk::Kind::Cache(name.to_string()),
+                    self.disk.cache_bytes,
+                );
+                mounted.push(dir.to_path_buf());
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot mount a volume on {}: {}",
+                    dir.display(),
+                    crate::error_chain(&e)
+                );
+                tracing::warn!("{why}");
+                self.bounds.not_limited(why);
+            }
+        }
+    }
+}
+
+impl Drop for SandboxExec {
+    /// The last build out of a persistent directory unmounts its volume.
+    fn drop(&mut self) {
+        let leases = std::mem::take(&mut *self.leases.lock().expect("not poisoned"));
+        drop(leases);
+        let held: Vec<PathBuf> =
+            std::mem::take(&mut *self.cache_volumes.lock().expect("not poisoned"))
+                .into_iter()
+                .filter(|dir| !ftl_cache::dirs::unmount_if_unused(dir))
+                .collect();
+        if held.is_empty() {
+            return;
+        }
+        // Another build uses it, or a container being started elsewhere in
+        // this process still has a copy of this build's lease (a child has
+        // its parent's descriptors until it executes its program): tried
+        // again for a while, in the background. Whoever uses it last, or
+        // the next start of the engine, unmounts it otherwise.
+        std::thread::spawn(move || {
+            let mut held = held;
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
+                held.retain(|dir| !ftl_cache::dirs::unmount_if_unused(dir));
+                if held.is_empty() {
+                    return;
+                }
+            }
+        });
     }
 }
 

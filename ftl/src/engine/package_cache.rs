@@ -39,6 +39,9 @@ pub(crate) struct CacheView {
     shared: PathBuf,
     trust: CacheTrust,
     mounted: bool,
+    /// The size-limited volume holding the upper directory, if any
+    /// (unmounted after the overlay, before the directory goes).
+    volume: Option<ftl_sandbox::volume::Volume>,
     _dir: tempfile::TempDir,
 }
 
@@ -60,12 +63,15 @@ impl CacheView {
     /// A view of `shared` for one build, in a new directory below `tmp`.
     /// `ids`: the host ids a step's root maps to, when ftl runs as root
     /// (the overlay is then made of idmapped views, so that the shared
-    /// cache, owned by host root, reads as the step's root's).
+    /// cache, owned by host root, reads as the step's root's). `limit`:
+    /// the size of the volume the upper directory goes on, when ftl can
+    /// make one (what the build's steps may write to the view).
     pub(crate) fn open(
         shared: &Path,
         tmp: &Path,
         trust: CacheTrust,
         ids: Option<&ftl_sandbox::IdRange>,
+        limit: Option<u64>,
     ) -> Result<CacheView, PluginError> {
         std::fs::create_dir_all(tmp).map_err(|e| plugin_io("cannot create", tmp, e))?;
         let dir = tempfile::Builder::new()
@@ -73,6 +79,17 @@ impl CacheView {
             .tempdir_in(tmp)
             .map_err(|e| plugin_io("cannot create a directory in", tmp, e))?;
         let rw = dir.path().join("rw");
+        let volume = limit.and_then(|bytes| {
+            ftl_sandbox::volume::Volume::create(&dir.path().join(".rw.img"), &rw, bytes)
+                .map_err(|e| {
+                    tracing::warn!(
+                        error = %crate::error_chain(&e),
+                        cache = %shared.display(),
+                        "what steps write to the package cache is not size-limited"
+                    );
+                })
+                .ok()
+        });
         let (upper, work, merged) = (rw.join("upper"), rw.join("work"), dir.path().join("merged"));
         for d in [&upper, &work, &merged] {
             std::fs::create_dir_all(d).map_err(|e| plugin_io("cannot create", d, e))?;
@@ -88,6 +105,7 @@ impl CacheView {
                         shared: shared.to_path_buf(),
                         trust,
                         mounted: true,
+                        volume,
                         _dir: dir,
                     })
                 }
@@ -105,8 +123,14 @@ impl CacheView {
             shared: shared.to_path_buf(),
             trust,
             mounted: false,
+            volume: None,
             _dir: dir,
         })
+    }
+
+    /// Whether what steps write to the view is size-limited.
+    pub(crate) fn limited(&self) -> bool {
+        self.mounted && self.volume.is_some()
     }
 
     /// The directory steps mount read-write.
@@ -351,7 +375,8 @@ mod view_tests {
         std::fs::write(shared.join("index"), b"old index").unwrap();
         let trust = CacheTrust::ContentAddressed { dir: "content-v2" };
         let ids = ftl_sandbox::IdRange::DEFAULT;
-        let view = CacheView::open(&shared, &tmp.path().join("tmp"), trust, Some(&ids)).unwrap();
+        let view =
+            CacheView::open(&shared, &tmp.path().join("tmp"), trust, Some(&ids), None).unwrap();
         let new = cacache_path(b"new tarball");
         let fake = cacache_path(b"what the name says");
         as_step(
@@ -409,6 +434,7 @@ mod view_tests {
             &tmp.path().join("tmp"),
             CacheTrust::AddOnly,
             Some(&ids),
+            None,
         )
         .unwrap();
         as_step(

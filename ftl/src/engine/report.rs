@@ -79,6 +79,10 @@ pub struct BuildReport {
 pub struct StepRun {
     pub label: String,
     pub ms: u64,
+    /// What did not hold for this step as asked: a writable directory
+    /// whose size could not be limited, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// How long one phase took.

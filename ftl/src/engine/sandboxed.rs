@@ -27,6 +27,9 @@ pub struct SandboxRuntime {
     /// When ftl runs as root: the host ids the steps' root maps to
     /// (`--userns-range`, `--userns-user`; [`ftl_sandbox::IdRange::DEFAULT`]).
     pub ids: ftl_sandbox::IdRange,
+    /// The limits of every step and verification (memory, tasks, the
+    /// size of `/tmp`).
+    pub limits: ftl_sandbox::Limits,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -83,6 +86,7 @@ impl SandboxRuntime {
     fn step_spec(&self, rootfs: &Path, request: &ExecRequest) -> oci_spec::runtime::Spec {
         let mut step = StepSpec::new(rootfs, request.args.clone());
         step.ids = Some(self.ids);
+        step.limits = self.limits.clone();
         // The engine already merged the base env with the request's.
         step.env = request
             .env
@@ -219,6 +223,7 @@ impl StepRuntime for SandboxRuntime {
             Network::Host
         };
         step.ids = Some(self.ids);
+        step.limits = self.limits.clone();
         if let Some(user) = &app.user {
             (step.uid, step.gid) = resolve_user(rootfs, user);
         }
@@ -388,6 +393,7 @@ mod tests {
             state_root: dir.path().join("state"),
             detached: None,
             ids: ftl_sandbox::IdRange::DEFAULT,
+            limits: Default::default(),
         };
         let app = AppProcess {
             args: vec!["sh".into(), "-c".into(), script.into()],
