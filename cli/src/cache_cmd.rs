@@ -23,7 +23,8 @@ pub enum CacheCommand {
     /// Remove layer entries older than N days (and expired ones), the blobs
     /// no entry refers to, and unpacked base images and package caches
     /// (Maven's repository, npm's and pip's caches) unused for N days.
-    /// Directories a running build uses are kept.
+    /// Directories a running build uses are kept. Volumes that killed builds
+    /// left mounted are unmounted (and their scratch removed) whatever N.
     Gc {
         /// Keep what was used (entries: created) in the last N days.
         #[arg(long, value_name = "N")]
@@ -125,6 +126,8 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             let removed = cache.keys.gc(keep_secs)?;
             let keep: HashSet<String> = cache.keys.list()?.into_iter().map(|e| e.digest).collect();
             let freed = cache.blobs.retain(&keep)?;
+            // Volumes killed builds left: their scratch, cache mounts.
+            let reclaimed = ftl::engine::reclaim_volumes(&root);
             let mut dirs = Vec::new();
             let mut problems = Vec::new();
             for parent in DIR_KINDS.iter().map(|(sub, _)| root.join(sub)) {
@@ -146,11 +149,15 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                         "freed_blob_bytes": freed,
                         "removed_directories": dirs,
                         "freed_directory_bytes": dir_bytes,
+                        "reclaimed_volumes": reclaimed,
                         "problems": problems,
                     })
                 );
             } else {
                 println!("removed {} entries, freed {} bytes", removed.len(), freed);
+                for v in &reclaimed {
+                    println!("unmounted {} (left by a killed build)", v.display());
+                }
                 for d in &dirs {
                     println!("removed {} ({} bytes)", d.path.display(), d.bytes);
                 }

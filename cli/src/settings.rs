@@ -196,6 +196,55 @@ pub struct StepArgs {
     /// in /etc/subuid and /etc/subgid.
     #[arg(long, value_name = "USER")]
     pub userns_user: Option<String>,
+
+    /// How much a build step may write to its output directories (a
+    /// virtualenv, node_modules, Maven's work tree), and a verified app to
+    /// its root: each is a filesystem of this size that takes on disk only
+    /// what is written. Past it the step fails, naming the directory.
+    /// Needs root; otherwise the build report warns that it does not hold.
+    #[arg(long, value_name = "SIZE", default_value = "16G", value_parser = parse_size)]
+    pub step_disk: u64,
+
+    /// The size of a build step's /tmp, a tmpfs (memory: it counts toward
+    /// the step's memory limit).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub step_tmp: u64,
+
+    /// How much a build may write to each package cache it uses (npm's,
+    /// Maven's repository), and each cache kept across builds may hold.
+    /// Needs root, as --step-disk.
+    #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = parse_size)]
+    pub cache_disk: u64,
+}
+
+/// A size: bytes, or a number with K, M, G or T (powers of 1024; `GiB`,
+/// `GB` and `g` read the same), e.g. `512M`, `1.5G`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 512M, 16G or 1073741824"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "{text:?}: unknown unit {other:?} (use K, M, G or T)"
+            ))
+        }
+    };
+    let bytes = number * (1u64 << shift) as f64;
+    if !(1.0..1.8e19).contains(&bytes) {
+        return Err(format!("{text:?} is not a size ftl can use"));
+    }
+    Ok(bytes as u64)
 }
 
 impl StepArgs {
@@ -241,6 +290,10 @@ impl StepArgs {
                     host_proxy_env()
                 },
             },
+            disk: ftl::engine::DiskLimits {
+                scratch_bytes: self.step_disk,
+                cache_bytes: self.cache_disk,
+            },
         };
         let state_root = cache_dir.join("sandbox-state");
         // Containers of a build that was killed left cgroups and state.
@@ -260,6 +313,10 @@ impl StepArgs {
             state_root,
             detached,
             ids: self.id_range()?,
+            limits: ftl_sandbox::Limits {
+                tmp_bytes: self.step_tmp,
+                ..Default::default()
+            },
         });
         Ok(ftl::engine::Engine::new(
             registry.client()?,
@@ -267,5 +324,22 @@ impl StepArgs {
             runtime,
             crate::build::plugins(),
         )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("16G"), Ok(16 << 30));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("2t"), Ok(2 << 40));
+        assert!(parse_size("ten gigs").is_err());
+        assert!(parse_size("10X").is_err());
+        assert!(parse_size("0").is_err());
     }
 }
