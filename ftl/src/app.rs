@@ -122,6 +122,10 @@ impl BuildStep for FilesStep {
             })
             .collect())
     }
+
+    fn writes_scratch(&self) -> bool {
+        false
+    }
 }
 
 /// Appends an app layer of `paths` (relative to the source root) at `to` to

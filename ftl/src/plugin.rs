@@ -368,6 +368,14 @@ pub trait BuildStep: Send + Sync {
         wanted: &[usize],
         ctx: &StepContext<'_>,
     ) -> Result<Vec<(usize, LayerContents)>, PluginError>;
+
+    /// Whether the step writes to [`StepContext::scratch`] (by default,
+    /// yes). A step that only names files already on disk says no: the
+    /// engine then gives it a plain directory rather than a size-limited
+    /// volume, which costs a filesystem made and mounted (about 20 ms).
+    fn writes_scratch(&self) -> bool {
+        true
+    }
 }
 
 /// The files of one layer, described by where they come from.

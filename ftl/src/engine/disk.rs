@@ -311,6 +311,24 @@ impl<'a> Scratch<'a> {
         bytes: u64,
         bounds: &'a Bounds,
     ) -> Result<Scratch<'a>, EngineError> {
+        Self::made(parent, prefix, Some(bytes), bounds)
+    }
+
+    /// A plain scratch directory, for a step that does not write to it.
+    pub(crate) fn plain(
+        parent: &Path,
+        prefix: &str,
+        bounds: &'a Bounds,
+    ) -> Result<Scratch<'a>, EngineError> {
+        Self::made(parent, prefix, None, bounds)
+    }
+
+    fn made(
+        parent: &Path,
+        prefix: &str,
+        bytes: Option<u64>,
+        bounds: &'a Bounds,
+    ) -> Result<Scratch<'a>, EngineError> {
         let dir = tempfile::Builder::new()
             .prefix(prefix)
             .tempdir_in(parent)
@@ -320,12 +338,13 @@ impl<'a> Scratch<'a> {
                     parent.display()
                 ))
             })?;
-        let volume = match unavailable() {
-            Some(why) => {
+        let volume = match (bytes, unavailable()) {
+            (None, _) => None,
+            (Some(_), Some(why)) => {
                 bounds.not_limited(why);
                 None
             }
-            None => {
+            (Some(bytes), None) => {
                 let image = ftl_cache::dirs::volume_image(dir.path()).expect("a named directory");
                 match Volume::create(&image, dir.path(), bytes) {
                     Ok(v) => {
@@ -359,8 +378,16 @@ impl<'a> Scratch<'a> {
 
 impl Drop for Scratch<'_> {
     fn drop(&mut self) {
-        if self.volume.is_some() {
+        if let Some(v) = &self.volume {
             self.bounds.remove(self.dir.path());
+            if let Ok(u) = volume::usage(v.path()) {
+                tracing::debug!(
+                    dir = %v.path().display(),
+                    used = u.used(),
+                    limit = v.bytes(),
+                    "a step's scratch volume at its end"
+                );
+            }
         }
     }
 }

@@ -613,12 +613,17 @@ impl Engine {
             let results = tokio::task::spawn_blocking(
                 move || -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
                     // The step's outputs live on a volume of their own.
-                    let scratch = disk::Scratch::new(
-                        &settings.cache_dir.join("tmp"),
-                        "step-",
-                        settings.disk.scratch_bytes,
-                        &exec.bounds,
-                    )?;
+                    let tmp = settings.cache_dir.join("tmp");
+                    let scratch = if plan2.steps[step].writes_scratch() {
+                        disk::Scratch::new(
+                            &tmp,
+                            "step-",
+                            settings.disk.scratch_bytes,
+                            &exec.bounds,
+                        )?
+                    } else {
+                        disk::Scratch::plain(&tmp, "step-", &exec.bounds)?
+                    };
                     let ctx = StepContext {
                         source: &source,
                         base: &base_info,

@@ -774,10 +774,51 @@ impl Warm {
         }
         let out = ctx.scratch.join("warm-classes");
         let classes = project.join("target/classes");
-        std::fs::rename(&classes, &out).map_err(|e| io("cannot move", &classes, e))?;
+        move_tree(&classes, &out)?;
         // javac's output, read below the scratch directory without links.
         Ok(Beneath::new(ctx.scratch, "warm-classes"))
     }
+}
+
+/// Moves the directory `from` to `to`. Across filesystems (the warm
+/// compiler's directory and a step's scratch are size-limited volumes of
+/// their own), a copy of its directories and regular files, reached
+/// without links (anything else is refused), then `from` removed.
+fn move_tree(from: &Path, to: &Path) -> Result<(), String> {
+    match std::fs::rename(from, to) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() != std::io::ErrorKind::CrossesDevices => {
+            return Err(io("cannot move", from, e))
+        }
+        Err(_) => {}
+    }
+    let dir = Dir::open(from).map_err(|e| ftl::error_chain(&e))?;
+    let mut files = Vec::new();
+    let mut dirs = vec![PathBuf::new()];
+    dir.walk::<ftl::BeneathError>(&mut |rel, node| match node.kind {
+        Kind::Dir => {
+            dirs.push(rel.to_path_buf());
+            Ok(true)
+        }
+        Kind::File => {
+            files.push(rel.to_path_buf());
+            Ok(false)
+        }
+        _ => Err(ftl::BeneathError::WrongKind {
+            path: from.join(rel),
+            wanted: "directory or regular file",
+        }),
+    })
+    .map_err(|e| ftl::error_chain(&e))?;
+    for d in &dirs {
+        let at = to.join(d);
+        std::fs::create_dir_all(&at).map_err(|e| io("cannot create", &at, e))?;
+    }
+    for f in &files {
+        dir.copy_file(f, &to.join(f))
+            .map_err(|e| ftl::error_chain(&e))?;
+    }
+    remove_dir(from)
 }
 
 /// Removes a directory tree; a missing one is fine.
