@@ -9,11 +9,6 @@
 //! is using right now is never pulled from under it. A removed directory
 //! is first renamed aside, so a crash mid-removal leaves a `.trash-` entry
 //! (swept next time), never a half-deleted directory under its real name.
-//!
-//! A directory may be the mountpoint of a size-limited volume whose image
-//! is the sibling file `.<name>.img` ([`volume_image`]; the engine mounts
-//! it while a build uses the directory). Its size is the image's, and a
-//! sweep unmounts it and removes the image with the directory.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -62,94 +57,6 @@ pub fn lease(dir: &Path) -> Result<Lease, CacheError> {
         }
         stamp_now(&file);
         return Ok(Lease { _file: file });
-    }
-}
-
-/// The image file of the volume mounted on `dir`, when it is one: the
-/// sibling `.<name>.img`.
-pub fn volume_image(dir: &Path) -> Option<PathBuf> {
-    let name = dir.file_name()?.to_str()?;
-    Some(dir.with_file_name(format!(".{name}.img")))
-}
-
-/// The image of `dir`'s volume, if it has one.
-fn existing_image(dir: &Path) -> Option<PathBuf> {
-    volume_image(dir).filter(|p| p.is_file())
-}
-
-/// Bytes of the disk a file takes (a sparse image: what was written).
-fn allocated(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
-}
-
-/// Unmounts whatever is mounted on `dir` (lazily); not mounted is fine.
-fn unmount(dir: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: umount2 on a NUL-terminated path.
-    unsafe {
-        libc::umount2(c.as_ptr(), libc::MNT_DETACH);
-    }
-}
-
-/// The lease file of `dir`, opened (created if missing) and locked
-/// exclusively, when no build holds it.
-fn try_exclusive(dir: &Path) -> Result<Option<(File, bool)>, CacheError> {
-    let Some(lease_path) = lease_path(dir) else {
-        return Ok(None);
-    };
-    let (file, created) = match OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&lease_path)
-    {
-        Ok(f) => (f, true),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
-            OpenOptions::new()
-                .write(true)
-                .open(&lease_path)
-                .map_err(io_err(&lease_path))?,
-            false,
-        ),
-        Err(e) => return Err(io_err(&lease_path)(e)),
-    };
-    if file.try_lock().is_err() || !same_file(&file, &lease_path) {
-        return Ok(None);
-    }
-    Ok(Some((file, created)))
-}
-
-/// Unmounts the volume on `dir` if no build holds a lease on it (the
-/// caller dropped its own first). Returns whether nobody held it.
-pub fn unmount_if_unused(dir: &Path) -> bool {
-    match try_exclusive(dir) {
-        Ok(Some(_held)) => {
-            unmount(dir);
-            true
-        }
-        _ => false,
-    }
-}
-
-/// Unmounts the volumes of the directories under `parent` that no build
-/// holds (left mounted by a build that was killed). Returns them.
-pub fn unmount_unused(parent: &Path) -> Vec<PathBuf> {
-    subdirs(parent)
-        .into_iter()
-        .filter(|d| existing_image(d).is_some() && is_mountpoint(d))
-        .filter(|d| unmount_if_unused(d))
-        .collect()
-}
-
-/// Whether `dir` is on another filesystem than its parent.
-fn is_mountpoint(dir: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (fs::metadata(dir), dir.parent().map(fs::metadata)) {
-        (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
-        _ => false,
     }
 }
 
@@ -202,7 +109,7 @@ pub fn list(parent: &Path) -> Vec<DirUse> {
             });
             DirUse {
                 last_used: last_used(&dir, lease.as_ref()),
-                bytes: dir_bytes(&dir),
+                bytes: tree_bytes(&dir),
                 path: dir,
                 in_use,
             }
@@ -210,14 +117,6 @@ pub fn list(parent: &Path) -> Vec<DirUse> {
         .collect();
     out.sort_by_key(|d| d.last_used);
     out
-}
-
-/// The disk `dir` takes: its volume's image, or its files.
-fn dir_bytes(dir: &Path) -> u64 {
-    match existing_image(dir) {
-        Some(image) => allocated(&image),
-        None => tree_bytes(dir),
-    }
 }
 
 /// What [`sweep`] did: the directories it removed, and the entries it
@@ -260,23 +159,6 @@ pub fn sweep(parent: &Path, keep_secs: u64) -> Swept {
                     }
                 }
             }
-        } else if let Some(dir) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".img")) {
-            // The volume image of a directory removed by other means,
-            // removed with the lease held (a build makes the directory
-            // before the image, holding the lease).
-            let dir = parent.join(dir);
-            if !is_dir && !dir.exists() {
-                if let Ok(Some((_held, _))) = try_exclusive(&dir) {
-                    if !dir.exists() {
-                        if let Err(e) = fs::remove_file(&path) {
-                            out.problems.push(io_err(&path)(e));
-                        }
-                    }
-                    if let Some(lease) = lease_path(&dir) {
-                        let _ = fs::remove_file(lease);
-                    }
-                }
-            }
         } else if is_dir && name.starts_with(".trash-") {
             // Left by a sweep that crashed mid-removal.
             if let Err(e) = remove_tree(&path) {
@@ -312,9 +194,24 @@ fn sweep_one(dir: &Path, cutoff: SystemTime) -> Result<Option<DirUse>, CacheErro
     };
     // Opened (or created) and locked exclusively: no build uses it, and
     // none can start to until the lock is released.
-    let Some((file, created)) = try_exclusive(dir)? else {
-        return Ok(None);
+    let (file, created) = match OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&lease_path)
+    {
+        Ok(f) => (f, true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (
+            OpenOptions::new()
+                .write(true)
+                .open(&lease_path)
+                .map_err(io_err(&lease_path))?,
+            false,
+        ),
+        Err(e) => return Err(io_err(&lease_path)(e)),
     };
+    if file.try_lock().is_err() || !same_file(&file, &lease_path) {
+        return Ok(None);
+    }
     let used = last_used(dir, (!created).then_some(&file));
     let used_at = SystemTime::UNIX_EPOCH + Duration::from_secs(used);
     if used_at >= cutoff {
@@ -323,10 +220,6 @@ fn sweep_one(dir: &Path, cutoff: SystemTime) -> Result<Option<DirUse>, CacheErro
             let _ = file.set_modified(used_at);
         }
         return Ok(None);
-    }
-    let image = existing_image(dir);
-    if image.is_some() {
-        unmount(dir);
     }
     let trash = trash_name(dir);
     match fs::rename(dir, &trash) {
@@ -343,12 +236,8 @@ fn sweep_one(dir: &Path, cutoff: SystemTime) -> Result<Option<DirUse>, CacheErro
     // one and goes on with a fresh directory.
     let _ = fs::remove_file(&lease_path);
     drop(file);
-    let mut bytes = tree_bytes(&trash);
+    let bytes = tree_bytes(&trash);
     remove_tree(&trash)?;
-    if let Some(image) = image {
-        bytes = allocated(&image).max(bytes);
-        fs::remove_file(&image).map_err(io_err(&image))?;
-    }
     Ok(Some(DirUse {
         path: dir.to_path_buf(),
         bytes,
@@ -592,41 +481,6 @@ mod tests {
         assert!(d.exists());
         drop(held);
         assert_eq!(sweep(tmp.path(), 0).removed.len(), 1);
-    }
-
-    /// A directory backed by a volume image (`.NAME.img`, mounted on it
-    /// while used) counts the image's disk and goes with it; an image
-    /// whose directory is gone goes too.
-    #[test]
-    fn a_volume_backed_dir_is_sized_and_swept_with_its_image() {
-        let tmp = tempfile::tempdir().unwrap();
-        let d = tmp.path().join("pip");
-        fs::create_dir_all(&d).unwrap();
-        drop(lease(&d).unwrap());
-        let image = volume_image(&d).unwrap();
-        assert_eq!(image, tmp.path().join(".pip.img"));
-        let f = File::create(&image).unwrap();
-        f.set_len(1 << 30).unwrap();
-        std::io::Write::write_all(&mut &f, &[1u8; 65536]).unwrap();
-        f.sync_all().unwrap();
-        let listed = list(tmp.path());
-        assert_eq!(listed.len(), 1);
-        assert!(
-            (65536..1 << 20).contains(&listed[0].bytes),
-            "the image's allocated bytes, not its size: {listed:?}"
-        );
-        assert!(unmount_unused(tmp.path()).is_empty(), "nothing was mounted");
-        age(&d, 2 * 86_400);
-        let swept = sweep(tmp.path(), 86_400);
-        assert!(swept.problems.is_empty(), "{:?}", swept.problems);
-        assert_eq!(swept.removed.len(), 1);
-        assert!(swept.removed[0].bytes >= 65536);
-        assert!(!d.exists() && !image.exists());
-
-        fs::write(tmp.path().join(".gone.img"), b"x").unwrap();
-        assert!(sweep(tmp.path(), 86_400).problems.is_empty());
-        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().collect();
-        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -210,9 +210,9 @@ pub struct StepArgs {
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     pub step_tmp: u64,
 
-    /// How much a build may write to each package cache it uses (npm's,
-    /// Maven's repository), and each cache kept across builds may hold.
-    /// Needs root, as --step-disk.
+    /// How much a build may write to each package cache it uses (npm's
+    /// cache, Maven's repository; ftl keeps of it for later builds what it
+    /// can check). Needs root, as --step-disk.
     #[arg(long, value_name = "SIZE", default_value = "32G", value_parser = parse_size)]
     pub cache_disk: u64,
 }

@@ -1,33 +1,23 @@
 //! Size-limited directories for the writable mounts of a container.
 //!
 //! A bind mount of a host directory lets a container write until the
-//! host's filesystem is full. A volume is a directory that is the root of
-//! a filesystem of its own: ext4 in a sparse image file, on a loop device.
-//! A write past its size fails with `ENOSPC` inside the volume, and the
-//! host's disk holds at most its size, allocated as it is written (a fresh
-//! 16 GiB volume takes 4 MiB). ext4 takes idmapped mounts (the runtime's
-//! `ridmap` binds) and serves as an overlayfs upper directory.
+//! host's filesystem is full. A [`Volume`] is a directory that is the root
+//! of a filesystem of its own: ext4 in a sparse image file, on a loop
+//! device. A write past its size fails with `ENOSPC` inside the volume,
+//! and the host's disk holds at most its size, allocated as it is written
+//! (a fresh 16 GiB volume takes 4 MiB). ext4 takes idmapped mounts (the
+//! runtime's `ridmap` binds) and serves as an overlayfs upper directory.
 //!
 //! Making one needs root (a loop device and a mount) and `mkfs.ext4`
-//! (e2fsprogs). Two kinds:
-//!
-//! - [`Volume::create`]: a fresh, private volume (a build step's scratch),
-//!   unmounted and its image deleted when the value is dropped. Its owner
-//!   holds an exclusive `flock` on the image while it lives, so that
-//!   [`reclaim`] can tell a volume whose process was killed and remove it.
-//! - [`mount_shared`]: a volume that persists (a package cache), mounted in
-//!   place by whichever process needs it first, shared by all, and
-//!   [`unmount`]ed by the caller when nobody uses it (the caller keeps its
-//!   own record of users; the image stays). A process that mounts it finds
-//!   a loop device already attached to the image (kept alive by a
-//!   container that still has it mounted) and uses that: an ext4 image
-//!   mounted through two loop devices at once would be corrupted.
-//!
-//! Loop devices are attached with `LO_FLAGS_AUTOCLEAR`: one detaches
-//! itself when its filesystem is unmounted everywhere, so unmounting is all
-//! the cleanup a volume needs, and a process killed between attaching and
-//! mounting leaves no device behind. They do direct I/O on the image where
-//! the host's filesystem allows it (no second copy in the page cache).
+//! (e2fsprogs). A volume is private to the process that made it: it holds
+//! an exclusive `flock` on the image while the [`Volume`] lives, and
+//! dropping it unmounts it and deletes the image. [`reclaim`] removes a
+//! volume whose process was killed. Loop devices are attached with
+//! `LO_FLAGS_AUTOCLEAR`: one detaches itself when its filesystem is
+//! unmounted everywhere, so unmounting is all the cleanup a volume needs,
+//! and a process killed between attaching and mounting leaves no device
+//! behind. They do direct I/O on the image where the host's filesystem
+//! allows it (no second copy of each page in the page cache).
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
@@ -41,13 +31,10 @@ use std::process::Command;
 use crate::error::SandboxError;
 
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_SET_CAPACITY: libc::c_ulong = 0x4C07;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LOOP_MAJOR: u64 = 7;
-/// `EXT4_IOC_RESIZE_FS`: `_IOW('f', 16, __u64)`.
-const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
 /// The block size of every volume (and of its loop device).
 const BLOCK: u64 = 4096;
 /// The smallest volume: ext4 needs a few MiB of its own.
@@ -128,7 +115,7 @@ impl Volume {
                 .map_err(|e| sys(format!("locking {}", making.display()), e.into()))?;
             lock.set_len(bytes)
                 .map_err(|e| sys(format!("sizing {}", making.display()), e))?;
-            mkfs(&making, false)?;
+            mkfs(&making)?;
             fs::rename(&making, image).map_err(|e| sys(format!("renaming {}", making.display()), e))
         })();
         if let Err(e) = made {
@@ -198,17 +185,14 @@ fn mkfs_program() -> PathBuf {
 }
 
 /// Makes the filesystem in `image`: 4 KiB blocks, an inode per 8 KiB
-/// (trees of many small files: `node_modules`), no reserved blocks, and
-/// nothing written that is not needed now (inode tables and journal are
-/// left to read as zeros: the file is sparse). A `journal` for volumes
-/// that outlive a process (a crash of the machine leaves them
-/// consistent); scratch needs none.
-fn mkfs(image: &Path, journal: bool) -> Result<(), SandboxError> {
+/// (trees of many small files: `node_modules`), no reserved blocks, no
+/// journal (a volume does not outlive its process), and nothing written
+/// that is not needed now (inode tables are left to read as zeros: the
+/// file is sparse).
+fn mkfs(image: &Path) -> Result<(), SandboxError> {
     let mut cmd = Command::new(mkfs_program());
     cmd.args(["-q", "-F", "-m", "0", "-b", "4096", "-i", "8192"]);
-    if !journal {
-        cmd.args(["-O", "^has_journal"]);
-    }
+    cmd.args(["-O", "^has_journal"]);
     cmd.args([
         "-E",
         "lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner=0:0",
@@ -438,171 +422,6 @@ fn is_mountpoint(dir: &Path) -> bool {
         (Ok(d), Some(Ok(p))) => d.dev() != p.dev(),
         _ => false,
     }
-}
-
-/// A loop device already attached to `image` (kept by a mount somewhere,
-/// such as a container's copy of it).
-fn attached(image: &Path) -> Option<PathBuf> {
-    let want = canonical(image);
-    let ino = fs::metadata(image).ok()?.ino();
-    fs::read_dir("/sys/block")
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("loop"))
-        .find_map(|e| {
-            let b = fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            (Path::new(b.trim_end_matches('\n')) == want).then_some(())?;
-            let dev = PathBuf::from("/dev").join(e.file_name());
-            // The path names the file; the inode proves it is this one and
-            // not one deleted and made again under the same name.
-            let f = File::open(&dev).ok()?;
-            // SAFETY: all-zero bytes are a valid `struct loop_info64`.
-            let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-            // SAFETY: LOOP_GET_STATUS64 fills a `struct loop_info64` we own.
-            let rc = unsafe { libc::ioctl(f.as_raw_fd(), 0x4C05 as _, &mut info) };
-            (rc == 0 && info.lo_inode == ino).then_some(dev)
-        })
-}
-
-/// Mounts the shared volume `image` on `mountpoint` unless it is mounted
-/// there; makes the image (`bytes`, with a journal) if it does not exist,
-/// and grows it (online) when `bytes` is larger than it is. Whatever the
-/// directory holds while it is not mounted is removed first when
-/// `clear_unmounted` (a cache's contents from before it was a volume, that
-/// the mount would hide). Returns whether it mounted it now. Concurrent
-/// callers are serialized by a lock on the image.
-pub fn mount_shared(
-    image: &Path,
-    mountpoint: &Path,
-    bytes: u64,
-    clear_unmounted: bool,
-) -> Result<bool, SandboxError> {
-    let bytes = checked_size(bytes)?;
-    let lock = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(image)
-        .map_err(|e| sys(format!("opening {}", image.display()), e))?;
-    lock.lock()
-        .map_err(|e| sys(format!("locking {}", image.display()), e))?;
-    if is_mounted(image, mountpoint) {
-        grow(image, &lock, mountpoint, bytes)?;
-        return Ok(false);
-    }
-    fs::create_dir_all(mountpoint)
-        .map_err(|e| sys(format!("creating {}", mountpoint.display()), e))?;
-    if is_mountpoint(mountpoint) {
-        // Never clear, nor mount over, what another filesystem holds.
-        return Err(sys(
-            format!(
-                "{} is a mount of something other than {}",
-                mountpoint.display(),
-                image.display()
-            ),
-            io::Error::from(io::ErrorKind::ResourceBusy),
-        ));
-    }
-    if clear_unmounted {
-        clear_dir(mountpoint)?;
-    }
-    const DATA: &str = "noinit_itable,discard";
-    let fresh = |lock: &File| -> Result<(), SandboxError> {
-        lock.set_len(0)
-            .and_then(|()| lock.set_len(bytes))
-            .map_err(|e| sys(format!("sizing {}", image.display()), e))?;
-        mkfs(image, true)
-    };
-    let len = lock
-        .metadata()
-        .map_err(|e| sys(format!("reading {}", image.display()), e))?
-        .len();
-    if len == 0 {
-        fresh(&lock)?;
-    }
-    if let Some(dev) = attached(image) {
-        // Mounted elsewhere (a container's copy): the same device, so the
-        // same filesystem, never a second one on the same image.
-        mount_ext4(&dev, mountpoint, DATA)?;
-    } else {
-        let dev = attach(image)?;
-        if let Err(e) = mount_ext4(&dev.path, mountpoint, DATA) {
-            // An image left unusable (a crash while it was made): a cache
-            // may start empty.
-            tracing::warn!(image = %image.display(), error = %e, "remaking a volume that does not mount");
-            drop(dev);
-            fresh(&lock)?;
-            let dev = attach(image)?;
-            mount_ext4(&dev.path, mountpoint, DATA)?;
-        }
-    }
-    clean_root(mountpoint, 0o755)?;
-    grow(image, &lock, mountpoint, bytes)?;
-    Ok(true)
-}
-
-/// Grows the mounted volume to `bytes` if it is smaller (never shrinks).
-fn grow(image: &Path, file: &File, mountpoint: &Path, bytes: u64) -> Result<(), SandboxError> {
-    let len = file
-        .metadata()
-        .map_err(|e| sys(format!("reading {}", image.display()), e))?
-        .len();
-    if bytes <= len {
-        return Ok(());
-    }
-    file.set_len(bytes)
-        .map_err(|e| sys(format!("sizing {}", image.display()), e))?;
-    let dev_id = fs::metadata(mountpoint)
-        .map_err(|e| sys(format!("reading {}", mountpoint.display()), e))?
-        .dev();
-    let name = fs::read_link(format!(
-        "/sys/dev/block/{}:{}",
-        libc::major(dev_id),
-        libc::minor(dev_id)
-    ))
-    .ok()
-    .and_then(|l| l.file_name().map(|n| n.to_string_lossy().into_owned()))
-    .unwrap_or_default();
-    let dev = format!("/dev/{name}");
-    let loopdev = File::open(&dev).map_err(|e| sys(format!("opening {dev}"), e))?;
-    // SAFETY: LOOP_SET_CAPACITY takes no argument.
-    if unsafe { libc::ioctl(loopdev.as_raw_fd(), LOOP_SET_CAPACITY as _, 0) } != 0 {
-        return Err(sys(
-            format!("resizing {dev} to {}", image.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    let root =
-        File::open(mountpoint).map_err(|e| sys(format!("opening {}", mountpoint.display()), e))?;
-    let blocks: u64 = bytes / BLOCK;
-    // SAFETY: EXT4_IOC_RESIZE_FS reads a u64 we own.
-    if unsafe { libc::ioctl(root.as_raw_fd(), EXT4_IOC_RESIZE_FS as _, &blocks) } != 0 {
-        return Err(sys(
-            format!("growing the filesystem on {}", mountpoint.display()),
-            io::Error::last_os_error(),
-        ));
-    }
-    tracing::info!(volume = %mountpoint.display(), bytes, "grew a volume");
-    Ok(())
-}
-
-/// Removes the entries of `dir`.
-fn clear_dir(dir: &Path) -> Result<(), SandboxError> {
-    for entry in fs::read_dir(dir)
-        .map_err(|e| sys(format!("reading {}", dir.display()), e))?
-        .flatten()
-    {
-        let path = entry.path();
-        let r = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        r.map_err(|e| sys(format!("removing {}", path.display()), e))?;
-    }
-    Ok(())
 }
 
 /// Removes the private volume `image` mounted on `mountpoint` if the

@@ -1,6 +1,6 @@
 //! Size limits on what build steps write to the host's disk.
 //!
-//! Every writable directory the engine hands a step is on a volume of its
+//! The writable directories the engine hands steps are volumes of their
 //! own ([`ftl_sandbox::volume`]: ext4 in a sparse image on a loop device),
 //! so a step that writes too much fails with `ENOSPC` instead of filling
 //! the host's disk:
@@ -11,19 +11,18 @@
 //!   starts and gone when its layers are written;
 //! - a build's view of a package cache ([`Exec::package_cache`]) has its
 //!   upper directory, where the build's writes go, on a fresh volume of
-//!   [`DiskLimits::cache_bytes`];
-//! - each persistent directory ([`Exec::persistent_dir`]: the shared
-//!   package caches, the warm compiler's state) is a volume of
-//!   [`DiskLimits::cache_bytes`] that persists, mounted while a build
-//!   leases it and unmounted by the last one out;
+//!   [`DiskLimits::cache_bytes`] (the shared cache below it is written
+//!   only by ftl, promoting what it checked);
 //! - what a verified app writes to its root (the overlay's upper
 //!   directory) goes to a fresh volume of [`DiskLimits::scratch_bytes`].
 //!
 //! A step that fails with one of them full gets an error naming the mount
 //! and the flag that raises its limit. Volumes need root; without it (or
 //! without loop devices) the directories are plain ones, and every step
-//! that writes to one says in its report that its writes are not limited.
-//! [`reclaim`] removes what a killed build left mounted.
+//! that writes to one says in its report that its writes are not limited,
+//! as does a step that mounts a persistent directory
+//! ([`Exec::persistent_dir`]) writable. [`reclaim`] removes what a killed
+//! build left mounted.
 //!
 //! [`StepContext::scratch`]: crate::plugin::StepContext::scratch
 //! [`Exec::persistent_dir`]: crate::plugin::Exec::persistent_dir
@@ -121,9 +120,20 @@ pub(crate) struct Bounds {
     why_not: Mutex<Option<String>>,
     /// Mount targets already warned about in this build.
     warned: Mutex<Vec<String>>,
+    /// Where persistent directories are (never limited).
+    persistent: PathBuf,
 }
 
 impl Bounds {
+    /// The record of a build whose persistent directories are below
+    /// `persistent`.
+    pub(crate) fn new(persistent: PathBuf) -> Bounds {
+        Bounds {
+            persistent,
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn add(&self, root: &Path, kind: Kind, bytes: u64) {
         if let Ok(meta) = std::fs::metadata(root) {
             self.bounds.lock().expect("not poisoned").push(Bound {
@@ -171,6 +181,14 @@ impl Bounds {
             if self.of(&m.host).is_some() {
                 continue;
             }
+            let why = if !self.persistent.as_os_str().is_empty()
+                && m.host.starts_with(&self.persistent)
+            {
+                "it is a persistent directory, which is not size-limited (steps write \
+                 to their scratch, or to a view of a package cache)"
+            } else {
+                why.as_str()
+            };
             let text = format!(
                 "{} ({}) has no size limit: {why}",
                 m.target,
@@ -224,14 +242,12 @@ impl Bounds {
         if let Some((m, bound, usage)) = full {
             let (what, raise) = match &bound.kind {
                 Kind::Scratch => (
-                    "the step's output directories",
+                    "the step's output directories may hold",
                     "raise the limit with --step-disk SIZE".to_string(),
                 ),
                 Kind::Cache(_) => (
-                    "a package cache",
-                    "raise the limit with --cache-disk SIZE (`ftl cache gc` removes the \
-                     caches no build used lately)"
-                        .to_string(),
+                    "a build may write to a package cache",
+                    "raise the limit with --cache-disk SIZE".to_string(),
                 ),
             };
             let name = match &bound.kind {
@@ -239,8 +255,8 @@ impl Bounds {
                 Kind::Scratch => String::new(),
             };
             return Err(PluginError::new(format!(
-                "`{}` ran out of disk space: {} is full ({} used of the {} that {what} may \
-                 hold{name}); {raise}\n{}",
+                "`{}` ran out of disk space: {} is full ({} used of the {} that {what}{name}); \
+                 {raise}\n{}",
                 request.label,
                 m.target,
                 human_bytes(usage.used()),
@@ -345,7 +361,7 @@ impl<'a> Scratch<'a> {
                 None
             }
             (Some(bytes), None) => {
-                let image = ftl_cache::dirs::volume_image(dir.path()).expect("a named directory");
+                let image = image_of(dir.path());
                 match Volume::create(&image, dir.path(), bytes) {
                     Ok(v) => {
                         bounds.add(v.path(), Kind::Scratch, bytes);
@@ -429,6 +445,12 @@ pub(crate) fn explain_full_root(volume: Option<&Volume>, e: EngineError) -> Engi
     }
 }
 
+/// The image of the volume mounted on `dir`: the sibling `.NAME.img`.
+fn image_of(dir: &Path) -> PathBuf {
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    dir.with_file_name(format!(".{name}.img"))
+}
+
 /// The volume images `.NAME.img` (and `.NAME.img.new`, one being made)
 /// among the entries of `dir`, each with its mountpoint `dir/NAME`.
 fn images_in(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
@@ -465,10 +487,10 @@ fn unmount_below(dir: &Path) {
     }
 }
 
-/// Removes what killed builds left in `cache_dir`: the scratch volumes of
-/// processes that are gone (unmounted, images deleted; a verification's
-/// scratch with everything mounted in it) and the mounts of package caches
-/// no build holds. Returns the paths it cleaned.
+/// Removes what killed builds left in `cache_dir`: the volumes of
+/// processes that are gone, unmounted and their images deleted (with the
+/// directory of a verification or a package cache's view, and everything
+/// mounted in it). Returns the paths it cleaned.
 pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
     let mut cleaned = Vec::new();
     if unavailable().is_some() {
@@ -516,9 +538,6 @@ pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
             Err(e) => warn(e),
         }
     }
-    cleaned.extend(ftl_cache::dirs::unmount_unused(
-        &cache_dir.join("persistent"),
-    ));
     cleaned
 }
 

@@ -411,8 +411,7 @@ impl Engine {
             scope_suffix: scope_suffix(req.cache_scope.as_deref()),
             package_caches: Mutex::new(HashMap::new()),
             disk: self.settings.disk,
-            bounds: disk::Bounds::default(),
-            cache_volumes: Mutex::new(Vec::new()),
+            bounds: disk::Bounds::new(self.settings.cache_dir.join("persistent")),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -1191,9 +1190,6 @@ pub(crate) struct SandboxExec {
     disk: DiskLimits,
     /// Which of the directories steps write are size-limited.
     bounds: disk::Bounds,
-    /// The persistent directories whose volumes this build mounted or
-    /// found mounted (unmounted by the last build out).
-    cache_volumes: Mutex<Vec<PathBuf>>,
 }
 
 /// `""` for the default scope, else `~` and 16 hex digits of the scope's
@@ -1463,14 +1459,13 @@ impl Exec for SandboxExec {
         let name = format!("{name}{}", self.scope_suffix);
         let dir = self.cache_dir.join("persistent").join(&name);
         let mut leases = self.leases.lock().expect("not poisoned");
-        if let std::collections::hash_map::Entry::Vacant(e) = leases.entry(name.clone()) {
+        if let std::collections::hash_map::Entry::Vacant(e) = leases.entry(name) {
             let lease = ftl_cache::dirs::lease(&dir)
                 .map_err(|e| PluginError::new(crate::error_chain(&e)))?;
             e.insert(lease);
         }
         std::fs::create_dir_all(&dir)
             .map_err(|e| PluginError::new(format!("cannot create {}: {e}", dir.display())))?;
-        self.limit_persistent(&name, &dir);
         Ok(dir)
     }
 
@@ -1532,76 +1527,6 @@ impl SandboxExec {
             label: label.to_string(),
             ms: took.as_millis() as u64,
             warnings,
-        });
-    }
-
-    /// Mounts the volume of the persistent directory `name` on `dir`
-    /// (leased by this build), once per build: what is written there (by
-    /// a step that mounts it, by the promotion of a package cache) is
-    /// limited to [`DiskLimits::cache_bytes`]. Where no volume can be
-    /// made, the directory stays as it is and steps that write to it say
-    /// so.
-    fn limit_persistent(&self, name: &str, dir: &Path) {
-        let mut mounted = self.cache_volumes.lock().expect("not poisoned");
-        if mounted.iter().any(|d| d == dir) {
-            return;
-        }
-        if let Some(why) = disk::unavailable() {
-            self.bounds.not_limited(why);
-            return;
-        }
-        let image = ftl_cache::dirs::volume_image(dir).expect("a named directory");
-        // Whatever the directory held before it was a volume is a cache's:
-        // it may go.
-        match ftl_sandbox::volume::mount_shared(&image, dir, self.disk.cache_bytes, true) {
-            Ok(_) => {
-                self.bounds.add(
-                    dir,
-                    disk::Kind::Cache(name.to_string()),
-                    self.disk.cache_bytes,
-                );
-                mounted.push(dir.to_path_buf());
-            }
-            Err(e) => {
-                let why = format!(
-                    "cannot mount a volume on {}: {}",
-                    dir.display(),
-                    crate::error_chain(&e)
-                );
-                tracing::warn!("{why}");
-                self.bounds.not_limited(why);
-            }
-        }
-    }
-}
-
-impl Drop for SandboxExec {
-    /// The last build out of a persistent directory unmounts its volume.
-    fn drop(&mut self) {
-        let leases = std::mem::take(&mut *self.leases.lock().expect("not poisoned"));
-        drop(leases);
-        let held: Vec<PathBuf> =
-            std::mem::take(&mut *self.cache_volumes.lock().expect("not poisoned"))
-                .into_iter()
-                .filter(|dir| !ftl_cache::dirs::unmount_if_unused(dir))
-                .collect();
-        if held.is_empty() {
-            return;
-        }
-        // Another build uses it, or a container being started elsewhere in
-        // this process still has a copy of this build's lease (a child has
-        // its parent's descriptors until it executes its program): tried
-        // again for a while, in the background. Whoever uses it last, or
-        // the next start of the engine, unmounts it otherwise.
-        std::thread::spawn(move || {
-            let mut held = held;
-            for _ in 0..40 {
-                std::thread::sleep(Duration::from_millis(50));
-                held.retain(|dir| !ftl_cache::dirs::unmount_if_unused(dir));
-                if held.is_empty() {
-                    return;
-                }
-            }
         });
     }
 }
