@@ -350,8 +350,13 @@ impl DepsStep {
         if sites.is_empty() {
             return Ok(());
         }
+        // `-S`: no `site`, so no `.pth` file runs. The install before this
+        // may have built sdists, whose build code could have left one in
+        // the venv to rewrite other distributions' files (and so their
+        // cached layers) when Python next starts there.
         let mut args: Vec<String> = vec![
             self.python(),
+            "-S".into(),
             "-m".into(),
             "compileall".into(),
             "-q".into(),
