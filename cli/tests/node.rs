@@ -508,8 +508,9 @@ fn hello_tarball_with(package_json: &str) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The private registry listens on the host's loopback, which an install
+/// step reaches only where `--egress-allow` names it.
 #[test]
-#[ignore = "the registry listens on the host's loopback, which egress steps cannot reach since issue 10; needs an egress allow list"]
 fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
     let rig = rig();
     let cache = shared_cache();
@@ -542,7 +543,14 @@ fn npmrc_token_reaches_npm_for_a_private_registry_and_nothing_else() {
     .unwrap();
 
     let image = rig.image("node/private:e2e");
-    let run = rig.build(cache.path(), &app, &rig.base("node"), &image, &["--verify"]);
+    let allow = format!("127.0.0.1:{}", registry.port);
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("node"),
+        &image,
+        &["--verify", "--egress-allow", &allow],
+    );
     assert!(
         !run.stdout.contains(TOKEN) && !run.stderr.contains(TOKEN),
         "the token is in ftl's output"
