@@ -388,6 +388,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         no_cache: args.no_cache,
         verify,
         cancel: Default::default(),
+        cache_scope: None,
     };
     let progress = Arc::new(Progress::new(args.quiet || args.json));
     let result = engine.build(&req, progress.clone()).await;

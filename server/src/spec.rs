@@ -196,6 +196,7 @@ impl BuildSpec {
             no_cache: self.no_cache,
             verify,
             cancel: Default::default(),
+            cache_scope: None,
         })
     }
 }

@@ -166,6 +166,10 @@ pub struct BuildRequest {
     /// Set by the caller to stop the build: the sandboxed step running is
     /// killed and no other starts (a service's cancel).
     pub cancel: CancelFlag,
+    /// The package-cache scope of this build: builds with another scope
+    /// never read or write the same persistent package caches (`ftl serve`
+    /// sets the token's name); `None` is the machine's default scope.
+    pub cache_scope: Option<String>,
 }
 
 /// A build's cancellation, shared between the caller and the build.
