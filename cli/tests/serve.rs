@@ -1252,3 +1252,149 @@ fn sigterm_cancels_what_outlives_the_grace_period() {
         "{v:#}"
     );
 }
+
+// ---- issue 10: hostile uploads -------------------------------------------
+
+/// Options naming repositories on a closed loopback port: for tests whose
+/// requests never get as far as a build.
+fn placeholder_options(repo: &str) -> Value {
+    json!({"image": format!("127.0.0.1:9/{repo}:v1"), "base": "127.0.0.1:9/base/python"})
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Every text the server left anywhere: its log, the state directory's
+/// files (logs, database).
+fn everything_the_server_wrote(server: &Server) -> String {
+    let mut all = server.log();
+    let mut stack = vec![server.state.clone()];
+    while let Some(d) = stack.pop() {
+        for p in files_in(&d) {
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if p.is_file() {
+                all.push_str(&String::from_utf8_lossy(
+                    &std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn an_upload_link_chain_out_of_the_tree_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    // The uploaded tree lands at TMP/state/builds/ID/src: four levels
+    // above it is TMP, where a "host file" waits.
+    let secret = format!("HOST SECRET {}", std::process::id());
+    std::fs::write(tmp.path().join("host-file"), &secret).unwrap();
+    // Each link stays inside by its text (`a/b/c/d/s/../../../..` is `a`);
+    // resolved as the kernel does, `s` is the root and the second climbs
+    // out of it.
+    let links = |archive: &str| {
+        format!(
+            "{archive}\
+             link('a/b/c/d/s', '../../../..')\n\
+             link('requirements.txt', 'a/b/c/d/s/../../../../host-file')\n\
+             add('main.py', b'print(1)\\n')\n"
+        )
+    };
+    let tgz = python_tar(&(links(
+        "t = tarfile.open(fileobj=buf, mode='w:gz')\n\
+         def link(name, target):\n    ti = tarfile.TarInfo(name); ti.type = tarfile.SYMTYPE; ti.linkname = target; t.addfile(ti)\n\
+         def add(name, data):\n    ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))\n\
+         ti = tarfile.TarInfo('a/b/c/d'); ti.type = tarfile.DIRTYPE; t.addfile(ti)\n",
+    ) + "t.close()\n"));
+    let zip = python_tar(&(links(
+        "import zipfile\nz = zipfile.ZipFile(buf, 'w')\n\
+         def link(name, target):\n    zi = zipfile.ZipInfo(name); zi.create_system = 3; zi.external_attr = 0o120777 << 16; z.writestr(zi, target)\n\
+         def add(name, data):\n    z.writestr(name, data)\n\
+         z.writestr('a/b/c/d/', '')\n",
+    ) + "z.close()\n"));
+    for (what, archive) in [("tar.gz", tgz), ("zip", zip)] {
+        let r = server.submit(&archive, &placeholder_options("serve-chain/app"));
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"], "bad-entry", "{what}");
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert_eq!(
+            msg,
+            "archive entry `requirements.txt` is a symlink pointing out of the upload \
+             (a/b/c/d/s/../../../../host-file through the link `a/b/c/d/s` already in it)",
+            "{what}"
+        );
+    }
+    // No build was recorded, no tree kept, and the host file's content is
+    // nowhere the server wrote.
+    assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
+    assert!(files_in(&server.state.join("builds")).is_empty());
+    assert!(!everything_the_server_wrote(&server).contains(&secret));
+}
+
+/// The chain again, as a source directory on disk (which `ftl build`
+/// takes as it is): the plugin reads `requirements.txt` beneath the root,
+/// so the build fails naming it, and the host file's content reaches no
+/// output.
+#[test]
+fn a_source_link_chain_cannot_leak_a_host_file_into_a_build() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = format!("HOST-SECRET-{}", std::process::id());
+    std::fs::write(tmp.path().join("host-file"), format!("{secret}==1.0\n")).unwrap();
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(app.join("a/b")).unwrap();
+    std::fs::write(app.join("main.py"), "print(1)\n").unwrap();
+    std::os::unix::fs::symlink("../..", app.join("a/b/s")).unwrap();
+    std::os::unix::fs::symlink("a/b/s/../host-file", app.join("requirements.txt")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("python"),
+        &rig.image("serve-chain/cli:v1"),
+        &["--language", "python"],
+    );
+    assert_ne!(run.status, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("`requirements.txt`") && run.stderr.contains("resolves outside"),
+        "{}",
+        run.stderr
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(&secret), "{text}");
+    }
+}
+
+#[test]
+fn a_too_long_entry_name_is_a_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let long = "n".repeat(300);
+    let deep = vec!["d".repeat(250); 20].join("/") + "/f";
+    let add = |name: &str| {
+        format!(
+            "t = tarfile.open(fileobj=buf, mode='w:gz', format=tarfile.GNU_FORMAT)\nti = tarfile.TarInfo({name:?}); ti.size = 1; t.addfile(ti, io.BytesIO(b'x'))\nt.close()"
+        )
+    };
+    let state = server.state.display().to_string();
+    for (name, reason) in [
+        (&long, "has a path component longer than 255 bytes"),
+        (&deep, "has a name too long for the server's filesystem"),
+    ] {
+        let r = server.submit(
+            &python_tar(&add(name)),
+            &placeholder_options("serve-long/app"),
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert_eq!(msg, format!("archive entry `{name}` {reason}"));
+        assert!(!r.text().contains(&state), "{}", r.text());
+        assert!(!r.text().contains("/builds/"), "{}", r.text());
+    }
+    assert!(files_in(&server.state.join("builds")).is_empty());
+}

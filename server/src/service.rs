@@ -33,6 +33,10 @@ pub enum SubmitError {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server could not write the upload's tree (its path is logged,
+    /// never shown to the client).
+    #[error("the server cannot store the upload")]
+    Storage(#[source] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -252,11 +256,12 @@ impl Service {
         };
         let src2 = src.clone();
         let format = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&src2).map_err(|source| ArchiveError::Io {
-                path: src2.clone(),
-                source,
+            std::fs::create_dir_all(&src2).map_err(|e| {
+                tracing::error!(path = %src2.display(), error = %e, "cannot create the source directory");
+                SubmitError::Storage(e)
             })?;
-            archive::extract(&data, &src2, limits)
+            archive::extract(std::io::Cursor::new(&data[..]), &src2, limits)
+                .map_err(SubmitError::from)
         })
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
