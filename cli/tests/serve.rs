@@ -1398,3 +1398,394 @@ fn a_too_long_entry_name_is_a_400() {
     }
     assert!(files_in(&server.state.join("builds")).is_empty());
 }
+
+// ---- issue 10: hostile clients --------------------------------------------
+
+/// Sends a request's head with `Content-Length: length` and no body yet.
+fn send_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    length: u64,
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+/// Reads the response on `s` (sent with `Connection: close`).
+fn read_response(s: TcpStream) -> Resp {
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = Vec::new();
+    let _ = r.read_to_end(&mut body);
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A value of the server's Prometheus text.
+fn metric(server: &Server, name: &str) -> f64 {
+    let m = server.get("/metrics").text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after
+/// `timeout`.
+fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_full_queue_answers_429_before_reading_the_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--workers", "1", "--queue", "0"]);
+    let opts = placeholder_options("serve-full/app").to_string();
+    let auth = server.auth();
+    let raw = [
+        ("Authorization", auth.as_str()),
+        ("Ftl-Options", opts.as_str()),
+    ];
+    // One upload in progress fills the only place.
+    let mut first = send_head(&server.addr, "POST", "/v1/builds", &raw, 1 << 20);
+    first.write_all(&[0x1f, 0x8b, 0, 0]).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the first upload holds its place",
+        || metric(&server, "ftl_uploads_receiving") == 1.0,
+    );
+    // The next requests send no body at all: only an answer that does not
+    // wait for it arrives.
+    let boundary = "ftl-test-boundary-429";
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let multipart = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", ct.as_str()),
+    ];
+    for headers in [&raw[..], &multipart[..]] {
+        let s = send_head(&server.addr, "POST", "/v1/builds", headers, 100 << 20);
+        let r = read_response(s);
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert_eq!(r.json()["error"], "queue-full");
+    }
+    assert_eq!(
+        metric(&server, "ftl_builds_rejected_total{reason=\"queue-full\"}"),
+        2.0
+    );
+    // The first gives up: its place and its file are given back.
+    drop(first);
+    eventually(Duration::from_secs(60), "the place is given back", || {
+        metric(&server, "ftl_uploads_receiving") == 0.0
+    });
+    eventually(
+        Duration::from_secs(60),
+        "the partial upload is removed",
+        || files_in(&server.state.join("uploads")).is_empty(),
+    );
+    let r = server.submit(
+        b"not an archive at all",
+        &placeholder_options("serve-full/app"),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "not-an-archive");
+}
+
+/// Sends `head`, then `trickle` one byte about every second, reading what
+/// the server answers, until it closes the connection. Returns the answer,
+/// how long the connection lasted and how many bytes of `trickle` went out.
+fn trickle(
+    addr: &str,
+    head: &[u8],
+    trickle: &[u8],
+    give_up: Duration,
+) -> (String, Duration, usize) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let start = Instant::now();
+    let mut writable = s.write_all(head).is_ok();
+    let (mut sent, mut answer) = (0, Vec::new());
+    loop {
+        assert!(
+            start.elapsed() < give_up,
+            "still connected after {give_up:?} and {sent} bytes; answer so far: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        if writable && sent < trickle.len() {
+            match s.write_all(&trickle[sent..sent + 1]) {
+                Ok(()) => sent += 1,
+                Err(_) => writable = false,
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        start.elapsed(),
+        sent,
+    )
+}
+
+#[test]
+fn a_slow_client_is_timed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "5s",
+            "--idle-timeout",
+            "3s",
+        ],
+    );
+    let give_up = Duration::from_secs(60);
+    // Headers, one byte a second: cut off once the header timeout passes,
+    // long before they are complete.
+    let head = format!(
+        "GET /v1/builds HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nX-Padding: {}\r\n\r\n",
+        server.addr,
+        server.auth(),
+        "p".repeat(200)
+    );
+    let (answer, lasted, sent) = trickle(&server.addr, b"", head.as_bytes(), give_up);
+    assert!(sent < 100, "{sent} header bytes went out in {lasted:?}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // A body, one byte a second: answered 408 and closed.
+    let opts = placeholder_options("serve-slow/app").to_string();
+    let head = |length: usize| {
+        format!(
+            "POST /v1/builds HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nFtl-Options: {opts}\r\nContent-Length: {length}\r\n\r\n",
+            server.addr,
+            server.auth(),
+        )
+    };
+    let body = vec![0x1fu8; 1000];
+    let (answer, lasted, sent) = trickle(&server.addr, head(1000).as_bytes(), &body, give_up);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"timeout\""), "{answer}");
+    assert!(sent < 100, "{sent} body bytes went out in {lasted:?}");
+
+    // A body that stops: answered 408 once the idle timeout passes.
+    let (answer, _, _) = trickle(
+        &server.addr,
+        (head(1000) + "0123456789").as_bytes(),
+        b"",
+        give_up,
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--idle-timeout"), "{answer}");
+    assert!(metric(&server, "ftl_builds_rejected_total{reason=\"timeout\"}") >= 2.0);
+    assert_eq!(metric(&server, "ftl_uploads_receiving"), 0.0);
+    eventually(
+        Duration::from_secs(30),
+        "timed-out uploads are removed",
+        || files_in(&server.state.join("uploads")).is_empty(),
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_for_one_to_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &["--max-connections", "3", "--header-timeout", "120s"],
+    );
+    // Three connections that say nothing take every place.
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let mut fourth = send(&server.addr, "GET", "/healthz", &[], b"");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match fourth.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a fourth connection was served while three were open: {other:?}"),
+    }
+    // One closes: the fourth is served.
+    idle.pop();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let r = read_response(fourth);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    drop(idle);
+}
+
+/// The RSS of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn stalled_uploads_do_not_grow_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--queue",
+            "40",
+            "--max-upload",
+            "64M",
+            "--idle-timeout",
+            "10m",
+            "--body-timeout",
+            "10m",
+        ],
+    );
+    let pid = server.child.id();
+    // Warm up the paths a submission takes.
+    for _ in 0..3 {
+        let r = server.submit(b"not an archive", &placeholder_options("serve-rss/app"));
+        assert_eq!(r.status, 400);
+    }
+    let before = rss(pid);
+    let opts = placeholder_options("serve-rss/app").to_string();
+    let auth = server.auth();
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Ftl-Options", opts.as_str()),
+    ];
+    const CLIENTS: usize = 30;
+    const SENT: usize = 8 << 20;
+    let chunk = vec![0x1fu8; SENT];
+    let stalled: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = send_head(&server.addr, "POST", "/v1/builds", &headers, 60 << 20);
+            s.write_all(&chunk).unwrap();
+            s
+        })
+        .collect();
+    // Everything sent has reached the server's disk.
+    let uploads = server.state.join("uploads");
+    let on_disk = || -> u64 {
+        files_in(&uploads)
+            .iter()
+            .filter_map(|p| p.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let start = Instant::now();
+    while on_disk() < (CLIENTS * SENT) as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{} of {} bytes on disk; RSS grew by {} MiB",
+            on_disk(),
+            CLIENTS * SENT,
+            rss(pid).saturating_sub(before) >> 20
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let grown = rss(pid).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "{CLIENTS} stalled uploads of {} MiB each grew the server by {} MiB",
+        SENT >> 20,
+        grown >> 20
+    );
+    assert_eq!(metric(&server, "ftl_uploads_receiving"), CLIENTS as f64);
+    drop(stalled);
+    eventually(
+        Duration::from_secs(60),
+        "abandoned uploads are removed",
+        || files_in(&uploads).is_empty() && metric(&server, "ftl_uploads_receiving") == 0.0,
+    );
+}
+
+/// A small app that builds quickly and then verifies for a long time: a
+/// build that stays running until it is cancelled or its server dies.
+fn long_running_build(rig: &Rig, dir: &Path, repo: &str) -> (Vec<u8>, Value) {
+    let app = dir.join("long-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("hello.txt"), "hello\n").unwrap();
+    (
+        tar_gz(&app),
+        json!({
+            "image": rig.image(repo),
+            "base": rig.base("python"),
+            "language": "generic",
+            "verify": {"command": ["sleep", "120"], "timeout_secs": 600},
+        }),
+    )
+}
+
+#[test]
+fn a_build_interrupted_too_often_is_failed() {
+    let rig = rig();
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--workers", "1", "--max-attempts", "2"];
+    let mut server = Server::start(tmp.path(), &args);
+    let (archive, options) = long_running_build(rig, tmp.path(), "serve-attempts/app:v1");
+    let id = server.submit_ok(&archive, &options);
+    for attempt in 1..=2 {
+        eventually(
+            Duration::from_secs(300),
+            &format!("attempt {attempt} runs"),
+            || {
+                let v = server.get(&format!("/v1/builds/{id}")).json();
+                v["state"] == "running" && v["attempts"] == attempt
+            },
+        );
+        server.kill(); // SIGKILL, mid-build
+        server = Server::start(tmp.path(), &args);
+    }
+    // Two starts, each ended by the server dying: not a third.
+    let v = server.get(&format!("/v1/builds/{id}")).json();
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["attempts"], 2, "{v:#}");
+    assert_eq!(
+        v["error"], "the server stopped 2 times while this build ran",
+        "{v:#}"
+    );
+    let log = server.get(&format!("/v1/builds/{id}/log")).text();
+    assert!(log.contains("running (attempt 2)"), "{log}");
+    assert!(
+        log.trim_end()
+            .ends_with("failed: the server stopped 2 times while this build ran"),
+        "{log}"
+    );
+    assert!(files_in(&server.state.join("builds")).is_empty());
+}
