@@ -53,11 +53,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_files: u64,
 
-    /// A file of accepted bearer tokens, one per line.
+    /// The accepted bearer tokens (TOML: a [[token]] table per token with
+    /// its name and the repository prefixes it may use; see
+    /// server/README.md).
     #[arg(long, value_name = "FILE", required_unless_present = "no_auth")]
     pub token_file: Option<PathBuf>,
 
-    /// Serve without authentication (only behind something that does it).
+    /// Serve without authentication (only behind something that does it):
+    /// every client may use every repository and see every build.
     #[arg(long, conflicts_with = "token_file")]
     pub no_auth: bool,
 
@@ -137,7 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     let tokens = match &args.token_file {
-        Some(f) => Some(ftl_server::read_tokens(f)?),
+        Some(f) => Some(Arc::new(ftl_server::Tokens::read(f)?)),
         None => None,
     };
     let cache_dir = args

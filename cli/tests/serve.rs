@@ -189,9 +189,25 @@ impl Server {
     }
 
     fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let token = "test-token-0123456789abcdef";
+        let tokens = format!(
+            "# the test's token: any repository\n[[token]]\nname = \"test\"\ntoken = \"{token}\"\nimage = [\"*\"]\nbase = [\"*\"]\n"
+        );
+        Server::start_tokens(dir, extra, env, &tokens, token)
+    }
+
+    /// `ftl serve` with the token file `tokens` (TOML); `token` is the one
+    /// [`Server::get`] and [`Server::submit`] send.
+    fn start_tokens(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tokens: &str,
+        token: &str,
+    ) -> Server {
         let state = dir.join("state");
-        let token = "test-token-0123456789abcdef".to_string();
-        std::fs::write(dir.join("tokens"), format!("# tokens\n\n{token}\n")).unwrap();
+        let token = token.to_string();
+        std::fs::write(dir.join("tokens"), tokens).unwrap();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1788,4 +1804,274 @@ fn a_build_interrupted_too_often_is_failed() {
         "{log}"
     );
     assert!(files_in(&server.state.join("builds")).is_empty());
+}
+
+// ---- issue 10: tokens with scopes -----------------------------------------
+
+fn team_tokens(host: &str) -> String {
+    format!(
+        r#"
+[[token]]
+name = "team-a"
+token = "token-of-team-a-0123456789"
+image = ["{host}/team-a/"]
+base = ["{host}/base/"]
+
+[[token]]
+name = "team-c"
+token_sha256 = "{c}"
+image = ["{host}/team-c/"]
+cache_repo = ["{host}/caches/team-c/"]
+base = ["{host}/base/"]
+"#,
+        c = sha256_hex("token-of-team-c-0123456789"),
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn a_token_cannot_push_outside_its_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = "127.0.0.1:9";
+    let server = Server::start_tokens(
+        tmp.path(),
+        &[],
+        &[],
+        &team_tokens(host),
+        "token-of-team-a-0123456789",
+    );
+    let submit_as = |token: &str, options: &Value| {
+        let opts = options.to_string();
+        request(
+            &server.addr,
+            "POST",
+            "/v1/builds",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Ftl-Options", &opts),
+            ],
+            b"not an archive",
+        )
+    };
+    let a = "token-of-team-a-0123456789";
+    let c = "token-of-team-c-0123456789";
+    let base = format!("{host}/base/python");
+    let forbidden = [
+        (
+            a,
+            json!({"image": format!("{host}/team-aevil/app:v1"), "base": base}),
+            format!("option `image`: {host}/team-aevil/app is outside the repositories the token `team-a` may use for `image` ({host}/team-a/)"),
+        ),
+        (
+            a,
+            json!({"image": format!("127.0.0.2:9/team-a/app"), "base": base}),
+            "option `image`: 127.0.0.2:9/team-a/app is outside".to_string(),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base, "cache_repo": format!("{host}/team-b/cache")}),
+            format!("option `cache_repo`: {host}/team-b/cache is outside the repositories the token `team-a` may use for `cache_repo` ({host}/team-a/)"),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": format!("{host}/secret/python")}),
+            format!("option `base`: {host}/secret/python is outside"),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base, "settings": {"java.builder": format!("{host}/secret/maven:3")}}),
+            format!("option `settings.java.builder`: {host}/secret/maven is outside the repositories the token `team-a` may use for `base`"),
+        ),
+        // The default cache repository, `<image repo>/ftl-cache`, is
+        // checked too: team-c caches elsewhere.
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base}),
+            format!("option `cache_repo`: {host}/team-c/app/ftl-cache is outside the repositories the token `team-c` may use for `cache_repo` ({host}/caches/team-c/)"),
+        ),
+    ];
+    for (token, options, want) in &forbidden {
+        let r = submit_as(token, options);
+        assert_eq!(r.status, 403, "{options}: {}", r.text());
+        assert_eq!(r.json()["error"], "forbidden");
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.starts_with(want.as_str()),
+            "{msg:?} should start with {want:?}"
+        );
+    }
+    // Within its prefixes, a submission goes on to its body (which is no
+    // archive here).
+    for (token, options) in [
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base}),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/x/y"), "base": base, "cache_repo": format!("{host}/team-a/cache")}),
+        ),
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base, "cache_repo": format!("{host}/caches/team-c/app")}),
+        ),
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base, "no_registry_cache": true}),
+        ),
+    ] {
+        let r = submit_as(token, &options);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("not-an-archive")),
+            "{options}: {}",
+            r.text()
+        );
+    }
+    // The header form is refused before its body is read.
+    let opts = forbidden[0].1.to_string();
+    let s = send_head(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[
+            ("Authorization", &format!("Bearer {a}")),
+            ("Ftl-Options", &opts),
+        ],
+        100 << 20,
+    );
+    assert_eq!(read_response(s).status, 403);
+    // The multipart form once its options part is read.
+    let boundary = "ftl-test-boundary-403";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"options\"\r\n\r\n{opts}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"source\"; filename=\"a.tgz\"\r\n\r\nnot an archive\r\n--{boundary}--\r\n"
+    );
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[
+            ("Authorization", &format!("Bearer {a}")),
+            ("Content-Type", &ct),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("option `image`"));
+    assert_eq!(
+        metric(&server, "ftl_builds_rejected_total{reason=\"forbidden\"}"),
+        (forbidden.len() + 2) as f64
+    );
+    assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
+}
+
+#[test]
+fn a_token_cannot_see_or_cancel_another_tokens_build() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = r#"
+[[token]]
+name = "alice"
+token = "token-of-alice-0123456789"
+image = ["*"]
+base = ["*"]
+
+[[token]]
+name = "bob"
+token = "token-of-bob-0123456789"
+image = ["*"]
+base = ["*"]
+"#;
+    let alice = Server::start_tokens(
+        tmp.path(),
+        &["--workers", "1"],
+        &[],
+        tokens,
+        "token-of-alice-0123456789",
+    );
+    let bob = "Bearer token-of-bob-0123456789";
+    let as_bob = |method: &str, path: &str| {
+        request(&alice.addr, method, path, &[("Authorization", bob)], b"")
+    };
+    let (archive, options) = long_running_build(rig, tmp.path(), "serve-owner/app:v1");
+    let id = alice.submit_ok(&archive, &options);
+
+    let mine = alice.get(&format!("/v1/builds/{id}"));
+    assert_eq!(mine.status, 200);
+    assert_eq!(mine.json()["owner"], "alice");
+    assert_eq!(
+        alice.get("/v1/builds").json()["builds"][0]["id"],
+        id.as_str()
+    );
+    // To bob it does not exist: the same 404 as an id nobody has.
+    let nobody = "b0000000000000000000";
+    for (method, path) in [
+        ("GET", format!("/v1/builds/{id}")),
+        ("GET", format!("/v1/builds/{id}/log")),
+        ("POST", format!("/v1/builds/{id}:cancel")),
+    ] {
+        let r = as_bob(method, &path);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        let other = as_bob(method, &path.replace(&id, nobody));
+        assert_eq!(
+            r.json()["message"].as_str().unwrap().replace(&id, nobody),
+            other.json()["message"].as_str().unwrap()
+        );
+    }
+    assert_eq!(as_bob("GET", "/v1/builds").json()["builds"], json!([]));
+    assert_eq!(as_bob("GET", "/metrics").status, 200);
+    // Bob's cancel did nothing; alice's does.
+    assert!(["queued", "running"].contains(
+        &alice.get(&format!("/v1/builds/{id}")).json()["state"]
+            .as_str()
+            .unwrap()
+    ));
+    let r = request(
+        &alice.addr,
+        "POST",
+        &format!("/v1/builds/{id}:cancel"),
+        &[("Authorization", &alice.auth())],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = alice.wait(&id, Duration::from_secs(120));
+    assert_eq!(v["state"], "cancelled", "{v:#}");
+}
+
+#[test]
+fn an_old_token_file_is_refused_with_a_pointer_to_the_new_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tokens"),
+        "# one per line\nan-old-token-0123456789\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--token-file")
+        .arg(tmp.path().join("tokens"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in the old format"), "{err}");
+    assert!(err.contains("[[token]]"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }

@@ -23,7 +23,7 @@ use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::service::{valid_id, CancelError, Service, Slot, SubmitError};
 use crate::spec::BuildSpec;
+use crate::tokens::Token;
 use crate::ServerConfig;
 
 /// The header that carries the build options when the body is the bare
@@ -186,8 +187,20 @@ fn internal(svc: &Service, e: &dyn std::error::Error) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
 }
 
-async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
+/// Who sent a request: the token it carried, or `None` when the server
+/// runs without authentication.
+#[derive(Clone)]
+pub(crate) struct Caller(Option<Arc<Token>>);
+
+impl Caller {
+    fn name(&self) -> Option<&str> {
+        self.0.as_ref().map(|t| t.name.as_str())
+    }
+}
+
+async fn auth(State(svc): State<Arc<Service>>, mut req: Request, next: Next) -> Response {
     let Some(tokens) = &svc.config.tokens else {
+        req.extensions_mut().insert(Caller(None));
         return next.run(req).await;
     };
     let given = req
@@ -196,12 +209,7 @@ async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
-    });
-    if !ok {
+    let Some(token) = given.and_then(|g| tokens.find(g)) else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -214,15 +222,9 @@ async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Resp
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return closing(r);
-    }
+    };
+    req.extensions_mut().insert(Caller(Some(token.clone())));
     next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> &'static str {
@@ -403,8 +405,24 @@ fn missing_options() -> Response {
     )
 }
 
-fn spec_for(options: &[u8]) -> Result<BuildSpec, Response> {
-    BuildSpec::parse(options).map_err(|e| error(StatusCode::BAD_REQUEST, "bad-options", e))
+/// Parses options and checks them against the caller's token.
+fn spec_for(svc: &Service, caller: &Caller, options: &[u8]) -> Result<BuildSpec, Response> {
+    let spec =
+        BuildSpec::parse(options).map_err(|e| error(StatusCode::BAD_REQUEST, "bad-options", e))?;
+    if let Some(token) = &caller.0 {
+        let uses = spec
+            .repositories()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-options", e))?;
+        token
+            .check(uses.iter().map(|(o, s, r)| (o.clone(), *s, r)))
+            .map_err(|e| {
+                svc.metrics
+                    .rejected_scope
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                error(StatusCode::FORBIDDEN, "forbidden", e)
+            })?;
+    }
+    Ok(spec)
 }
 
 fn submit_error(svc: &Service, e: SubmitError) -> Response {
@@ -435,7 +453,11 @@ fn submit_error(svc: &Service, e: SubmitError) -> Response {
 /// `POST /v1/builds`: the archive as the body with options in the
 /// `Ftl-Options` header, or `multipart/form-data` with parts `options`
 /// (JSON) and `source` (the archive).
-async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
+async fn submit(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let is_multipart = parts
         .headers
@@ -449,7 +471,7 @@ async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
         let Some(options) = parts.headers.get(OPTIONS_HEADER) else {
             return closing(missing_options());
         };
-        match spec_for(options.as_bytes()) {
+        match spec_for(&svc, &caller, options.as_bytes()) {
             Ok(spec) => Some(spec),
             Err(r) => return closing(r),
         }
@@ -475,7 +497,7 @@ async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
     let reader = BodyReader::new(body, &svc.config);
     let received = match header_spec {
         Some(spec) => receive_raw(reader, &mut upload).await.map(|()| spec),
-        None => receive_multipart(parts, reader, &mut upload).await,
+        None => receive_multipart(&svc, &caller, parts, reader, &mut upload).await,
     };
     let spec = match received {
         Ok(spec) => spec,
@@ -493,16 +515,18 @@ async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
             "the upload is empty: send a .tar.gz or .zip of the source",
         );
     }
-    accepted(&svc, slot, spec, &upload).await
+    accepted(&svc, slot, spec, &caller, &upload).await
 }
 
 async fn accepted(
     svc: &Arc<Service>,
     slot: Slot,
     spec: BuildSpec,
+    caller: &Caller,
     upload: &UploadFile,
 ) -> Response {
-    match svc.submit(slot, spec, upload.path()).await {
+    let owner = caller.name().map(String::from);
+    match svc.submit(slot, spec, owner, upload.path()).await {
         Ok(id) => {
             let mut r = (
                 StatusCode::ACCEPTED,
@@ -531,6 +555,8 @@ async fn receive_raw(mut reader: BodyReader, upload: &mut UploadFile) -> Result<
 }
 
 async fn receive_multipart(
+    svc: &Service,
+    caller: &Caller,
     parts: Parts,
     reader: BodyReader,
     upload: &mut UploadFile,
@@ -604,26 +630,39 @@ async fn receive_multipart(
     let Some(options) = options else {
         return Err(Receive::Answer(missing_options()));
     };
-    spec_for(&options).map_err(Receive::Answer)
+    spec_for(svc, caller, &options).map_err(Receive::Answer)
 }
 
 // ---- reading builds ----------------------------------------------------------
 
-async fn list(State(svc): State<Arc<Service>>) -> Response {
-    match svc.store.list(100) {
+async fn list(State(svc): State<Arc<Service>>, Extension(caller): Extension<Caller>) -> Response {
+    match svc.store.list(100, caller.name()) {
         Ok(records) => Json(json!({ "builds": records })).into_response(),
         Err(e) => internal(&svc, &e),
     }
 }
 
-async fn status(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> Response {
-    if !valid_id(&id) {
-        return not_found(&id);
+/// The record of `id` when the caller may see it; anything else is the
+/// same `404`, so that ids of other tokens' builds do not leak.
+fn visible_record(svc: &Service, caller: &Caller, id: &str) -> Result<crate::Record, Response> {
+    if !valid_id(id) {
+        return Err(not_found(id));
     }
-    match svc.get(&id) {
-        Ok(Some(rec)) => Json(rec).into_response(),
-        Ok(None) => not_found(&id),
-        Err(e) => internal(&svc, &e),
+    match svc.get(id) {
+        Ok(Some(rec)) if Service::visible(&rec, caller.name()) => Ok(rec),
+        Ok(_) => Err(not_found(id)),
+        Err(e) => Err(internal(svc, &e)),
+    }
+}
+
+async fn status(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match visible_record(&svc, &caller, &id) {
+        Ok(rec) => Json(rec).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -636,7 +675,11 @@ fn not_found(id: &str) -> Response {
 }
 
 /// `POST /v1/builds/{id}:cancel`.
-async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) -> Response {
+async fn action(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id_action): Path<String>,
+) -> Response {
     let Some(id) = id_action.strip_suffix(":cancel") else {
         return error(
             StatusCode::NOT_FOUND,
@@ -647,7 +690,7 @@ async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) 
     if !valid_id(id) {
         return not_found(id);
     }
-    match svc.cancel(id) {
+    match svc.cancel(id, caller.name()) {
         Ok(was) => (
             StatusCode::ACCEPTED,
             Json(json!({ "id": id, "cancelling": true, "was": was })),
@@ -663,16 +706,12 @@ async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) 
 /// streamed while the build runs and closed when it ends.
 async fn log(
     State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_id(&id) {
-        return not_found(&id);
-    }
-    match svc.get(&id) {
-        Ok(Some(_)) => {}
-        Ok(None) => return not_found(&id),
-        Err(e) => return internal(&svc, &e),
+    if let Err(r) = visible_record(&svc, &caller, &id) {
+        return r;
     }
     let sse = headers
         .get(header::ACCEPT)

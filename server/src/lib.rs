@@ -10,10 +10,11 @@
 //! own registry credentials) and hands it to [`serve`]; this crate knows no
 //! language and reads no environment variable.
 //!
-//! Clients are hostile too: request headers and bodies must arrive within
-//! their timeouts, bodies stream to disk under the upload limit, a full
-//! queue answers before a body is read, and the number of open
-//! connections is bounded.
+//! Clients are hostile too: each token may use only its own repositories
+//! and see only its own builds ([`Tokens`]); request headers and bodies
+//! must arrive within their timeouts, bodies stream to disk under the
+//! upload limit, a full queue answers before a body is read, and the
+//! number of open connections is bounded.
 
 mod archive;
 mod http;
@@ -22,6 +23,7 @@ mod metrics;
 mod service;
 mod spec;
 mod store;
+mod tokens;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -34,6 +36,7 @@ pub use archive::{extract, ArchiveError, Format as ArchiveFormat, Limits};
 pub use http::OPTIONS_HEADER;
 pub use spec::{BuildSpec, Command, SpecError, Verify};
 pub use store::{Record, State, StoreError};
+pub use tokens::{Prefix, ScopeError, Scopes, Token, TokenFileError, Tokens};
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
@@ -52,8 +55,9 @@ pub struct ServerConfig {
     pub max_extract_bytes: u64,
     /// Most entries an archive may have.
     pub max_entries: u64,
-    /// Accepted bearer tokens; `None` turns authentication off.
-    pub tokens: Option<Vec<String>>,
+    /// Accepted bearer tokens and their scopes; `None` turns
+    /// authentication off (and with it scopes and build ownership).
+    pub tokens: Option<Arc<Tokens>>,
     /// How long running builds may go on after a shutdown signal.
     pub grace: Duration,
     /// How many times a build is started in all: one that was running
@@ -101,31 +105,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the token file {path}: {message}")]
-    Tokens { path: PathBuf, message: String },
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
     #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
-}
-
-/// Reads bearer tokens: one per line; blank lines and `#` comments ignored.
-pub fn read_tokens(path: &std::path::Path) -> Result<Vec<String>, ServerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Tokens {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    if tokens.is_empty() {
-        return Err(ServerError::Tokens {
-            path: path.to_path_buf(),
-            message: "has no token".into(),
-        });
-    }
-    Ok(tokens)
 }
 
 /// Serves on `listener` until `shutdown` completes; then stops accepting,

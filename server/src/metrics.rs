@@ -20,6 +20,9 @@ pub struct Metrics {
     pub receiving: AtomicU64,
     /// Requests cut off because their body did not arrive in time.
     pub rejected_timeout: AtomicU64,
+    /// Requests refused for naming a repository outside their token's
+    /// prefixes.
+    pub rejected_scope: AtomicU64,
     pub layers_hit: AtomicU64,
     pub layers_built: AtomicU64,
     durations: Mutex<Histogram>,
@@ -86,6 +89,11 @@ impl Metrics {
             o,
             "ftl_builds_rejected_total{{reason=\"timeout\"}} {}",
             self.rejected_timeout.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "ftl_builds_rejected_total{{reason=\"forbidden\"}} {}",
+            self.rejected_scope.load(Relaxed)
         );
         {
             let h = self.durations.lock().unwrap_or_else(|p| p.into_inner());

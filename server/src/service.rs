@@ -307,15 +307,16 @@ impl Service {
     }
 
     /// Accepts the build of `slot`: extracts the upload stored at `upload`,
-    /// records the build and queues it.
+    /// records the build (owned by the token named `owner`) and queues it.
     pub(crate) async fn submit(
         self: &Arc<Self>,
         mut slot: Slot,
         spec: BuildSpec,
+        owner: Option<String>,
         upload: &Path,
     ) -> Result<String, SubmitError> {
         let id = slot.id.clone();
-        let result = self.accept(&id, &spec, upload).await;
+        let result = self.accept(&id, &spec, owner.as_deref(), upload).await;
         if let Err(e) = result {
             let _ = std::fs::remove_dir_all(self.source_dir(&id));
             if matches!(&e, SubmitError::Archive(a) if a.is_client_error()) {
@@ -330,7 +331,13 @@ impl Service {
         Ok(id)
     }
 
-    async fn accept(&self, id: &str, spec: &BuildSpec, upload: &Path) -> Result<(), SubmitError> {
+    async fn accept(
+        &self,
+        id: &str,
+        spec: &BuildSpec,
+        owner: Option<&str>,
+        upload: &Path,
+    ) -> Result<(), SubmitError> {
         let src = self.source_dir(id).join("src");
         let limits = Limits {
             max_bytes: self.config.max_extract_bytes,
@@ -358,22 +365,30 @@ impl Service {
             "queued: {} from a {:?} upload, base {}",
             spec.image, format, spec.base
         ));
-        if let Err(e) = self.store.insert(id, &options, now_ms()) {
+        if let Err(e) = self.store.insert(id, &options, now_ms(), owner) {
             self.close_log(id, "not accepted");
             return Err(e.into());
         }
         Ok(())
     }
 
+    /// Whether the build `rec` is the caller's to see: its own, or any
+    /// without authentication (`caller` is `None`).
+    pub(crate) fn visible(rec: &Record, caller: Option<&str>) -> bool {
+        caller.is_none() || rec.owner.as_deref() == caller
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         self.store.get(id)
     }
 
-    /// Cancels a queued or running build.
-    pub fn cancel(&self, id: &str) -> Result<State, CancelError> {
+    /// Cancels a queued or running build of `caller` (any build when
+    /// `None`); another's is not found.
+    pub fn cancel(&self, id: &str, caller: Option<&str>) -> Result<State, CancelError> {
         let rec = self
             .store
             .get(id)?
+            .filter(|r| Service::visible(r, caller))
             .ok_or_else(|| CancelError::NotFound(id.to_string()))?;
         if rec.state.is_terminal() {
             return Err(CancelError::Ended(id.to_string(), rec.state.as_str()));
@@ -509,12 +524,33 @@ impl Service {
         self.complete(id, outcome, started.elapsed(), &log);
     }
 
-    /// The engine request of a recorded build.
+    /// The engine request of a recorded build. Its token is checked again,
+    /// as the token file says now: a build queued before a token lost a
+    /// prefix (or was removed) does not run with the old rights.
     fn request(&self, rec: &Record) -> Result<ftl::engine::BuildRequest, String> {
         let spec: BuildSpec = serde_json::from_value(rec.options.clone())
             .map_err(|e| format!("invalid options: {e}"))?;
-        spec.to_request(self.source_dir(&rec.id).join("src"))
-            .map_err(|e| format!("invalid options: {e}"))
+        if let Some(tokens) = &self.config.tokens {
+            let owner = rec.owner.as_deref().ok_or(
+                "this build was recorded before tokens had names and scopes; submit it again",
+            )?;
+            let token = tokens.named(owner).ok_or_else(|| {
+                format!(
+                    "the token `{owner}` that submitted this build is no longer in the token file"
+                )
+            })?;
+            let uses = spec
+                .repositories()
+                .map_err(|e| format!("invalid options: {e}"))?;
+            token
+                .check(uses.iter().map(|(o, s, r)| (o.clone(), *s, r)))
+                .map_err(|e| format!("not allowed: {e}"))?;
+        }
+        let mut req = spec
+            .to_request(self.source_dir(&rec.id).join("src"))
+            .map_err(|e| format!("invalid options: {e}"))?;
+        req.cache_scope = rec.owner.clone();
+        Ok(req)
     }
 
     fn complete(
@@ -680,7 +716,9 @@ mod tests {
     fn recovery_fails_a_build_after_max_attempts_interrupted_runs() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("builds.db")).unwrap();
-        store.insert("b1", &serde_json::json!({}), 1).unwrap();
+        store
+            .insert("b1", &serde_json::json!({}), 1, Some("team-a"))
+            .unwrap();
         let get = || store.get("b1").unwrap().unwrap();
         // Queued, never started: re-queued, however often.
         assert_eq!(
