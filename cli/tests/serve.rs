@@ -2075,3 +2075,98 @@ fn an_old_token_file_is_refused_with_a_pointer_to_the_new_format() {
     assert!(err.contains("[[token]]"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
 }
+
+/// Issue 10: the package caches were one read-write directory for every
+/// build. Under `ftl serve` each token's builds get caches of their own:
+/// the same app built by two tokens fills two npm caches, and no build
+/// uses the machine's default one.
+#[test]
+fn each_tokens_builds_get_their_own_package_caches() {
+    let Some(node) = node_sample() else {
+        eprintln!("not run: no node sample");
+        return;
+    };
+    let _heavy = heavy();
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = r#"
+[[token]]
+name = "alice"
+token = "token-of-alice-0123456789"
+image = ["*"]
+base = ["*"]
+
+[[token]]
+name = "bob"
+token = "token-of-bob-0123456789"
+image = ["*"]
+base = ["*"]
+"#;
+    let server = Server::start_tokens(
+        tmp.path(),
+        &["--workers", "1"],
+        &[],
+        tokens,
+        "token-of-alice-0123456789",
+    );
+    let archive = tar_gz(&node);
+    for (who, token) in [
+        ("alice", "token-of-alice-0123456789"),
+        ("bob", "token-of-bob-0123456789"),
+    ] {
+        let opts = json!({
+            "image": rig.image(&format!("serve-scopes/{who}:v1")),
+            "base": rig.base("node"),
+            "no_cache": true,
+        })
+        .to_string();
+        let r = request(
+            &server.addr,
+            "POST",
+            "/v1/builds",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Ftl-Options", &opts),
+                ("Content-Type", "application/gzip"),
+            ],
+            &archive,
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let v = request(
+                &server.addr,
+                "GET",
+                &format!("/v1/builds/{id}"),
+                &[("Authorization", &format!("Bearer {token}"))],
+                b"",
+            )
+            .json();
+            match v["state"].as_str().unwrap() {
+                "succeeded" => break,
+                "failed" | "cancelled" => panic!("{who}'s build: {v:#}"),
+                _ => {}
+            }
+            assert!(start.elapsed() < Duration::from_secs(600), "{v:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let persistent = server.state.join("cache/persistent");
+    let caches: Vec<String> = std::fs::read_dir(&persistent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("node-package-cache"))
+        .collect();
+    assert_eq!(caches.len(), 2, "one npm cache per token: {caches:?}");
+    assert!(caches.iter().all(|c| c.contains('~')), "{caches:?}");
+    for c in &caches {
+        let content = persistent.join(c).join("npm/_cacache/content-v2/sha512");
+        assert!(
+            std::fs::read_dir(&content).is_ok_and(|mut d| d.next().is_some()),
+            "{} holds what its build downloaded",
+            content.display()
+        );
+    }
+}
