@@ -53,11 +53,14 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 100_000, value_name = "N")]
     pub max_files: u64,
 
-    /// A file of accepted bearer tokens, one per line.
+    /// The accepted bearer tokens (TOML: a [[token]] table per token with
+    /// its name and the repository prefixes it may use; see
+    /// server/README.md).
     #[arg(long, value_name = "FILE", required_unless_present = "no_auth")]
     pub token_file: Option<PathBuf>,
 
-    /// Serve without authentication (only behind something that does it).
+    /// Serve without authentication (only behind something that does it):
+    /// every client may use every repository and see every build.
     #[arg(long, conflicts_with = "token_file")]
     pub no_auth: bool,
 
@@ -65,6 +68,28 @@ pub struct ServeArgs {
     /// cancelled.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub grace: Duration,
+
+    /// How many times a build may be started: one that was running when
+    /// the server died this often is failed at the next start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_attempts: u32,
+
+    /// Connections open at once; more wait until one closes.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_connections: u64,
+
+    /// How long a request's headers may take to arrive (also how long an
+    /// idle keep-alive connection stays open).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// How long a whole request body (an upload) may take to arrive.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub body_timeout: Duration,
+
+    /// The longest pause while a request body arrives.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
 
     /// The local layer cache shared by all builds [default: STATE_DIR/cache].
     #[arg(long, value_name = "DIR")]
@@ -115,7 +140,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .canonicalize()
         .with_context(|| format!("state directory {}", args.state_dir.display()))?;
     let tokens = match &args.token_file {
-        Some(f) => Some(ftl_server::read_tokens(f)?),
+        Some(f) => Some(Arc::new(ftl_server::Tokens::read(f)?)),
         None => None,
     };
     let cache_dir = args
@@ -135,6 +160,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         max_entries: args.max_files,
         tokens,
         grace: args.grace,
+        max_attempts: args.max_attempts,
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        header_timeout: args.header_timeout,
+        body_timeout: args.body_timeout,
+        idle_timeout: args.idle_timeout,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -116,6 +116,50 @@ pub fn host_proxy_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The TCP endpoints install steps may reach in the ranges their network
+/// blocks: each `--egress-allow HOST:PORT` (every address HOST resolves
+/// to) and the proxies of `proxy_env` (`HTTP(S)_PROXY`, default port 80
+/// for `http://`, 443 for `https://`), so that a proxy on a private
+/// network or the host's loopback keeps working in a step's namespace.
+pub fn egress_allow(
+    flags: &[String],
+    proxy_env: &[(String, String)],
+) -> Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let mut out = Vec::new();
+    for f in flags {
+        let addrs: Vec<_> = f
+            .to_socket_addrs()
+            .with_context(|| format!("--egress-allow {f}: not a HOST:PORT that resolves"))?
+            .collect();
+        anyhow::ensure!(!addrs.is_empty(), "--egress-allow {f}: no address");
+        out.extend(addrs);
+    }
+    for (k, v) in proxy_env {
+        if k.eq_ignore_ascii_case("no_proxy") || v.trim().is_empty() {
+            continue;
+        }
+        let with_scheme = if v.contains("://") {
+            v.clone()
+        } else {
+            format!("http://{v}")
+        };
+        let url = url::Url::parse(&with_scheme).with_context(|| format!("{k}: not a proxy URL"))?;
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            anyhow::bail!("{k}: the proxy URL names no host");
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        match (host, port).to_socket_addrs() {
+            Ok(addrs) => out.extend(addrs),
+            // Not resolvable here: a step cannot resolve it either.
+            Err(e) => tracing::warn!(proxy = %k, error = %e, "cannot resolve the build proxy"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// Adds what to do in terms of this CLI's flags to registry errors whose
 /// library message can only describe it (a TLS failure: `--registry-ca`,
 /// `--insecure-registry`), and to a registry that kept failing.
@@ -180,6 +224,13 @@ pub struct StepArgs {
     /// Do not hand the host's HTTP(S)_PROXY/NO_PROXY to install steps.
     #[arg(long)]
     pub no_build_proxy: bool,
+
+    /// Let install steps reach HOST:PORT over TCP although it is on the
+    /// host's loopback or a private network (a package mirror); repeat for
+    /// more. Steps reach nothing else there. The build proxy
+    /// (HTTP(S)_PROXY) is allowed without this flag.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub egress_allow: Vec<String>,
 
     /// The OCI runtime for build steps and verification: ftl (embedded),
     /// runsc, runc, crun, or a path.
@@ -282,13 +333,18 @@ impl StepArgs {
                 std::env::var("SOURCE_DATE_EPOCH").ok().as_deref(),
             )?,
             unpinned_ttl,
-            build_env: ftl::engine::BuildEnv {
-                ca_bundle,
-                proxy_env: if self.no_build_proxy {
+            build_env: {
+                let proxy_env = if self.no_build_proxy {
                     Vec::new()
                 } else {
                     host_proxy_env()
-                },
+                };
+                let egress_allow = egress_allow(&self.egress_allow, &proxy_env)?;
+                ftl::engine::BuildEnv {
+                    ca_bundle,
+                    proxy_env,
+                    egress_allow,
+                }
             },
             disk: ftl::engine::DiskLimits {
                 scratch_bytes: self.step_disk,

@@ -189,9 +189,25 @@ impl Server {
     }
 
     fn start_with(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let token = "test-token-0123456789abcdef";
+        let tokens = format!(
+            "# the test's token: any repository\n[[token]]\nname = \"test\"\ntoken = \"{token}\"\nimage = [\"*\"]\nbase = [\"*\"]\n"
+        );
+        Server::start_tokens(dir, extra, env, &tokens, token)
+    }
+
+    /// `ftl serve` with the token file `tokens` (TOML); `token` is the one
+    /// [`Server::get`] and [`Server::submit`] send.
+    fn start_tokens(
+        dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        tokens: &str,
+        token: &str,
+    ) -> Server {
         let state = dir.join("state");
-        let token = "test-token-0123456789abcdef".to_string();
-        std::fs::write(dir.join("tokens"), format!("# tokens\n\n{token}\n")).unwrap();
+        let token = token.to_string();
+        std::fs::write(dir.join("tokens"), tokens).unwrap();
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -1251,4 +1267,906 @@ fn sigterm_cancels_what_outlives_the_grace_period() {
             .contains("did not end within the 1s grace period"),
         "{v:#}"
     );
+}
+
+// ---- issue 10: hostile uploads -------------------------------------------
+
+/// Options naming repositories on a closed loopback port: for tests whose
+/// requests never get as far as a build.
+fn placeholder_options(repo: &str) -> Value {
+    json!({"image": format!("127.0.0.1:9/{repo}:v1"), "base": "127.0.0.1:9/base/python"})
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+/// Every text the server left anywhere: its log, the state directory's
+/// files (logs, database).
+fn everything_the_server_wrote(server: &Server) -> String {
+    let mut all = server.log();
+    let mut stack = vec![server.state.clone()];
+    while let Some(d) = stack.pop() {
+        for p in files_in(&d) {
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else if p.is_file() {
+                all.push_str(&String::from_utf8_lossy(
+                    &std::fs::read(&p).unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn an_upload_link_chain_out_of_the_tree_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    // The uploaded tree lands at TMP/state/builds/ID/src: four levels
+    // above it is TMP, where a "host file" waits.
+    let secret = format!("HOST SECRET {}", std::process::id());
+    std::fs::write(tmp.path().join("host-file"), &secret).unwrap();
+    // Each link stays inside by its text (`a/b/c/d/s/../../../..` is `a`);
+    // resolved as the kernel does, `s` is the root and the second climbs
+    // out of it.
+    let links = |archive: &str| {
+        format!(
+            "{archive}\
+             link('a/b/c/d/s', '../../../..')\n\
+             link('requirements.txt', 'a/b/c/d/s/../../../../host-file')\n\
+             add('main.py', b'print(1)\\n')\n"
+        )
+    };
+    let tgz = python_tar(&(links(
+        "t = tarfile.open(fileobj=buf, mode='w:gz')\n\
+         def link(name, target):\n    ti = tarfile.TarInfo(name); ti.type = tarfile.SYMTYPE; ti.linkname = target; t.addfile(ti)\n\
+         def add(name, data):\n    ti = tarfile.TarInfo(name); ti.size = len(data); t.addfile(ti, io.BytesIO(data))\n\
+         ti = tarfile.TarInfo('a/b/c/d'); ti.type = tarfile.DIRTYPE; t.addfile(ti)\n",
+    ) + "t.close()\n"));
+    let zip = python_tar(&(links(
+        "import zipfile\nz = zipfile.ZipFile(buf, 'w')\n\
+         def link(name, target):\n    zi = zipfile.ZipInfo(name); zi.create_system = 3; zi.external_attr = 0o120777 << 16; z.writestr(zi, target)\n\
+         def add(name, data):\n    z.writestr(name, data)\n\
+         z.writestr('a/b/c/d/', '')\n",
+    ) + "z.close()\n"));
+    for (what, archive) in [("tar.gz", tgz), ("zip", zip)] {
+        let r = server.submit(&archive, &placeholder_options("serve-chain/app"));
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_eq!(r.json()["error"], "bad-entry", "{what}");
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert_eq!(
+            msg,
+            "archive entry `requirements.txt` is a symlink pointing out of the upload \
+             (a/b/c/d/s/../../../../host-file through the link `a/b/c/d/s` already in it)",
+            "{what}"
+        );
+    }
+    // No build was recorded, no tree kept, and the host file's content is
+    // nowhere the server wrote.
+    assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
+    assert!(files_in(&server.state.join("builds")).is_empty());
+    assert!(!everything_the_server_wrote(&server).contains(&secret));
+}
+
+/// The chain again, as a source directory on disk (which `ftl build`
+/// takes as it is): the plugin reads `requirements.txt` beneath the root,
+/// so the build fails naming it, and the host file's content reaches no
+/// output.
+#[test]
+fn a_source_link_chain_cannot_leak_a_host_file_into_a_build() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = format!("HOST-SECRET-{}", std::process::id());
+    std::fs::write(tmp.path().join("host-file"), format!("{secret}==1.0\n")).unwrap();
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(app.join("a/b")).unwrap();
+    std::fs::write(app.join("main.py"), "print(1)\n").unwrap();
+    std::os::unix::fs::symlink("../..", app.join("a/b/s")).unwrap();
+    std::os::unix::fs::symlink("a/b/s/../host-file", app.join("requirements.txt")).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let run = rig.build(
+        cache.path(),
+        &app,
+        &rig.base("python"),
+        &rig.image("serve-chain/cli:v1"),
+        &["--language", "python"],
+    );
+    assert_ne!(run.status, 0, "{}", run.stdout);
+    assert!(
+        run.stderr.contains("`requirements.txt`") && run.stderr.contains("resolves outside"),
+        "{}",
+        run.stderr
+    );
+    for text in [&run.stdout, &run.stderr] {
+        assert!(!text.contains(&secret), "{text}");
+    }
+}
+
+#[test]
+fn a_too_long_entry_name_is_a_400() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let long = "n".repeat(300);
+    let deep = vec!["d".repeat(250); 20].join("/") + "/f";
+    let add = |name: &str| {
+        format!(
+            "t = tarfile.open(fileobj=buf, mode='w:gz', format=tarfile.GNU_FORMAT)\nti = tarfile.TarInfo({name:?}); ti.size = 1; t.addfile(ti, io.BytesIO(b'x'))\nt.close()"
+        )
+    };
+    let state = server.state.display().to_string();
+    for (name, reason) in [
+        (&long, "has a path component longer than 255 bytes"),
+        (&deep, "has a name too long for the server's filesystem"),
+    ] {
+        let r = server.submit(
+            &python_tar(&add(name)),
+            &placeholder_options("serve-long/app"),
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert_eq!(msg, format!("archive entry `{name}` {reason}"));
+        assert!(!r.text().contains(&state), "{}", r.text());
+        assert!(!r.text().contains("/builds/"), "{}", r.text());
+    }
+    assert!(files_in(&server.state.join("builds")).is_empty());
+}
+
+// ---- issue 10: hostile clients --------------------------------------------
+
+/// Sends a request's head with `Content-Length: length` and no body yet.
+fn send_head(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    length: u64,
+) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {length}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+/// Reads the response on `s` (sent with `Connection: close`).
+fn read_response(s: TcpStream) -> Resp {
+    let mut r = BufReader::new(s);
+    let (status, headers) = read_head(&mut r);
+    let mut body = Vec::new();
+    let _ = r.read_to_end(&mut body);
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A value of the server's Prometheus text.
+fn metric(server: &Server, name: &str) -> f64 {
+    let m = server.get("/metrics").text();
+    m.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{m}"))
+}
+
+/// Polls `cond` every 50 ms until it holds; panics with `what` after
+/// `timeout`.
+fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "{what} (waited {timeout:?})");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_full_queue_answers_429_before_reading_the_body() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["--workers", "1", "--queue", "0"]);
+    let opts = placeholder_options("serve-full/app").to_string();
+    let auth = server.auth();
+    let raw = [
+        ("Authorization", auth.as_str()),
+        ("Ftl-Options", opts.as_str()),
+    ];
+    // One upload in progress fills the only place.
+    let mut first = send_head(&server.addr, "POST", "/v1/builds", &raw, 1 << 20);
+    first.write_all(&[0x1f, 0x8b, 0, 0]).unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "the first upload holds its place",
+        || metric(&server, "ftl_uploads_receiving") == 1.0,
+    );
+    // The next requests send no body at all: only an answer that does not
+    // wait for it arrives.
+    let boundary = "ftl-test-boundary-429";
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let multipart = [
+        ("Authorization", auth.as_str()),
+        ("Content-Type", ct.as_str()),
+    ];
+    for headers in [&raw[..], &multipart[..]] {
+        let s = send_head(&server.addr, "POST", "/v1/builds", headers, 100 << 20);
+        let r = read_response(s);
+        assert_eq!(r.status, 429, "{}", r.text());
+        assert_eq!(r.header("retry-after"), Some("5"));
+        assert_eq!(r.json()["error"], "queue-full");
+    }
+    assert_eq!(
+        metric(&server, "ftl_builds_rejected_total{reason=\"queue-full\"}"),
+        2.0
+    );
+    // The first gives up: its place and its file are given back.
+    drop(first);
+    eventually(Duration::from_secs(60), "the place is given back", || {
+        metric(&server, "ftl_uploads_receiving") == 0.0
+    });
+    eventually(
+        Duration::from_secs(60),
+        "the partial upload is removed",
+        || files_in(&server.state.join("uploads")).is_empty(),
+    );
+    let r = server.submit(
+        b"not an archive at all",
+        &placeholder_options("serve-full/app"),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "not-an-archive");
+}
+
+/// Sends `head`, then `trickle` one byte about every second, reading what
+/// the server answers, until it closes the connection. Returns the answer,
+/// how long the connection lasted and how many bytes of `trickle` went out.
+fn trickle(
+    addr: &str,
+    head: &[u8],
+    trickle: &[u8],
+    give_up: Duration,
+) -> (String, Duration, usize) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let start = Instant::now();
+    let mut writable = s.write_all(head).is_ok();
+    let (mut sent, mut answer) = (0, Vec::new());
+    loop {
+        assert!(
+            start.elapsed() < give_up,
+            "still connected after {give_up:?} and {sent} bytes; answer so far: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        if writable && sent < trickle.len() {
+            match s.write_all(&trickle[sent..sent + 1]) {
+                Ok(()) => sent += 1,
+                Err(_) => writable = false,
+            }
+        }
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        start.elapsed(),
+        sent,
+    )
+}
+
+#[test]
+fn a_slow_client_is_timed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--header-timeout",
+            "2s",
+            "--body-timeout",
+            "5s",
+            "--idle-timeout",
+            "3s",
+        ],
+    );
+    let give_up = Duration::from_secs(60);
+    // Headers, one byte a second: cut off once the header timeout passes,
+    // long before they are complete.
+    let head = format!(
+        "GET /v1/builds HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nX-Padding: {}\r\n\r\n",
+        server.addr,
+        server.auth(),
+        "p".repeat(200)
+    );
+    let (answer, lasted, sent) = trickle(&server.addr, b"", head.as_bytes(), give_up);
+    assert!(sent < 100, "{sent} header bytes went out in {lasted:?}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // A body, one byte a second: answered 408 and closed.
+    let opts = placeholder_options("serve-slow/app").to_string();
+    let head = |length: usize| {
+        format!(
+            "POST /v1/builds HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nFtl-Options: {opts}\r\nContent-Length: {length}\r\n\r\n",
+            server.addr,
+            server.auth(),
+        )
+    };
+    let body = vec![0x1fu8; 1000];
+    let (answer, lasted, sent) = trickle(&server.addr, head(1000).as_bytes(), &body, give_up);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"error\":\"timeout\""), "{answer}");
+    assert!(sent < 100, "{sent} body bytes went out in {lasted:?}");
+
+    // A body that stops: answered 408 once the idle timeout passes.
+    let (answer, _, _) = trickle(
+        &server.addr,
+        (head(1000) + "0123456789").as_bytes(),
+        b"",
+        give_up,
+    );
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--idle-timeout"), "{answer}");
+    assert!(metric(&server, "ftl_builds_rejected_total{reason=\"timeout\"}") >= 2.0);
+    assert_eq!(metric(&server, "ftl_uploads_receiving"), 0.0);
+    eventually(
+        Duration::from_secs(30),
+        "timed-out uploads are removed",
+        || files_in(&server.state.join("uploads")).is_empty(),
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_wait_for_one_to_close() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &["--max-connections", "3", "--header-timeout", "120s"],
+    );
+    // Three connections that say nothing take every place.
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(&server.addr).unwrap())
+        .collect();
+    let mut fourth = send(&server.addr, "GET", "/healthz", &[], b"");
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match fourth.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("a fourth connection was served while three were open: {other:?}"),
+    }
+    // One closes: the fourth is served.
+    idle.pop();
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let r = read_response(fourth);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok\n"));
+    drop(idle);
+}
+
+/// The RSS of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+#[test]
+fn stalled_uploads_do_not_grow_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &[
+            "--queue",
+            "40",
+            "--max-upload",
+            "64M",
+            "--idle-timeout",
+            "10m",
+            "--body-timeout",
+            "10m",
+        ],
+    );
+    let pid = server.child.id();
+    // Warm up the paths a submission takes.
+    for _ in 0..3 {
+        let r = server.submit(b"not an archive", &placeholder_options("serve-rss/app"));
+        assert_eq!(r.status, 400);
+    }
+    let before = rss(pid);
+    let opts = placeholder_options("serve-rss/app").to_string();
+    let auth = server.auth();
+    let headers = [
+        ("Authorization", auth.as_str()),
+        ("Ftl-Options", opts.as_str()),
+    ];
+    const CLIENTS: usize = 30;
+    const SENT: usize = 8 << 20;
+    let chunk = vec![0x1fu8; SENT];
+    let stalled: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = send_head(&server.addr, "POST", "/v1/builds", &headers, 60 << 20);
+            s.write_all(&chunk).unwrap();
+            s
+        })
+        .collect();
+    // Everything sent has reached the server's disk.
+    let uploads = server.state.join("uploads");
+    let on_disk = || -> u64 {
+        files_in(&uploads)
+            .iter()
+            .filter_map(|p| p.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    let start = Instant::now();
+    while on_disk() < (CLIENTS * SENT) as u64 {
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "{} of {} bytes on disk; RSS grew by {} MiB",
+            on_disk(),
+            CLIENTS * SENT,
+            rss(pid).saturating_sub(before) >> 20
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let grown = rss(pid).saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "{CLIENTS} stalled uploads of {} MiB each grew the server by {} MiB",
+        SENT >> 20,
+        grown >> 20
+    );
+    assert_eq!(metric(&server, "ftl_uploads_receiving"), CLIENTS as f64);
+    drop(stalled);
+    eventually(
+        Duration::from_secs(60),
+        "abandoned uploads are removed",
+        || files_in(&uploads).is_empty() && metric(&server, "ftl_uploads_receiving") == 0.0,
+    );
+}
+
+/// A small app that builds quickly and then verifies for a long time: a
+/// build that stays running until it is cancelled or its server dies.
+fn long_running_build(rig: &Rig, dir: &Path, repo: &str) -> (Vec<u8>, Value) {
+    let app = dir.join("long-app");
+    std::fs::create_dir_all(&app).unwrap();
+    std::fs::write(app.join("hello.txt"), "hello\n").unwrap();
+    (
+        tar_gz(&app),
+        json!({
+            "image": rig.image(repo),
+            "base": rig.base("python"),
+            "language": "generic",
+            "verify": {"command": ["sleep", "120"], "timeout_secs": 600},
+        }),
+    )
+}
+
+#[test]
+fn a_build_interrupted_too_often_is_failed() {
+    let rig = rig();
+    let _turn = heavy();
+    let tmp = tempfile::tempdir().unwrap();
+    let args = ["--workers", "1", "--max-attempts", "2"];
+    let mut server = Server::start(tmp.path(), &args);
+    let (archive, options) = long_running_build(rig, tmp.path(), "serve-attempts/app:v1");
+    let id = server.submit_ok(&archive, &options);
+    for attempt in 1..=2 {
+        eventually(
+            Duration::from_secs(300),
+            &format!("attempt {attempt} runs"),
+            || {
+                let v = server.get(&format!("/v1/builds/{id}")).json();
+                v["state"] == "running" && v["attempts"] == attempt
+            },
+        );
+        server.kill(); // SIGKILL, mid-build
+        server = Server::start(tmp.path(), &args);
+    }
+    // Two starts, each ended by the server dying: not a third.
+    let v = server.get(&format!("/v1/builds/{id}")).json();
+    assert_eq!(v["state"], "failed", "{v:#}");
+    assert_eq!(v["attempts"], 2, "{v:#}");
+    assert_eq!(
+        v["error"], "the server stopped 2 times while this build ran",
+        "{v:#}"
+    );
+    let log = server.get(&format!("/v1/builds/{id}/log")).text();
+    assert!(log.contains("running (attempt 2)"), "{log}");
+    assert!(
+        log.trim_end()
+            .ends_with("failed: the server stopped 2 times while this build ran"),
+        "{log}"
+    );
+    assert!(files_in(&server.state.join("builds")).is_empty());
+}
+
+// ---- issue 10: tokens with scopes -----------------------------------------
+
+fn team_tokens(host: &str) -> String {
+    format!(
+        r#"
+[[token]]
+name = "team-a"
+token = "token-of-team-a-0123456789"
+image = ["{host}/team-a/"]
+base = ["{host}/base/"]
+
+[[token]]
+name = "team-c"
+token_sha256 = "{c}"
+image = ["{host}/team-c/"]
+cache_repo = ["{host}/caches/team-c/"]
+base = ["{host}/base/"]
+"#,
+        c = sha256_hex("token-of-team-c-0123456789"),
+    )
+}
+
+fn sha256_hex(s: &str) -> String {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+#[test]
+fn a_token_cannot_push_outside_its_prefixes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let host = "127.0.0.1:9";
+    let server = Server::start_tokens(
+        tmp.path(),
+        &[],
+        &[],
+        &team_tokens(host),
+        "token-of-team-a-0123456789",
+    );
+    let submit_as = |token: &str, options: &Value| {
+        let opts = options.to_string();
+        request(
+            &server.addr,
+            "POST",
+            "/v1/builds",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Ftl-Options", &opts),
+            ],
+            b"not an archive",
+        )
+    };
+    let a = "token-of-team-a-0123456789";
+    let c = "token-of-team-c-0123456789";
+    let base = format!("{host}/base/python");
+    let forbidden = [
+        (
+            a,
+            json!({"image": format!("{host}/team-aevil/app:v1"), "base": base}),
+            format!("option `image`: {host}/team-aevil/app is outside the repositories the token `team-a` may use for `image` ({host}/team-a/)"),
+        ),
+        (
+            a,
+            json!({"image": format!("127.0.0.2:9/team-a/app"), "base": base}),
+            "option `image`: 127.0.0.2:9/team-a/app is outside".to_string(),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base, "cache_repo": format!("{host}/team-b/cache")}),
+            format!("option `cache_repo`: {host}/team-b/cache is outside the repositories the token `team-a` may use for `cache_repo` ({host}/team-a/)"),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": format!("{host}/secret/python")}),
+            format!("option `base`: {host}/secret/python is outside"),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base, "settings": {"java.builder": format!("{host}/secret/maven:3")}}),
+            format!("option `settings.java.builder`: {host}/secret/maven is outside the repositories the token `team-a` may use for `base`"),
+        ),
+        // The default cache repository, `<image repo>/ftl-cache`, is
+        // checked too: team-c caches elsewhere.
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base}),
+            format!("option `cache_repo`: {host}/team-c/app/ftl-cache is outside the repositories the token `team-c` may use for `cache_repo` ({host}/caches/team-c/)"),
+        ),
+    ];
+    for (token, options, want) in &forbidden {
+        let r = submit_as(token, options);
+        assert_eq!(r.status, 403, "{options}: {}", r.text());
+        assert_eq!(r.json()["error"], "forbidden");
+        let msg = r.json()["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.starts_with(want.as_str()),
+            "{msg:?} should start with {want:?}"
+        );
+    }
+    // Within its prefixes, a submission goes on to its body (which is no
+    // archive here).
+    for (token, options) in [
+        (
+            a,
+            json!({"image": format!("{host}/team-a/app"), "base": base}),
+        ),
+        (
+            a,
+            json!({"image": format!("{host}/team-a/x/y"), "base": base, "cache_repo": format!("{host}/team-a/cache")}),
+        ),
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base, "cache_repo": format!("{host}/caches/team-c/app")}),
+        ),
+        (
+            c,
+            json!({"image": format!("{host}/team-c/app"), "base": base, "no_registry_cache": true}),
+        ),
+    ] {
+        let r = submit_as(token, &options);
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (400, Some("not-an-archive")),
+            "{options}: {}",
+            r.text()
+        );
+    }
+    // The header form is refused before its body is read.
+    let opts = forbidden[0].1.to_string();
+    let s = send_head(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[
+            ("Authorization", &format!("Bearer {a}")),
+            ("Ftl-Options", &opts),
+        ],
+        100 << 20,
+    );
+    assert_eq!(read_response(s).status, 403);
+    // The multipart form once its options part is read.
+    let boundary = "ftl-test-boundary-403";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"options\"\r\n\r\n{opts}\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"source\"; filename=\"a.tgz\"\r\n\r\nnot an archive\r\n--{boundary}--\r\n"
+    );
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = request(
+        &server.addr,
+        "POST",
+        "/v1/builds",
+        &[
+            ("Authorization", &format!("Bearer {a}")),
+            ("Content-Type", &ct),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("option `image`"));
+    assert_eq!(
+        metric(&server, "ftl_builds_rejected_total{reason=\"forbidden\"}"),
+        (forbidden.len() + 2) as f64
+    );
+    assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
+}
+
+#[test]
+fn a_token_cannot_see_or_cancel_another_tokens_build() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = r#"
+[[token]]
+name = "alice"
+token = "token-of-alice-0123456789"
+image = ["*"]
+base = ["*"]
+
+[[token]]
+name = "bob"
+token = "token-of-bob-0123456789"
+image = ["*"]
+base = ["*"]
+"#;
+    let alice = Server::start_tokens(
+        tmp.path(),
+        &["--workers", "1"],
+        &[],
+        tokens,
+        "token-of-alice-0123456789",
+    );
+    let bob = "Bearer token-of-bob-0123456789";
+    let as_bob = |method: &str, path: &str| {
+        request(&alice.addr, method, path, &[("Authorization", bob)], b"")
+    };
+    let (archive, options) = long_running_build(rig, tmp.path(), "serve-owner/app:v1");
+    let id = alice.submit_ok(&archive, &options);
+
+    let mine = alice.get(&format!("/v1/builds/{id}"));
+    assert_eq!(mine.status, 200);
+    assert_eq!(mine.json()["owner"], "alice");
+    assert_eq!(
+        alice.get("/v1/builds").json()["builds"][0]["id"],
+        id.as_str()
+    );
+    // To bob it does not exist: the same 404 as an id nobody has.
+    let nobody = "b0000000000000000000";
+    for (method, path) in [
+        ("GET", format!("/v1/builds/{id}")),
+        ("GET", format!("/v1/builds/{id}/log")),
+        ("POST", format!("/v1/builds/{id}:cancel")),
+    ] {
+        let r = as_bob(method, &path);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        let other = as_bob(method, &path.replace(&id, nobody));
+        assert_eq!(
+            r.json()["message"].as_str().unwrap().replace(&id, nobody),
+            other.json()["message"].as_str().unwrap()
+        );
+    }
+    assert_eq!(as_bob("GET", "/v1/builds").json()["builds"], json!([]));
+    assert_eq!(as_bob("GET", "/metrics").status, 200);
+    // Bob's cancel did nothing; alice's does.
+    assert!(["queued", "running"].contains(
+        &alice.get(&format!("/v1/builds/{id}")).json()["state"]
+            .as_str()
+            .unwrap()
+    ));
+    let r = request(
+        &alice.addr,
+        "POST",
+        &format!("/v1/builds/{id}:cancel"),
+        &[("Authorization", &alice.auth())],
+        b"",
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = alice.wait(&id, Duration::from_secs(120));
+    assert_eq!(v["state"], "cancelled", "{v:#}");
+}
+
+#[test]
+fn an_old_token_file_is_refused_with_a_pointer_to_the_new_format() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tokens"),
+        "# one per line\nan-old-token-0123456789\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(tmp.path().join("state"))
+        .arg("--token-file")
+        .arg(tmp.path().join("tokens"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is in the old format"), "{err}");
+    assert!(err.contains("[[token]]"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+}
+
+/// Issue 10: the package caches were one read-write directory for every
+/// build. Under `ftl serve` each token's builds get caches of their own:
+/// the same app built by two tokens fills two npm caches, and no build
+/// uses the machine's default one.
+#[test]
+fn each_tokens_builds_get_their_own_package_caches() {
+    let Some(node) = node_sample() else {
+        eprintln!("not run: no node sample");
+        return;
+    };
+    let _heavy = heavy();
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let tokens = r#"
+[[token]]
+name = "alice"
+token = "token-of-alice-0123456789"
+image = ["*"]
+base = ["*"]
+
+[[token]]
+name = "bob"
+token = "token-of-bob-0123456789"
+image = ["*"]
+base = ["*"]
+"#;
+    let server = Server::start_tokens(
+        tmp.path(),
+        &["--workers", "1"],
+        &[],
+        tokens,
+        "token-of-alice-0123456789",
+    );
+    let archive = tar_gz(&node);
+    for (who, token) in [
+        ("alice", "token-of-alice-0123456789"),
+        ("bob", "token-of-bob-0123456789"),
+    ] {
+        let opts = json!({
+            "image": rig.image(&format!("serve-scopes/{who}:v1")),
+            "base": rig.base("node"),
+            "no_cache": true,
+        })
+        .to_string();
+        let r = request(
+            &server.addr,
+            "POST",
+            "/v1/builds",
+            &[
+                ("Authorization", &format!("Bearer {token}")),
+                ("Ftl-Options", &opts),
+                ("Content-Type", "application/gzip"),
+            ],
+            &archive,
+        );
+        assert_eq!(r.status, 202, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        let start = Instant::now();
+        loop {
+            let v = request(
+                &server.addr,
+                "GET",
+                &format!("/v1/builds/{id}"),
+                &[("Authorization", &format!("Bearer {token}"))],
+                b"",
+            )
+            .json();
+            match v["state"].as_str().unwrap() {
+                "succeeded" => break,
+                "failed" | "cancelled" => panic!("{who}'s build: {v:#}"),
+                _ => {}
+            }
+            assert!(start.elapsed() < Duration::from_secs(600), "{v:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let persistent = server.state.join("cache/persistent");
+    let caches: Vec<String> = std::fs::read_dir(&persistent)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("node-package-cache"))
+        .collect();
+    assert_eq!(caches.len(), 2, "one npm cache per token: {caches:?}");
+    assert!(caches.iter().all(|c| c.contains('~')), "{caches:?}");
+    for c in &caches {
+        let content = persistent.join(c).join("npm/_cacache/content-v2/sha512");
+        assert!(
+            std::fs::read_dir(&content).is_ok_and(|mut d| d.next().is_some()),
+            "{} holds what its build downloaded",
+            content.display()
+        );
+    }
 }

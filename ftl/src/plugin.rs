@@ -126,6 +126,10 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// The root filesystem (default: the base image's).
     pub root: StepRoot,
+    /// With [`StepNetwork::Egress`], set by the engine (plugins leave it
+    /// empty): TCP endpoints the step may reach although their range is
+    /// blocked (the build proxy, mirrors the user allowed).
+    pub egress_allow: Vec<std::net::SocketAddr>,
 }
 
 impl ExecRequest {
@@ -142,6 +146,7 @@ impl ExecRequest {
             network: StepNetwork::None,
             timeout: Duration::from_secs(600),
             root: StepRoot::Base,
+            egress_allow: Vec::new(),
         }
     }
 }

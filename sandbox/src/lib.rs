@@ -39,7 +39,8 @@ pub const REMOVE_ON_EXIT: &str = "dev.ftl.remove-on-exit";
 pub use error::SandboxError;
 pub use external::ExternalRuntime;
 pub use net::{
-    connect_in_netns, stack_available, Stack, BLOCKED_V4, BLOCKED_V6, NETWORK, NETWORK_STACK,
+    connect_in_netns, parse_allow, stack_available, Stack, BLOCKED_V4, BLOCKED_V6, EGRESS_ALLOW,
+    NETWORK, NETWORK_STACK,
 };
 pub use sandbox::{Outcome, RunRequest, Running, Sandbox, Source, Stdio};
 pub use spec::{

@@ -42,6 +42,13 @@ use crate::error::SandboxError;
 pub const NETWORK: &str = "dev.ftl.network";
 /// Annotation: which stack, `slirp4netns` (default) or `pasta`.
 pub const NETWORK_STACK: &str = "dev.ftl.network-stack";
+/// Annotation: TCP endpoints (`ADDR:PORT`, comma-separated; `[V6]:PORT`)
+/// an egress namespace may reach although their range is blocked: a proxy
+/// or a package mirror on a private network, or on the host's loopback.
+/// A loopback endpoint is reached at the same address and port inside the
+/// namespace, relayed by the runtime to the host's; nothing else of the
+/// host's loopback is.
+pub const EGRESS_ALLOW: &str = "dev.ftl.egress-allow";
 
 /// A user-mode network stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -114,6 +121,28 @@ pub(crate) struct Egress {
     userns: bool,
     /// The container's state directory (resolv.conf, the stack's log).
     dir: PathBuf,
+    /// [`EGRESS_ALLOW`].
+    allow: Vec<SocketAddr>,
+}
+
+/// Parses [`EGRESS_ALLOW`]'s value.
+pub fn parse_allow(value: &str) -> Result<Vec<SocketAddr>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| format!("{s:?} is not ADDRESS:PORT"))
+                .and_then(|a| {
+                    if a.port() == 0 || a.ip().is_unspecified() {
+                        Err(format!("{s:?}: no address and port to allow"))
+                    } else {
+                        Ok(a)
+                    }
+                })
+        })
+        .collect()
 }
 
 fn err(stack: Stack, message: impl Into<String>) -> SandboxError {
@@ -168,6 +197,11 @@ pub(crate) fn prepare(
         ));
     }
     let userns = has(LinuxNamespaceType::User);
+    let allow = match annotations.get(EGRESS_ALLOW) {
+        None => Vec::new(),
+        Some(v) => parse_allow(v)
+            .map_err(|e| SandboxError::spec(format!("annotations[{EGRESS_ALLOW}]"), e))?,
+    };
     let write = |name: &str, text: String| {
         let path = dir.join(name);
         fs::write(&path, text).map_err(|source| SandboxError::State {
@@ -213,6 +247,7 @@ pub(crate) fn prepare(
             stack,
             userns,
             dir: dir.to_path_buf(),
+            allow,
         },
     )))
 }
@@ -258,10 +293,15 @@ pub(crate) struct Attached {
     child: Child,
     /// slirp4netns's `--exit-fd`: closing it makes it exit.
     exit: Option<OwnedFd>,
+    /// Relays of allowed loopback endpoints.
+    relays: Vec<Relay>,
 }
 
 impl Drop for Attached {
     fn drop(&mut self) {
+        for r in &self.relays {
+            r.stop();
+        }
         drop(self.exit.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -374,7 +414,11 @@ impl Egress {
             )
         })?;
         drop(held);
-        let mut attached = Attached { child, exit };
+        let mut attached = Attached {
+            child,
+            exit,
+            relays: Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         let log_tail = || {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
@@ -420,12 +464,17 @@ impl Egress {
                 std::thread::sleep(Duration::from_millis(1));
             },
         }
-        block_host_ranges(pid, stack).map_err(|e| {
+        block_host_ranges(pid, stack, &self.allow).map_err(|e| {
             err(
                 stack,
                 format!("blocking the host's addresses in the namespace: {e}"),
             )
         })?;
+        for &addr in self.allow.iter().filter(|a| a.ip().is_loopback()) {
+            let relay = Relay::start(pid, addr)
+                .map_err(|e| err(stack, format!("relaying {addr} into the namespace: {e}")))?;
+            attached.relays.push(relay);
+        }
         tracing::debug!(pid, stack = stack.name(), "egress attached");
         Ok(attached)
     }
@@ -485,19 +534,21 @@ fn network_of(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
-/// One FIB rule: `to dst/len [ipproto P dport 53] prohibit | lookup main`.
+/// One FIB rule: `to dst/len [ipproto P dport N] prohibit | lookup main`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Rule {
     dst: IpAddr,
     len: u8,
-    /// `Some(proto)`: only that protocol's port 53, looked up in main.
-    dns: Option<u8>,
+    /// `Some((proto, port))`: only that protocol's port, looked up in main
+    /// (the DNS forwarder, an allowed endpoint); `None`: prohibit.
+    pass: Option<(u8, u16)>,
     priority: u32,
 }
 
-/// The rules of an egress namespace: the DNS forwarder's port 53 first,
-/// then every blocked range, the host's addresses and their subnets.
-fn rules(stack: Stack) -> Vec<Rule> {
+/// The rules of an egress namespace: the DNS forwarder's port 53 and the
+/// allowed endpoints that are not loopback (those are relayed) first, then
+/// every blocked range, the host's addresses and their subnets.
+fn rules(stack: Stack, allow: &[SocketAddr]) -> Vec<Rule> {
     let dns = IpAddr::V4(stack.dns());
     let mut protos = vec![libc::IPPROTO_UDP as u8];
     if stack == Stack::Slirp4netns {
@@ -508,10 +559,21 @@ fn rules(stack: Stack) -> Vec<Rule> {
         .map(|p| Rule {
             dst: dns,
             len: 32,
-            dns: Some(p),
+            pass: Some((p, 53)),
             priority: 100,
         })
         .collect();
+    out.extend(
+        allow
+            .iter()
+            .filter(|a| !a.ip().is_loopback())
+            .map(|a| Rule {
+                dst: a.ip(),
+                len: if a.is_ipv4() { 32 } else { 128 },
+                pass: Some((libc::IPPROTO_TCP as u8, a.port())),
+                priority: 100,
+            }),
+    );
     let mut blocked: Vec<(IpAddr, u8)> = BLOCKED_V4
         .iter()
         .map(|&(a, l)| (IpAddr::V4(a), l))
@@ -530,7 +592,7 @@ fn rules(stack: Stack) -> Vec<Rule> {
     out.extend(blocked.into_iter().map(|(dst, len)| Rule {
         dst,
         len,
-        dns: None,
+        pass: None,
         priority: 200,
     }));
     out
@@ -560,7 +622,7 @@ fn rule_message(rule: &Rule, seq: u32) -> Vec<u8> {
     };
     let mut m = Vec::with_capacity(96);
     m.extend_from_slice(&[0u8; 16]); // nlmsghdr, filled below
-    let (table, action) = match rule.dns {
+    let (table, action) = match rule.pass {
         Some(_) => (RT_TABLE_MAIN, FR_ACT_TO_TBL),
         None => (0, FR_ACT_PROHIBIT),
     };
@@ -569,10 +631,10 @@ fn rule_message(rule: &Rule, seq: u32) -> Vec<u8> {
     m.extend_from_slice(&0u32.to_ne_bytes());
     attr(&mut m, FRA_DST, &addr);
     attr(&mut m, FRA_PRIORITY, &rule.priority.to_ne_bytes());
-    if let Some(proto) = rule.dns {
+    if let Some((proto, port)) = rule.pass {
         attr(&mut m, FRA_IP_PROTO, &[proto]);
-        let mut range = 53u16.to_ne_bytes().to_vec();
-        range.extend_from_slice(&53u16.to_ne_bytes());
+        let mut range = port.to_ne_bytes().to_vec();
+        range.extend_from_slice(&port.to_ne_bytes());
         attr(&mut m, FRA_DPORT_RANGE, &range);
     }
     let len = m.len() as u32;
@@ -586,8 +648,8 @@ fn rule_message(rule: &Rule, seq: u32) -> Vec<u8> {
 }
 
 /// Installs [`rules`] in the network namespace of `pid`.
-fn block_host_ranges(pid: libc::pid_t, stack: Stack) -> io::Result<()> {
-    let rules = rules(stack);
+fn block_host_ranges(pid: libc::pid_t, stack: Stack, allow: &[SocketAddr]) -> io::Result<()> {
+    let rules = rules(stack, allow);
     in_netns(pid, move || {
         // SAFETY: a fresh socket we own.
         let fd = unsafe {
@@ -639,6 +701,68 @@ fn block_host_ranges(pid: libc::pid_t, stack: Stack) -> io::Result<()> {
     })
 }
 
+/// A TCP relay from an address of a container's network namespace to the
+/// same address of the host's (an allowed loopback endpoint): a listener
+/// bound inside the namespace, served by a thread of the runtime that
+/// connects on the host's side and copies both ways. Stopped when dropped
+/// with its container's network stack.
+#[derive(Debug)]
+struct Relay {
+    listener: std::net::TcpListener,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Relay {
+    fn start(pid: libc::pid_t, addr: SocketAddr) -> io::Result<Relay> {
+        let listener = in_netns(pid, || std::net::TcpListener::bind(addr))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (l, s) = (listener.try_clone()?, stop.clone());
+        std::thread::Builder::new()
+            .name(format!("ftl-relay-{addr}"))
+            .spawn(move || {
+                for conn in l.incoming() {
+                    if s.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(inside) = conn else { continue };
+                    let _ = std::thread::Builder::new()
+                        .name("ftl-relay-conn".into())
+                        .spawn(move || {
+                            if let Ok(host) =
+                                TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                            {
+                                pump(inside, host);
+                            }
+                        });
+                }
+            })?;
+        Ok(Relay { listener, stop })
+    }
+
+    fn stop(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accepting thread: it sees the flag and returns.
+        // SAFETY: shutdown on a socket we own.
+        unsafe {
+            libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    }
+}
+
+/// Copies `a` to `b` and `b` to `a` until either side closes.
+fn pump(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let one_way = |mut from: TcpStream, mut to: TcpStream| {
+        let _ = io::copy(&mut from, &mut to);
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    };
+    let t = std::thread::spawn(move || one_way(a2, b));
+    one_way(b2, a);
+    let _ = t.join();
+}
+
 /// Whether `program` can be found on PATH.
 pub fn stack_available(stack: Stack) -> bool {
     let name = OsStr::new(stack.name());
@@ -653,21 +777,35 @@ mod tests {
 
     #[test]
     fn rules_let_only_dns_through_and_block_the_private_ranges() {
-        let r = rules(Stack::Slirp4netns);
+        let r = rules(Stack::Slirp4netns, &[]);
         assert_eq!(r[0].dst, IpAddr::V4(Ipv4Addr::new(10, 0, 2, 3)));
-        assert_eq!(r[0].dns, Some(libc::IPPROTO_UDP as u8));
-        assert_eq!(r[1].dns, Some(libc::IPPROTO_TCP as u8));
+        assert_eq!(r[0].pass, Some((libc::IPPROTO_UDP as u8, 53)));
+        assert_eq!(r[1].pass, Some((libc::IPPROTO_TCP as u8, 53)));
         for (a, l) in [("10.0.0.0", 8), ("127.0.0.0", 8), ("169.254.0.0", 16)] {
             assert!(
                 r.iter().any(|x| x.dst == a.parse::<IpAddr>().unwrap()
                     && x.len == l
-                    && x.dns.is_none()),
+                    && x.pass.is_none()),
                 "{a}/{l}"
             );
         }
-        assert!(r.iter().all(|x| x.dns.is_some() || x.priority > 100));
-        let p = rules(Stack::Pasta);
-        assert_eq!(p.iter().filter(|x| x.dns.is_some()).count(), 1);
+        assert!(r.iter().all(|x| x.pass.is_some() || x.priority > 100));
+        let p = rules(Stack::Pasta, &[]);
+        assert_eq!(p.iter().filter(|x| x.pass.is_some()).count(), 1);
+    }
+
+    #[test]
+    fn an_allowed_endpoint_passes_its_port_only_and_loopback_is_relayed() {
+        let allow = parse_allow("10.1.2.3:3128, 127.0.0.1:4873").unwrap();
+        let r = rules(Stack::Slirp4netns, &allow);
+        let passes: Vec<_> = r.iter().filter(|x| x.pass.is_some()).collect();
+        assert_eq!(passes.len(), 3, "{passes:?}");
+        assert_eq!(passes[2].dst, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!(passes[2].pass, Some((libc::IPPROTO_TCP as u8, 3128)));
+        assert!(passes.iter().all(|x| x.priority < 200));
+        assert!(parse_allow("10.1.2.3").is_err());
+        assert!(parse_allow("0.0.0.0:80").is_err());
+        assert!(parse_allow("10.1.2.3:0").is_err());
     }
 
     #[test]

@@ -189,6 +189,10 @@ pub struct StepSpec {
     /// commands the caller runs on its own behalf (`runsc do`). A caller
     /// that is not root always gets a user namespace mapping its own ids.
     pub ids: Option<IdRange>,
+    /// With [`Network::Egress`]: TCP endpoints the step may reach although
+    /// their range is blocked (a proxy, a package mirror on a private
+    /// network or the host's loopback; see [`crate::net::EGRESS_ALLOW`]).
+    pub egress_allow: Vec<std::net::SocketAddr>,
 }
 
 /// A range of host user and group ids that a step's ids `0..size` map to.
@@ -325,6 +329,7 @@ impl StepSpec {
             uid: 0,
             gid: 0,
             ids: Some(IdRange::DEFAULT),
+            egress_allow: Vec::new(),
         }
     }
 }
@@ -679,6 +684,10 @@ pub fn spec_for_step(step: &StepSpec) -> Spec {
     if let Network::Egress(stack) = step.network {
         annotations.insert(crate::NETWORK.to_string(), "egress".to_string());
         annotations.insert(crate::NETWORK_STACK.to_string(), stack.name().to_string());
+        if !step.egress_allow.is_empty() {
+            let list: Vec<String> = step.egress_allow.iter().map(|a| a.to_string()).collect();
+            annotations.insert(crate::net::EGRESS_ALLOW.to_string(), list.join(","));
+        }
     }
     let mut spec = SpecBuilder::default()
         .version("1.0.2")

@@ -509,8 +509,21 @@ fn run_egress(
     stack: Stack,
     userns: bool,
 ) -> Outcome {
+    run_egress_allowing(fx, rootfs, script, stack, userns, &[])
+}
+
+/// [`run_egress`] with TCP endpoints the step may reach.
+fn run_egress_allowing(
+    fx: &Fixture,
+    rootfs: &std::path::Path,
+    script: &str,
+    stack: Stack,
+    userns: bool,
+    allow: &[std::net::SocketAddr],
+) -> Outcome {
     let mut step = StepSpec::new(rootfs, ["sh", "-c", script]);
     step.network = Network::Egress(stack);
+    step.egress_allow = allow.to_vec();
     let mut spec = spec_for_step(&step);
     if userns {
         let linux = spec.linux_mut().as_mut().unwrap();
@@ -697,6 +710,60 @@ fn an_egress_step_cannot_reach_host_loopback() {
         }
         lo.set_nonblocking(false).unwrap();
     });
+}
+
+/// A proxy or package mirror on the host's loopback, allowed for a step,
+/// is reached at its own address inside the step's namespace (relayed by
+/// the runtime); the host's other loopback ports stay out of reach, at
+/// that address and through slirp's alias of the host.
+#[test]
+fn an_egress_step_reaches_an_allowed_loopback_endpoint_and_nothing_else() {
+    if !egress_possible() {
+        return;
+    }
+    let fx = Fixture::new();
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = allowed.local_addr().unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = other.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    std::thread::spawn(move || {
+        for c in allowed.incoming().flatten() {
+            use std::io::Write;
+            let mut c = c;
+            let _ = c.write_all(b"HELLO-FROM-THE-HOST\n");
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let script = format!(
+        "nc -w 3 127.0.0.1 {p} </dev/null; \
+         nc -w 3 127.0.0.1 {b} </dev/null && echo CONNECTED other; \
+         nc -w 3 10.0.2.2 {b} </dev/null && echo CONNECTED alias; \
+         nc -w 3 10.0.2.2 {p} </dev/null && echo CONNECTED alias-allowed; echo done",
+        p = a.port()
+    );
+    let mut runs = 0;
+    each_egress(|stack, userns| {
+        let out = run_egress_allowing(&fx, &fx.rootfs, &script, stack, userns, &[a]);
+        runs += 1;
+        let t = text(&out.stdout);
+        assert!(
+            t.contains("HELLO-FROM-THE-HOST"),
+            "{stack:?} userns={userns}: {out:?}"
+        );
+        assert!(
+            !t.contains("CONNECTED"),
+            "{stack:?} userns={userns}: {out:?}"
+        );
+        assert!(t.contains("done"), "{stack:?} userns={userns}: {out:?}");
+        assert!(
+            nothing_accepted(&other),
+            "{stack:?} userns={userns}: another port of the host's loopback got a connection"
+        );
+        other.set_nonblocking(false).unwrap();
+    });
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), runs);
 }
 
 #[test]

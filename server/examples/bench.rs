@@ -103,8 +103,13 @@ fn main() -> Result<()> {
     eprintln!("==> registry and python base image");
     let rig = Rig::start(&ftl, &["python"])?;
     let tmp = tempfile::tempdir()?;
-    let token = "bench-token";
-    std::fs::write(tmp.path().join("tokens"), format!("{token}\n"))?;
+    let token = "bench-token-0123456789";
+    std::fs::write(
+        tmp.path().join("tokens"),
+        format!(
+            "[[token]]\nname = \"bench\"\ntoken = \"{token}\"\nimage = [\"*\"]\nbase = [\"*\"]\n"
+        ),
+    )?;
     let mut child = Command::new(&ftl)
         .args([
             "serve",

@@ -1,10 +1,14 @@
 //! Extraction of uploaded source archives, which are hostile until proven
 //! otherwise: every entry must land inside the extraction directory, links
-//! may not point out of it, device files are refused, and the expanded size
-//! and entry count are bounded (decompression bombs).
+//! may not point out of it (resolved against what is already extracted, as
+//! the kernel would resolve them, and checked again once the whole tree is
+//! there), device files are refused, and the expanded size and entry count
+//! are bounded (decompression bombs). No error names a path of the server:
+//! entries are named as the archive names them.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Cursor, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Component, Path, PathBuf};
 
 /// Bounds on what one archive may expand to.
@@ -29,12 +33,17 @@ pub enum ArchiveError {
     TooLarge { limit: u64 },
     #[error("the archive has more than {limit} entries (the entry limit)")]
     TooManyEntries { limit: u64 },
-    #[error("cannot write {path}: {source}")]
+    /// The server could not write what it extracts (a full disk): not the
+    /// client's fault. Names the entry, never the server's path.
+    #[error("cannot extract archive entry `{entry}`")]
     Io {
-        path: PathBuf,
+        entry: String,
         #[source]
         source: io::Error,
     },
+    /// The server could not read the upload it stored.
+    #[error("cannot read the stored upload")]
+    Read(#[source] io::Error),
 }
 
 impl ArchiveError {
@@ -46,13 +55,13 @@ impl ArchiveError {
             ArchiveError::Entry { .. } => "bad-entry",
             ArchiveError::TooLarge { .. } => "too-large",
             ArchiveError::TooManyEntries { .. } => "too-many-entries",
-            ArchiveError::Io { .. } => "io",
+            ArchiveError::Io { .. } | ArchiveError::Read(_) => "io",
         }
     }
 
     /// Whether the client is to blame (400) rather than the server (500).
     pub fn is_client_error(&self) -> bool {
-        !matches!(self, ArchiveError::Io { .. })
+        !matches!(self, ArchiveError::Io { .. } | ArchiveError::Read(_))
     }
 }
 
@@ -63,12 +72,27 @@ fn entry_err(entry: &str, reason: impl Into<String>) -> ArchiveError {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
-    move |source| ArchiveError::Io {
-        path: path.to_path_buf(),
-        source,
+/// An I/O error while extracting `entry`. A name the filesystem cannot
+/// hold (ENAMETOOLONG) is the archive's doing, so it is an entry error.
+fn io_err(entry: &str) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
+    move |source| {
+        if source.raw_os_error() == Some(libc::ENAMETOOLONG) {
+            entry_err(entry, "has a name too long for the server's filesystem")
+        } else {
+            ArchiveError::Io {
+                entry: entry.to_string(),
+                source,
+            }
+        }
     }
 }
+
+/// The longest name of one path component most filesystems hold.
+const NAME_MAX: usize = 255;
+
+/// How many links one resolution may follow before it counts as a loop
+/// (the kernel's limit).
+const MAX_HOPS: u32 = 40;
 
 /// What kind of archive the bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,19 +115,32 @@ pub fn sniff(data: &[u8]) -> Option<Format> {
     }
 }
 
-/// Extracts `data` (a tar.gz, tar or zip) into `dest`, which must exist and
-/// be empty. On error `dest` may hold a partial tree; the caller removes it.
-pub fn extract(data: &[u8], dest: &Path, limits: Limits) -> Result<Format, ArchiveError> {
-    let format = sniff(data).ok_or(ArchiveError::NotAnArchive)?;
+/// Extracts `input` (a tar.gz, tar or zip, read from its start) into
+/// `dest`, which must exist and be empty. On error `dest` may hold a
+/// partial tree; the caller removes it.
+pub fn extract<R: Read + Seek>(
+    mut input: R,
+    dest: &Path,
+    limits: Limits,
+) -> Result<Format, ArchiveError> {
+    let mut head = Vec::with_capacity(512);
+    input
+        .by_ref()
+        .take(512)
+        .read_to_end(&mut head)
+        .map_err(ArchiveError::Read)?;
+    input.seek(SeekFrom::Start(0)).map_err(ArchiveError::Read)?;
+    let format = sniff(&head).ok_or(ArchiveError::NotAnArchive)?;
     let mut x = Extractor {
         root: dest.to_path_buf(),
         limits,
         bytes: 0,
         entries: 0,
+        links: Vec::new(),
     };
     match format {
         Format::TarGz => {
-            let gz = flate2::read::GzDecoder::new(data);
+            let gz = flate2::read::GzDecoder::new(io::BufReader::new(input));
             // Headers and padding count too, so that a bomb of empty
             // entries or zero blocks is stopped as well.
             let budget = limits
@@ -116,11 +153,12 @@ pub fn extract(data: &[u8], dest: &Path, limits: Limits) -> Result<Format, Archi
             })?
         }
         Format::Tar => x.tar(Budget {
-            inner: data,
+            inner: io::BufReader::new(input),
             left: u64::MAX,
         })?,
-        Format::Zip => x.zip(data)?,
+        Format::Zip => x.zip(input)?,
     }
+    x.recheck_links()?;
     Ok(format)
 }
 
@@ -153,14 +191,27 @@ struct Extractor {
     limits: Limits,
     bytes: u64,
     entries: u64,
+    /// Every symlink extracted (entry name, place), for the check once the
+    /// whole tree is there: a later entry can change where an earlier link
+    /// resolves (`l -> q/../x`, then `q -> .`).
+    links: Vec<(String, PathBuf)>,
 }
 
-/// A checked relative path: no `..`, not absolute, not empty.
+/// A checked relative path: no `..`, not absolute, not empty, no component
+/// longer than a filesystem holds.
 fn checked_relative(name: &str, path: &Path) -> Result<Option<PathBuf>, ArchiveError> {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
-            Component::Normal(p) => out.push(p),
+            Component::Normal(p) => {
+                if p.len() > NAME_MAX {
+                    return Err(entry_err(
+                        name,
+                        format!("has a path component longer than {NAME_MAX} bytes"),
+                    ));
+                }
+                out.push(p)
+            }
             Component::CurDir => {}
             Component::ParentDir => {
                 return Err(entry_err(name, "escapes the upload directory with `..`"))
@@ -173,28 +224,103 @@ fn checked_relative(name: &str, path: &Path) -> Result<Option<PathBuf>, ArchiveE
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
 
-/// Where a symlink at `rel` pointing at `target` lands, lexically; `None`
-/// when it leaves the root.
-fn resolve_link(rel: &Path, target: &Path) -> Option<PathBuf> {
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
-    if let Some(parent) = rel.parent() {
-        for c in parent.components() {
-            if let Component::Normal(p) = c {
-                parts.push(p);
-            }
+/// Why a link's target does not stay in the tree.
+#[derive(Debug, PartialEq, Eq)]
+enum Escape {
+    /// `..` above the root, after following these links (empty: by the
+    /// target's own text).
+    Above { through: Vec<PathBuf> },
+    /// An absolute target, here or in a link followed.
+    Absolute { through: Vec<PathBuf> },
+    /// More than [`MAX_HOPS`] links.
+    Loop,
+}
+
+impl Escape {
+    fn reason(&self, target: &Path) -> String {
+        let through = |links: &[PathBuf]| match links.last() {
+            None => String::new(),
+            Some(l) => format!(" through the link `{}` already in it", l.display()),
+        };
+        match self {
+            Escape::Above { through: links } => format!(
+                "is a symlink pointing out of the upload ({}{})",
+                target.display(),
+                through(links)
+            ),
+            Escape::Absolute { through: links } if links.is_empty() => format!(
+                "is a symlink to an absolute path ({}), which points out of the upload",
+                target.display()
+            ),
+            Escape::Absolute { through: links } => format!(
+                "is a symlink pointing out of the upload ({}{}, which is absolute)",
+                target.display(),
+                through(links)
+            ),
+            Escape::Loop => format!(
+                "is a symlink ({}) whose resolution follows more than {MAX_HOPS} links",
+                target.display()
+            ),
         }
     }
+}
+
+/// Where `target`, the text of a link in the directory `dir` (components
+/// below `root`), leads in the tree as it is on disk: component by
+/// component, each link already there followed (its own text resolved
+/// from its own directory), never above the root. A component that is not
+/// there (yet) or is no link is taken as it is written, so the answer is
+/// strict: a link the kernel could not follow at all may be refused, one
+/// that leaves the root never passes.
+fn resolve_in(
+    root: &Path,
+    dir: &[OsString],
+    target: &Path,
+    hops: &mut u32,
+    through: &mut Vec<PathBuf>,
+) -> Result<Vec<OsString>, Escape> {
+    let mut cur = dir.to_vec();
     for c in target.components() {
         match c {
-            Component::Normal(p) => parts.push(p),
             Component::CurDir => {}
             Component::ParentDir => {
-                parts.pop()?;
+                if cur.pop().is_none() {
+                    return Err(Escape::Above {
+                        through: through.clone(),
+                    });
+                }
             }
-            Component::RootDir | Component::Prefix(_) => return None,
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(Escape::Absolute {
+                    through: through.clone(),
+                })
+            }
+            Component::Normal(n) => {
+                cur.push(n.to_os_string());
+                // `cur` holds resolved components only: no link above this
+                // one, so the path names exactly this place.
+                let rel: PathBuf = cur.iter().collect();
+                let at = root.join(&rel);
+                let is_link = fs::symlink_metadata(&at)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                if is_link {
+                    *hops += 1;
+                    if *hops > MAX_HOPS {
+                        return Err(Escape::Loop);
+                    }
+                    // A link of the tree, read as the text it holds.
+                    let Ok(next) = fs::read_link(&at) else {
+                        continue;
+                    };
+                    through.push(rel);
+                    cur.pop();
+                    cur = resolve_in(root, &cur, &next, hops, through)?;
+                }
+            }
         }
     }
-    Some(parts.iter().collect())
+    Ok(cur)
 }
 
 impl Extractor {
@@ -231,19 +357,19 @@ impl Extractor {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    fs::create_dir(&p).map_err(io_err(&p))?
+                    fs::create_dir(&p).map_err(io_err(name))?
                 }
-                Err(e) => return Err(io_err(&p)(e)),
+                Err(e) => return Err(io_err(name)(e)),
             }
         }
         let dest = self.root.join(rel);
         if !include_self {
-            if let Ok(m) = fs::symlink_metadata(&dest) {
-                if m.is_dir() {
-                    return Err(entry_err(name, "replaces a directory"));
-                }
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.is_dir() => return Err(entry_err(name, "replaces a directory")),
                 // Never write through an existing link: remove it first.
-                fs::remove_file(&dest).map_err(io_err(&dest))?;
+                Ok(_) => fs::remove_file(&dest).map_err(io_err(name))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(name)(e)),
             }
         }
         Ok(dest)
@@ -267,41 +393,56 @@ impl Extractor {
             .write(true)
             .create_new(true)
             .open(&dest)
-            .map_err(io_err(&dest))?;
+            .map_err(io_err(name))?;
         let allowed = self.limits.max_bytes - self.bytes;
         let mut limited = reader.take(allowed + 1);
-        let n = copy(&mut limited, &mut f, name, &dest, self.limits.max_bytes)?;
+        let n = copy(&mut limited, &mut f, name, self.limits.max_bytes)?;
         if n > allowed {
             return Err(ArchiveError::TooLarge {
                 limit: self.limits.max_bytes,
             });
         }
         self.bytes += n;
-        set_mode(&f, &dest, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
+        set_mode(&f, name, if mode & 0o111 != 0 { 0o755 } else { 0o644 })?;
         Ok(())
     }
 
+    /// Where a link at `rel` to `target` leads in the tree as it is now.
+    fn check_link(&self, rel: &Path, target: &Path) -> Result<(), Escape> {
+        let dir: Vec<OsString> = rel
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .map(|c| c.as_os_str().to_os_string())
+            .collect();
+        resolve_in(&self.root, &dir, target, &mut 0, &mut Vec::new()).map(|_| ())
+    }
+
     fn symlink(&mut self, name: &str, rel: &Path, target: &Path) -> Result<(), ArchiveError> {
-        if target.is_absolute() {
-            return Err(entry_err(
-                name,
-                format!(
-                    "is a symlink to an absolute path ({}), which points out of the upload",
-                    target.display()
-                ),
-            ));
+        if target.as_os_str().is_empty() {
+            return Err(entry_err(name, "is a symlink without a target"));
         }
-        if resolve_link(rel, target).is_none() {
-            return Err(entry_err(
-                name,
-                format!(
-                    "is a symlink pointing out of the upload ({})",
-                    target.display()
-                ),
-            ));
-        }
+        self.check_link(rel, target)
+            .map_err(|e| entry_err(name, e.reason(target)))?;
         let dest = self.prepare(name, rel, false)?;
-        std::os::unix::fs::symlink(target, &dest).map_err(io_err(&dest))
+        std::os::unix::fs::symlink(target, &dest).map_err(io_err(name))?;
+        self.links.push((name.to_string(), rel.to_path_buf()));
+        Ok(())
+    }
+
+    /// Every link of the finished tree, resolved again: the tree is final
+    /// now, so what passes here is what a reader of the tree meets.
+    fn recheck_links(&self) -> Result<(), ArchiveError> {
+        for (name, rel) in &self.links {
+            let at = self.root.join(rel);
+            let Ok(target) = fs::read_link(&at) else {
+                // Replaced by a later entry.
+                continue;
+            };
+            self.check_link(rel, &target)
+                .map_err(|e| entry_err(name, e.reason(&target)))?;
+        }
+        Ok(())
     }
 
     fn hardlink(&mut self, name: &str, rel: &Path, target: &Path) -> Result<(), ArchiveError> {
@@ -338,7 +479,7 @@ impl Extractor {
                 format!("is a hardlink to `{shown}`, which is not a file"),
             ));
         }
-        let size = fs::metadata(&p).map_err(io_err(&p))?.len();
+        let size = fs::metadata(&p).map_err(io_err(name))?.len();
         if self.bytes.saturating_add(size) > self.limits.max_bytes {
             return Err(ArchiveError::TooLarge {
                 limit: self.limits.max_bytes,
@@ -346,7 +487,7 @@ impl Extractor {
         }
         let dest = self.prepare(name, rel, false)?;
         // A copy, not a link: nothing in the tree shares an inode.
-        fs::copy(&p, &dest).map_err(io_err(&dest))?;
+        fs::copy(&p, &dest).map_err(io_err(name))?;
         self.bytes += size;
         Ok(())
     }
@@ -422,9 +563,9 @@ impl Extractor {
         }
     }
 
-    fn zip(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
-        let mut archive = zip::ZipArchive::new(Cursor::new(data))
-            .map_err(|e| ArchiveError::Invalid(e.to_string()))?;
+    fn zip<R: Read + Seek>(&mut self, input: R) -> Result<(), ArchiveError> {
+        let mut archive =
+            zip::ZipArchive::new(input).map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         for i in 0..archive.len() {
             let mut file = archive
                 .by_index(i)
@@ -461,13 +602,7 @@ impl Extractor {
     }
 }
 
-fn copy(
-    r: &mut dyn Read,
-    w: &mut File,
-    name: &str,
-    dest: &Path,
-    limit: u64,
-) -> Result<u64, ArchiveError> {
+fn copy(r: &mut dyn Read, w: &mut File, name: &str, limit: u64) -> Result<u64, ArchiveError> {
     let mut buf = [0u8; 64 * 1024];
     let mut total = 0u64;
     loop {
@@ -482,20 +617,21 @@ fn copy(
                 )))
             }
         };
-        w.write_all(&buf[..n]).map_err(io_err(dest))?;
+        w.write_all(&buf[..n]).map_err(io_err(name))?;
         total += n as u64;
     }
 }
 
-fn set_mode(f: &File, dest: &Path, mode: u32) -> Result<(), ArchiveError> {
+fn set_mode(f: &File, name: &str, mode: u32) -> Result<(), ArchiveError> {
     use std::os::unix::fs::PermissionsExt;
     f.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_err(dest))
+        .map_err(io_err(name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     fn limits() -> Limits {
         Limits {
@@ -530,7 +666,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("src");
         fs::create_dir(&dest).unwrap();
-        let r = extract(data, &dest, limits());
+        let r = extract(Cursor::new(data), &dest, limits());
         (dir, r)
     }
 
@@ -614,6 +750,141 @@ mod tests {
             let e = r.expect_err(what).to_string();
             assert!(e.contains(want), "{what}: {e}");
             assert!(!dir.path().join("evil").exists());
+        }
+    }
+
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, name: &str, target: &str) {
+        let mut h = header(tar::EntryType::Symlink, 0);
+        b.append_link(&mut h, name, target).unwrap();
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, data.len() as u64);
+        b.append_data(&mut h, name, data).unwrap();
+    }
+
+    /// Each link looks inside by its text; resolved against the links
+    /// already extracted, the second leaves the root (and would read the
+    /// server's file beside it).
+    #[test]
+    fn an_upload_link_chain_out_of_the_tree_is_refused() {
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Directory, 0);
+            b.append_data(&mut h, "a/b", &b""[..]).unwrap();
+            symlink(b, "a/b/s", "../..");
+            symlink(b, "requirements.txt", "a/b/s/../../host-file");
+        });
+        let (dir, r) = extract_tar(&data);
+        fs::write(dir.path().join("host-file"), "HOST SECRET").unwrap();
+        let e = r.unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "archive entry `requirements.txt` is a symlink pointing out of the upload \
+             (a/b/s/../../host-file through the link `a/b/s` already in it)"
+        );
+        assert!(!dir.path().join("src/requirements.txt").exists());
+
+        // A link through an absolute one is refused as well (the absolute
+        // one is refused itself; here it is made by hand).
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("src");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        let x = Extractor {
+            root: root.clone(),
+            limits: limits(),
+            bytes: 0,
+            entries: 0,
+            links: Vec::new(),
+        };
+        assert_eq!(
+            x.check_link(Path::new("l"), Path::new("abs/passwd")),
+            Err(Escape::Absolute {
+                through: vec![PathBuf::from("abs")]
+            })
+        );
+    }
+
+    #[test]
+    fn a_link_that_a_later_entry_turns_outwards_is_refused() {
+        // `l -> q/../x` stays inside while `q` is nothing; `q -> .` then
+        // makes it `./../x`.
+        let data = tar_with(|b| {
+            symlink(b, "l", "q/../x");
+            symlink(b, "q", ".");
+        });
+        let (_dir, r) = extract_tar(&data);
+        let e = r.unwrap_err().to_string();
+        assert!(
+            e.starts_with("archive entry `l` is a symlink pointing out of the upload"),
+            "{e}"
+        );
+        assert!(e.contains("through the link `q`"), "{e}");
+
+        let looped = tar_with(|b| {
+            symlink(b, "x", "y");
+            symlink(b, "y", "x");
+        });
+        let (_dir, r) = extract_tar(&looped);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("more than 40 links"), "{e}");
+    }
+
+    #[test]
+    fn link_chains_that_stay_inside_extract() {
+        let data = tar_with(|b| {
+            file(b, "a/b/real.txt", b"flask\n");
+            symlink(b, "a/b/s", "..");
+            symlink(b, "inside.txt", "a/b/s/b/real.txt");
+            symlink(b, "top", "a/b/s/..");
+            symlink(b, "dangling", "not/there");
+        });
+        let (dir, r) = extract_tar(&data);
+        r.unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.path().join("src/inside.txt")).unwrap(),
+            "flask\n"
+        );
+        assert_eq!(
+            fs::read_link(dir.path().join("src/top")).unwrap(),
+            Path::new("a/b/s/..")
+        );
+    }
+
+    #[test]
+    fn a_too_long_entry_name_is_refused_naming_it_without_a_server_path() {
+        let long = "n".repeat(300);
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, &long, &b"x"[..]).unwrap();
+        });
+        let (dir, r) = extract_tar(&data);
+        let e = r.unwrap_err();
+        assert!(e.is_client_error(), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("archive entry `{long}` has a path component longer than 255 bytes")
+        );
+        // Each component fits, the whole path does not (PATH_MAX).
+        let deep = vec!["d".repeat(250); 20].join("/") + "/f";
+        let data = tar_with(|b| {
+            let mut h = header(tar::EntryType::Regular, 1);
+            b.append_data(&mut h, &deep, &b"x"[..]).unwrap();
+        });
+        let (dir2, r) = extract_tar(&data);
+        let e = r.unwrap_err();
+        assert!(e.is_client_error(), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("archive entry `{}", &deep[..100])),
+            "{msg}"
+        );
+        assert!(
+            msg.ends_with("has a name too long for the server's filesystem"),
+            "{msg}"
+        );
+        for d in [dir.path(), dir2.path()] {
+            assert!(!msg.contains(d.to_str().unwrap()));
         }
     }
 

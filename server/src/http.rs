@@ -1,38 +1,166 @@
-//! The HTTP API (axum).
+//! The HTTP API (axum routes) and the connections it is served on (hyper,
+//! driven directly: header timeouts and a bound on open connections are
+//! connection-level, which `axum::serve` does not offer).
+//!
+//! A submission is checked in the order that costs a client least and the
+//! server nothing: token, options (in the header form) and their scopes,
+//! the declared length, a place in the queue; only then is the body read,
+//! streamed to a file in the state directory under the upload limit and
+//! the body timeouts, and extracted from there.
 
-use std::sync::Arc;
+// Helpers of handlers return the `Response` of their error, as handlers
+// do: it is built once per request, and boxing it buys nothing.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
 
-use crate::service::{valid_id, CancelError, Service, SubmitError};
+use crate::service::{valid_id, CancelError, Service, Slot, SubmitError};
 use crate::spec::BuildSpec;
+use crate::tokens::Token;
+use crate::ServerConfig;
 
 /// The header that carries the build options when the body is the bare
 /// archive.
 pub const OPTIONS_HEADER: &str = "ftl-options";
 
+/// The largest `options` part of a multipart upload.
+const MAX_OPTIONS: usize = 64 << 10;
+
 pub(crate) fn router(service: Arc<Service>) -> Router {
-    let limit = usize::try_from(service.config.max_upload).unwrap_or(usize::MAX);
     let api = Router::new()
         .route("/v1/builds", post(submit).get(list))
         .route("/v1/builds/{id}", get(status).post(action))
         .route("/v1/builds/{id}/log", get(log))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(limit))
+        // Bodies are streamed to disk under `--max-upload` by `submit`
+        // itself; axum's in-memory limit does not apply.
+        .layer(DefaultBodyLimit::disable())
         .route_layer(middleware::from_fn_with_state(service.clone(), auth));
     Router::new()
         .route("/healthz", get(healthz))
         .merge(api)
         .with_state(service)
 }
+
+// ---- connections ------------------------------------------------------------
+
+/// Connection-level limits.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnLimits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+impl From<&ServerConfig> for ConnLimits {
+    fn from(c: &ServerConfig) -> Self {
+        ConnLimits {
+            max_connections: c.max_connections.max(1),
+            header_timeout: c.header_timeout,
+        }
+    }
+}
+
+/// Accepts connections until `stop` turns true, at most
+/// `max_connections` open at once: past that the next is not accepted
+/// until one closes (it waits in the listen backlog). Each connection is
+/// HTTP/1.1 with keep-alive; its request headers must arrive within the
+/// header timeout, which also closes a keep-alive connection left idle
+/// that long. On stop, open connections finish the request they are in
+/// and close; this returns when all have.
+pub(crate) async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: ConnLimits,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stopped(&mut stop) => break,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopped(&mut stop) => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors and the like: the listener is fine,
+                // the moment is not.
+                tracing::warn!(error = %e, "cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper::service::service_fn({
+            let app = app.clone();
+            move |req: Request<hyper::body::Incoming>| {
+                let mut app = app.clone();
+                async move {
+                    let r = tower_service::Service::call(&mut app, req.map(Body::new)).await;
+                    Ok::<_, Infallible>(r.unwrap_or_else(|e| match e {}))
+                }
+            }
+        });
+        let mut stop = stop.clone();
+        conns.spawn(async move {
+            let _permit = permit;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                // A connection's read buffer (and so its headers) stays
+                // small: memory per connection is bounded.
+                .max_buf_size(64 << 10)
+                .keep_alive(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let done = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                _ = stopped(&mut stop) => None,
+            };
+            let r = match done {
+                Some(r) => r,
+                None => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "connection ended");
+            }
+        });
+        while conns.try_join_next().is_some() {}
+    }
+    drop(listener);
+    while conns.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Resolves once `stop` is true (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+// ---- errors and auth -------------------------------------------------------
 
 fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Response {
     (
@@ -42,8 +170,37 @@ fn error(status: StatusCode, kind: &str, message: impl std::fmt::Display) -> Res
         .into_response()
 }
 
-async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Response {
+/// An error answered before the request's body was read: the connection
+/// closes after it, rather than reading (or leaving) what the client sends.
+fn closing(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// A `500`: the whole error goes to the server's log; the client gets its
+/// chain with the state directory's path left out.
+fn internal(svc: &Service, e: &dyn std::error::Error) -> Response {
+    tracing::error!(error = %ftl::error_chain(e), "internal error");
+    let dir = svc.config.state_dir.display().to_string();
+    let message = ftl::error_chain(e).replace(&dir, "<state-dir>");
+    error(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+}
+
+/// Who sent a request: the token it carried, or `None` when the server
+/// runs without authentication.
+#[derive(Clone)]
+pub(crate) struct Caller(Option<Arc<Token>>);
+
+impl Caller {
+    fn name(&self) -> Option<&str> {
+        self.0.as_ref().map(|t| t.name.as_str())
+    }
+}
+
+async fn auth(State(svc): State<Arc<Service>>, mut req: Request, next: Next) -> Response {
     let Some(tokens) = &svc.config.tokens else {
+        req.extensions_mut().insert(Caller(None));
         return next.run(req).await;
     };
     let given = req
@@ -52,12 +209,7 @@ async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Resp
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        tokens
-            .iter()
-            .any(|t| constant_time_eq(t.as_bytes(), g.as_bytes()))
-    });
-    if !ok {
+    let Some(token) = given.and_then(|g| tokens.find(g)) else {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -69,16 +221,10 @@ async fn auth(State(svc): State<Arc<Service>>, req: Request, next: Next) -> Resp
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return r;
-    }
+        return closing(r);
+    };
+    req.extensions_mut().insert(Caller(Some(token.clone())));
     next.run(req).await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn healthz() -> &'static str {
@@ -94,50 +240,293 @@ async fn metrics(State(svc): State<Arc<Service>>) -> Response {
         .into_response()
 }
 
+// ---- submissions -------------------------------------------------------------
+
+/// Why a body was not received.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("the upload is larger than the server's --max-upload ({0} bytes)")]
+    TooLarge(u64),
+    #[error("the request body did not arrive within the server's {flag} ({after:?})")]
+    Timeout { flag: &'static str, after: Duration },
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+}
+
+impl BodyError {
+    fn response(&self, svc: &Service) -> Response {
+        match self {
+            BodyError::TooLarge(_) => {
+                closing(error(StatusCode::PAYLOAD_TOO_LARGE, "too-large", self))
+            }
+            BodyError::Timeout { .. } => {
+                svc.metrics
+                    .rejected_timeout
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                closing(error(StatusCode::REQUEST_TIMEOUT, "timeout", self))
+            }
+            BodyError::Read(_) => closing(error(StatusCode::BAD_REQUEST, "bad-request", self)),
+        }
+    }
+}
+
+/// A request body, read chunk by chunk under the upload limit, the
+/// body's deadline and the idle timeout.
+struct BodyReader {
+    stream: axum::body::BodyDataStream,
+    read: u64,
+    max: u64,
+    total: Duration,
+    deadline: Instant,
+    idle: Duration,
+}
+
+impl BodyReader {
+    fn new(body: Body, config: &ServerConfig) -> BodyReader {
+        BodyReader {
+            stream: body.into_data_stream(),
+            read: 0,
+            max: config.max_upload,
+            total: config.body_timeout,
+            deadline: Instant::now() + config.body_timeout,
+            idle: config.idle_timeout,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<Bytes>, BodyError> {
+        let idle_until = Instant::now() + self.idle;
+        let (until, flag, after) = if idle_until < self.deadline {
+            (idle_until, "--idle-timeout", self.idle)
+        } else {
+            (self.deadline, "--body-timeout", self.total)
+        };
+        match tokio::time::timeout_at(until, self.stream.next()).await {
+            Err(_) => Err(BodyError::Timeout { flag, after }),
+            Ok(None) => Ok(None),
+            Ok(Some(Err(e))) => Err(BodyError::Read(e.to_string())),
+            Ok(Some(Ok(chunk))) => {
+                self.read += chunk.len() as u64;
+                if self.read > self.max {
+                    Err(BodyError::TooLarge(self.max))
+                } else {
+                    Ok(Some(chunk))
+                }
+            }
+        }
+    }
+
+    /// The rest of the body as a stream (for the multipart parser); the
+    /// first error is also left in `failure`, so that it can be told from
+    /// a malformed body.
+    fn into_stream(
+        self,
+        failure: Arc<Mutex<Option<BodyError>>>,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures_util::stream::unfold(Some(self), move |reader| {
+            let failure = failure.clone();
+            async move {
+                let mut reader = reader?;
+                match reader.next().await {
+                    Ok(Some(chunk)) => Some((Ok(chunk), Some(reader))),
+                    Ok(None) => None,
+                    Err(e) => {
+                        let message = e.to_string();
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        Some((Err(std::io::Error::other(message)), None))
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// The file an upload's body is written to while it arrives; removed
+/// when dropped (the extracted tree is what a build reads).
+struct UploadFile {
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+    bytes: u64,
+}
+
+impl UploadFile {
+    async fn create(path: PathBuf) -> std::io::Result<UploadFile> {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await?;
+        Ok(UploadFile {
+            path,
+            file: Some(file),
+            bytes: 0,
+        })
+    }
+
+    async fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(chunk).await?;
+            self.bytes += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(mut f) = self.file.take() {
+            f.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn path(&self) -> &FsPath {
+        &self.path
+    }
+}
+
+impl Drop for UploadFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Why the body of a submission was not stored.
+enum Receive {
+    Body(BodyError),
+    /// The answer to give (a bad multipart body, bad options).
+    Answer(Response),
+    Storage(std::io::Error),
+}
+
+fn missing_options() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "missing-options",
+        "send the build options as JSON in the Ftl-Options header or an `options` multipart part",
+    )
+}
+
+/// Parses options and checks them against the caller's token.
+fn spec_for(svc: &Service, caller: &Caller, options: &[u8]) -> Result<BuildSpec, Response> {
+    let spec =
+        BuildSpec::parse(options).map_err(|e| error(StatusCode::BAD_REQUEST, "bad-options", e))?;
+    if let Some(token) = &caller.0 {
+        let uses = spec
+            .repositories()
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-options", e))?;
+        token
+            .check(uses.iter().map(|(o, s, r)| (o.clone(), *s, r)))
+            .map_err(|e| {
+                svc.metrics
+                    .rejected_scope
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                error(StatusCode::FORBIDDEN, "forbidden", e)
+            })?;
+    }
+    Ok(spec)
+}
+
+fn submit_error(svc: &Service, e: SubmitError) -> Response {
+    match e {
+        SubmitError::Full(n) => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "queue-full",
+                SubmitError::Full(n),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            closing(r)
+        }
+        SubmitError::ShuttingDown => closing(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            SubmitError::ShuttingDown,
+        )),
+        SubmitError::Archive(e) if e.is_client_error() => {
+            error(StatusCode::BAD_REQUEST, e.kind(), e)
+        }
+        SubmitError::Spec(e) => error(StatusCode::BAD_REQUEST, "bad-options", e),
+        e => internal(svc, &e),
+    }
+}
+
 /// `POST /v1/builds`: the archive as the body with options in the
 /// `Ftl-Options` header, or `multipart/form-data` with parts `options`
 /// (JSON) and `source` (the archive).
-async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
-    let is_multipart = req
-        .headers()
+async fn submit(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let is_multipart = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let (options, data) = if is_multipart {
-        match read_multipart(req).await {
-            Ok(x) => x,
-            Err(r) => return r,
-        }
+    // The header form's options are checked before anything is read.
+    let header_spec = if is_multipart {
+        None
     } else {
-        let options = req
-            .headers()
-            .get(OPTIONS_HEADER)
-            .map(|v| v.as_bytes().to_vec());
-        let data = match Bytes::from_request(req, &()).await {
-            Ok(d) => d,
-            Err(rejection) => return too_large_or(rejection.into_response()),
+        let Some(options) = parts.headers.get(OPTIONS_HEADER) else {
+            return closing(missing_options());
         };
-        (options, data)
+        match spec_for(&svc, &caller, options.as_bytes()) {
+            Ok(spec) => Some(spec),
+            Err(r) => return closing(r),
+        }
     };
-    let Some(options) = options else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "missing-options",
-            "send the build options as JSON in the Ftl-Options header or an `options` multipart part",
-        );
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > svc.config.max_upload) {
+        return BodyError::TooLarge(svc.config.max_upload).response(&svc);
+    }
+    // A place in the queue before the body: a full queue costs the client
+    // one round trip and the server nothing.
+    let slot = match svc.reserve() {
+        Ok(slot) => slot,
+        Err(e) => return submit_error(&svc, e),
     };
-    let spec = match BuildSpec::parse(&options) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-options", e),
+    let mut upload = match UploadFile::create(svc.upload_path(slot.id())).await {
+        Ok(u) => u,
+        Err(e) => return internal(&svc, &SubmitError::Storage(e)),
     };
-    if data.is_empty() {
+    let reader = BodyReader::new(body, &svc.config);
+    let received = match header_spec {
+        Some(spec) => receive_raw(reader, &mut upload).await.map(|()| spec),
+        None => receive_multipart(&svc, &caller, parts, reader, &mut upload).await,
+    };
+    let spec = match received {
+        Ok(spec) => spec,
+        Err(Receive::Body(e)) => return e.response(&svc),
+        Err(Receive::Answer(r)) => return closing(r),
+        Err(Receive::Storage(e)) => return closing(internal(&svc, &SubmitError::Storage(e))),
+    };
+    if let Err(e) = upload.finish().await {
+        return internal(&svc, &SubmitError::Storage(e));
+    }
+    if upload.bytes == 0 {
         return error(
             StatusCode::BAD_REQUEST,
             "empty-upload",
             "the upload is empty: send a .tar.gz or .zip of the source",
         );
     }
-    match svc.submit(spec, data).await {
+    accepted(&svc, slot, spec, &caller, &upload).await
+}
+
+async fn accepted(
+    svc: &Arc<Service>,
+    slot: Slot,
+    spec: BuildSpec,
+    caller: &Caller,
+    upload: &UploadFile,
+) -> Response {
+    let owner = caller.name().map(String::from);
+    match svc.submit(slot, spec, owner, upload.path()).await {
         Ok(id) => {
             let mut r = (
                 StatusCode::ACCEPTED,
@@ -154,100 +543,126 @@ async fn submit(State(svc): State<Arc<Service>>, req: Request) -> Response {
             }
             r
         }
-        Err(SubmitError::Full(n)) => {
-            let mut r = error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "queue-full",
-                SubmitError::Full(n),
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-        Err(SubmitError::ShuttingDown) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting-down",
-            SubmitError::ShuttingDown,
-        ),
-        Err(SubmitError::Archive(e)) if e.is_client_error() => {
-            error(StatusCode::BAD_REQUEST, e.kind(), e)
-        }
-        Err(SubmitError::Spec(e)) => error(StatusCode::BAD_REQUEST, "bad-options", e),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot accept a build");
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
-        }
+        Err(e) => submit_error(svc, e),
     }
 }
 
-fn too_large_or(r: Response) -> Response {
-    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            "the upload is larger than the server's --max-upload",
-        )
-    } else {
-        error(r.status(), "bad-request", "cannot read the request body")
+async fn receive_raw(mut reader: BodyReader, upload: &mut UploadFile) -> Result<(), Receive> {
+    while let Some(chunk) = reader.next().await.map_err(Receive::Body)? {
+        upload.write(&chunk).await.map_err(Receive::Storage)?;
     }
+    Ok(())
 }
 
-async fn read_multipart(req: Request) -> Result<(Option<Vec<u8>>, Bytes), Response> {
-    let mut mp = Multipart::from_request(req, &())
+async fn receive_multipart(
+    svc: &Service,
+    caller: &Caller,
+    parts: Parts,
+    reader: BodyReader,
+    upload: &mut UploadFile,
+) -> Result<BuildSpec, Receive> {
+    let failure = Arc::new(Mutex::new(None));
+    let body = Body::from_stream(reader.into_stream(failure.clone()));
+    // A failure of the body itself (too large, too slow) rather than of
+    // its multipart framing.
+    let why = |e: axum::extract::multipart::MultipartError| match failure
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        Some(b) => Receive::Body(b),
+        None => Receive::Answer(error(
+            StatusCode::BAD_REQUEST,
+            "bad-multipart",
+            e.body_text(),
+        )),
+    };
+    let mut mp = Multipart::from_request(Request::from_parts(parts, body), &())
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-multipart", e.body_text()))?;
-    let mut options = None;
-    let mut data = Bytes::new();
-    loop {
-        let field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                return Err(if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    too_large_or(e.into_response())
-                } else {
-                    error(StatusCode::BAD_REQUEST, "bad-multipart", e.body_text())
-                })
-            }
-        };
-        let name = field.name().unwrap_or("").to_string();
-        let bytes = field.bytes().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                too_large_or(e.into_response())
-            } else {
-                error(StatusCode::BAD_REQUEST, "bad-multipart", e.body_text())
-            }
+        .map_err(|e| {
+            Receive::Answer(error(
+                StatusCode::BAD_REQUEST,
+                "bad-multipart",
+                e.body_text(),
+            ))
         })?;
+    let mut options: Option<Vec<u8>> = None;
+    let mut source = false;
+    while let Some(mut field) = mp.next_field().await.map_err(why)? {
+        let name = field.name().unwrap_or("").to_string();
         match name.as_str() {
-            "options" => options = Some(bytes.to_vec()),
-            "source" => data = bytes,
+            "options" => {
+                let mut buf = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(why)? {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > MAX_OPTIONS {
+                        return Err(Receive::Answer(error(
+                            StatusCode::BAD_REQUEST,
+                            "bad-multipart",
+                            format!("the `options` part is larger than {MAX_OPTIONS} bytes"),
+                        )));
+                    }
+                }
+                options = Some(buf);
+            }
+            "source" if !source => {
+                source = true;
+                while let Some(chunk) = field.chunk().await.map_err(why)? {
+                    upload.write(&chunk).await.map_err(Receive::Storage)?;
+                }
+            }
+            "source" => {
+                return Err(Receive::Answer(error(
+                    StatusCode::BAD_REQUEST,
+                    "bad-multipart",
+                    "more than one `source` part",
+                )))
+            }
             other => {
-                return Err(error(
+                return Err(Receive::Answer(error(
                     StatusCode::BAD_REQUEST,
                     "bad-multipart",
                     format!("unknown part `{other}`: send `options` and `source`"),
-                ))
+                )))
             }
         }
     }
-    Ok((options, data))
+    let Some(options) = options else {
+        return Err(Receive::Answer(missing_options()));
+    };
+    spec_for(svc, caller, &options).map_err(Receive::Answer)
 }
 
-async fn list(State(svc): State<Arc<Service>>) -> Response {
-    match svc.store.list(100) {
+// ---- reading builds ----------------------------------------------------------
+
+async fn list(State(svc): State<Arc<Service>>, Extension(caller): Extension<Caller>) -> Response {
+    match svc.store.list(100, caller.name()) {
         Ok(records) => Json(json!({ "builds": records })).into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(e) => internal(&svc, &e),
     }
 }
 
-async fn status(State(svc): State<Arc<Service>>, Path(id): Path<String>) -> Response {
-    if !valid_id(&id) {
-        return not_found(&id);
+/// The record of `id` when the caller may see it; anything else is the
+/// same `404`, so that ids of other tokens' builds do not leak.
+fn visible_record(svc: &Service, caller: &Caller, id: &str) -> Result<crate::Record, Response> {
+    if !valid_id(id) {
+        return Err(not_found(id));
     }
-    match svc.get(&id) {
-        Ok(Some(rec)) => Json(rec).into_response(),
-        Ok(None) => not_found(&id),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+    match svc.get(id) {
+        Ok(Some(rec)) if Service::visible(&rec, caller.name()) => Ok(rec),
+        Ok(_) => Err(not_found(id)),
+        Err(e) => Err(internal(svc, &e)),
+    }
+}
+
+async fn status(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
+    match visible_record(&svc, &caller, &id) {
+        Ok(rec) => Json(rec).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -260,7 +675,11 @@ fn not_found(id: &str) -> Response {
 }
 
 /// `POST /v1/builds/{id}:cancel`.
-async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) -> Response {
+async fn action(
+    State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
+    Path(id_action): Path<String>,
+) -> Response {
     let Some(id) = id_action.strip_suffix(":cancel") else {
         return error(
             StatusCode::NOT_FOUND,
@@ -271,15 +690,15 @@ async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) 
     if !valid_id(id) {
         return not_found(id);
     }
-    match svc.cancel(id) {
+    match svc.cancel(id, caller.name()) {
         Ok(was) => (
             StatusCode::ACCEPTED,
             Json(json!({ "id": id, "cancelling": true, "was": was })),
         )
             .into_response(),
-        Err(e @ CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not-found", e),
+        Err(CancelError::NotFound(_)) => not_found(id),
         Err(e @ CancelError::Ended(..)) => error(StatusCode::CONFLICT, "ended", e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
+        Err(e) => internal(&svc, &e),
     }
 }
 
@@ -287,11 +706,12 @@ async fn action(State(svc): State<Arc<Service>>, Path(id_action): Path<String>) 
 /// streamed while the build runs and closed when it ends.
 async fn log(
     State(svc): State<Arc<Service>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_id(&id) {
-        return not_found(&id);
+    if let Err(r) = visible_record(&svc, &caller, &id) {
+        return r;
     }
     let sse = headers
         .get(header::ACCEPT)
@@ -336,11 +756,6 @@ async fn log(
             stream,
         )
             .into_response();
-    }
-    match svc.get(&id) {
-        Ok(Some(_)) => {}
-        Ok(None) => return not_found(&id),
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e),
     }
     let text = tokio::fs::read_to_string(svc.log_path(&id))
         .await

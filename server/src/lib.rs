@@ -9,6 +9,12 @@
 //! The binary builds the engine (with its language plugins and the server's
 //! own registry credentials) and hands it to [`serve`]; this crate knows no
 //! language and reads no environment variable.
+//!
+//! Clients are hostile too: each token may use only its own repositories
+//! and see only its own builds ([`Tokens`]); request headers and bodies
+//! must arrive within their timeouts, bodies stream to disk under the
+//! upload limit, a full queue answers before a body is read, and the
+//! number of open connections is bounded.
 
 mod archive;
 mod http;
@@ -17,6 +23,7 @@ mod metrics;
 mod service;
 mod spec;
 mod store;
+mod tokens;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,16 +36,18 @@ pub use archive::{extract, ArchiveError, Format as ArchiveFormat, Limits};
 pub use http::OPTIONS_HEADER;
 pub use spec::{BuildSpec, Command, SpecError, Verify};
 pub use store::{Record, State, StoreError};
+pub use tokens::{Prefix, ScopeError, Scopes, Token, TokenFileError, Tokens};
 
 /// Settings of one server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Builds, logs and the database live here; uploads are extracted here
-    /// and nowhere else.
+    /// Builds, logs and the database live here; uploads are received and
+    /// extracted here and nowhere else.
     pub state_dir: PathBuf,
     /// Builds run at once.
     pub workers: usize,
-    /// Builds that may wait for a worker; beyond it, `429`.
+    /// Builds that may wait for a worker; beyond it, `429`. Uploads still
+    /// arriving hold their place.
     pub queue: usize,
     /// Largest request body, in bytes.
     pub max_upload: u64,
@@ -46,10 +55,23 @@ pub struct ServerConfig {
     pub max_extract_bytes: u64,
     /// Most entries an archive may have.
     pub max_entries: u64,
-    /// Accepted bearer tokens; `None` turns authentication off.
-    pub tokens: Option<Vec<String>>,
+    /// Accepted bearer tokens and their scopes; `None` turns
+    /// authentication off (and with it scopes and build ownership).
+    pub tokens: Option<Arc<Tokens>>,
     /// How long running builds may go on after a shutdown signal.
     pub grace: Duration,
+    /// How many times a build is started in all: one that was running
+    /// when the server died this often is failed at the next start.
+    pub max_attempts: u32,
+    /// Connections open at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// How long a request's headers may take to arrive (and an idle
+    /// keep-alive connection may stay open).
+    pub header_timeout: Duration,
+    /// How long a request's whole body may take to arrive.
+    pub body_timeout: Duration,
+    /// The longest pause while a body arrives.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +85,11 @@ impl Default for ServerConfig {
             max_entries: 100_000,
             tokens: None,
             grace: Duration::from_secs(60),
+            max_attempts: 3,
+            max_connections: 256,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -70,7 +97,7 @@ impl Default for ServerConfig {
 /// What keeps the server from starting or serving.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot create the state directory {path}: {source}")]
+    #[error("cannot create the state directory {path}")]
     StateDir {
         path: PathBuf,
         #[source]
@@ -78,31 +105,10 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the token file {path}: {message}")]
-    Tokens { path: PathBuf, message: String },
-    #[error("the HTTP server failed: {0}")]
+    #[error(transparent)]
+    Tokens(#[from] TokenFileError),
+    #[error("the HTTP server failed")]
     Serve(#[source] std::io::Error),
-}
-
-/// Reads bearer tokens: one per line; blank lines and `#` comments ignored.
-pub fn read_tokens(path: &std::path::Path) -> Result<Vec<String>, ServerError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ServerError::Tokens {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let tokens: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(String::from)
-        .collect();
-    if tokens.is_empty() {
-        return Err(ServerError::Tokens {
-            path: path.to_path_buf(),
-            message: "has no token".into(),
-        });
-    }
-    Ok(tokens)
 }
 
 /// Serves on `listener` until `shutdown` completes; then stops accepting,
@@ -122,15 +128,10 @@ pub async fn serve(
     for n in 0..workers {
         svc.spawn_worker(n).map_err(ServerError::Serve)?;
     }
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::router(svc.clone());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let limits = http::ConnLimits::from(&svc.config);
+    let server = tokio::spawn(http::serve_connections(listener, app, limits, stop_rx));
     shutdown.await;
     tracing::info!("shutting down: no new connections; waiting for running builds");
     let _ = stop_tx.send(true);

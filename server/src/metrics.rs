@@ -15,6 +15,14 @@ pub struct Metrics {
     pub submitted: AtomicU64,
     pub rejected_full: AtomicU64,
     pub rejected_upload: AtomicU64,
+    /// Requests past the 413 and 429 checks into the upload of their body
+    /// and not yet accepted or refused (a gauge).
+    pub receiving: AtomicU64,
+    /// Requests cut off because their body did not arrive in time.
+    pub rejected_timeout: AtomicU64,
+    /// Requests refused for naming a repository outside their token's
+    /// prefixes.
+    pub rejected_scope: AtomicU64,
     pub layers_hit: AtomicU64,
     pub layers_built: AtomicU64,
     durations: Mutex<Histogram>,
@@ -77,6 +85,16 @@ impl Metrics {
             "ftl_builds_rejected_total{{reason=\"bad-upload\"}} {}",
             self.rejected_upload.load(Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "ftl_builds_rejected_total{{reason=\"timeout\"}} {}",
+            self.rejected_timeout.load(Relaxed)
+        );
+        let _ = writeln!(
+            o,
+            "ftl_builds_rejected_total{{reason=\"forbidden\"}} {}",
+            self.rejected_scope.load(Relaxed)
+        );
         {
             let h = self.durations.lock().unwrap_or_else(|p| p.into_inner());
             let _ = writeln!(
@@ -125,6 +143,12 @@ impl Metrics {
         let _ = writeln!(o, "# HELP ftl_builds_running Builds a worker is running.");
         let _ = writeln!(o, "# TYPE ftl_builds_running gauge");
         let _ = writeln!(o, "ftl_builds_running {running}");
+        let _ = writeln!(
+            o,
+            "# HELP ftl_uploads_receiving Submissions whose body is arriving."
+        );
+        let _ = writeln!(o, "# TYPE ftl_uploads_receiving gauge");
+        let _ = writeln!(o, "ftl_uploads_receiving {}", self.receiving.load(Relaxed));
         let _ = writeln!(o, "# HELP ftl_workers Size of the worker pool.");
         let _ = writeln!(o, "# TYPE ftl_workers gauge");
         let _ = writeln!(o, "ftl_workers {workers}");

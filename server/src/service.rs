@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -33,6 +33,10 @@ pub enum SubmitError {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The server could not write the upload's tree (its path is logged,
+    /// never shown to the client).
+    #[error("the server cannot store the upload")]
+    Storage(#[source] std::io::Error),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -76,6 +80,70 @@ struct Inner {
     stopping: bool,
 }
 
+/// A place in the queue, taken before an upload's body is read (so that a
+/// full queue answers at once) and given back when dropped, unless the
+/// build it was for was accepted.
+pub(crate) struct Slot {
+    svc: Arc<Service>,
+    id: String,
+    accepted: bool,
+}
+
+impl Slot {
+    pub(crate) fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if !self.accepted {
+            self.svc.inner().in_flight.remove(&self.id);
+        }
+        self.svc.metrics.receiving.fetch_sub(1, Relaxed);
+    }
+}
+
+/// What a restart does with a build the previous process left unfinished.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Recovery {
+    Requeue { note: String },
+    Fail { error: String, note: String },
+}
+
+/// The restart's decision for `rec`: re-queued, unless its source is gone
+/// or the server already died `max_attempts` times while it ran (a build
+/// that kills the server, by memory or otherwise, must not do so forever).
+pub(crate) fn recovery(rec: &Record, source_exists: bool, max_attempts: u32) -> Recovery {
+    if rec.state == State::Running && rec.attempts >= i64::from(max_attempts) {
+        return Recovery::Fail {
+            error: format!(
+                "the server stopped {} times while this build ran",
+                rec.attempts
+            ),
+            note: format!(
+                "failed at restart: {max_attempts} attempt(s) (--max-attempts) were interrupted"
+            ),
+        };
+    }
+    if !source_exists {
+        return Recovery::Fail {
+            error: "the server stopped before this build ended, and its source is gone".into(),
+            note: "failed at restart".into(),
+        };
+    }
+    Recovery::Requeue {
+        note: if rec.state == State::Running {
+            format!(
+                "re-queued after a server restart: attempt {} was interrupted",
+                rec.attempts
+            )
+        } else {
+            "re-queued after a server restart".to_string()
+        },
+    }
+}
+
 /// The service shared by the HTTP handlers and the workers.
 pub struct Service {
     pub(crate) config: ServerConfig,
@@ -93,12 +161,20 @@ impl Service {
         config: ServerConfig,
         engine: Arc<Engine>,
     ) -> Result<Arc<Service>, crate::ServerError> {
-        for d in ["builds", "logs"] {
+        for d in ["builds", "logs", "uploads"] {
             let p = config.state_dir.join(d);
             std::fs::create_dir_all(&p).map_err(|source| crate::ServerError::StateDir {
                 path: p.clone(),
                 source,
             })?;
+        }
+        // Bodies a killed process was receiving: nothing refers to them.
+        for e in std::fs::read_dir(config.state_dir.join("uploads"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_file(e.path());
         }
         let store = Store::open(&config.state_dir.join("builds.db"))?;
         Ok(Arc::new(Service {
@@ -119,6 +195,11 @@ impl Service {
 
     fn source_dir(&self, id: &str) -> PathBuf {
         self.config.state_dir.join("builds").join(id)
+    }
+
+    /// Where the body of the upload for `id` is written while it arrives.
+    pub(crate) fn upload_path(&self, id: &str) -> PathBuf {
+        self.config.state_dir.join("uploads").join(id)
     }
 
     pub(crate) fn log_path(&self, id: &str) -> PathBuf {
@@ -160,41 +241,41 @@ impl Service {
     }
 
     /// Re-queues what a previous process left queued or running; fails
-    /// those whose source is gone. Called once, before serving.
+    /// those whose source is gone and those it was running
+    /// `max_attempts` times already. Called once, before serving.
     pub(crate) fn recover(&self) -> Result<usize, StoreError> {
         let mut n = 0;
         for rec in self.store.unfinished()? {
             let src = self.source_dir(&rec.id).join("src");
-            if !src.is_dir() {
-                let msg = "the server stopped before this build ended, and its source is gone";
-                self.store.finish(
-                    &rec.id,
-                    State::Failed,
-                    now_ms(),
-                    None,
-                    None,
-                    None,
-                    Some(msg),
-                    Some("failed at restart"),
-                )?;
-                self.metrics.failed.fetch_add(1, Relaxed);
-                continue;
+            match recovery(&rec, src.is_dir(), self.config.max_attempts) {
+                Recovery::Fail { error, note } => {
+                    self.store.finish(
+                        &rec.id,
+                        State::Failed,
+                        now_ms(),
+                        None,
+                        None,
+                        None,
+                        Some(&error),
+                        Some(&note),
+                    )?;
+                    self.metrics.failed.fetch_add(1, Relaxed);
+                    let _ = std::fs::remove_dir_all(self.source_dir(&rec.id));
+                    let log = self.open_log(&rec.id);
+                    log.line(&note);
+                    self.close_log(&rec.id, &format!("failed: {error}"));
+                    tracing::warn!(build = %rec.id, %error, "not resumed");
+                }
+                Recovery::Requeue { note } => {
+                    self.store.requeue(&rec.id, &note)?;
+                    let log = self.open_log(&rec.id);
+                    log.line(&note);
+                    let mut g = self.inner();
+                    g.queue.push_back(rec.id.clone());
+                    g.in_flight.insert(rec.id.clone());
+                    n += 1;
+                }
             }
-            let note = if rec.state == State::Running {
-                format!(
-                    "re-queued after a server restart: attempt {} was interrupted",
-                    rec.attempts
-                )
-            } else {
-                "re-queued after a server restart".to_string()
-            };
-            self.store.requeue(&rec.id, &note)?;
-            let log = self.open_log(&rec.id);
-            log.line(&note);
-            let mut g = self.inner();
-            g.queue.push_back(rec.id.clone());
-            g.in_flight.insert(rec.id.clone());
-            n += 1;
         }
         if n > 0 {
             tracing::info!(builds = n, "re-queued unfinished builds");
@@ -203,35 +284,47 @@ impl Service {
         Ok(n)
     }
 
-    /// Accepts a build: checks the options, reserves a queue slot, extracts
-    /// the archive, records and queues it.
-    pub async fn submit(
-        self: &Arc<Self>,
-        spec: BuildSpec,
-        archive_bytes: bytes::Bytes,
-    ) -> Result<String, SubmitError> {
+    /// Takes a place in the queue for a build about to be uploaded: `Full`
+    /// when `workers + queue` builds are running, waiting or arriving.
+    pub(crate) fn reserve(self: &Arc<Self>) -> Result<Slot, SubmitError> {
         let id = new_id();
-        {
-            let mut g = self.inner();
-            if g.stopping {
-                return Err(SubmitError::ShuttingDown);
-            }
-            let capacity = self.config.workers + self.config.queue;
-            if g.in_flight.len() >= capacity {
-                self.metrics.rejected_full.fetch_add(1, Relaxed);
-                return Err(SubmitError::Full(g.in_flight.len()));
-            }
-            g.in_flight.insert(id.clone());
+        let mut g = self.inner();
+        if g.stopping {
+            return Err(SubmitError::ShuttingDown);
         }
-        let result = self.accept(&id, &spec, archive_bytes).await;
-        if let Err(e) = &result {
-            self.inner().in_flight.remove(&id);
+        let capacity = self.config.workers + self.config.queue;
+        if g.in_flight.len() >= capacity {
+            self.metrics.rejected_full.fetch_add(1, Relaxed);
+            return Err(SubmitError::Full(g.in_flight.len()));
+        }
+        g.in_flight.insert(id.clone());
+        self.metrics.receiving.fetch_add(1, Relaxed);
+        Ok(Slot {
+            svc: self.clone(),
+            id,
+            accepted: false,
+        })
+    }
+
+    /// Accepts the build of `slot`: extracts the upload stored at `upload`,
+    /// records the build (owned by the token named `owner`) and queues it.
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        mut slot: Slot,
+        spec: BuildSpec,
+        owner: Option<String>,
+        upload: &Path,
+    ) -> Result<String, SubmitError> {
+        let id = slot.id.clone();
+        let result = self.accept(&id, &spec, owner.as_deref(), upload).await;
+        if let Err(e) = result {
             let _ = std::fs::remove_dir_all(self.source_dir(&id));
-            if matches!(e, SubmitError::Archive(_)) {
+            if matches!(&e, SubmitError::Archive(a) if a.is_client_error()) {
                 self.metrics.rejected_upload.fetch_add(1, Relaxed);
             }
-            return Err(result.unwrap_err());
+            return Err(e);
         }
+        slot.accepted = true;
         self.metrics.submitted.fetch_add(1, Relaxed);
         self.inner().queue.push_back(id.clone());
         self.wake.notify_one();
@@ -242,21 +335,25 @@ impl Service {
         &self,
         id: &str,
         spec: &BuildSpec,
-        data: bytes::Bytes,
+        owner: Option<&str>,
+        upload: &Path,
     ) -> Result<(), SubmitError> {
-        let dir = self.source_dir(id);
-        let src = dir.join("src");
+        let src = self.source_dir(id).join("src");
         let limits = Limits {
             max_bytes: self.config.max_extract_bytes,
             max_entries: self.config.max_entries,
         };
-        let src2 = src.clone();
+        let (src2, upload2) = (src.clone(), upload.to_path_buf());
         let format = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&src2).map_err(|source| ArchiveError::Io {
-                path: src2.clone(),
-                source,
-            })?;
-            archive::extract(&data, &src2, limits)
+            let storage = |what: &str, path: &Path, e: std::io::Error| {
+                tracing::error!(path = %path.display(), error = %e, "cannot {what}");
+                SubmitError::Storage(e)
+            };
+            std::fs::create_dir_all(&src2)
+                .map_err(|e| storage("create the source directory", &src2, e))?;
+            let file = std::fs::File::open(&upload2)
+                .map_err(|e| storage("open the stored upload", &upload2, e))?;
+            archive::extract(file, &src2, limits).map_err(SubmitError::from)
         })
         .await
         .map_err(|e| SubmitError::Internal(e.to_string()))??;
@@ -268,22 +365,30 @@ impl Service {
             "queued: {} from a {:?} upload, base {}",
             spec.image, format, spec.base
         ));
-        if let Err(e) = self.store.insert(id, &options, now_ms()) {
+        if let Err(e) = self.store.insert(id, &options, now_ms(), owner) {
             self.close_log(id, "not accepted");
             return Err(e.into());
         }
         Ok(())
     }
 
+    /// Whether the build `rec` is the caller's to see: its own, or any
+    /// without authentication (`caller` is `None`).
+    pub(crate) fn visible(rec: &Record, caller: Option<&str>) -> bool {
+        caller.is_none() || rec.owner.as_deref() == caller
+    }
+
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
         self.store.get(id)
     }
 
-    /// Cancels a queued or running build.
-    pub fn cancel(&self, id: &str) -> Result<State, CancelError> {
+    /// Cancels a queued or running build of `caller` (any build when
+    /// `None`); another's is not found.
+    pub fn cancel(&self, id: &str, caller: Option<&str>) -> Result<State, CancelError> {
         let rec = self
             .store
             .get(id)?
+            .filter(|r| Service::visible(r, caller))
             .ok_or_else(|| CancelError::NotFound(id.to_string()))?;
         if rec.state.is_terminal() {
             return Err(CancelError::Ended(id.to_string(), rec.state.as_str()));
@@ -370,11 +475,7 @@ impl Service {
             }
         };
         let log = self.live_log(id).unwrap_or_else(|| self.open_log(id));
-        let spec: Result<BuildSpec, _> = serde_json::from_value(rec.options.clone());
-        let req = spec.map_err(|e| e.to_string()).and_then(|s| {
-            s.to_request(self.source_dir(id).join("src"))
-                .map_err(|e| e.to_string())
-        });
+        let req = self.request(&rec);
         match self.store.start(id, now_ms()) {
             Ok(true) => {}
             Ok(false) => return,
@@ -386,7 +487,7 @@ impl Service {
         let started = Instant::now();
         log.line(format!("running (attempt {})", rec.attempts + 1));
         let outcome = match req {
-            Err(e) => Err(Outcome::Failed(format!("invalid options: {e}"))),
+            Err(e) => Err(Outcome::Failed(e)),
             Ok(req) => {
                 let cancel = Arc::new(Notify::new());
                 {
@@ -421,6 +522,35 @@ impl Service {
             }
         };
         self.complete(id, outcome, started.elapsed(), &log);
+    }
+
+    /// The engine request of a recorded build. Its token is checked again,
+    /// as the token file says now: a build queued before a token lost a
+    /// prefix (or was removed) does not run with the old rights.
+    fn request(&self, rec: &Record) -> Result<ftl::engine::BuildRequest, String> {
+        let spec: BuildSpec = serde_json::from_value(rec.options.clone())
+            .map_err(|e| format!("invalid options: {e}"))?;
+        if let Some(tokens) = &self.config.tokens {
+            let owner = rec.owner.as_deref().ok_or(
+                "this build was recorded before tokens had names and scopes; submit it again",
+            )?;
+            let token = tokens.named(owner).ok_or_else(|| {
+                format!(
+                    "the token `{owner}` that submitted this build is no longer in the token file"
+                )
+            })?;
+            let uses = spec
+                .repositories()
+                .map_err(|e| format!("invalid options: {e}"))?;
+            token
+                .check(uses.iter().map(|(o, s, r)| (o.clone(), *s, r)))
+                .map_err(|e| format!("not allowed: {e}"))?;
+        }
+        let mut req = spec
+            .to_request(self.source_dir(&rec.id).join("src"))
+            .map_err(|e| format!("invalid options: {e}"))?;
+        req.cache_scope = rec.owner.clone();
+        Ok(req)
     }
 
     fn complete(
@@ -576,4 +706,62 @@ impl Service {
 enum Outcome {
     Failed(String),
     Cancelled(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recovery_fails_a_build_after_max_attempts_interrupted_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("builds.db")).unwrap();
+        store
+            .insert("b1", &serde_json::json!({}), 1, Some("team-a"))
+            .unwrap();
+        let get = || store.get("b1").unwrap().unwrap();
+        // Queued, never started: re-queued, however often.
+        assert_eq!(
+            recovery(&get(), true, 3),
+            Recovery::Requeue {
+                note: "re-queued after a server restart".into()
+            }
+        );
+        // Three starts, each ended by the server dying (as a restart
+        // leaves it: still `running`).
+        for attempt in 1..=3 {
+            assert!(store.start("b1", 10 + attempt).unwrap());
+            let rec = get();
+            assert_eq!((rec.state, rec.attempts), (State::Running, attempt));
+            let decision = recovery(&rec, true, 3);
+            if attempt < 3 {
+                assert_eq!(
+                    decision,
+                    Recovery::Requeue {
+                        note: format!(
+                            "re-queued after a server restart: attempt {attempt} was interrupted"
+                        )
+                    }
+                );
+                store.requeue("b1", "re-queued").unwrap();
+            } else {
+                assert_eq!(
+                    decision,
+                    Recovery::Fail {
+                        error: "the server stopped 3 times while this build ran".into(),
+                        note: "failed at restart: 3 attempt(s) (--max-attempts) were interrupted"
+                            .into(),
+                    }
+                );
+            }
+        }
+        // A lower limit fails it earlier; a source that is gone fails it too.
+        assert!(matches!(recovery(&get(), true, 1), Recovery::Fail { .. }));
+        store.requeue("b1", "x").unwrap();
+        let queued = get();
+        assert!(matches!(
+            recovery(&queued, false, 3),
+            Recovery::Fail { error, .. } if error.contains("source is gone")
+        ));
+    }
 }

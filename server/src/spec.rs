@@ -111,28 +111,57 @@ impl BuildSpec {
         Ok(spec)
     }
 
-    /// The engine request for this spec with the source at `source`.
-    pub fn to_request(&self, source: PathBuf) -> Result<BuildRequest, SpecError> {
+    /// The image to push: `image`, tagged `latest` when it names no tag.
+    fn target(&self) -> Result<Reference, SpecError> {
         let target = reference("image", &self.image)?;
-        let target = if target.tag().is_none() && target.digest().is_none() {
+        if target.tag().is_none() && target.digest().is_none() {
             target
                 .with_tag("latest")
-                .map_err(|e| field("image", e.to_string()))?
+                .map_err(|e| field("image", e.to_string()))
+        } else {
+            Ok(target)
+        }
+    }
+
+    /// The registry cache repository: `cache_repo`, by default
+    /// `<image repo>/ftl-cache`; `None` with `no_registry_cache`.
+    fn cache_repo(&self, target: &Reference) -> Result<Option<Reference>, SpecError> {
+        if self.no_registry_cache {
+            Ok(None)
+        } else if let Some(repo) = &self.cache_repo {
+            Ok(Some(reference("cache_repo", repo)?))
         } else {
             target
-        };
+                .with_repository(&format!("{}/ftl-cache", target.repository()))
+                .map(Some)
+                .map_err(|e| field("image", e.to_string()))
+        }
+    }
+
+    /// Every repository the build would use, as `(option, scope,
+    /// reference)`: the image it pushes, the cache repository (the default
+    /// one too), the base and builder images it pulls. A token's prefixes
+    /// are checked against exactly these.
+    pub fn repositories(&self) -> Result<Vec<(String, &'static str, Reference)>, SpecError> {
+        let target = self.target()?;
+        let mut out = vec![("base".to_string(), "base", reference("base", &self.base)?)];
+        if let Some(cache) = self.cache_repo(&target)? {
+            out.push(("cache_repo".to_string(), "cache_repo", cache));
+        }
+        out.insert(0, ("image".to_string(), "image", target));
+        for (k, v) in &self.settings {
+            if let Some(image) = builder_image(k, v)? {
+                out.push((format!("settings.{k}"), "base", image));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The engine request for this spec with the source at `source`.
+    pub fn to_request(&self, source: PathBuf) -> Result<BuildRequest, SpecError> {
+        let target = self.target()?;
         let base = reference("base", &self.base)?;
-        let cache_repo = if self.no_registry_cache {
-            None
-        } else if let Some(repo) = &self.cache_repo {
-            Some(reference("cache_repo", repo)?)
-        } else {
-            Some(
-                target
-                    .with_repository(&format!("{}/ftl-cache", target.repository()))
-                    .map_err(|e| field("image", e.to_string()))?,
-            )
-        };
+        let cache_repo = self.cache_repo(&target)?;
         let platform = parse_platform(self.platform.as_deref().unwrap_or("linux/amd64"))?;
         let entrypoint = self
             .entrypoint
@@ -226,8 +255,21 @@ fn check_settings(settings: &BTreeMap<String, String>) -> Result<(), SpecError> 
                 format!("`{k}=host` (a step on the server's own root filesystem) is not available through the service"),
             ));
         }
+        builder_image(k, v)?;
     }
     Ok(())
+}
+
+/// A `*.builder` setting that names an image: pulled with the server's
+/// credentials like a base, so it must parse here, and it is checked
+/// against the token's `base` prefixes.
+fn builder_image(key: &str, value: &str) -> Result<Option<Reference>, SpecError> {
+    if !key.ends_with(".builder") || matches!(value, "base" | "host" | "") {
+        return Ok(None);
+    }
+    Reference::parse(value)
+        .map(Some)
+        .map_err(|e| field("settings", format!("`{key}`: {value:?}: {e}")))
 }
 
 fn reference(name: &'static str, value: &str) -> Result<Reference, SpecError> {
@@ -311,6 +353,59 @@ mod tests {
         }
         let ok = br#"{"image":"a/b","base":"c","settings":{"java.maven_settings":".mvn/settings.xml","python.venv":"/opt/venv"}}"#;
         BuildSpec::parse(ok).unwrap();
+    }
+
+    #[test]
+    fn repositories_name_every_image_a_build_touches() {
+        let spec = BuildSpec::parse(
+            br#"{"image":"reg.example/team/app","base":"reg.example/base/python","settings":{"java.builder":"reg.example/tools/maven:3"}}"#,
+        )
+        .unwrap();
+        let uses: Vec<(String, &str, String)> = spec
+            .repositories()
+            .unwrap()
+            .into_iter()
+            .map(|(o, s, r)| (o, s, r.to_string()))
+            .collect();
+        assert_eq!(
+            uses,
+            [
+                (
+                    "image".into(),
+                    "image",
+                    "reg.example/team/app:latest".into()
+                ),
+                (
+                    "base".into(),
+                    "base",
+                    "reg.example/base/python:latest".into()
+                ),
+                (
+                    "cache_repo".into(),
+                    "cache_repo",
+                    "reg.example/team/app/ftl-cache:latest".into()
+                ),
+                (
+                    "settings.java.builder".into(),
+                    "base",
+                    "reg.example/tools/maven:3".into()
+                ),
+            ]
+        );
+        let spec = BuildSpec::parse(
+            br#"{"image":"reg.example/team/app","base":"b.example/p","no_registry_cache":true,"cache_repo":"x.example/c"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.repositories().unwrap().len(), 2);
+        let e = BuildSpec::parse(
+            br#"{"image":"a/b","base":"c","settings":{"java.builder":"Not A Ref"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("option `settings`: `java.builder`"),
+            "{e}"
+        );
     }
 
     #[test]

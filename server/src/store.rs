@@ -66,6 +66,10 @@ pub struct Record {
     /// What the server did to it besides running it (re-queued after a
     /// restart, cancelled at shutdown, ...).
     pub note: Option<String>,
+    /// The name of the token that submitted it; `None` without
+    /// authentication (and for records from before tokens had names).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Database errors.
@@ -86,7 +90,7 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-const COLUMNS: &str = "id, state, options, created_ms, started_ms, finished_ms, attempts, image, digest, report, error, note";
+const COLUMNS: &str = "id, state, options, created_ms, started_ms, finished_ms, attempts, image, digest, report, error, note, owner";
 
 fn record(row: &Row<'_>) -> rusqlite::Result<Record> {
     let options: String = row.get(2)?;
@@ -104,6 +108,7 @@ fn record(row: &Row<'_>) -> rusqlite::Result<Record> {
         report: report.and_then(|r| serde_json::from_str(&r).ok()),
         error: row.get(10)?,
         note: row.get(11)?,
+        owner: row.get(12)?,
     })
 }
 
@@ -140,6 +145,7 @@ impl Store {
             CREATE INDEX IF NOT EXISTS builds_state ON builds(state);",
         )
         .map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -154,10 +160,11 @@ impl Store {
         id: &str,
         options: &serde_json::Value,
         now: i64,
+        owner: Option<&str>,
     ) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO builds (id, state, options, created_ms) VALUES (?1, 'queued', ?2, ?3)",
-            params![id, options.to_string(), now],
+            "INSERT INTO builds (id, state, options, created_ms, owner) VALUES (?1, 'queued', ?2, ?3, ?4)",
+            params![id, options.to_string(), now, owner],
         )?;
         Ok(())
     }
@@ -173,14 +180,27 @@ impl Store {
             .optional()?)
     }
 
-    /// The most recent builds, newest first.
-    pub fn list(&self, limit: u32) -> Result<Vec<Record>, StoreError> {
+    /// The most recent builds, newest first: all of them, or those of one
+    /// owner.
+    pub fn list(&self, limit: u32, owner: Option<&str>) -> Result<Vec<Record>, StoreError> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM builds ORDER BY seq DESC LIMIT ?1"
-        ))?;
-        let rows = st.query_map(params![limit], record)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = match owner {
+            None => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {COLUMNS} FROM builds ORDER BY seq DESC LIMIT ?1"
+                ))?;
+                let rows = st.query_map(params![limit], record)?;
+                rows.collect::<Result<_, _>>()?
+            }
+            Some(owner) => {
+                let mut st = conn.prepare(&format!(
+                    "SELECT {COLUMNS} FROM builds WHERE owner = ?2 ORDER BY seq DESC LIMIT ?1"
+                ))?;
+                let rows = st.query_map(params![limit, owner], record)?;
+                rows.collect::<Result<_, _>>()?
+            }
+        };
+        Ok(rows)
     }
 
     /// Builds that were queued or running, oldest first.
@@ -245,6 +265,18 @@ impl Store {
     }
 }
 
+/// Brings a database of an earlier version up to this one.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_owner = conn
+        .prepare("SELECT 1 FROM pragma_table_info('builds') WHERE name = 'owner'")?
+        .exists([])?;
+    if !has_owner {
+        // Records from before have no owner: no token sees them.
+        conn.execute_batch("ALTER TABLE builds ADD COLUMN owner TEXT")?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS builds_owner ON builds(owner, seq)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,9 +287,10 @@ mod tests {
         let path = dir.path().join("builds.db");
         {
             let s = Store::open(&path).unwrap();
-            s.insert("a", &serde_json::json!({"image": "x"}), 1)
+            s.insert("a", &serde_json::json!({"image": "x"}), 1, Some("team-a"))
                 .unwrap();
-            s.insert("b", &serde_json::json!({}), 2).unwrap();
+            s.insert("b", &serde_json::json!({}), 2, Some("team-b"))
+                .unwrap();
             assert!(s.start("a", 3).unwrap());
             assert!(!s.start("a", 3).unwrap());
         }
@@ -282,7 +315,54 @@ mod tests {
             .finish("a", State::Failed, 5, None, None, None, Some("late"), None)
             .unwrap());
         assert_eq!(s.get("a").unwrap().unwrap().state, State::Succeeded);
-        assert_eq!(s.list(10).unwrap()[0].id, "b");
+        assert_eq!(s.list(10, None).unwrap()[0].id, "b");
+        let a = s.list(10, Some("team-a")).unwrap();
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].owner.as_deref(), Some("team-a"));
         assert!(s.get("zzz").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_database_from_before_owners_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builds.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE builds (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    state TEXT NOT NULL,
+                    options TEXT NOT NULL,
+                    created_ms INTEGER NOT NULL,
+                    started_ms INTEGER,
+                    finished_ms INTEGER,
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    image TEXT,
+                    digest TEXT,
+                    report TEXT,
+                    error TEXT,
+                    note TEXT
+                );
+                INSERT INTO builds (id, state, options, created_ms) VALUES ('old', 'succeeded', '{}', 1);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let old = s.get("old").unwrap().unwrap();
+        assert_eq!(old.owner, None);
+        s.insert("new", &serde_json::json!({}), 2, Some("team-a"))
+            .unwrap();
+        let mine: Vec<String> = s
+            .list(10, Some("team-a"))
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(mine, ["new"]);
+        assert_eq!(s.list(10, None).unwrap().len(), 2);
+        drop(s);
+        // Opening again migrates nothing twice.
+        Store::open(&path).unwrap();
     }
 }

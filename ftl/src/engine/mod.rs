@@ -131,6 +131,10 @@ pub struct VerifySpec {
 pub struct BuildEnv {
     pub ca_bundle: Option<PathBuf>,
     pub proxy_env: Vec<(String, String)>,
+    /// TCP endpoints egress steps may reach although their range is
+    /// blocked (the proxies of `proxy_env`, package mirrors on the host's
+    /// loopback or a private network).
+    pub egress_allow: Vec<std::net::SocketAddr>,
 }
 
 /// Engine-wide settings.
@@ -1395,6 +1399,7 @@ impl SandboxExec {
                 }
             }
             req.env.extend(self.build_env.proxy_env.iter().cloned());
+            req.egress_allow = self.build_env.egress_allow.clone();
         }
         Ok((rootfs, req))
     }

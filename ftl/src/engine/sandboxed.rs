@@ -102,6 +102,7 @@ impl SandboxRuntime {
             // netstack stands between the step and the host there).
             (StepNetwork::Egress, Sandbox::External(_)) => Network::Host,
         };
+        step.egress_allow = request.egress_allow.clone();
         step.mounts = request
             .mounts
             .iter()

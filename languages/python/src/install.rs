@@ -292,7 +292,6 @@ impl DepsStep {
         let file = run.work.join("lock.txt");
         std::fs::write(&file, lines.join("\n") + "\n")
             .map_err(|e| io_err("cannot write", &file, e))?;
-        let report = run.work.join("report.json");
         let mut args = self.pip()?;
         args.extend(
             [
@@ -330,8 +329,17 @@ impl DepsStep {
             .in_file(top, None)
             .hint("pin versions that satisfy each other's requirements (pip-compile finds them)"));
         }
-        let text = std::fs::read_to_string(&report)
-            .map_err(|e| io_err("cannot read pip's report", &report, e))?;
+        // Left by a step whose sdist builds ran other people's code: read
+        // below the work directory without following a link.
+        let text = ftl::beneath::Dir::open(run.work)
+            .and_then(|d| d.read(Path::new("report.json")))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .map_err(|e| {
+                PluginError::new(format!(
+                    "cannot read pip's report: {}",
+                    ftl::error_chain(&e)
+                ))
+            })?;
         let missing = missing_from_report(&text, dists)?;
         if missing.is_empty() {
             return Ok(());
@@ -350,8 +358,13 @@ impl DepsStep {
         if sites.is_empty() {
             return Ok(());
         }
+        // `-S`: no `site`, so no `.pth` file runs. The install before this
+        // may have built sdists, whose build code could have left one in
+        // the venv to rewrite other distributions' files (and so their
+        // cached layers) when Python next starts there.
         let mut args: Vec<String> = vec![
             self.python(),
+            "-S".into(),
             "-m".into(),
             "compileall".into(),
             "-q".into(),

@@ -83,6 +83,10 @@ struct Built {
 /// Builds every dependency layer of an app with `requirements`, in `dir`
 /// (which must not exist yet).
 fn build(requirements: &str, dir: &Path) -> Result<Built, PluginError> {
+    build_with(requirements, dir, &HostExec)
+}
+
+fn build_with(requirements: &str, dir: &Path, exec: &dyn Exec) -> Result<Built, PluginError> {
     let app = dir.join("app");
     let scratch = dir.join("scratch");
     std::fs::create_dir_all(&app).unwrap();
@@ -102,7 +106,7 @@ fn build(requirements: &str, dir: &Path) -> Result<Built, PluginError> {
             source: &source,
             base: &base,
             options: &options,
-            exec: &HostExec,
+            exec,
         },
     )?;
     let wanted: Vec<usize> = (0..plan.layers.len())
@@ -112,7 +116,7 @@ fn build(requirements: &str, dir: &Path) -> Result<Built, PluginError> {
         source: &source,
         base: &base,
         options: &options,
-        exec: &HostExec,
+        exec,
         scratch: &scratch,
     };
     let mut out = plan.steps[0].build(&wanted, &ctx)?;
@@ -232,4 +236,62 @@ fn real_pip_reports_unpinned_dependencies() {
     assert_eq!(e.file.as_deref(), Some(Path::new("requirements.txt")));
     assert!(e.message.contains("misses dependencies: click "), "{e}");
     assert!(e.message.contains("(required by python-dotenv)"), "{e}");
+}
+
+/// [`HostExec`], but after `pip install` it leaves a `.pth` file in the
+/// venv, as an sdist's build code can (it runs with the venv writable):
+/// when Python next starts there, it appends to another distribution's
+/// module, whose layer is cached by that distribution's pin alone.
+struct PlantingExec;
+
+impl Exec for PlantingExec {
+    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let out = HostExec.run(req)?;
+        if req.label == "pip install" {
+            let env = &req
+                .mounts
+                .iter()
+                .find(|m| m.writable && m.host.ends_with("env"))
+                .unwrap()
+                .host;
+            let site = env.join("lib/python3.11/site-packages");
+            let module = site.join("dotenv/main.py");
+            std::fs::write(
+                site.join("zz-planted.pth"),
+                format!(
+                    "import sys; open({:?}, 'a').write('# TROJAN\\n')\n",
+                    module.display().to_string()
+                ),
+            )
+            .unwrap();
+        }
+        Ok(out)
+    }
+}
+
+/// After the install, nothing of a package runs in the step: compileall
+/// starts Python without `site` (`-S`), so a `.pth` file an sdist's build
+/// left cannot rewrite the other distributions' files before ftl collects
+/// them into layers that every app with the same pins reuses.
+#[test]
+fn a_pth_file_left_by_an_install_does_not_run_before_layers_are_collected() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let b = build_with(
+        "python-dotenv==1.0.1\n",
+        &tmp.path().join("run"),
+        &PlantingExec,
+    )
+    .unwrap();
+    let main = std::fs::read_to_string(b.venv.join("lib/python3.11/site-packages/dotenv/main.py"))
+        .unwrap();
+    assert!(!main.contains("TROJAN"), "the planted .pth ran");
+    let dist: Vec<String> = b.layers[1]
+        .1
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!dist.iter().any(|f| f.ends_with(".pth")), "{dist:?}");
 }

@@ -26,6 +26,9 @@ struct FakePython {
     /// The requirement files pip was handed.
     pip_inputs: Mutex<Vec<String>>,
     probe: serde_json::Value,
+    /// The lock check leaves its report as a link to this host file (as
+    /// an sdist's build code could make it), which holds the report.
+    report_link: Option<PathBuf>,
 }
 
 impl FakePython {
@@ -36,6 +39,7 @@ impl FakePython {
             pip_error: None,
             pip_inputs: Mutex::default(),
             probe: bookworm_probe(),
+            report_link: None,
         }
     }
 
@@ -164,15 +168,21 @@ impl Exec for FakePython {
                 for (n, v) in &self.missing {
                     items.push(serde_json::json!({"metadata": {"name": n, "version": v}}));
                 }
-                std::fs::write(
-                    work.join("report.json"),
-                    serde_json::json!({ "install": items }).to_string(),
-                )
-                .unwrap();
+                let report = serde_json::json!({ "install": items }).to_string();
+                match &self.report_link {
+                    Some(host) => {
+                        std::fs::write(host, report).unwrap();
+                        std::os::unix::fs::symlink(host, work.join("report.json")).unwrap();
+                    }
+                    None => std::fs::write(work.join("report.json"), report).unwrap(),
+                }
                 Ok(ok(""))
             }
             "python compileall" => {
                 assert!(req.args.contains(&"unchecked-hash".to_string()));
+                // No `site`: a `.pth` file an sdist's build code left in
+                // the venv must not run after the install.
+                assert_eq!(req.args[1], "-S", "{:?}", req.args);
                 let env = Self::host(req, "/env");
                 for f in walk(&env) {
                     if f.extension().is_some_and(|e| e == "py") {
@@ -414,6 +424,23 @@ fn incomplete_pins_name_the_missing_dependencies() {
     // and its build checks the set.
     let e = build(&p, &app, &exec, &[lock]).unwrap_err();
     insta::assert_snapshot!(e.to_string(), @"requirements.txt: every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: werkzeug 3.1.3 (required by flask); blinker 1.9.0 (required by flask); add them pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer");
+}
+
+/// pip's report is left by a step whose sdist builds run other people's
+/// code: a link there to a host file must not be followed (the host
+/// file's content would reach the build's error).
+#[test]
+fn a_report_left_as_a_link_to_a_host_file_is_not_followed() {
+    let host = tempfile::tempdir().unwrap();
+    let mut exec = FakePython::new();
+    exec.missing = vec![("host-file-leak".into(), "1".into())];
+    exec.report_link = Some(host.path().join("secret.json"));
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    let e = build(&p, &app, &exec, &[lock]).unwrap_err().to_string();
+    assert!(e.contains("symlink"), "{e}");
+    assert!(!e.contains("host-file-leak"), "{e}");
 }
 
 #[test]
