@@ -12,8 +12,9 @@ PACKAGES=(
     docker-registry skopeo umoci debootstrap
     # OCI runtimes the sandbox is compared with / drives
     runc crun runsc busybox-static
-    # the containment tests compile a static probe and attach loop devices
-    gcc libc6-dev mount
+    # the containment tests compile a static probe and attach loop devices;
+    # steps' size-limited directories are ext4 made with mkfs.ext4
+    gcc libc6-dev mount e2fsprogs
     # user-mode network stacks of egress steps (slirp4netns is the default)
     slirp4netns passt
     # htpasswd for basic-auth registries, certificates for TLS ones
