@@ -1974,7 +1974,23 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
         // The pipes to the parent must survive until exec: they are CLOEXEC.
         let mut last = libc::ENOENT;
         for cand in &plan.exec_candidates {
-            libc::execve(cand.as_ptr(), ctx.argv.as_ptr(), ctx.envp.as_ptr());
+            // ETXTBSY: a process forked (by another thread of the caller)
+            // while the caller was writing this file still holds it open
+            // for writing until its own exec, milliseconds away: retry for
+            // up to a second.
+            let mut busy = 0;
+            loop {
+                libc::execve(cand.as_ptr(), ctx.argv.as_ptr(), ctx.envp.as_ptr());
+                if errno() != libc::ETXTBSY || busy == 100 {
+                    break;
+                }
+                busy += 1;
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 10_000_000,
+                };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
             match errno() {
                 libc::ENOENT | libc::ENOTDIR => {}
                 libc::EACCES => last = libc::EACCES,

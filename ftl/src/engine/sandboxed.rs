@@ -379,7 +379,15 @@ mod tests {
         for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        std::fs::copy(busybox, rootfs.join("bin/busybox")).unwrap();
+        // With cp, never through a descriptor of this process: a container
+        // another test thread starts meanwhile would inherit it open for
+        // writing, and this test's exec would fail with ETXTBSY.
+        let st = std::process::Command::new("cp")
+            .arg(busybox)
+            .arg(rootfs.join("bin/busybox"))
+            .status()
+            .unwrap();
+        assert!(st.success());
         for applet in ["sh", "nc", "httpd", "mkdir", "echo"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }

@@ -17,6 +17,15 @@ pub fn require(binary: &str, package: &str) -> PathBuf {
     panic!("{binary} is not installed: apt-get install -y {package}");
 }
 
+/// Copies an executable with `cp`, never through a descriptor of this
+/// process: a container another test thread is starting at the same moment
+/// would inherit a descriptor open for writing until its exec, and this
+/// test's exec of the file would then fail with ETXTBSY.
+pub fn copy_executable(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// Creates `dir/rootfs` with a static busybox and its applets.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let busybox = require("busybox", "busybox-static");
@@ -28,7 +37,7 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     ] {
         std::fs::create_dir_all(rootfs.join(d)).unwrap();
     }
-    std::fs::copy(&busybox, bin.join("busybox")).unwrap();
+    copy_executable(&busybox, &bin.join("busybox"));
     let list = Command::new(&busybox).arg("--list").output().unwrap();
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
         if applet == "busybox" {
@@ -133,5 +142,5 @@ pub fn install_probe(rootfs: &Path) {
         assert!(st.success(), "cannot compile {}", src.display());
         out
     });
-    std::fs::copy(built, rootfs.join("bin/probe")).unwrap();
+    copy_executable(built, &rootfs.join("bin/probe"));
 }
