@@ -731,14 +731,29 @@ fn a_build_cannot_plant_a_package_cache_file_for_the_next_build() {
 
     // A clean build fills the shared cache with what it downloaded, as
     // content-addressed entries that verify.
-    rig.build(
-        cache.path(),
-        &testdata("gcp-build"),
-        &base,
-        &rig.image("node/poison-clean:e2e"),
-        &["--no-cache"],
-    )
-    .report();
+    let clean = rig
+        .build(
+            cache.path(),
+            &testdata("gcp-build"),
+            &base,
+            &rig.image("node/poison-clean:e2e"),
+            &["--no-cache"],
+        )
+        .report();
+    // Each step's report says how it was contained.
+    let steps = clean["steps"].as_array().unwrap();
+    let npm_ci = steps
+        .iter()
+        .find(|s| s["label"].as_str().unwrap().starts_with("npm ci"))
+        .unwrap_or_else(|| panic!("{clean:#}"));
+    assert_eq!(npm_ci["sandbox"]["network"], "egress", "{npm_ci:#}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(
+            npm_ci["sandbox"]["uid_map"], "0 1879048192 65536",
+            "{npm_ci:#}"
+        );
+    }
     let before = shared_npm_cache_files(cache.path());
     assert!(before.len() >= 2, "ms and left-pad are cached: {before:?}");
     assert!(before.iter().all(|(_, ok)| *ok), "{before:?}");

@@ -36,7 +36,9 @@ pub use base::{BaseImage, RemoteBlobSource};
 pub use disk::{
     human_bytes, reclaim as reclaim_volumes, DiskLimits, DEFAULT_CACHE_BYTES, DEFAULT_SCRATCH_BYTES,
 };
-pub use report::{BuildReport, LayerReport, LayerSource, StepRun, Timing, VerifyReport};
+pub use report::{
+    BuildReport, LayerReport, LayerSource, StepRun, StepSandbox, Timing, VerifyReport,
+};
 pub use sandboxed::SandboxRuntime;
 
 /// Runs build steps and verification in a sandbox on a root filesystem.
@@ -1431,12 +1433,13 @@ impl Exec for SandboxExec {
         self.observer.event(&Event::StepStarted(req.label.clone()));
         let t = Instant::now();
         let out = self.runtime.run(&rootfs, &req, &self.cancel);
-        self.record_step(&req.label, t.elapsed(), warnings);
+        let sandbox = self.step_sandbox(&req);
+        self.record_step(&req.label, t.elapsed(), warnings, Some(sandbox));
         out.and_then(|out| self.bounds.check(&req, out))
     }
 
     fn step_done(&self, label: &str, took: Duration) {
-        self.record_step(label, took, Vec::new());
+        self.record_step(label, took, Vec::new(), None);
     }
 
     fn start_resident(
@@ -1525,14 +1528,41 @@ impl SandboxExec {
 }
 
 impl SandboxExec {
-    fn record_step(&self, label: &str, took: Duration, warnings: Vec<String>) {
+    fn record_step(
+        &self,
+        label: &str,
+        took: Duration,
+        warnings: Vec<String>,
+        sandbox: Option<report::StepSandbox>,
+    ) {
         self.observer
             .event(&Event::StepFinished(label.to_string(), took));
         self.steps.lock().expect("not poisoned").push(StepRun {
             label: label.to_string(),
             ms: took.as_millis() as u64,
             warnings,
+            sandbox,
         });
+    }
+
+    /// How the runtime contained `req`: its id mapping (the configured
+    /// range when ftl is root, the caller's own id otherwise) and network.
+    fn step_sandbox(&self, req: &ExecRequest) -> report::StepSandbox {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        let uid_map = match self.runtime.id_range() {
+            Some(ids) if euid == 0 => ids.uid_map(),
+            _ => format!("0 {euid} 1"),
+        };
+        let network = match req.network {
+            StepNetwork::None => "none",
+            StepNetwork::Egress => "egress",
+        };
+        report::StepSandbox {
+            uid_map,
+            network: network.into(),
+            egress_allow: req.egress_allow.iter().map(|a| a.to_string()).collect(),
+        }
     }
 }
 

@@ -83,6 +83,23 @@ pub struct StepRun {
     /// whose size could not be limited, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// How the step was contained; `None` for work done without a new
+    /// container (a request to a long-lived step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<StepSandbox>,
+}
+
+/// How one step was contained, as the build report shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StepSandbox {
+    /// The step's user namespace mapping, as `/proc/PID/uid_map` shows it
+    /// (`0 HOST SIZE`: its root is host id HOST); the same for gids.
+    pub uid_map: String,
+    /// `none` (loopback only) or `egress` through a user-mode stack.
+    pub network: String,
+    /// TCP endpoints the step could reach in ranges its network blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub egress_allow: Vec<String>,
 }
 
 /// How long one phase took.
