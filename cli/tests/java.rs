@@ -323,7 +323,7 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => todo.push(p),
-                Ok(t) if t.is_file() => out.push(p),
+                Ok(t) if t.is_file() && !rig::is_volume_image(&p) => out.push(p),
                 _ => {}
             }
         }

@@ -61,7 +61,7 @@ fn storage_files(root: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if !rig::is_volume_image(&p) {
                 out.push(p);
             }
         }

@@ -196,3 +196,14 @@ pub fn uploaded(report: &serde_json::Value) -> Vec<String> {
 pub fn digests(report: &serde_json::Value) -> Vec<(String, String)> {
     app_layers(report).into_iter().map(|l| (l.0, l.1)).collect()
 }
+
+/// A step's size-limited volume (`.NAME.img`, a sparse filesystem image of
+/// up to `--step-disk`), as a running build of a test alongside leaves in
+/// a shared cache: tests that read every file of a cache skip it (its
+/// files are read through its mountpoint; read whole, a 16 GiB image does
+/// not fit in memory).
+pub fn is_volume_image(p: &Path) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with('.') && n.ends_with(".img"))
+}
