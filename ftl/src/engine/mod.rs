@@ -464,6 +464,16 @@ impl Engine {
                 l.key = l.key.with_input("layer_writer", layer.clone());
             }
         }
+        // A layer built in one cache scope (an `ftl serve` token) is never
+        // served to another: what a build's steps produce can depend on
+        // more than its key names (a base of the tenant's choosing with
+        // the same interpreter, another package of the same pip run), so
+        // the key index is per scope too. Blobs are still shared by digest.
+        if let Some(scope) = &req.cache_scope {
+            for l in &mut plan.layers {
+                l.key = l.key.with_input("cache_scope", serde_json::json!(scope));
+            }
+        }
         observer.event(&Event::Planned {
             language: plugin.id().to_string(),
             layers: plan.layers.len(),

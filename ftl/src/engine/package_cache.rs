@@ -163,35 +163,46 @@ impl CacheView {
                 out.refused += 1;
                 return Ok(false);
             }
-            let mut file = written
-                .open_file(rel)
-                .map_err(|e| PluginError::new(e.to_string()))?;
-            let data = match &self.trust {
+            let expect = match &self.trust {
                 CacheTrust::ContentAddressed { dir } => {
-                    let Some((algorithm, hex)) = content_address(rel, Path::new(dir)) else {
+                    let Some(addr) = content_address(rel, Path::new(dir)) else {
                         out.refused += 1;
                         return Ok(false);
                     };
-                    let mut data = Vec::with_capacity(node.size as usize);
-                    file.read_to_end(&mut data)
-                        .map_err(|e| plugin_io("cannot read", &self.written.join(rel), e))?;
-                    if !digest_matches(algorithm, &hex, &data) {
-                        tracing::warn!(file = %rel.display(), "a build step left a package cache entry whose content does not match its name; not kept");
-                        out.refused += 1;
-                        return Ok(false);
-                    }
-                    data
+                    Some(addr)
                 }
-                CacheTrust::AddOnly => {
-                    let mut data = Vec::with_capacity(node.size as usize);
-                    file.read_to_end(&mut data)
-                        .map_err(|e| plugin_io("cannot read", &self.written.join(rel), e))?;
-                    data
-                }
+                CacheTrust::AddOnly => None,
             };
-            add_file(shared, rel, &data)?;
-            out.files += 1;
-            out.bytes += data.len() as u64;
+            let mut file = written
+                .open_file(rel)
+                .map_err(|e| PluginError::new(e.to_string()))?;
+            let md = file
+                .metadata()
+                .map_err(|e| plugin_io("cannot read", &self.written.join(rel), e))?;
+            use std::os::unix::fs::MetadataExt;
+            // A sparse file (a hole of terabytes costs a step nothing), one
+            // over the size a package could have, or one past what a build
+            // may add: not kept.
+            let sparse = md.blocks().saturating_mul(512) + 64 * 1024 < md.len();
+            if sparse
+                || md.len() > MAX_ENTRY_BYTES
+                || out.bytes + md.len() > MAX_PROMOTED_BYTES
+                || out.files >= MAX_PROMOTED_FILES
+            {
+                tracing::warn!(file = %rel.display(), size = md.len(), sparse, "a package cache entry past ftl's limits; not kept");
+                out.refused += 1;
+                return Ok(false);
+            }
+            match add_file(shared, rel, &mut file, md.len(), expect)? {
+                Some(n) => {
+                    out.files += 1;
+                    out.bytes += n;
+                }
+                None => {
+                    tracing::warn!(file = %rel.display(), "a build step left a package cache entry whose content does not match its name; not kept");
+                    out.refused += 1;
+                }
+            }
             Ok(false)
         })
         .map_err(|WalkError(e)| e)?;
@@ -245,19 +256,26 @@ fn content_address(rel: &Path, dir: &Path) -> Option<(&'static str, String)> {
         .then(|| (algorithm, hex.to_ascii_lowercase()))
 }
 
-fn digest_matches(algorithm: &str, hex: &str, data: &[u8]) -> bool {
-    let got = match algorithm {
-        "sha512" => hex::encode(sha2::Sha512::digest(data)),
-        "sha256" => hex::encode(sha2::Sha256::digest(data)),
-        _ => return false,
-    };
-    got == hex
-}
+/// The largest package cache entry ftl keeps (a wheel or jar is far
+/// smaller; an npm tarball is limited to about 1 GB by the registry).
+const MAX_ENTRY_BYTES: u64 = 2 << 30;
+/// What one build may add to one shared cache.
+const MAX_PROMOTED_BYTES: u64 = 8 << 30;
+const MAX_PROMOTED_FILES: u64 = 200_000;
 
-/// Writes `data` as the new file `shared/rel`, made by ftl: a temporary
-/// file linked into place, so that a concurrent promotion of the same
-/// file, or a reader, never sees half of it, and nothing is replaced.
-fn add_file(shared: &Path, rel: &Path, data: &[u8]) -> Result<(), PluginError> {
+/// Copies at most `len` bytes of `from` into the new file `shared/rel`,
+/// made by ftl (`0644`): a temporary file linked into place, so that a
+/// concurrent promotion of the same file, or a reader, never sees half of
+/// it, and nothing is replaced. With `expect` (an algorithm and a hex
+/// digest), the content is hashed on the way and kept only if it matches:
+/// `Ok(None)` when it does not. Returns the bytes kept.
+fn add_file(
+    shared: &Path,
+    rel: &Path,
+    from: &mut std::fs::File,
+    len: u64,
+    expect: Option<(&'static str, String)>,
+) -> Result<Option<u64>, PluginError> {
     use std::io::Write;
     let to = shared.join(rel);
     let parent = to.parent().unwrap_or(shared);
@@ -266,17 +284,55 @@ fn add_file(shared: &Path, rel: &Path, data: &[u8]) -> Result<(), PluginError> {
         .prefix(".promote-")
         .tempfile_in(parent)
         .map_err(|e| plugin_io("cannot create a file in", parent, e))?;
-    tmp.write_all(data)
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            tmp.as_file()
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-        })
-        .map_err(|e| plugin_io("cannot write", tmp.path(), e))?;
+    enum Hasher {
+        None,
+        Sha256(sha2::Sha256),
+        Sha512(sha2::Sha512),
+    }
+    let mut hasher = match expect.as_ref().map(|(a, _)| *a) {
+        Some("sha512") => Hasher::Sha512(sha2::Sha512::new()),
+        Some(_) => Hasher::Sha256(sha2::Sha256::new()),
+        None => Hasher::None,
+    };
+    let mut limited = Read::take(from, len);
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = limited
+            .read(&mut buf)
+            .map_err(|e| plugin_io("cannot read", &to, e))?;
+        if n == 0 {
+            break;
+        }
+        match &mut hasher {
+            Hasher::None => {}
+            Hasher::Sha256(h) => h.update(&buf[..n]),
+            Hasher::Sha512(h) => h.update(&buf[..n]),
+        }
+        tmp.write_all(&buf[..n])
+            .map_err(|e| plugin_io("cannot write", tmp.path(), e))?;
+        total += n as u64;
+    }
+    let got = match hasher {
+        Hasher::None => None,
+        Hasher::Sha256(h) => Some(hex::encode(h.finalize())),
+        Hasher::Sha512(h) => Some(hex::encode(h.finalize())),
+    };
+    if let (Some((_, want)), Some(got)) = (&expect, &got) {
+        if want != got {
+            return Ok(None);
+        }
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|e| plugin_io("cannot write", tmp.path(), e))?;
+    }
     match std::fs::hard_link(tmp.path(), &to) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(Some(total)),
         // Another build promoted it first.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Some(0)),
         Err(e) => Err(plugin_io("cannot add", &to, e)),
     }
 }
@@ -319,14 +375,6 @@ mod tests {
             content_address(Path::new("npm/_cacache/index-v5/ab/cd/x"), d),
             None
         );
-    }
-
-    #[test]
-    fn digests_are_checked() {
-        let data = b"hello";
-        let sha256 = hex::encode(sha2::Sha256::digest(data));
-        assert!(digest_matches("sha256", &sha256, data));
-        assert!(!digest_matches("sha256", &sha256, b"hellO"));
     }
 }
 
@@ -420,6 +468,31 @@ mod view_tests {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(md.uid(), unsafe { libc::geteuid() });
         assert_eq!(md.mode() & 0o7777, 0o644);
+    }
+
+    /// A step can leave a file of terabytes that costs it nothing (a
+    /// hole): promotion read it whole into memory, and `ftl serve` died.
+    #[test]
+    fn a_sparse_entry_is_refused_without_reading_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let ids = ftl_sandbox::IdRange::DEFAULT;
+        let trust = CacheTrust::ContentAddressed { dir: "content-v2" };
+        let view =
+            CacheView::open(&shared, &tmp.path().join("tmp"), trust, Some(&ids), None).unwrap();
+        let name = cacache_path(b"anything");
+        as_step(
+            view.path(),
+            &format!(
+                "mkdir -p \"$1/{d}\" && truncate -s 8T \"$1/{n}\"",
+                d = name.parent().unwrap().display(),
+                n = name.display()
+            ),
+        );
+        let p = view.promote().unwrap();
+        assert_eq!((p.files, p.refused), (0, 1), "{p:?}");
+        assert!(std::fs::symlink_metadata(shared.join(&name)).is_err());
     }
 
     #[test]
