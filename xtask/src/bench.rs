@@ -440,6 +440,12 @@ const BIG_WHEELS: &str = "numpy==1.26.4\npandas==2.2.2\nscipy==1.13.1\n";
 fn net() -> Result<()> {
     use ftl_sandbox::{spec_for_step, BindMount, Network, RunRequest, Sandbox, Stack, StepSpec};
     let work = tempfile::tempdir()?;
+    // The steps' root is an unprivileged id (a user namespace, as ftl's
+    // own steps): it must be able to reach the container's state below.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755))?;
+    }
     let reqs = work.path().join("reqs");
     std::fs::create_dir_all(&reqs)?;
     std::fs::copy(

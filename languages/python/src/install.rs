@@ -363,7 +363,10 @@ impl DepsStep {
         // the venv to rewrite other distributions' files (and so their
         // cached layers) when Python next starts there.
         let mut args: Vec<String> = vec![
-            self.python(),
+            // The base's interpreter, not the venv's `bin/python`, which a
+            // wheel of the install may have replaced; isolated (`-I`).
+            self.plan.probe.executable.clone(),
+            "-I".into(),
             "-S".into(),
             "-m".into(),
             "compileall".into(),
@@ -438,7 +441,29 @@ impl BuildStep for DepsStep {
 
         let mut out = Vec::new();
         if wanted.contains(&plan.venv_layer) {
-            out.push((plan.venv_layer, files_input(venv_files.clone())));
+            // As the venv is now, before any package is installed: a wheel
+            // may replace its files (`*.data/scripts/python` lands on
+            // `bin/python`), and this layer is keyed by the interpreter
+            // alone, so every app with this interpreter would get it.
+            let snapshot = ctx.scratch.join("venv-layer");
+            ftl::beneath::Dir::open(&env)
+                .and_then(|d| d.copy_entries(&venv_files, &snapshot))
+                .map_err(|e| {
+                    PluginError::new(format!(
+                        "cannot copy the virtualenv: {}",
+                        ftl::error_chain(&e)
+                    ))
+                })?;
+            out.push((
+                plan.venv_layer,
+                LayerContents {
+                    inputs: vec![LayerInput::Files {
+                        root: ftl::Beneath::root(&snapshot),
+                        to: venv.clone(),
+                        paths: venv_files.clone(),
+                    }],
+                },
+            ));
         }
 
         match &plan.mode {

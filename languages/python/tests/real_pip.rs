@@ -125,7 +125,12 @@ fn build_with(requirements: &str, dir: &Path, exec: &dyn Exec) -> Result<Built, 
         .into_iter()
         .map(|(i, c)| match c.inputs.into_iter().next() {
             Some(LayerInput::Files { root, to, paths }) => {
-                assert_eq!(root.path(), venv);
+                // The venv layer comes from a copy made before the install.
+                assert!(
+                    root.path() == venv || root.path().ends_with("venv-layer"),
+                    "{}",
+                    root.path().display()
+                );
                 assert_eq!(to, venv.display().to_string());
                 (plan.layers[i].name.clone(), paths)
             }
@@ -239,9 +244,9 @@ fn real_pip_reports_unpinned_dependencies() {
 }
 
 /// [`HostExec`], but after `pip install` it leaves a `.pth` file in the
-/// venv, as an sdist's build code can (it runs with the venv writable):
-/// when Python next starts there, it appends to another distribution's
-/// module, whose layer is cached by that distribution's pin alone.
+/// venv, as an sdist's build code can (it runs with the venv writable),
+/// which appends to another distribution's module when Python next starts
+/// there, and replaces `bin/python`, as a wheel's `*.data/scripts` can.
 struct PlantingExec;
 
 impl Exec for PlantingExec {
@@ -256,6 +261,22 @@ impl Exec for PlantingExec {
                 .host;
             let site = env.join("lib/python3.11/site-packages");
             let module = site.join("dotenv/main.py");
+            // A wheel's `*.data/scripts/python` lands on the venv's
+            // interpreter: a script that leaves a mark, then runs Python.
+            let bin = env.join("bin/python");
+            let real = std::fs::canonicalize(&bin).unwrap();
+            std::fs::remove_file(&bin).unwrap();
+            std::fs::write(
+                &bin,
+                format!(
+                    "#!/bin/sh\ntouch {}/TROJAN-RAN\nexec {} \"$@\"\n",
+                    env.display(),
+                    real.display()
+                ),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
             std::fs::write(
                 site.join("zz-planted.pth"),
                 format!(
@@ -269,12 +290,14 @@ impl Exec for PlantingExec {
     }
 }
 
-/// After the install, nothing of a package runs in the step: compileall
-/// starts Python without `site` (`-S`), so a `.pth` file an sdist's build
-/// left cannot rewrite the other distributions' files before ftl collects
-/// them into layers that every app with the same pins reuses.
+/// After the install, nothing of a package runs in the step, and the
+/// venv layer is the venv from before it: compileall runs the base's
+/// interpreter isolated and without `site` (`-I -S`), so neither a `.pth`
+/// file an sdist's build left nor a `bin/python` a wheel replaced can
+/// rewrite files before ftl collects them into layers that every app with
+/// the same pins (or interpreter) reuses.
 #[test]
-fn a_pth_file_left_by_an_install_does_not_run_before_layers_are_collected() {
+fn nothing_an_install_leaves_runs_or_changes_the_venv_layer() {
     if skip() {
         return;
     }
@@ -288,6 +311,22 @@ fn a_pth_file_left_by_an_install_does_not_run_before_layers_are_collected() {
     let main = std::fs::read_to_string(b.venv.join("lib/python3.11/site-packages/dotenv/main.py"))
         .unwrap();
     assert!(!main.contains("TROJAN"), "the planted .pth ran");
+    assert!(
+        !b.venv.join("TROJAN-RAN").exists(),
+        "the replaced bin/python ran"
+    );
+    // The venv layer is the venv as it was before the install.
+    let venv_layer = b.layers[0].1.clone();
+    assert!(venv_layer.contains(&PathBuf::from("bin/python")));
+    let snapshot = b.venv.parent().unwrap().join("venv-layer/bin/python");
+    assert!(
+        std::fs::symlink_metadata(&snapshot)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "{}",
+        snapshot.display()
+    );
     let dist: Vec<String> = b.layers[1]
         .1
         .iter()

@@ -180,9 +180,15 @@ impl Exec for FakePython {
             }
             "python compileall" => {
                 assert!(req.args.contains(&"unchecked-hash".to_string()));
-                // No `site`: a `.pth` file an sdist's build code left in
-                // the venv must not run after the install.
-                assert_eq!(req.args[1], "-S", "{:?}", req.args);
+                // The base's interpreter, isolated and without `site`: a
+                // `.pth` file an sdist's build left, or a `bin/python` a
+                // wheel replaced, must not run after the install.
+                assert_eq!(
+                    req.args[..3],
+                    ["/usr/bin/python3.11", "-I", "-S"],
+                    "{:?}",
+                    req.args
+                );
                 let env = Self::host(req, "/env");
                 for f in walk(&env) {
                     if f.extension().is_some_and(|e| e == "py") {
