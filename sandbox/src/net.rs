@@ -717,15 +717,32 @@ impl Relay {
         let listener = in_netns(pid, || std::net::TcpListener::bind(addr))?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (l, s) = (listener.try_clone()?, stop.clone());
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         std::thread::Builder::new()
             .name(format!("ftl-relay-{addr}"))
             .spawn(move || {
+                use std::sync::atomic::Ordering::{Relaxed, SeqCst};
                 for conn in l.incoming() {
-                    if s.load(std::sync::atomic::Ordering::Relaxed) {
+                    if s.load(Relaxed) {
                         return;
                     }
-                    let Ok(inside) = conn else { continue };
-                    let _ = std::thread::Builder::new()
+                    let inside = match conn {
+                        Ok(c) => c,
+                        // Out of descriptors, say: wait, never spin.
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(50));
+                            continue;
+                        }
+                    };
+                    // Each connection is two threads and four descriptors
+                    // of the caller's process: a step gets a few at once.
+                    if open.fetch_add(1, SeqCst) >= RELAY_CONNECTIONS {
+                        open.fetch_sub(1, SeqCst);
+                        drop(inside);
+                        continue;
+                    }
+                    let done = open.clone();
+                    let spawned = std::thread::Builder::new()
                         .name("ftl-relay-conn".into())
                         .spawn(move || {
                             if let Ok(host) =
@@ -733,7 +750,12 @@ impl Relay {
                             {
                                 pump(inside, host);
                             }
+                            done.fetch_sub(1, SeqCst);
                         });
+                    if spawned.is_err() {
+                        open.fetch_sub(1, SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
             })?;
         Ok(Relay { listener, stop })
@@ -748,6 +770,10 @@ impl Relay {
         }
     }
 }
+
+/// How many connections one relay carries at once; more are closed as
+/// they come (a package manager opens a handful).
+const RELAY_CONNECTIONS: usize = 32;
 
 /// Copies `a` to `b` and `b` to `a` until either side closes.
 fn pump(a: TcpStream, b: TcpStream) {

@@ -766,6 +766,59 @@ fn an_egress_step_reaches_an_allowed_loopback_endpoint_and_nothing_else() {
     assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), runs);
 }
 
+/// The relay of an allowed loopback endpoint runs in the caller's process
+/// (`ftl serve`): each connection there is two threads and four
+/// descriptors. A step that opens a hundred connections gets a bounded
+/// number relayed, and the caller's threads stay bounded.
+#[test]
+fn a_step_cannot_exhaust_the_runtime_through_the_relay() {
+    if !egress_possible() {
+        return;
+    }
+    let fx = Fixture::new();
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = allowed.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in allowed.incoming().flatten() {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(c);
+        }
+    });
+    let tasks = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let before = tasks();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s2 = stop.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut most = 0;
+        while !s2.load(std::sync::atomic::Ordering::Relaxed) {
+            most = most.max(tasks());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        most
+    });
+    let script = format!(
+        "for i in $(seq 100); do nc 127.0.0.1 {} </dev/null >/dev/null 2>&1 & done; sleep 3; echo done",
+        a.port()
+    );
+    let out = run_egress_allowing(&fx, &fx.rootfs, &script, Stack::Slirp4netns, false, &[a]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert!(text(&out.stdout).contains("done"), "{out:?}");
+    let relayed = accepted.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((1..=32).contains(&relayed), "{relayed} connections relayed");
+    assert!(
+        most < before + 2 * 32 + 16,
+        "the caller's threads grew from {before} to {most}"
+    );
+}
+
 #[test]
 fn an_egress_step_cannot_reach_private_ranges() {
     if !egress_possible() {

@@ -522,18 +522,21 @@ fn net() -> Result<()> {
                         }
                     }
                     Some(network) => {
-                        let mut step = StepSpec::new("/", pip(&format!("/reqs/{set}.txt"), "/out"));
+                        // Mount points below /tmp (a tmpfs of the step), as
+                        // the engine's steps on the host's root have them.
+                        let mut step =
+                            StepSpec::new("/", pip(&format!("/tmp/reqs/{set}.txt"), "/tmp/out"));
                         step.env = env.to_vec();
                         step.network = *network;
                         step.mounts = vec![
                             BindMount {
                                 host: reqs.clone(),
-                                target: "/reqs".into(),
+                                target: "/tmp/reqs".into(),
                                 writable: false,
                             },
                             BindMount {
                                 host: dest.clone(),
-                                target: "/out".into(),
+                                target: "/tmp/out".into(),
                                 writable: true,
                             },
                         ];
