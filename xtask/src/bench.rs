@@ -453,12 +453,22 @@ fn net() -> Result<()> {
         reqs.join("flask.txt"),
     )?;
     std::fs::write(reqs.join("big.txt"), BIG_WHEELS)?;
-    // The host's interpreter by its real path (a pyenv shim needs more).
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
+    // The system's interpreter where it has pip: the steps' root is an
+    // unprivileged id, which cannot reach one below root's home (pyenv).
+    // Else the host's interpreter by its real path (a shim needs more).
+    let system_pip = Command::new("/usr/bin/python3")
+        .args(["-m", "pip", "--version"])
         .output()
-        .context("python3 on the host")?;
-    let python = String::from_utf8(out.stdout)?.trim().to_string();
+        .is_ok_and(|o| o.status.success());
+    let python = if system_pip {
+        "/usr/bin/python3".to_string()
+    } else {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .context("python3 on the host")?;
+        String::from_utf8(out.stdout)?.trim().to_string()
+    };
     let ca = "/etc/ssl/certs/ca-certificates.crt";
     let pip = |req: &str, dest: &str| -> Vec<String> {
         [

@@ -524,27 +524,31 @@ impl Engine {
             }
         }
         probe_exec.flush_to_registry().await;
-        {
-            let exec = exec.clone();
+        let steps = std::mem::take(&mut *exec.steps.lock().expect("not poisoned"));
+        let report = self
+            .finish(
+                req,
+                &base,
+                &plan.config,
+                resolved,
+                built_entries,
+                &rootfs,
+                &timer,
+                observer,
+                started,
+                requests_before,
+                steps,
+            )
+            .await?;
+        // Only a build that pushed (or exported) and verified adds to the
+        // shared package caches: one that fails or is cancelled later
+        // leaves nothing there.
+        if !req.cancel.is_cancelled() {
             tokio::task::spawn_blocking(move || exec.promote_package_caches())
                 .await
                 .map_err(join_err)?;
         }
-        let steps = std::mem::take(&mut *exec.steps.lock().expect("not poisoned"));
-        self.finish(
-            req,
-            &base,
-            &plan.config,
-            resolved,
-            built_entries,
-            &rootfs,
-            &timer,
-            observer,
-            started,
-            requests_before,
-            steps,
-        )
-        .await
+        Ok(report)
     }
 
     async fn lookup(
