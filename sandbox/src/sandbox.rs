@@ -462,8 +462,8 @@ impl Started {
     /// Waits for the init, collecting captured output; kills the tree at
     /// `deadline`.
     pub(crate) fn wait(&mut self, deadline: Option<Instant>) -> Outcome {
-        let mut out = Vec::new();
-        let mut err = Vec::new();
+        let mut out = Capture::default();
+        let mut err = Capture::default();
         let mut status = None;
         let mut timed_out = false;
         let mut drain_deadline: Option<Instant> = None;
@@ -585,7 +585,9 @@ impl Started {
                         };
                         match r {
                             Ok(0) | Err(_) => *slot = None,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            Ok(n) => {
+                                buf.push(&chunk[..n]);
+                            }
                         }
                     }
                     _ => {}
@@ -607,8 +609,8 @@ impl Started {
             signal,
             oom_killed: self.cgroup.as_ref().is_some_and(|c| c.oom_killed()),
             timed_out,
-            stdout: out,
-            stderr: err,
+            stdout: out.finish(),
+            stderr: err.finish(),
             duration: self.started_at.elapsed(),
         }
     }
@@ -667,19 +669,79 @@ enum RunningInner {
     External(Box<crate::external::ExternalRunning>),
 }
 
+/// How much of a stream's start a capture keeps, and of its end: a step
+/// that prints without end (`yes`) must not grow its caller's memory.
+const CAPTURE_HALF: usize = 16 << 20;
+
+/// A captured stream: all of it up to [`CAPTURE_HALF`] bytes, past that
+/// its first and last `CAPTURE_HALF` bytes with a line saying how much was
+/// left out between them.
+#[derive(Default)]
+struct Capture {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+    dropped: u64,
+}
+
+impl Capture {
+    /// Adds `data`; returns the part of it kept at the start.
+    fn push<'a>(&mut self, data: &'a [u8]) -> &'a [u8] {
+        let take = CAPTURE_HALF.saturating_sub(self.head.len()).min(data.len());
+        self.head.extend_from_slice(&data[..take]);
+        let rest = &data[take..];
+        if !rest.is_empty() {
+            self.tail.extend_from_slice(rest);
+            if self.tail.len() > 2 * CAPTURE_HALF {
+                let cut = self.tail.len() - CAPTURE_HALF;
+                self.tail.drain(..cut);
+                self.dropped += cut as u64;
+            }
+        }
+        &data[..take]
+    }
+
+    /// What follows the start: the marker, if anything was left out, and
+    /// the end.
+    fn rest(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.dropped > 0 {
+            out.extend_from_slice(
+                format!("\n[ftl: {} bytes of output left out here]\n", self.dropped).as_bytes(),
+            );
+        }
+        out.append(&mut self.tail);
+        out
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let rest = self.rest();
+        let mut all = std::mem::take(&mut self.head);
+        all.extend_from_slice(&rest);
+        all
+    }
+}
+
+/// Collects a stream into `buf` as a [`Capture`]: the start as it comes,
+/// the rest when the stream ends.
 fn reader(fd: Option<OwnedFd>, buf: Buffer) -> Option<JoinHandle<()>> {
     let fd = fd?;
     Some(std::thread::spawn(move || {
         let mut f = std::fs::File::from(fd);
         let mut chunk = [0u8; 16384];
+        let mut cap = Capture::default();
         loop {
-            match f.read(&mut chunk) {
+            let n = match f.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => buf
-                    .lock()
-                    .expect("log buffer")
-                    .extend_from_slice(&chunk[..n]),
+                Ok(n) => n,
+            };
+            let head = cap.push(&chunk[..n]);
+            if !head.is_empty() {
+                buf.lock().expect("log buffer").extend_from_slice(head);
             }
+        }
+        let rest = cap.rest();
+        if !rest.is_empty() {
+            buf.lock().expect("log buffer").extend_from_slice(&rest);
         }
     }))
 }

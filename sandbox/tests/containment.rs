@@ -186,6 +186,25 @@ fn memory_bomb_is_stopped_and_reported() {
     }
 }
 
+/// A step's output was held whole in the caller's memory (`ftl serve`'s):
+/// a step printing without end grew it until the OOM killer came. The
+/// capture keeps the start and the end and says how much it left out.
+#[test]
+fn a_step_that_prints_without_end_does_not_grow_its_caller() {
+    let fx = Fixture::new();
+    let out = run(&fx, "yes | head -c 209715200; echo; echo THE-END");
+    assert_eq!(out.code, Some(0), "{:?}", text(&out.stderr));
+    assert!(
+        out.stdout.len() < 40 << 20,
+        "{} bytes held",
+        out.stdout.len()
+    );
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(t.starts_with("y\ny\n"));
+    assert!(t.contains("bytes of output left out here]"));
+    assert!(t.trim_end().ends_with("THE-END"));
+}
+
 #[test]
 fn sigterm_ignoring_process_is_killed_at_timeout() {
     let fx = Fixture::new();
