@@ -66,11 +66,25 @@ impl ArchiveError {
 }
 
 fn entry_err(entry: &str, reason: impl Into<String>) -> ArchiveError {
+    // A name is at most a few KiB ([`MAX_EXTENSION`]), but an answer
+    // need not echo all of it.
+    let entry = match entry.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &entry[..i]),
+        None => entry.to_string(),
+    };
     ArchiveError::Entry {
-        entry: entry.to_string(),
+        entry,
         reason: reason.into(),
     }
 }
+
+/// The largest GNU long-name or PAX extension header read (tar-rs holds
+/// one whole in memory): a name or link target is at most PATH_MAX.
+const MAX_EXTENSION: u64 = 64 * 1024;
+/// The most components a path may have.
+const MAX_DEPTH: usize = 128;
+/// The longest path (PATH_MAX).
+const MAX_PATH: usize = 4096;
 
 /// An I/O error while extracting `entry`. A name the filesystem cannot
 /// hold (ENAMETOOLONG) is the archive's doing, so it is an entry error.
@@ -162,6 +176,77 @@ pub fn extract<R: Read + Seek>(
     Ok(format)
 }
 
+/// Reads a tar stream through, looking at each header as it passes: an
+/// extension header (GNU long name or link, PAX) larger than
+/// [`MAX_EXTENSION`] is an error before tar-rs reads it whole into memory.
+struct HeaderGuard<R> {
+    inner: R,
+    header: Vec<u8>,
+    /// Bytes of the current entry's data (with padding) still to pass.
+    data_left: u64,
+}
+
+const EXTENSION_TOO_LARGE: &str = "an extension header (long name or PAX) is larger than 64 KiB";
+
+impl<R> HeaderGuard<R> {
+    fn new(inner: R) -> Self {
+        HeaderGuard {
+            inner,
+            header: Vec::with_capacity(512),
+            data_left: 0,
+        }
+    }
+
+    fn look(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            if self.data_left > 0 {
+                let n = (self.data_left.min(bytes.len() as u64)) as usize;
+                self.data_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (512 - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.header.len() == 512 {
+                let size = header_size(&self.header);
+                if matches!(self.header[156], b'L' | b'K' | b'x' | b'g') && size > MAX_EXTENSION {
+                    return Err(io::Error::other(EXTENSION_TOO_LARGE));
+                }
+                self.data_left = size.div_ceil(512) * 512;
+                self.header.clear();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The size field of a tar header: octal, or base-256 (GNU) when its high
+/// bit is set.
+fn header_size(h: &[u8]) -> u64 {
+    let field = &h[124..136];
+    if field[0] & 0x80 != 0 {
+        return field[1..].iter().fold(0u64, |acc, b| {
+            acc.saturating_mul(256).saturating_add(u64::from(*b))
+        });
+    }
+    field
+        .iter()
+        .skip_while(|b| **b == b' ' || **b == 0)
+        .take_while(|b| (b'0'..=b'7').contains(b))
+        .fold(0u64, |acc, b| {
+            acc.saturating_mul(8).saturating_add(u64::from(b - b'0'))
+        })
+}
+
+impl<R: Read> Read for HeaderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.look(&buf[..n])?;
+        Ok(n)
+    }
+}
+
 /// A reader that fails once more than `left` bytes were read.
 struct Budget<R> {
     inner: R,
@@ -200,6 +285,18 @@ struct Extractor {
 /// A checked relative path: no `..`, not absolute, not empty, no component
 /// longer than a filesystem holds.
 fn checked_relative(name: &str, path: &Path) -> Result<Option<PathBuf>, ArchiveError> {
+    if path.as_os_str().len() > MAX_PATH {
+        return Err(entry_err(
+            name,
+            format!("has a path longer than {MAX_PATH} bytes"),
+        ));
+    }
+    if path.components().count() > MAX_DEPTH {
+        return Err(entry_err(
+            name,
+            format!("has a path deeper than {MAX_DEPTH} directories"),
+        ));
+    }
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
@@ -338,7 +435,12 @@ impl Extractor {
     /// Makes sure no existing component of `rel` below the root (the path
     /// itself included when `include_self`) is a symlink or a non-directory,
     /// then creates the parent directories.
-    fn prepare(&self, name: &str, rel: &Path, include_self: bool) -> Result<PathBuf, ArchiveError> {
+    fn prepare(
+        &mut self,
+        name: &str,
+        rel: &Path,
+        include_self: bool,
+    ) -> Result<PathBuf, ArchiveError> {
         let comps: Vec<_> = rel.components().collect();
         let upto = if include_self {
             comps.len()
@@ -357,6 +459,8 @@ impl Extractor {
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    // A directory an entry's path makes counts as an entry.
+                    self.count(name)?;
                     fs::create_dir(&p).map_err(io_err(name))?
                 }
                 Err(e) => return Err(io_err(name)(e)),
@@ -497,7 +601,7 @@ impl Extractor {
     }
 
     fn tar<R: Read>(&mut self, reader: Budget<R>) -> Result<(), ArchiveError> {
-        let mut archive = tar::Archive::new(reader);
+        let mut archive = tar::Archive::new(HeaderGuard::new(reader));
         let entries = archive.entries().map_err(|e| self.read_error(e))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| self.read_error(e))?;
@@ -563,7 +667,24 @@ impl Extractor {
         }
     }
 
-    fn zip<R: Read + Seek>(&mut self, input: R) -> Result<(), ArchiveError> {
+    fn zip<R: Read + Seek>(&mut self, mut input: R) -> Result<(), ArchiveError> {
+        // The zip crate reads the whole central directory first: its
+        // declared size and entry count are checked before.
+        if let Some((entries, cd_size)) = zip_directory(&mut input).map_err(ArchiveError::Read)? {
+            if entries > self.limits.max_entries {
+                return Err(ArchiveError::TooManyEntries {
+                    limit: self.limits.max_entries,
+                });
+            }
+            // 46 bytes and a name (at most MAX_PATH) an entry, with room
+            // for extra fields.
+            if cd_size > entries.saturating_mul(46 + MAX_PATH as u64 + 1024) + 4096 {
+                return Err(ArchiveError::Invalid(
+                    "the zip's central directory is larger than its entries need".into(),
+                ));
+            }
+        }
+        input.seek(SeekFrom::Start(0)).map_err(ArchiveError::Read)?;
         let mut archive =
             zip::ZipArchive::new(input).map_err(|e| ArchiveError::Invalid(e.to_string()))?;
         for i in 0..archive.len() {
@@ -600,6 +721,48 @@ impl Extractor {
         }
         Ok(())
     }
+}
+
+/// The entry count and central directory size a zip declares in its end
+/// of central directory record (zip64's where the classic one says so);
+/// `None` when there is no such record (the zip crate then says why).
+fn zip_directory<R: Read + Seek>(input: &mut R) -> io::Result<Option<(u64, u64)>> {
+    let len = input.seek(SeekFrom::End(0))?;
+    let tail_len = len.min(65_535 + 22);
+    input.seek(SeekFrom::Start(len - tail_len))?;
+    let mut tail = vec![0u8; tail_len as usize];
+    input.read_exact(&mut tail)?;
+    let Some(at) = (0..tail.len().saturating_sub(21))
+        .rev()
+        .find(|&i| tail[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+    else {
+        return Ok(None);
+    };
+    let eocd = &tail[at..];
+    let u16_at = |b: &[u8], o: usize| u64::from(u16::from_le_bytes([b[o], b[o + 1]]));
+    let u32_at =
+        |b: &[u8], o: usize| u64::from(u32::from_le_bytes(b[o..o + 4].try_into().unwrap()));
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let (mut entries, mut size) = (u16_at(eocd, 10), u32_at(eocd, 12));
+    if entries == 0xffff || size == 0xffff_ffff {
+        // The zip64 locator sits just before the record.
+        let eocd_pos = len - tail_len + at as u64;
+        if eocd_pos >= 20 {
+            input.seek(SeekFrom::Start(eocd_pos - 20))?;
+            let mut loc = [0u8; 20];
+            input.read_exact(&mut loc)?;
+            if loc[..4] == [0x50, 0x4b, 0x06, 0x07] {
+                input.seek(SeekFrom::Start(u64_at(&loc, 8)))?;
+                let mut rec = [0u8; 56];
+                input.read_exact(&mut rec)?;
+                if rec[..4] == [0x50, 0x4b, 0x06, 0x06] {
+                    entries = u64_at(&rec, 32);
+                    size = u64_at(&rec, 40);
+                }
+            }
+        }
+    }
+    Ok(Some((entries, size)))
 }
 
 fn copy(r: &mut dyn Read, w: &mut File, name: &str, limit: u64) -> Result<u64, ArchiveError> {
@@ -668,6 +831,73 @@ mod tests {
         fs::create_dir(&dest).unwrap();
         let r = extract(Cursor::new(data), &dest, limits());
         (dir, r)
+    }
+
+    /// tar-rs reads a GNU long name (or a PAX header) whole into memory:
+    /// a 1 MB upload claiming a 1 GB name took the server to 4 GB. The
+    /// header is refused from its size, before anything of it is read.
+    #[test]
+    fn a_huge_long_name_is_refused_before_it_is_read() {
+        for kind in [b'L', b'x'] {
+            let mut h = header(tar::EntryType::new(kind), 1 << 30);
+            raw_name(&mut h, "././@LongLink");
+            let mut data = h.as_bytes().to_vec();
+            data.extend_from_slice(&[b'a'; 4096]);
+            let (_d, r) = extract_tar(&data);
+            let e = r.unwrap_err();
+            assert!(e.to_string().contains("larger than 64 KiB"), "{e}");
+            assert!(e.is_client_error());
+        }
+    }
+
+    /// Each entry could make thousands of directories on its way (a 4.6 KB
+    /// upload made 400,000): the directories an entry's path makes count
+    /// as entries, and a path is at most 128 deep.
+    #[test]
+    fn the_directories_a_path_makes_count_and_depth_is_bounded() {
+        let deep = |depth: usize| {
+            let name = format!("{}f", "d/".repeat(depth));
+            tar_with(|b| {
+                let h = header(tar::EntryType::Regular, 1);
+                let mut h = h;
+                b.append_data(&mut h, name, &b"x"[..]).unwrap();
+            })
+        };
+        // 120 directories for one file: past the limit of 100 entries.
+        let (_d, r) = extract_tar(&deep(120));
+        assert!(
+            matches!(r, Err(ArchiveError::TooManyEntries { limit: 100 })),
+            "{r:?}"
+        );
+        let (_d, r) = extract_tar(&deep(200));
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("deeper than 128"), "{e}");
+        let (_d, r) = extract_tar(&deep(20));
+        r.unwrap();
+    }
+
+    /// The zip crate reads the whole central directory before the entry
+    /// limit could apply (2M entries: 1.2 GB): the count the archive
+    /// declares is checked first.
+    #[test]
+    fn a_zip_declaring_too_many_entries_is_refused_before_reading_them() {
+        let mut eocd = vec![0x50, 0x4b, 0x05, 0x06, 0, 0, 0, 0];
+        eocd.extend_from_slice(&60_000u16.to_le_bytes());
+        eocd.extend_from_slice(&60_000u16.to_le_bytes());
+        eocd.extend_from_slice(&(60_000u32 * 46).to_le_bytes());
+        eocd.extend_from_slice(&0u32.to_le_bytes());
+        eocd.extend_from_slice(&0u16.to_le_bytes());
+        let mut data = vec![0x50, 0x4b, 0x03, 0x04];
+        data.extend_from_slice(&[0u8; 60]);
+        data.extend_from_slice(&eocd);
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("src");
+        fs::create_dir(&dest).unwrap();
+        let r = extract(Cursor::new(data), &dest, limits());
+        assert!(
+            matches!(r, Err(ArchiveError::TooManyEntries { limit: 100 })),
+            "{r:?}"
+        );
     }
 
     #[test]
@@ -861,9 +1091,13 @@ mod tests {
         let (dir, r) = extract_tar(&data);
         let e = r.unwrap_err();
         assert!(e.is_client_error(), "{e:?}");
+        // Named by its first 200 characters.
         assert_eq!(
             e.to_string(),
-            format!("archive entry `{long}` has a path component longer than 255 bytes")
+            format!(
+                "archive entry `{}…` has a path component longer than 255 bytes",
+                &long[..200]
+            )
         );
         // Each component fits, the whole path does not (PATH_MAX).
         let deep = vec!["d".repeat(250); 20].join("/") + "/f";
@@ -879,10 +1113,8 @@ mod tests {
             msg.starts_with(&format!("archive entry `{}", &deep[..100])),
             "{msg}"
         );
-        assert!(
-            msg.ends_with("has a name too long for the server's filesystem"),
-            "{msg}"
-        );
+        // Refused from its length, before the filesystem says ENAMETOOLONG.
+        assert!(msg.ends_with("has a path longer than 4096 bytes"), "{msg}");
         for d in [dir.path(), dir2.path()] {
             assert!(!msg.contains(d.to_str().unwrap()));
         }
