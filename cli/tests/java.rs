@@ -535,3 +535,58 @@ fn warm_compiler_rebuilds_a_changed_class_as_maven_would() {
     assert_eq!(steps(&fixed), ["javac (warm compiler)"], "{fixed:#}");
     assert_eq!(built(&fixed), ["java: classes"]);
 }
+
+/// Issue 10: the Maven repository was one read-write directory for every
+/// build. Now what a Maven run adds is kept only for builds of the same
+/// project *and* output: the pom's coordinates are the build's to choose,
+/// the image repository it pushes to is not. A build that claims another
+/// project's coordinates but pushes elsewhere gets a repository of its
+/// own: nothing it adds (a plugin jar the victim has not downloaded yet)
+/// reaches the other's.
+#[test]
+fn a_build_claiming_another_projects_coordinates_gets_its_own_maven_repository() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("hello-maven");
+    let base = rig.base("java");
+    let mf = maven_flags();
+    let repos = |cache: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(cache.join("persistent"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("java-maven-repo-")
+            })
+            .collect()
+    };
+    rig.build(
+        cache.path(),
+        &app,
+        &base,
+        &rig.image("java/victim:e2e"),
+        &flags(&mf, &["--no-cache"]),
+    )
+    .report();
+    let victim = repos(cache.path());
+    assert_eq!(victim.len(), 1, "{victim:?}");
+    // The same coordinates, another image repository.
+    rig.build(
+        cache.path(),
+        &app,
+        &base,
+        &rig.image("java/attacker:e2e"),
+        &flags(&mf, &["--no-cache"]),
+    )
+    .report();
+    let both = repos(cache.path());
+    assert_eq!(both.len(), 2, "one repository per output: {both:?}");
+    let attacker = both.iter().find(|p| **p != victim[0]).unwrap();
+    assert!(
+        std::fs::read_dir(attacker).unwrap().next().is_some(),
+        "the attacker's build kept what it downloaded, in its own repository"
+    );
+}

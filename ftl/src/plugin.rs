@@ -284,6 +284,16 @@ pub trait Exec: Send + Sync {
             "no package cache `{name}` in this context"
         )))
     }
+
+    /// The shared directory behind [`Exec::package_cache`]`(name, trust)`,
+    /// for a step that only reads it (mounted read-only; a long-lived step
+    /// that outlives the build's view).
+    fn package_cache_dir(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        let _ = trust;
+        Err(PluginError::new(format!(
+            "no package cache `{name}` in this context"
+        )))
+    }
 }
 
 /// What of a build's writes to a [package cache](Exec::package_cache) may
@@ -295,9 +305,10 @@ pub enum CacheTrust {
     /// parts>` (npm's cacache: `_cacache/content-v2`), each kept only when
     /// its content hashes to that name. Nothing else is kept.
     ContentAddressed { dir: &'static str },
-    /// New files, never a changed one. Only for a cache whose name is
-    /// private to one project (its scope's builds of other projects never
-    /// read it), since what a step adds is not checked.
+    /// New files, never a changed one, in a cache private to the build's
+    /// output (the image repository; the engine adds it to the name) and to
+    /// the plugin's `name` (one project): what a step adds is not checked,
+    /// so only builds that may push to the same repository read it.
     AddOnly,
 }
 

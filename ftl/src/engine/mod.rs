@@ -415,6 +415,7 @@ impl Engine {
             cancel: req.cancel.clone(),
             leases: Mutex::new(HashMap::new()),
             scope_suffix: scope_suffix(req.cache_scope.as_deref()),
+            output_suffix: output_suffix(&req.output),
             package_caches: Mutex::new(HashMap::new()),
             disk: self.settings.disk,
             bounds: disk::Bounds::new(self.settings.cache_dir.join("persistent")),
@@ -1204,12 +1205,29 @@ pub(crate) struct SandboxExec {
     leases: Mutex<HashMap<String, ftl_cache::dirs::Lease>>,
     /// Appended to persistent directories' names: the build's cache scope.
     scope_suffix: String,
+    /// 16 hex digits of the build's output (the image's repository, the
+    /// layout's or archive's path): what names [`CacheTrust::AddOnly`]
+    /// caches.
+    output_suffix: String,
     /// This build's views of shared package caches, by name.
     package_caches: Mutex<HashMap<String, package_cache::CacheView>>,
     /// The size limits of the directories steps write.
     disk: DiskLimits,
     /// Which of the directories steps write are size-limited.
     bounds: disk::Bounds,
+}
+
+/// 16 hex digits of the sha256 of where a build's image goes: the
+/// registry and repository (no tag), or the layout's or archive's path.
+fn output_suffix(output: &Output) -> String {
+    use sha2::Digest as _;
+    let name = match output {
+        Output::Registry(r) => format!("{}/{}", r.registry(), r.repository()),
+        Output::OciLayout { path, .. } | Output::DockerArchive { path, .. } => {
+            path.display().to_string()
+        }
+    };
+    hex::encode(sha2::Sha256::digest(name.as_bytes()))[..16].to_string()
 }
 
 /// `""` for the default scope, else `~` and 16 hex digits of the scope's
@@ -1491,8 +1509,19 @@ impl Exec for SandboxExec {
         Ok(dir)
     }
 
+    fn package_cache_dir(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        let name = match trust {
+            // What a build adds unchecked reaches only builds for the same
+            // output, which a build can name only if it may push there
+            // (promotion follows a successful push).
+            CacheTrust::AddOnly => format!("{name}.{}", self.output_suffix),
+            CacheTrust::ContentAddressed { .. } => name.to_string(),
+        };
+        self.persistent_dir(&name)
+    }
+
     fn package_cache(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
-        let shared = self.persistent_dir(name)?;
+        let shared = self.package_cache_dir(name, trust.clone())?;
         let mut views = self.package_caches.lock().expect("not poisoned");
         if let Some(v) = views.get(name) {
             return Ok(v.path().to_path_buf());

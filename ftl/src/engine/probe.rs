@@ -144,6 +144,10 @@ impl Exec for ProbeExec {
     fn package_cache(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
         self.inner.package_cache(name, trust)
     }
+
+    fn package_cache_dir(&self, name: &str, trust: CacheTrust) -> Result<PathBuf, PluginError> {
+        self.inner.package_cache_dir(name, trust)
+    }
 }
 
 fn store(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {

@@ -47,9 +47,9 @@
 //! toolchain is probed where Maven will run (JDK `release` file, Maven core
 //! jar and global settings hashes) and is part of the keys.
 //!
-//! The local Maven repository persists across builds of one project
-//! (`<cache>/persistent/java-maven-repo-<hash of groupId:artifactId>`,
-//! per cache scope). Each Maven run mounts the build's own view of it
+//! The local Maven repository persists across builds of one project for
+//! one output (`<cache>/persistent/java-maven-repo-<hash of
+//! groupId:artifactId>.<hash of the image repository>`, per cache scope). Each Maven run mounts the build's own view of it
 //! read-write; after a successful build the files it added are kept,
 //! never one it changed (`CacheTrust::AddOnly`), and no other project's
 //! build reads them.

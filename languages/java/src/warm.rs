@@ -446,7 +446,7 @@ impl Warm {
         std::fs::write(&server, SERVER).map_err(|e| io("cannot write", &server, e))?;
         let repo = ctx
             .exec
-            .persistent_dir(&self.repo)
+            .package_cache_dir(&self.repo, ftl::CacheTrust::AddOnly)
             .map_err(|e| e.to_string())?;
         let script = format!(
             // Niced: its start and warm-up (a second or two of CPU) yield
@@ -711,7 +711,7 @@ impl Warm {
         // The running compiler reads the Maven repository: leased for this
         // build like any step's, so `ftl cache gc` keeps it.
         ctx.exec
-            .persistent_dir(&self.repo)
+            .package_cache_dir(&self.repo, ftl::CacheTrust::AddOnly)
             .map_err(|e| e.to_string())?;
         let conn = match self.connect() {
             Some(c) => c,

@@ -96,6 +96,14 @@ impl Exec for FakeExec {
         Ok(self.repo.path().to_path_buf())
     }
 
+    fn package_cache_dir(
+        &self,
+        name: &str,
+        trust: ftl::CacheTrust,
+    ) -> Result<PathBuf, PluginError> {
+        self.package_cache(name, trust)
+    }
+
     fn persistent_dir(&self, name: &str) -> Result<PathBuf, PluginError> {
         if name.starts_with("java-maven-repo-") {
             return Ok(self.repo.path().to_path_buf());
