@@ -525,6 +525,45 @@ impl BuildStep for DepsStep {
                 warn_unclaimed(&env, &installed, &before);
                 let by_key: BTreeMap<&str, &InstalledDist> =
                     installed.iter().map(|d| (d.key.as_str(), d)).collect();
+                // Each layer is keyed by its pin alone: its files must be
+                // what pip installed for it, not what another package of
+                // this install (a wheel may carry any path of the venv)
+                // wrote over them, nor a RECORD another one claims.
+                let owners = record::overlaps(&installed);
+                for (file, (a, b)) in &owners {
+                    if file.file_name().is_some_and(|n| n == "RECORD") {
+                        return Err(PluginError::new(format!(
+                            "`{a}` and `{b}` both install {}: refusing a distribution that writes another's record",
+                            file.display()
+                        )));
+                    }
+                }
+                for (_, dists) in &want {
+                    for d in dists {
+                        let Some(got) = by_key.get(d.key.as_str()) else {
+                            continue;
+                        };
+                        let changed = record::changed_since_install(&env, got)
+                            .map_err(|e| PluginError::new(e.to_string()))?;
+                        if let Some(f) = changed.first() {
+                            let by = owners.get(f).map(|(a, b)| {
+                                if *a == got.key {
+                                    b.clone()
+                                } else {
+                                    a.clone()
+                                }
+                            });
+                            return Err(PluginError::new(format!(
+                                "{} of `{}=={}` is not what pip installed for it{}: refusing to cache a layer another package changed",
+                                f.display(),
+                                d.name,
+                                d.version,
+                                by.map(|o| format!(" (`{o}` installs it too)")).unwrap_or_default()
+                            ))
+                            .in_file(&d.origin.file, Some(d.origin.line)));
+                        }
+                    }
+                }
                 for (index, dists) in want {
                     let mut paths = Vec::new();
                     for d in dists {

@@ -44,6 +44,37 @@ pub struct InstalledDist {
     /// Every file (and symlink) it installed, relative to the venv root,
     /// sorted; compiled `.pyc` files of its modules included.
     pub files: Vec<PathBuf>,
+    /// The sha256 (urlsafe base64) its RECORD gives for its files.
+    pub hashes: BTreeMap<PathBuf, String>,
+}
+
+/// The files of `dist` whose content is not what its RECORD says pip
+/// installed: another distribution of the same install wrote over them
+/// (a wheel may carry any path below the venv), or something else did.
+pub fn changed_since_install(
+    venv: &Path,
+    dist: &InstalledDist,
+) -> Result<Vec<PathBuf>, RecordError> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let dir = Dir::open(venv)?;
+    let mut out = Vec::new();
+    for (rel, want) in &dist.hashes {
+        match dir.stat(rel)? {
+            Some(n) if n.kind == Kind::File => {}
+            // A link, a directory or nothing where pip wrote a file.
+            _ => {
+                out.push(rel.clone());
+                continue;
+            }
+        }
+        let got = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(dir.read(rel)?));
+        if got != want.trim_end_matches('=') {
+            out.push(rel.clone());
+        }
+    }
+    Ok(out)
 }
 
 /// The `site-packages` directories of a venv, relative to its root
@@ -83,33 +114,47 @@ fn read_dir_names(venv: &Dir, rel: &Path) -> Result<Vec<String>, RecordError> {
 
 /// The path field of each RECORD row (CSV: quoted fields may hold commas).
 pub fn record_paths(text: &str) -> Vec<String> {
+    record_rows(text).into_iter().map(|(p, _)| p).collect()
+}
+
+/// Each RECORD row's path and its `sha256=` digest (urlsafe base64, as
+/// pip writes it), when it has one.
+fn record_rows(text: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for line in text.lines() {
         let line = line.trim_end_matches('\r');
         if line.is_empty() {
             continue;
         }
-        let path = if let Some(rest) = line.strip_prefix('"') {
+        let (path, rest) = if let Some(rest) = line.strip_prefix('"') {
             let mut s = String::new();
-            let mut chars = rest.chars().peekable();
-            while let Some(c) = chars.next() {
+            let mut chars = rest.char_indices().peekable();
+            let mut end = rest.len();
+            while let Some((i, c)) = chars.next() {
                 if c == '"' {
-                    if chars.peek() == Some(&'"') {
+                    if chars.peek().map(|(_, c)| *c) == Some('"') {
                         chars.next();
                         s.push('"');
                     } else {
+                        end = i + 1;
                         break;
                     }
                 } else {
                     s.push(c);
                 }
             }
-            s
+            (s, rest[end..].trim_start_matches(','))
         } else {
-            line.split(',').next().unwrap_or("").to_string()
+            let (p, rest) = line.split_once(',').unwrap_or((line, ""));
+            (p.to_string(), rest)
         };
+        let hash = rest
+            .split(',')
+            .next()
+            .and_then(|h| h.strip_prefix("sha256="))
+            .map(str::to_string);
         if !path.is_empty() {
-            out.push(path);
+            out.push((path, hash));
         }
     }
     out
@@ -173,13 +218,17 @@ pub fn installed_dists(
             };
             let (dist_name, version) = dist_name_version(&dir, &dist_info, &name)?;
             let mut files = BTreeSet::new();
-            for entry in record_paths(&text) {
+            let mut hashes = BTreeMap::new();
+            for (entry, hash) in record_rows(&text) {
                 let rel = join_lexical(&site, &entry).ok_or_else(|| RecordError::Escapes {
                     record: record.clone(),
                     entry: entry.clone(),
                 })?;
                 if !exists(&dir, &rel)? {
                     continue; // pip lists .pyc it did not write, for uninstall
+                }
+                if let Some(h) = hash {
+                    hashes.insert(rel.clone(), h);
                 }
                 if let (Some(tag), Some(stem)) = (cache_tag, entry.strip_suffix(".py")) {
                     let module = Path::new(stem);
@@ -201,6 +250,7 @@ pub fn installed_dists(
                 version,
                 dist_info,
                 files: files.into_iter().collect(),
+                hashes,
             });
         }
     }

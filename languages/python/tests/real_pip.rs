@@ -334,3 +334,51 @@ fn nothing_an_install_leaves_runs_or_changes_the_venv_layer() {
         .collect();
     assert!(!dist.iter().any(|f| f.ends_with(".pth")), "{dist:?}");
 }
+
+/// [`HostExec`], but after `pip install` another package of the install
+/// has written over a module of `python-dotenv` (a wheel may carry any
+/// path of the venv, and pip installs it without a word).
+struct OverwritingExec;
+
+impl Exec for OverwritingExec {
+    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
+        let out = HostExec.run(req)?;
+        if req.label == "pip install" {
+            let env = &req
+                .mounts
+                .iter()
+                .find(|m| m.writable && m.host.ends_with("env"))
+                .unwrap()
+                .host;
+            let module = env.join("lib/python3.11/site-packages/dotenv/main.py");
+            let mut text = std::fs::read_to_string(&module).unwrap();
+            text.push_str("\n# TROJAN\n");
+            std::fs::write(&module, text).unwrap();
+        }
+        Ok(out)
+    }
+}
+
+/// A distribution's layer is keyed by its pin alone, so its files must be
+/// what pip installed for it: one another package of the same install
+/// wrote over fails the build, naming the file and the pin, instead of
+/// becoming the layer every app with that pin reuses.
+#[test]
+fn a_layer_whose_files_another_package_changed_is_refused() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let e = match build_with(
+        "python-dotenv==1.0.1\n",
+        &tmp.path().join("run"),
+        &OverwritingExec,
+    ) {
+        Ok(_) => panic!("a changed file became a layer"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        e.contains("dotenv/main.py of `python-dotenv==1.0.1` is not what pip installed for it"),
+        "{e}"
+    );
+}

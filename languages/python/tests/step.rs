@@ -185,7 +185,7 @@ impl Exec for FakePython {
                 // wheel replaced, must not run after the install.
                 assert_eq!(
                     req.args[..3],
-                    ["/usr/bin/python3.11", "-I", "-S"],
+                    ["/usr/bin/python3", "-I", "-S"],
                     "{:?}",
                     req.args
                 );
