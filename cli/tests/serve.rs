@@ -1982,11 +1982,8 @@ fn a_token_cannot_push_outside_its_prefixes() {
     assert_eq!(server.get("/v1/builds").json()["builds"], json!([]));
 }
 
-#[test]
-fn a_token_cannot_see_or_cancel_another_tokens_build() {
-    let rig = rig();
-    let tmp = tempfile::tempdir().unwrap();
-    let tokens = r#"
+/// Two tokens that may use any repository.
+const ALICE_AND_BOB: &str = r#"
 [[token]]
 name = "alice"
 token = "token-of-alice-0123456789"
@@ -1999,11 +1996,16 @@ token = "token-of-bob-0123456789"
 image = ["*"]
 base = ["*"]
 "#;
+
+#[test]
+fn a_token_cannot_see_or_cancel_another_tokens_build() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
     let alice = Server::start_tokens(
         tmp.path(),
         &["--workers", "1"],
         &[],
-        tokens,
+        ALICE_AND_BOB,
         "token-of-alice-0123456789",
     );
     let bob = "Bearer token-of-bob-0123456789";
@@ -2090,24 +2092,11 @@ fn each_tokens_builds_get_their_own_package_caches() {
     let _heavy = heavy();
     let rig = rig();
     let tmp = tempfile::tempdir().unwrap();
-    let tokens = r#"
-[[token]]
-name = "alice"
-token = "token-of-alice-0123456789"
-image = ["*"]
-base = ["*"]
-
-[[token]]
-name = "bob"
-token = "token-of-bob-0123456789"
-image = ["*"]
-base = ["*"]
-"#;
     let server = Server::start_tokens(
         tmp.path(),
         &["--workers", "1"],
         &[],
-        tokens,
+        ALICE_AND_BOB,
         "token-of-alice-0123456789",
     );
     let archive = tar_gz(&node);

@@ -243,13 +243,11 @@ fn real_pip_reports_unpinned_dependencies() {
     assert!(e.message.contains("(required by python-dotenv)"), "{e}");
 }
 
-/// [`HostExec`], but after `pip install` it leaves a `.pth` file in the
-/// venv, as an sdist's build code can (it runs with the venv writable),
-/// which appends to another distribution's module when Python next starts
-/// there, and replaces `bin/python`, as a wheel's `*.data/scripts` can.
-struct PlantingExec;
+/// [`HostExec`], then `then(venv)` after `pip install`: what a package of
+/// the install could have done to the venv.
+struct AfterInstall(fn(&Path));
 
-impl Exec for PlantingExec {
+impl Exec for AfterInstall {
     fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         let out = HostExec.run(req)?;
         if req.label == "pip install" {
@@ -259,35 +257,41 @@ impl Exec for PlantingExec {
                 .find(|m| m.writable && m.host.ends_with("env"))
                 .unwrap()
                 .host;
-            let site = env.join("lib/python3.11/site-packages");
-            let module = site.join("dotenv/main.py");
-            // A wheel's `*.data/scripts/python` lands on the venv's
-            // interpreter: a script that leaves a mark, then runs Python.
-            let bin = env.join("bin/python");
-            let real = std::fs::canonicalize(&bin).unwrap();
-            std::fs::remove_file(&bin).unwrap();
-            std::fs::write(
-                &bin,
-                format!(
-                    "#!/bin/sh\ntouch {}/TROJAN-RAN\nexec {} \"$@\"\n",
-                    env.display(),
-                    real.display()
-                ),
-            )
-            .unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-            std::fs::write(
-                site.join("zz-planted.pth"),
-                format!(
-                    "import sys; open({:?}, 'a').write('# TROJAN\\n')\n",
-                    module.display().to_string()
-                ),
-            )
-            .unwrap();
+            (self.0)(env);
         }
         Ok(out)
     }
+}
+
+/// Leaves a `.pth` file in the venv, as an sdist's build code can (it
+/// runs with the venv writable), which appends to another distribution's
+/// module when Python next starts there, and replaces `bin/python`, as a
+/// wheel's `*.data/scripts` can.
+fn plant(env: &Path) {
+    let site = env.join("lib/python3.11/site-packages");
+    let module = site.join("dotenv/main.py");
+    let bin = env.join("bin/python");
+    let real = std::fs::canonicalize(&bin).unwrap();
+    std::fs::remove_file(&bin).unwrap();
+    std::fs::write(
+        &bin,
+        format!(
+            "#!/bin/sh\ntouch {}/TROJAN-RAN\nexec {} \"$@\"\n",
+            env.display(),
+            real.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        site.join("zz-planted.pth"),
+        format!(
+            "import sys; open({:?}, 'a').write('# TROJAN\\n')\n",
+            module.display().to_string()
+        ),
+    )
+    .unwrap();
 }
 
 /// After the install, nothing of a package runs in the step, and the
@@ -305,7 +309,7 @@ fn nothing_an_install_leaves_runs_or_changes_the_venv_layer() {
     let b = build_with(
         "python-dotenv==1.0.1\n",
         &tmp.path().join("run"),
-        &PlantingExec,
+        &AfterInstall(plant),
     )
     .unwrap();
     let main = std::fs::read_to_string(b.venv.join("lib/python3.11/site-packages/dotenv/main.py"))
@@ -335,28 +339,14 @@ fn nothing_an_install_leaves_runs_or_changes_the_venv_layer() {
     assert!(!dist.iter().any(|f| f.ends_with(".pth")), "{dist:?}");
 }
 
-/// [`HostExec`], but after `pip install` another package of the install
-/// has written over a module of `python-dotenv` (a wheel may carry any
-/// path of the venv, and pip installs it without a word).
-struct OverwritingExec;
-
-impl Exec for OverwritingExec {
-    fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
-        let out = HostExec.run(req)?;
-        if req.label == "pip install" {
-            let env = &req
-                .mounts
-                .iter()
-                .find(|m| m.writable && m.host.ends_with("env"))
-                .unwrap()
-                .host;
-            let module = env.join("lib/python3.11/site-packages/dotenv/main.py");
-            let mut text = std::fs::read_to_string(&module).unwrap();
-            text.push_str("\n# TROJAN\n");
-            std::fs::write(&module, text).unwrap();
-        }
-        Ok(out)
-    }
+/// Writes over a module of `python-dotenv`, as another package of the
+/// install can (a wheel may carry any path of the venv, and pip installs
+/// it without a word).
+fn overwrite(env: &Path) {
+    let module = env.join("lib/python3.11/site-packages/dotenv/main.py");
+    let mut text = std::fs::read_to_string(&module).unwrap();
+    text.push_str("\n# TROJAN\n");
+    std::fs::write(&module, text).unwrap();
 }
 
 /// A distribution's layer is keyed by its pin alone, so its files must be
@@ -372,7 +362,7 @@ fn a_layer_whose_files_another_package_changed_is_refused() {
     let e = match build_with(
         "python-dotenv==1.0.1\n",
         &tmp.path().join("run"),
-        &OverwritingExec,
+        &AfterInstall(overwrite),
     ) {
         Ok(_) => panic!("a changed file became a layer"),
         Err(e) => e.to_string(),
