@@ -493,7 +493,22 @@ impl BuildStep for DepsStep {
                 // pin) explains an install failure better than pip's. Not in
                 // parallel: `Exec::run` is not promised to be re-entrant.
                 if check_lock {
+                    let venv_before =
+                        record::fingerprint(&env).map_err(|e| PluginError::new(e.to_string()))?;
                     self.lock_check(&run, all_dists, top)?;
+                    // A dry run writes nothing: a `.pth` file an sdist's
+                    // build left in the venv would run inside the pip of
+                    // the install that follows (pip runs in the venv's
+                    // interpreter), able to rewrite files and their RECORD.
+                    let after =
+                        record::fingerprint(&env).map_err(|e| PluginError::new(e.to_string()))?;
+                    if let Some(f) = record::first_difference(&venv_before, &after) {
+                        return Err(PluginError::new(format!(
+                            "resolving the lock changed the virtualenv ({}): a package's build code wrote there; refusing to install with it",
+                            f.display()
+                        ))
+                        .in_file(top, None));
+                    }
                 }
                 if !want.is_empty() {
                     self.install(&run, "requirements.txt", true)?;

@@ -288,6 +288,36 @@ fn dist_name_version(
     Ok((name.unwrap_or(dn), version.unwrap_or(dv)))
 }
 
+/// What is below a venv: each entry's kind and, for a file, the sha256
+/// of its content, or for a link, its target; for [`first_difference`].
+pub fn fingerprint(root: &Path) -> Result<BTreeMap<PathBuf, String>, RecordError> {
+    use sha2::Digest as _;
+    let dir = Dir::open(root)?;
+    let mut out = BTreeMap::new();
+    dir.walk::<RecordError>(&mut |rel, node| {
+        let what = match node.kind {
+            Kind::Dir => "dir".to_string(),
+            Kind::File => format!("file {:x}", sha2::Sha256::digest(dir.read(rel)?)),
+            Kind::Symlink => format!("link {}", dir.read_link(rel)?.display()),
+            Kind::Special => "special".to_string(),
+        };
+        out.insert(rel.to_path_buf(), what);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// The first path added, removed or changed between two fingerprints.
+pub fn first_difference(
+    a: &BTreeMap<PathBuf, String>,
+    b: &BTreeMap<PathBuf, String>,
+) -> Option<PathBuf> {
+    a.iter()
+        .find(|(p, v)| b.get(*p) != Some(*v))
+        .map(|(p, _)| p.clone())
+        .or_else(|| b.keys().find(|p| !a.contains_key(*p)).cloned())
+}
+
 /// Every file and symlink below `root`, relative, sorted.
 pub fn all_files(root: &Path) -> Result<Vec<PathBuf>, RecordError> {
     walk(root, false)

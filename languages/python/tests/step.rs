@@ -29,6 +29,9 @@ struct FakePython {
     /// The lock check leaves its report as a link to this host file (as
     /// an sdist's build code could make it), which holds the report.
     report_link: Option<PathBuf>,
+    /// The lock check leaves a `.pth` file in the venv, as an sdist's
+    /// build code run by the dry run could.
+    lock_plants: bool,
 }
 
 impl FakePython {
@@ -40,6 +43,7 @@ impl FakePython {
             pip_inputs: Mutex::default(),
             probe: bookworm_probe(),
             report_link: None,
+            lock_plants: false,
         }
     }
 
@@ -167,6 +171,13 @@ impl Exec for FakePython {
                 }
                 for (n, v) in &self.missing {
                     items.push(serde_json::json!({"metadata": {"name": n, "version": v}}));
+                }
+                if self.lock_plants {
+                    let env = Self::host(req, "/env");
+                    Self::write(
+                        &env.join("lib/python3.11/site-packages/zz-planted.pth"),
+                        "import os\n",
+                    );
                 }
                 let report = serde_json::json!({ "install": items }).to_string();
                 match &self.report_link {
@@ -447,6 +458,23 @@ fn a_report_left_as_a_link_to_a_host_file_is_not_followed() {
     let e = build(&p, &app, &exec, &[lock]).unwrap_err().to_string();
     assert!(e.contains("symlink"), "{e}");
     assert!(!e.contains("host-file-leak"), "{e}");
+}
+
+/// The lock check's dry run builds sdists (their code runs with the venv
+/// writable): a `.pth` file one leaves would run inside the pip of the
+/// install that follows, so a venv the dry run changed is refused.
+#[test]
+fn a_lock_check_that_changes_the_venv_is_refused() {
+    let mut exec = FakePython::new();
+    exec.lock_plants = true;
+    let app = testdata("flask");
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    let e = build(&p, &app, &exec, &[lock]).unwrap_err().to_string();
+    assert!(
+        e.contains("resolving the lock changed the virtualenv (lib/python3.11/site-packages/zz-planted.pth)"),
+        "{e}"
+    );
 }
 
 #[test]
