@@ -279,13 +279,14 @@ fn build_and_verify(
         .unwrap();
         let source = tempfile::tempdir().unwrap();
         std::fs::write(source.path().join("app.txt"), "app\n").unwrap();
-        let out = tempfile::tempdir().unwrap();
         let req = BuildRequest {
             source: source.path().to_path_buf(),
             base: Reference::parse(&base()).unwrap(),
             platform: ftl_registry_client::default_platform(),
+            // One output for every build of a test: an add-only package
+            // cache is private to the output.
             output: Output::OciLayout {
-                path: out.path().join("layout"),
+                path: cache_dir.join("layout"),
                 tag: "latest".into(),
             },
             language: Some("fill".into()),
@@ -435,7 +436,21 @@ fn a_step_cannot_fill_the_host_disk_through_a_package_cache() {
         "mkdir -p /cache/a && echo kept >/cache/a/new",
     );
     result.expect("a build within the limit");
-    assert!(cache.path().join("persistent/fill-cache/a/new").is_file());
+    // An add-only cache is private to the build's output too
+    // (`fill-cache.<hash of the output>`).
+    let shared: Vec<_> = std::fs::read_dir(cache.path().join("persistent"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("fill-cache.")
+        })
+        .collect();
+    assert_eq!(shared.len(), 1, "{shared:?}");
+    assert!(shared[0].join("a/new").is_file());
     let (result, _) = build(
         cache.path(),
         Target::PackageCache,
