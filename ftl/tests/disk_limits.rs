@@ -380,17 +380,21 @@ fn a_step_cannot_fill_the_host_disk_through_its_output_dir() {
             && err.contains("--step-disk"),
         "{err}"
     );
-    // The step got as far as the limit, and no further on the host.
-    assert!(seen.written <= LIMIT, "{seen:?}");
     assert!(seen.written > LIMIT / 2, "{seen:?}");
+    held_and_left_nothing(cache.path(), &seen);
+}
+
+/// The step got no further than the limit on the host, and nothing of the
+/// build is left: no mount, no loop device, no image, no scratch.
+fn held_and_left_nothing(cache: &Path, seen: &Seen) {
+    assert!(seen.written <= LIMIT, "{seen:?}");
     assert!(
         seen.free_before.saturating_sub(seen.free_after) < LIMIT + (256 << 20),
         "the host's free space dropped by more than the limit: {seen:?}"
     );
-    // And nothing is left: no mount, no loop device, no image.
-    assert_eq!(mounts_below(cache.path()), Vec::<String>::new());
-    assert_eq!(loop_devices_below(cache.path()), Vec::<String>::new());
-    let left: Vec<_> = std::fs::read_dir(cache.path().join("tmp"))
+    assert_eq!(mounts_below(cache), Vec::<String>::new());
+    assert_eq!(loop_devices_below(cache), Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(cache.join("tmp"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
@@ -413,20 +417,8 @@ fn a_step_cannot_fill_the_host_disk_through_a_package_cache() {
             && err.contains("--cache-disk"),
         "{err}"
     );
-    assert!(seen.written <= LIMIT, "{seen:?}");
-    assert!(
-        seen.free_before.saturating_sub(seen.free_after) < LIMIT + (256 << 20),
-        "the host's free space dropped by more than the limit: {seen:?}"
-    );
-    assert_eq!(mounts_below(cache.path()), Vec::<String>::new());
-    assert_eq!(loop_devices_below(cache.path()), Vec::<String>::new());
     // A failed build promotes nothing; the view went with it.
-    let left: Vec<_> = std::fs::read_dir(cache.path().join("tmp"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    held_and_left_nothing(cache.path(), &seen);
 
     // Within the limit, what the build adds is promoted to the shared
     // cache (a volume too), and the next build reads it.
