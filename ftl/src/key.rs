@@ -88,6 +88,12 @@ pub fn sha256_tagged(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The first 16 hex digits of the sha256 of `bytes`: a short name for a
+/// directory that stands for a longer string (a scope, a repository).
+pub fn short_digest(bytes: &[u8]) -> String {
+    hex::encode(&Sha256::digest(bytes)[..8])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

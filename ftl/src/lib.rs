@@ -16,7 +16,7 @@ pub mod plugin;
 pub mod rootfs;
 pub mod source;
 
-pub use key::{canonical_json, sha256_tagged, CacheKey};
+pub use key::{canonical_json, sha256_tagged, short_digest, CacheKey};
 
 /// An error and its sources as one line (`outer: inner: …`), each message
 /// once even when an outer one already quotes an inner one.

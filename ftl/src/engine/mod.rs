@@ -1220,27 +1220,21 @@ pub(crate) struct SandboxExec {
 /// 16 hex digits of the sha256 of where a build's image goes: the
 /// registry and repository (no tag), or the layout's or archive's path.
 fn output_suffix(output: &Output) -> String {
-    use sha2::Digest as _;
     let name = match output {
         Output::Registry(r) => format!("{}/{}", r.registry(), r.repository()),
         Output::OciLayout { path, .. } | Output::DockerArchive { path, .. } => {
             path.display().to_string()
         }
     };
-    hex::encode(sha2::Sha256::digest(name.as_bytes()))[..16].to_string()
+    crate::short_digest(name.as_bytes())
 }
 
 /// `""` for the default scope, else `~` and 16 hex digits of the scope's
 /// sha256 (any string names a scope; the directory name stays short).
 fn scope_suffix(scope: Option<&str>) -> String {
-    use sha2::Digest as _;
-    match scope {
-        None => String::new(),
-        Some(s) => format!(
-            "~{}",
-            &hex::encode(sha2::Sha256::digest(s.as_bytes()))[..16]
-        ),
-    }
+    scope
+        .map(|s| format!("~{}", crate::short_digest(s.as_bytes())))
+        .unwrap_or_default()
 }
 
 /// A builder image's lazily unpacked rootfs and its config's env.

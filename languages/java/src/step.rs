@@ -41,9 +41,7 @@ pub(crate) fn project_id(p: &crate::plan::MavenPlan) -> String {
 /// the project's dependencies' code) adds to it is kept unchecked
 /// ([`ftl::CacheTrust::AddOnly`]): another project's build never reads it.
 pub(crate) fn repo_dir(project: &str) -> String {
-    let digest = ftl::sha256_tagged(project.as_bytes());
-    let hex = &digest["sha256:".len()..];
-    format!("{REPO_DIR}-{}", &hex[..16])
+    format!("{REPO_DIR}-{}", ftl::short_digest(project.as_bytes()))
 }
 /// Any fixed instant: what jars Maven builds (project modules) carry.
 const OUTPUT_TIMESTAMP: &str = "1980-01-01T00:00:02Z";

@@ -112,13 +112,8 @@ fn read_dir_names(venv: &Dir, rel: &Path) -> Result<Vec<String>, RecordError> {
         .collect())
 }
 
-/// The path field of each RECORD row (CSV: quoted fields may hold commas).
-pub fn record_paths(text: &str) -> Vec<String> {
-    record_rows(text).into_iter().map(|(p, _)| p).collect()
-}
-
-/// Each RECORD row's path and its `sha256=` digest (urlsafe base64, as
-/// pip writes it), when it has one.
+/// Each RECORD row's path (CSV: quoted fields may hold commas) and its
+/// `sha256=` digest (urlsafe base64, as pip writes it), when it has one.
 fn record_rows(text: &str) -> Vec<(String, Option<String>)> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -425,16 +420,18 @@ mod tests {
     }
 
     #[test]
-    fn record_rows() {
+    fn record_rows_read_paths_and_hashes() {
         let text = "six.py,sha256=abc,123\n\"weird,name.py\",,\n\"q\"\"uote.py\",sha256=x,1\n../../../bin/tool,sha256=y,2\nsix-1.16.0.dist-info/RECORD,,\n";
+        let rows = record_rows(text);
+        let hash = |h: &str| Some(h.to_string());
         assert_eq!(
-            record_paths(text),
+            rows,
             [
-                "six.py",
-                "weird,name.py",
-                "q\"uote.py",
-                "../../../bin/tool",
-                "six-1.16.0.dist-info/RECORD"
+                ("six.py".to_string(), hash("abc")),
+                ("weird,name.py".to_string(), None),
+                ("q\"uote.py".to_string(), hash("x")),
+                ("../../../bin/tool".to_string(), hash("y")),
+                ("six-1.16.0.dist-info/RECORD".to_string(), None)
             ]
         );
     }
