@@ -550,6 +550,9 @@ fn a_build_claiming_another_projects_coordinates_gets_its_own_maven_repository()
     let (_tmp, app) = copy_app("hello-maven");
     let base = rig.base("java");
     let mf = maven_flags();
+    // Maven alone: a warm compiler of this project started here would be
+    // the one the warm compiler's test is talking to (same recipe, same
+    // container name).
     let repos = |cache: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(cache.join("persistent"))
             .unwrap()
@@ -568,7 +571,7 @@ fn a_build_claiming_another_projects_coordinates_gets_its_own_maven_repository()
         &app,
         &base,
         &rig.image("java/victim:e2e"),
-        &flags(&mf, &["--no-cache"]),
+        &flags(&mf, &["--no-cache", "--set", "java.warm_compiler=off"]),
     )
     .report();
     let victim = repos(cache.path());
@@ -579,7 +582,7 @@ fn a_build_claiming_another_projects_coordinates_gets_its_own_maven_repository()
         &app,
         &base,
         &rig.image("java/attacker:e2e"),
-        &flags(&mf, &["--no-cache"]),
+        &flags(&mf, &["--no-cache", "--set", "java.warm_compiler=off"]),
     )
     .report();
     let both = repos(cache.path());
