@@ -476,6 +476,9 @@ impl Service {
         };
         let log = self.live_log(id).unwrap_or_else(|| self.open_log(id));
         let req = self.request(&rec);
+        // The log says so before the record does: a reader (or a restart)
+        // that sees attempt N running finds its line in the log.
+        log.line(format!("running (attempt {})", rec.attempts + 1));
         match self.store.start(id, now_ms()) {
             Ok(true) => {}
             Ok(false) => return,
@@ -485,7 +488,6 @@ impl Service {
             }
         }
         let started = Instant::now();
-        log.line(format!("running (attempt {})", rec.attempts + 1));
         let outcome = match req {
             Err(e) => Err(Outcome::Failed(e)),
             Ok(req) => {
