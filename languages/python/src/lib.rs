@@ -21,7 +21,6 @@
 
 mod entrypoint;
 mod install;
-pub mod marker;
 mod plan;
 pub mod probe;
 pub mod record;

@@ -204,11 +204,9 @@ fn pinned_dists(
     let mut by_key: BTreeMap<String, PinnedDist> = BTreeMap::new();
     let mut pinned = true;
     for req in &set.requirements {
-        if let Some(m) = &req.marker {
-            if !m.evaluate(markers) {
-                tracing::debug!(requirement = %req.name, marker = ?req.marker_text, "skipped: marker does not match the base interpreter");
-                continue;
-            }
+        if !requirements::applies(req, markers) {
+            tracing::debug!(requirement = %req.name, marker = ?req.marker_text, "skipped: marker does not match the base interpreter");
+            continue;
         }
         let Some(version) = set.pinned_version(req) else {
             pinned = false;

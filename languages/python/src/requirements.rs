@@ -1,13 +1,20 @@
 //! Dependency inputs: `requirements.txt` (with includes, constraints,
 //! hashes, markers, extras and index options), `pyproject.toml`
 //! `[project] dependencies` and `Pipfile.lock`.
+//!
+//! Each requirement is parsed by `pep508_rs` (PEP 508) and its versions by
+//! `pep440_rs` (PEP 440); pip's line syntax around them (options, `-r`,
+//! `-c`, `--hash`, continuations, comments) is read here. Markers are kept
+//! parsed, and evaluated with [`applies`] against the environment the probe
+//! read from the base image's interpreter.
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
 
 use ftl::PluginError;
-
-use crate::marker::Marker;
+use pep440_rs::VersionSpecifiers;
+use pep508_rs::{ExtraName, MarkerEnvironment, MarkerEnvironmentBuilder, MarkerTree};
 
 const FORMAT_DOC: &str = "see https://pip.pypa.io/en/stable/reference/requirements-file-format/";
 
@@ -27,10 +34,13 @@ pub struct Requirement {
     pub name: String,
     /// PEP 503 normalized.
     pub key: String,
+    /// Normalized extra names.
     pub extras: Vec<String>,
-    /// Version clauses, e.g. `[("==", "3.0.3")]`.
+    /// Version clauses as PEP 440 normalizes them, e.g. `[("==", "3.0.3")]`
+    /// or `[("==", "1.*")]`; [`Requirement::versions`] has them parsed.
     pub specifier: Vec<(String, String)>,
-    pub marker: Option<Marker>,
+    /// The environment marker; `MarkerTree::TRUE` when there is none.
+    pub marker: MarkerTree,
     /// The marker as written (passed on to pip).
     pub marker_text: Option<String>,
     /// A direct URL or VCS reference (`name @ url`, `git+https://...`).
@@ -38,6 +48,11 @@ pub struct Requirement {
     /// `--hash` values (`sha256:...`), sorted.
     pub hashes: Vec<String>,
     pub origin: Origin,
+    /// Written by the user (a requirements file, `[project]
+    /// dependencies`, a direct dependency of a locked project), as opposed
+    /// to a lock's transitive entry (a lock's package no direct dependency
+    /// names, a `# via` line of pip-compile).
+    pub top_level: bool,
 }
 
 impl Requirement {
@@ -61,6 +76,117 @@ impl Requirement {
             .collect::<Vec<_>>()
             .join(",")
     }
+
+    /// The version clauses, parsed (every requirement's were checked when
+    /// it was read).
+    pub fn versions(&self) -> VersionSpecifiers {
+        VersionSpecifiers::from_str(&self.specifier_text())
+            .unwrap_or_else(|_| VersionSpecifiers::empty())
+    }
+}
+
+/// A requirement whose marker does not hold for the base image's
+/// interpreter: it is not installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// As written.
+    pub name: String,
+    /// The marker, as written (or, for a lock's package, as the lock gives it).
+    pub marker: String,
+    pub origin: Origin,
+    /// See [`Requirement::top_level`]: the user wrote it, so its absence may
+    /// surprise them.
+    pub top_level: bool,
+}
+
+/// The PEP 508 environment of `markers` (the names the probe reads from
+/// the interpreter); `None` when a version in it is not PEP 440.
+///
+/// Versions are taken release-only (`3.13.0rc2` as `3.13.0`, a development
+/// build's `3.14.0+` as `3.14.0`): pep508_rs compares markers' versions
+/// release-only (uv does the same), and a pre-release interpreter compared
+/// with its release's markers would otherwise match neither `>= '3.13'`
+/// nor `< '3.13'`.
+fn environment(markers: &BTreeMap<String, String>) -> Option<MarkerEnvironment> {
+    let get = |k: &str| markers.get(k).map(String::as_str).unwrap_or_default();
+    let release = |k: &str| -> Option<String> {
+        let v = get(k).trim_end_matches('+');
+        if v.is_empty() {
+            return Some("0".into());
+        }
+        let v = pep440_rs::Version::from_str(v).ok()?;
+        Some(v.only_release().to_string())
+    };
+    let (implementation_version, python_full_version) = (
+        release("implementation_version")?,
+        release("python_full_version")?,
+    );
+    let python_version = release("python_version")?;
+    MarkerEnvironment::try_from(MarkerEnvironmentBuilder {
+        implementation_name: get("implementation_name"),
+        implementation_version: &implementation_version,
+        os_name: get("os_name"),
+        platform_machine: get("platform_machine"),
+        platform_python_implementation: get("platform_python_implementation"),
+        platform_release: get("platform_release"),
+        platform_system: get("platform_system"),
+        platform_version: get("platform_version"),
+        python_full_version: &python_full_version,
+        python_version: &python_version,
+        sys_platform: get("sys_platform"),
+    })
+    .ok()
+}
+
+/// Whether `marker` holds in `markers` (PEP 508 environment names, as the
+/// probe reads them from the interpreter; `extra`, when present, is the
+/// one extra taken as requested).
+pub fn marker_holds(marker: &MarkerTree, markers: &BTreeMap<String, String>) -> bool {
+    if marker.is_true() {
+        return true;
+    }
+    let Some(env) = environment(markers) else {
+        tracing::warn!(
+            ?markers,
+            "the interpreter's environment is not PEP 440; markers are taken as true"
+        );
+        return true;
+    };
+    let extras: Vec<ExtraName> = markers
+        .get("extra")
+        .and_then(|e| ExtraName::from_str(e).ok())
+        .into_iter()
+        .collect();
+    marker.evaluate(&env, &extras)
+}
+
+/// Whether `req` is installed for the interpreter whose PEP 508
+/// environment is `markers` (as [`crate::probe::Probe::markers`]): true
+/// unless its marker is false there.
+pub fn applies(req: &Requirement, markers: &BTreeMap<String, String>) -> bool {
+    marker_holds(&req.marker, markers)
+}
+
+/// The requirements of `set` that [`applies`] leaves out, in the set's
+/// order.
+pub fn skipped_by_markers(
+    set: &RequirementSet,
+    markers: &BTreeMap<String, String>,
+) -> Vec<Skipped> {
+    set.requirements
+        .iter()
+        .filter(|r| !applies(r, markers))
+        .map(|r| Skipped {
+            name: r.name.clone(),
+            marker: r
+                .marker_text
+                .clone()
+                .or_else(|| r.marker.try_to_string())
+                .unwrap_or_default(),
+            origin: r.origin.clone(),
+            top_level: r.top_level,
+        })
+        .collect()
 }
 
 /// Index and install options that change what pip resolves.
@@ -494,16 +620,37 @@ fn looks_like_path(s: &str) -> bool {
             .any(|e| head.ends_with(e))
 }
 
+/// Parses a marker (the text after `;`).
+pub fn parse_marker(text: &str) -> Result<MarkerTree, String> {
+    MarkerTree::from_str(text).map_err(|e| format!("invalid marker `{text}`: {}", e.message))
+}
+
+/// Where the marker of `spec` starts (its `;`): the first `;` of a
+/// requirement by version; after a URL, the first `;` with whitespace on
+/// one side (PEP 508's rule, as URLs may hold `;`).
+fn marker_start(spec: &str, url: bool) -> Option<usize> {
+    if !url {
+        return spec.find(';');
+    }
+    let b = spec.as_bytes();
+    (0..b.len()).find(|&i| {
+        b[i] == b';'
+            && (i > 0 && b[i - 1].is_ascii_whitespace()
+                || b.get(i + 1).is_some_and(u8::is_ascii_whitespace))
+    })
+}
+
 /// Parses a PEP 508 requirement (or a pip URL line).
 pub fn parse_pep508(spec: &str, origin: &Origin) -> Result<Requirement, PluginError> {
     let invalid =
         |why: &str| err(origin, format!("invalid requirement `{spec}`: {why}")).hint(FORMAT_DOC);
+    let spec = spec.trim();
 
     if is_vcs_or_url(spec) {
         // `git+https://host/repo@rev#egg=name` style: pip derives the name
         // from `#egg=`.
-        let (url, marker_text) = match spec.split_once(" ;").or_else(|| spec.split_once("; ")) {
-            Some((u, m)) => (u.trim(), Some(m.trim().to_string())),
+        let (url, marker_text) = match marker_start(spec, true) {
+            Some(i) => (spec[..i].trim(), Some(spec[i + 1..].trim().to_string())),
             None => (spec, None),
         };
         let name = url
@@ -511,11 +658,10 @@ pub fn parse_pep508(spec: &str, origin: &Origin) -> Result<Requirement, PluginEr
             .map(|(_, e)| e.split('&').next().unwrap_or("").to_string())
             .filter(|n| !n.is_empty())
             .ok_or_else(|| invalid("a URL requirement needs a name: write `name @ URL`"))?;
-        let marker = marker_text
-            .as_deref()
-            .map(Marker::parse)
-            .transpose()
-            .map_err(|e| invalid(&e))?;
+        let marker = match &marker_text {
+            Some(m) => parse_marker(m).map_err(|e| invalid(&e))?,
+            None => MarkerTree::TRUE,
+        };
         return Ok(Requirement {
             key: normalize(&name),
             name,
@@ -526,6 +672,7 @@ pub fn parse_pep508(spec: &str, origin: &Origin) -> Result<Requirement, PluginEr
             url: Some(url.to_string()),
             hashes: Vec::new(),
             origin: origin.clone(),
+            top_level: true,
         });
     }
     if looks_like_path(spec) {
@@ -537,118 +684,59 @@ pub fn parse_pep508(spec: &str, origin: &Origin) -> Result<Requirement, PluginEr
             "put local code in the app directory, or publish the package to an index and pin it",
         ));
     }
-
-    let chars: Vec<char> = spec.chars().collect();
-    let mut i = 0;
-    let skip_ws = |i: &mut usize| {
-        while *i < chars.len() && chars[*i].is_whitespace() {
-            *i += 1;
-        }
-    };
-    // name
-    let start = i;
-    while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "._-".contains(chars[i])) {
-        i += 1;
+    if spec.trim_end().ends_with(';') {
+        return Err(invalid("empty marker after `;`"));
     }
-    let name: String = chars[start..i].iter().collect();
-    if name.is_empty() {
-        return Err(invalid("expected a package name"));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        || !name.ends_with(|c: char| c.is_ascii_alphanumeric())
-    {
-        return Err(invalid(&format!("`{name}` is not a valid package name")));
-    }
-    skip_ws(&mut i);
-    // extras
-    let mut extras = Vec::new();
-    if chars.get(i) == Some(&'[') {
-        let end = chars[i..]
-            .iter()
-            .position(|&c| c == ']')
-            .ok_or_else(|| invalid("missing `]` after the extras"))?;
-        let inner: String = chars[i + 1..i + end].iter().collect();
-        for e in inner.split(',') {
-            let e = e.trim();
-            if e.is_empty()
-                || !e
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-            {
-                return Err(invalid(&format!("invalid extra `{e}`")));
-            }
-            extras.push(normalize(e));
-        }
-        i += end + 1;
-        skip_ws(&mut i);
-    }
-    let rest: String = chars[i..].iter().collect();
-    let (version_part, marker_text) = match rest.split_once(';') {
-        Some((v, m)) => (v.trim().to_string(), Some(m.trim().to_string())),
-        None => (rest.trim().to_string(), None),
-    };
-    let mut url = None;
+    let parsed = pep508_rs::Requirement::<url::Url>::from_str(spec)
+        .map_err(|e| invalid(&lowercase_first(&e.message.to_string())))?;
+    let name: String = spec
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+        .collect();
     let mut specifier = Vec::new();
-    if let Some(u) = version_part.strip_prefix('@') {
-        let u = u.trim();
-        if u.is_empty() || !u.contains(':') {
-            return Err(invalid("expected a URL after `@`"));
-        }
-        // `name @ url;marker` needs a space before `;` (pip's rule); with
-        // the split above a URL with `;` in it would be cut, which PEP 508
-        // also forbids.
-        url = Some(u.to_string());
-    } else {
-        let mut v = version_part.as_str();
-        if let Some(inner) = v.strip_prefix('(') {
-            v = inner
-                .strip_suffix(')')
-                .ok_or_else(|| invalid("missing `)` after the version"))?;
-        }
-        if !v.trim().is_empty() {
-            for clause in v.split(',') {
-                let clause = clause.trim();
-                let op = ["===", "~=", "==", "!=", "<=", ">=", "<", ">"]
-                    .into_iter()
-                    .find(|op| clause.starts_with(op))
-                    .ok_or_else(|| {
-                        invalid(&format!("expected a version operator (==, >=, <=, ~=, !=, <, >) before `{clause}`"))
-                    })?;
-                let ver = clause[op.len()..].trim();
-                let valid = !ver.is_empty()
-                    && ver
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || ".*+!_-".contains(c))
-                    && (op == "===" || ver.starts_with(|c: char| c.is_ascii_digit() || c == 'v'))
-                    && (!ver.contains('*')
-                        || (ver.ends_with(".*")
-                            && matches!(op, "==" | "!=")
-                            && !ver[..ver.len() - 2].contains('*')));
-                if !valid {
-                    return Err(invalid(&format!(
-                        "`{clause}` is not a valid version clause"
-                    )));
+    let mut url = None;
+    match &parsed.version_or_url {
+        Some(pep508_rs::VersionOrUrl::VersionSpecifier(specs)) => {
+            for s in specs.iter() {
+                let mut v = s.version().to_string();
+                if s.operator().is_star() {
+                    v.push_str(".*");
                 }
-                specifier.push((op.to_string(), ver.to_string()));
+                specifier.push((s.operator().to_string(), v));
             }
         }
+        Some(pep508_rs::VersionOrUrl::Url(_)) => {
+            // As written: the URL pip gets is the user's.
+            let after = &spec[spec.find('@').expect("a URL follows `@`") + 1..];
+            let end = marker_start(after, true).unwrap_or(after.len());
+            url = Some(after[..end].trim().to_string());
+        }
+        None => {}
     }
-    let marker = match &marker_text {
-        Some(m) if m.is_empty() => return Err(invalid("empty marker after `;`")),
-        Some(m) => Some(Marker::parse(m).map_err(|e| invalid(&e))?),
-        None => None,
-    };
+    let marker_text = (!parsed.marker.is_true() || spec.contains(';'))
+        .then(|| marker_start(spec, url.is_some()).map(|i| spec[i + 1..].trim().to_string()))
+        .flatten();
     Ok(Requirement {
-        key: normalize(&name),
+        key: parsed.name.to_string(),
         name,
-        extras,
+        extras: parsed.extras.iter().map(ToString::to_string).collect(),
         specifier,
-        marker,
+        marker: parsed.marker,
         marker_text,
         url,
         hashes: Vec::new(),
         origin: origin.clone(),
+        top_level: true,
     })
+}
+
+/// pep508_rs's messages start with a capital; ours do not.
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
 }
 
 /// Reads `[project] dependencies` of a pyproject.toml. `Ok(None)` when it
@@ -822,11 +910,15 @@ mod tests {
             .pinned_version()
             .is_none());
         assert_eq!(
-            parse_pep508("pkg===1.0-weird", &origin())
+            parse_pep508("pkg===1.0", &origin())
                 .unwrap()
                 .pinned_version(),
-            Some("1.0-weird")
+            Some("1.0")
         );
+        // Arbitrary equality with a version PEP 440 does not know: no
+        // distribution pip installs (22+) can have it.
+        let e = parse_pep508("pkg===1.0-weird", &origin()).unwrap_err();
+        assert_eq!(e.line, Some(1));
         assert_eq!(
             parse_pep508("pkg~=1.4.2", &origin())
                 .unwrap()
@@ -844,6 +936,149 @@ mod tests {
             Some("https://example.com/pip-24.0-py3-none-any.whl")
         );
         assert!(r.pinned_version().is_none());
+    }
+
+    fn env() -> BTreeMap<String, String> {
+        [
+            ("implementation_name", "cpython"),
+            ("implementation_version", "3.11.2"),
+            ("os_name", "posix"),
+            ("platform_machine", "x86_64"),
+            ("platform_python_implementation", "CPython"),
+            ("platform_release", "6.1.0-18-amd64"),
+            ("platform_system", "Linux"),
+            ("platform_version", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1"),
+            ("python_full_version", "3.11.2"),
+            ("python_version", "3.11"),
+            ("sys_platform", "linux"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn holds(marker: &str, env: &BTreeMap<String, String>) -> bool {
+        let r = parse_pep508(&format!("pkg==1.0 ; {marker}"), &origin()).unwrap();
+        applies(&r, env)
+    }
+
+    #[test]
+    fn markers_evaluate_against_the_interpreter() {
+        let env = env();
+        for (marker, want) in [
+            (r#"python_version >= "3.8""#, true),
+            (r#"python_version < "3.8""#, false),
+            (r#"python_version > "3.9""#, true), // as versions, not strings
+            (r#"python_version == "3.*""#, true),
+            (r#"python_version != "3.11.*""#, false),
+            (r#""3.7" <= python_version"#, true),
+            (r#"python_version ~= "3.10""#, true),
+            (r#"python_full_version >= "3.11.1""#, true),
+            (r#"python_full_version < "3.11.2""#, false),
+            (r#"python_full_version == "3.11.2""#, true),
+            (r#"sys_platform == "win32""#, false),
+            (
+                r#"platform_system != "Windows" and implementation_name == 'cpython'"#,
+                true,
+            ),
+            (
+                r#"(os_name == "nt" or os_name == "posix") and python_full_version ~= "3.11.0""#,
+                true,
+            ),
+            (r#"platform_machine in "x86_64 aarch64""#, true),
+            (r#"platform_machine not in "arm64 ppc64le""#, true),
+            (r#"'linux' in sys_platform"#, true),
+            (r#"platform_python_implementation == "PyPy""#, false),
+            (r#"os.name == "posix""#, true), // a legacy spelling pip accepts
+            (r#"extra == "dev""#, false),
+        ] {
+            assert_eq!(holds(marker, &env), want, "{marker}");
+        }
+        // `extra` holds when the environment names it (a package's extra
+        // being installed).
+        let mut with_extra = env.clone();
+        with_extra.insert("extra".into(), "Dev".into());
+        assert!(holds(r#"extra == "dev""#, &with_extra));
+        assert!(!holds(r#"extra == "test""#, &with_extra));
+    }
+
+    #[test]
+    fn markers_take_a_pre_release_interpreter_as_its_release() {
+        let mut env = env();
+        env.insert("python_full_version".into(), "3.13.0rc2".into());
+        env.insert("python_version".into(), "3.13".into());
+        assert!(holds(r#"python_full_version >= "3.13""#, &env));
+        assert!(holds(r#"python_full_version >= "3.13.0rc1""#, &env));
+        assert!(!holds(r#"python_full_version < "3.13""#, &env));
+        assert!(holds(r#"python_full_version > "3.12.9""#, &env));
+        assert!(holds(r#"python_version >= "3.13""#, &env));
+        // A development build's `+`.
+        env.insert("python_full_version".into(), "3.14.0+".into());
+        assert!(holds(r#"python_full_version >= "3.14""#, &env));
+        // An environment that is not PEP 440 does not drop requirements.
+        env.insert("python_full_version".into(), "three".into());
+        assert!(holds(r#"python_full_version < "3""#, &env));
+    }
+
+    #[test]
+    fn versions_follow_pep_440() {
+        let r = parse_pep508("pkg ~= 1.4.2", &origin()).unwrap();
+        let v = |s: &str| pep440_rs::Version::from_str(s).unwrap();
+        assert!(r.versions().contains(&v("1.4.9")));
+        assert!(!r.versions().contains(&v("1.5.0")));
+        let r = parse_pep508("pkg ==1.*", &origin()).unwrap();
+        assert_eq!(r.specifier, [("==".to_string(), "1.*".to_string())]);
+        assert!(r.versions().contains(&v("1.99")));
+        assert!(!r.versions().contains(&v("2.0")));
+        // Epochs: 1!1.0 is after every version without one.
+        let r = parse_pep508("pkg>=2024.1", &origin()).unwrap();
+        assert!(r.versions().contains(&v("1!1.0")));
+        let r = parse_pep508("pkg==1!2.0", &origin()).unwrap();
+        assert_eq!(r.pinned_version(), Some("1!2.0"));
+        // Pre-releases, normalized: what pip is handed is canonical.
+        let r = parse_pep508("pkg==1.0.0-RC1", &origin()).unwrap();
+        assert_eq!(r.pinned_version(), Some("1.0.0rc1"));
+        let r = parse_pep508("pkg>=1.0a1,<2", &origin()).unwrap();
+        assert!(r.versions().contains(&v("1.0b2")));
+        assert_eq!(r.specifier_text(), ">=1.0a1,<2");
+        // Arbitrary equality pins the string.
+        let r = parse_pep508("pkg===2.0", &origin()).unwrap();
+        assert_eq!(r.pinned_version(), Some("2.0"));
+        assert!(r.versions().contains(&v("2.0")));
+        assert!(!r.versions().contains(&v("2.0.0")));
+    }
+
+    #[test]
+    fn skipped_requirements_say_which_marker() {
+        let set = parse_requirements_text(
+            Path::new("requirements.txt"),
+            "flask==3.0.3\npywin32==306 ; sys_platform == 'win32'\ntomli==2.0.1 ; python_version < \"3.11\"\n",
+        )
+        .unwrap();
+        let skipped = skipped_by_markers(&set, &env());
+        assert_eq!(
+            skipped,
+            [
+                Skipped {
+                    name: "pywin32".into(),
+                    marker: "sys_platform == 'win32'".into(),
+                    origin: Origin {
+                        file: "requirements.txt".into(),
+                        line: 2
+                    },
+                    top_level: true,
+                },
+                Skipped {
+                    name: "tomli".into(),
+                    marker: "python_version < \"3.11\"".into(),
+                    origin: Origin {
+                        file: "requirements.txt".into(),
+                        line: 3
+                    },
+                    top_level: true,
+                },
+            ]
+        );
     }
 
     #[test]
@@ -878,7 +1113,7 @@ mod tests {
             );
         }
         let e = parse_pep508("flask=>3.0", &origin()).unwrap_err();
-        insta::assert_snapshot!(e.to_string(), @"requirements.txt:1: invalid requirement `flask=>3.0`: expected a version operator (==, >=, <=, ~=, !=, <, >) before `=>3.0`; see https://pip.pypa.io/en/stable/reference/requirements-file-format/");
+        insta::assert_snapshot!(e.to_string(), @r#"requirements.txt:1: invalid requirement `flask=>3.0`: no such comparison operator "=>", must be one of ~= == != <= >= < > ===; see https://pip.pypa.io/en/stable/reference/requirements-file-format/"#);
     }
 
     #[test]
