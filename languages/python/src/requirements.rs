@@ -1,6 +1,8 @@
 //! Dependency inputs: `requirements.txt` (with includes, constraints,
 //! hashes, markers, extras and index options), `pyproject.toml`
-//! `[project] dependencies` and `Pipfile.lock`.
+//! `[project] dependencies` and `Pipfile.lock`; the lock files of uv and
+//! Poetry are read in [`crate::locks`], and which input wins in
+//! `inputs`.
 //!
 //! Each requirement is parsed by `pep508_rs` (PEP 508) and its versions by
 //! `pep440_rs` (PEP 440); pip's line syntax around them (options, `-r`,
@@ -142,6 +144,17 @@ fn environment(markers: &BTreeMap<String, String>) -> Option<MarkerEnvironment> 
 /// probe reads them from the interpreter; `extra`, when present, is the
 /// one extra taken as requested).
 pub fn marker_holds(marker: &MarkerTree, markers: &BTreeMap<String, String>) -> bool {
+    let extras: Vec<String> = markers.get("extra").cloned().into_iter().collect();
+    marker_holds_with(marker, markers, &extras)
+}
+
+/// [`marker_holds`] with `extras` requested (a package's extras, for the
+/// markers of its dependencies).
+pub(crate) fn marker_holds_with(
+    marker: &MarkerTree,
+    markers: &BTreeMap<String, String>,
+    extras: &[String],
+) -> bool {
     if marker.is_true() {
         return true;
     }
@@ -152,10 +165,9 @@ pub fn marker_holds(marker: &MarkerTree, markers: &BTreeMap<String, String>) -> 
         );
         return true;
     };
-    let extras: Vec<ExtraName> = markers
-        .get("extra")
-        .and_then(|e| ExtraName::from_str(e).ok())
-        .into_iter()
+    let extras: Vec<ExtraName> = extras
+        .iter()
+        .filter_map(|e| ExtraName::from_str(e).ok())
         .collect();
     marker.evaluate(&env, &extras)
 }
@@ -244,6 +256,34 @@ impl IndexOptions {
     }
 }
 
+/// Which input a [`RequirementSet`] was read from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InputKind {
+    /// A pip requirements file (`requirements.txt` or `python.requirements`).
+    #[default]
+    Requirements,
+    /// `pyproject.toml` `[project] dependencies`.
+    Pyproject,
+    PipfileLock,
+    UvLock,
+    PoetryLock,
+}
+
+impl InputKind {
+    /// A stable name: `requirements`, `pyproject`, `pipfile-lock`,
+    /// `uv-lock`, `poetry-lock`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Requirements => "requirements",
+            InputKind::Pyproject => "pyproject",
+            InputKind::PipfileLock => "pipfile-lock",
+            InputKind::UvLock => "uv-lock",
+            InputKind::PoetryLock => "poetry-lock",
+        }
+    }
+}
+
 /// Every requirement of an app, from whichever input it has.
 #[derive(Debug, Clone, Default)]
 pub struct RequirementSet {
@@ -253,10 +293,24 @@ pub struct RequirementSet {
     /// Every file read (relative path, text), in reading order: the exact
     /// inputs of an unpinned install.
     pub files: Vec<(PathBuf, String)>,
-    /// The file pip is pointed at for an unpinned install (the top file).
+    /// The file pip is pointed at for an unpinned install (the top file);
+    /// `None` when pip gets a file made from `requirements` (pyproject.toml,
+    /// the lock files).
     pub top: Option<PathBuf>,
-    /// Whether the source is a lock (`Pipfile.lock`).
+    /// Which input this is.
+    pub kind: InputKind,
+    /// Whether the set is a complete lock that needs no resolution:
+    /// uv.lock, poetry.lock, Pipfile.lock, and a requirements file in which
+    /// every requirement that applies to the interpreter is pinned (`==`,
+    /// `===`) with `--hash`es (pip's hash-checking mode refuses anything
+    /// else, so such a file is complete).
     pub is_lock: bool,
+    /// The app's `requires-python` (a PEP 440 specifier; poetry's `||`
+    /// alternatives kept) and where it is written.
+    pub requires_python: Option<(String, Origin)>,
+    /// Said to the user once per build: dependency files that are ignored,
+    /// index URLs taken from a lock.
+    pub warnings: Vec<String>,
 }
 
 impl RequirementSet {
@@ -271,6 +325,24 @@ impl RequirementSet {
                 .find(|c| c.key == req.key)
                 .and_then(Requirement::pinned_version)
         })
+    }
+
+    /// Whether every requirement that applies to `markers` is pinned with
+    /// its hashes (its own, or a constraint's), and there is one.
+    pub(crate) fn pinned_with_hashes(&self, markers: &BTreeMap<String, String>) -> bool {
+        let mut any = false;
+        for r in self.requirements.iter().filter(|r| applies(r, markers)) {
+            any = true;
+            let hashes = !r.hashes.is_empty()
+                || self
+                    .constraints
+                    .iter()
+                    .any(|c| c.key == r.key && !c.hashes.is_empty());
+            if self.pinned_version(r).is_none() || !hashes {
+                return false;
+            }
+        }
+        any
     }
 }
 
@@ -331,7 +403,8 @@ fn parse_into(
         return Ok(()); // included twice (or a cycle): pip reads it once more, to no effect
     }
     set.files.push((file.to_path_buf(), text.to_string()));
-    for (line_no, line) in logical_lines(text) {
+    let raw: Vec<&str> = text.lines().collect();
+    for (line_no, end, line) in logical_lines(text) {
         let origin = Origin {
             file: file.to_path_buf(),
             line: line_no,
@@ -339,7 +412,8 @@ fn parse_into(
         if line.starts_with('-') {
             parse_option_line(set, &origin, &line, constraint, read, depth)?;
         } else {
-            let req = parse_requirement_line(&line, &origin)?;
+            let mut req = parse_requirement_line(&line, &origin)?;
+            req.top_level = !compiled_as_transitive(&raw, end);
             if constraint {
                 set.constraints.push(req);
             } else {
@@ -351,15 +425,17 @@ fn parse_into(
 }
 
 /// Joins `\` continuations and strips comments; yields (first line number,
-/// text) for each non-empty logical line.
-fn logical_lines(text: &str) -> Vec<(usize, String)> {
+/// last line number, text) for each non-empty logical line.
+fn logical_lines(text: &str) -> Vec<(usize, usize, String)> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut start = 0;
+    let mut last = 0;
     for (i, raw) in text.lines().enumerate() {
         if current.is_empty() {
             start = i + 1;
         }
+        last = i + 1;
         let stripped = strip_comment(raw);
         if let Some(body) = stripped.strip_suffix('\\') {
             current.push_str(body);
@@ -370,26 +446,66 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         let line = current.trim().to_string();
         current.clear();
         if !line.is_empty() {
-            out.push((start, line));
+            out.push((start, last, line));
         }
     }
     let line = current.trim().to_string();
     if !line.is_empty() {
-        out.push((start, line));
+        out.push((start, last, line));
     }
     out
+}
+
+/// Whether pip-compile (or `uv pip compile`) annotated the requirement
+/// ending at line `end` (1-based) as only another package's dependency:
+/// `# via flask` on the line or the comment lines after it, naming no
+/// `-r` file or project (`-r requirements.in`, `app (pyproject.toml)`).
+fn compiled_as_transitive(raw: &[&str], end: usize) -> bool {
+    let inline = raw.get(end - 1).and_then(|l| {
+        let i = strip_comment_start(l);
+        (i < l.len()).then(|| l[i..].trim_start_matches('#').trim())
+    });
+    let following = raw[end..]
+        .iter()
+        .map(|l| l.trim())
+        .take_while(|l| l.starts_with('#'))
+        .map(|l| l.trim_start_matches('#').trim());
+    let mut comments = inline.into_iter().chain(following);
+    let Some(first) = comments.next() else {
+        return false;
+    };
+    let Some(rest) = first.strip_prefix("via") else {
+        return false;
+    };
+    if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+        return false;
+    }
+    let names: Vec<&str> = std::iter::once(rest)
+        .chain(comments)
+        .flat_map(|c| c.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    !names.is_empty()
+        && names.iter().all(|n| {
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        })
+}
+
+/// Where pip's comment starts in `line` (its length when there is none).
+fn strip_comment_start(line: &str) -> usize {
+    let bytes = line.as_bytes();
+    (0..bytes.len())
+        .find(|&i| bytes[i] == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()))
+        .unwrap_or(bytes.len())
 }
 
 /// pip's rule: `#` at the start of a line or after whitespace starts a
 /// comment (so URL fragments like `#egg=` survive).
 fn strip_comment(line: &str) -> &str {
-    let bytes = line.as_bytes();
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b'#' && (i == 0 || bytes[i - 1].is_ascii_whitespace()) {
-            return line[..i].trim_end();
-        }
-    }
-    line.trim_end()
+    line[..strip_comment_start(line)].trim_end()
 }
 
 /// Splits `--opt=value` / `--opt value` / `-ovalue` tokens into (option, value).
@@ -739,20 +855,38 @@ fn lowercase_first(s: &str) -> String {
     }
 }
 
+/// The error of a TOML file that does not parse, at its line.
+pub(crate) fn toml_error(file: &Path, text: &str, e: &toml::de::Error) -> PluginError {
+    let line = e
+        .span()
+        .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+    PluginError::new(format!(
+        "invalid TOML: {}",
+        e.message().trim_end().trim_end_matches('.')
+    ))
+    .in_file(file, line)
+}
+
+/// Parses a TOML file.
+pub(crate) fn parse_toml(file: &Path, text: &str) -> Result<toml::Table, PluginError> {
+    toml::from_str(text).map_err(|e| toml_error(file, text, &e))
+}
+
 /// Reads `[project] dependencies` of a pyproject.toml. `Ok(None)` when it
 /// declares none.
 pub fn parse_pyproject(file: &Path, text: &str) -> Result<Option<RequirementSet>, PluginError> {
-    let doc: toml::Table = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].lines().count().max(1));
-        PluginError::new(format!("invalid TOML: {}", e.message())).in_file(file, line)
-    })?;
+    let doc = parse_toml(file, text)?;
     let project = doc.get("project").and_then(|p| p.as_table());
     let deps = project.and_then(|p| p.get("dependencies"));
     let Some(deps) = deps else {
         if doc.get("tool").and_then(|t| t.get("poetry")).is_some() {
-            return Err(PluginError::new("Poetry dependencies (`[tool.poetry]`) are not supported")
-                .in_file(file, None)
-                .hint("export a lock with `poetry export -f requirements.txt -o requirements.txt`, or use `[project] dependencies`"));
+            return Err(PluginError::new(
+                "Poetry dependencies (`[tool.poetry]`) without poetry.lock",
+            )
+            .in_file(file, None)
+            .hint(
+                "run `poetry lock` and add poetry.lock to the app, or use `[project] dependencies`",
+            ));
         }
         return Ok(None);
     };
@@ -762,6 +896,7 @@ pub fn parse_pyproject(file: &Path, text: &str) -> Result<Option<RequirementSet>
     })?;
     let mut set = RequirementSet {
         files: vec![(file.to_path_buf(), text.to_string())],
+        kind: InputKind::Pyproject,
         ..RequirementSet::default()
     };
     for d in list {
@@ -778,8 +913,19 @@ pub fn parse_pyproject(file: &Path, text: &str) -> Result<Option<RequirementSet>
     Ok(Some(set))
 }
 
-fn line_of(text: &str, needle: &str) -> Option<usize> {
+pub(crate) fn line_of(text: &str, needle: &str) -> Option<usize> {
     text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+/// The first line that sets `key` (`key = ...`, TOML or INI).
+pub(crate) fn key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|r| r.trim_start().starts_with(['=', ':']))
+        })
+        .map(|i| i + 1)
 }
 
 /// Reads the `default` packages of a Pipfile.lock.
@@ -789,9 +935,24 @@ pub fn parse_pipfile_lock(file: &Path, text: &str) -> Result<RequirementSet, Plu
     })?;
     let mut set = RequirementSet {
         files: vec![(file.to_path_buf(), text.to_string())],
+        kind: InputKind::PipfileLock,
         is_lock: true,
         ..RequirementSet::default()
     };
+    // `python_full_version` is the more precise when both are there.
+    for (key, suffix) in [("python_full_version", ""), ("python_version", ".*")] {
+        if let Some(v) = doc
+            .pointer(&format!("/_meta/requires/{key}"))
+            .and_then(|v| v.as_str())
+        {
+            let origin = Origin {
+                file: file.to_path_buf(),
+                line: line_of(text, &format!("\"{key}\"")).unwrap_or(1),
+            };
+            set.requires_python = Some((format!("=={}{suffix}", v.trim()), origin));
+            break;
+        }
+    }
     // Sources: the first is the index, the rest extra indexes.
     let sources: Vec<String> = doc
         .pointer("/_meta/sources")
@@ -1213,6 +1374,46 @@ mod tests {
     }
 
     #[test]
+    fn pip_compile_annotations_tell_transitive_requirements() {
+        let text = "\
+#
+# This file is autogenerated by pip-compile with Python 3.11
+#
+click==8.1.7 \\
+    --hash=sha256:ae74fb96c20a0277a1d615f1e4d73c8414f5a98db8b799a7931d1582f3390c28
+    # via flask
+colorama==0.4.6 ; platform_system == \"Windows\" \\
+    --hash=sha256:4f1d9991f5acc0ca119f9d443620b77f9d6b33703e51011c16baf57afb285fc6
+    # via
+    #   click
+    #   pytest
+flask==3.0.3 \\
+    --hash=sha256:34e815dfaa43340d1d15a5c3a02b8476004037eb4840b34910c6e21679d288f3
+    # via -r requirements.in
+pywin32==306 ; sys_platform == \"win32\"  # via app (pyproject.toml)
+tomli==2.0.1 ; python_version < \"3.11\"  # via pytest
+six==1.16.0  # pinned for an old plugin
+";
+        let set = parse_requirements_text(Path::new("requirements.txt"), text).unwrap();
+        let top: Vec<(&str, bool)> = set
+            .requirements
+            .iter()
+            .map(|r| (r.key.as_str(), r.top_level))
+            .collect();
+        assert_eq!(
+            top,
+            [
+                ("click", false),
+                ("colorama", false),
+                ("flask", true),
+                ("pywin32", true),
+                ("tomli", false),
+                ("six", true),
+            ]
+        );
+    }
+
+    #[test]
     fn include_errors() {
         let read = files(&[("requirements.txt", "flask\n-r missing.txt\n")]);
         let e = parse_requirements_file(Path::new("requirements.txt"), &read).unwrap_err();
@@ -1287,7 +1488,7 @@ mod tests {
             "[tool.poetry.dependencies]\npython='^3.11'\n",
         )
         .unwrap_err();
-        assert!(e.hint.unwrap().contains("poetry export"));
+        assert!(e.hint.unwrap().contains("poetry lock"));
         let e = parse_pyproject(
             Path::new("pyproject.toml"),
             "[project]\ndependencies = [\"flask=>3\"]\n",
