@@ -25,6 +25,7 @@ mod plan;
 pub mod probe;
 pub mod record;
 pub mod requirements;
+pub mod requires_python;
 
 use std::path::PathBuf;
 use std::time::Duration;
