@@ -21,6 +21,7 @@
 
 mod entrypoint;
 mod install;
+pub mod locks;
 mod plan;
 pub mod probe;
 pub mod record;
