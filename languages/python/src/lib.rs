@@ -6,13 +6,23 @@
 //! Dependencies are installed by pip inside the sandbox on the base image's
 //! rootfs, and split per distribution by each `*.dist-info/RECORD`.
 //!
+//! Dependencies come from the first of: the `python.requirements` setting,
+//! `uv.lock`, `poetry.lock`, `Pipfile.lock`, `requirements.txt`,
+//! `pyproject.toml` `[project] dependencies` (the `inputs` module; other
+//! dependency files present are ignored with a warning). uv and Poetry
+//! locks are read directly ([`locks`]), walking the project's main
+//! dependencies with markers ([`requirements::applies`], PEP 508 by
+//! `pep508_rs`) evaluated against the base image's interpreter; the app's
+//! `requires-python` is checked against it before anything is installed
+//! ([`requires_python::check_requires_python`]).
+//!
 //! Settings (`--set name=value`):
 //!
 //! | name | default | meaning |
 //! |---|---|---|
 //! | `python.venv` | `/env` | where the virtualenv goes |
 //! | `python.interpreter` | `python3` | the base image's interpreter (name on its PATH, or a path) |
-//! | `python.requirements` | detected | the requirements file to read (relative to the app) |
+//! | `python.requirements` | detected | the dependency file to read (relative to the app): a requirements file, `uv.lock`, `poetry.lock`, `Pipfile.lock` or `pyproject.toml` |
 //! | `python.compile` | `unchecked-hash` | `.pyc` compilation: `unchecked-hash` or `none` |
 //! | `python.max_layers` | `40` | most dependency layers before distributions are grouped |
 //! | `python.index_url` | from the inputs | overrides `--index-url` |
@@ -20,6 +30,7 @@
 //! | `python.install_timeout` | `1200` | seconds a pip install may take |
 
 mod entrypoint;
+mod inputs;
 mod install;
 pub mod locks;
 mod plan;

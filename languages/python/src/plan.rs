@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ftl::{
-    sha256_tagged, CacheKey, ConfigPatch, PlanContext, PlannedLayer, PluginError, SourceTree,
-};
+use ftl::{sha256_tagged, CacheKey, ConfigPatch, PlanContext, PlannedLayer, PluginError};
 use serde_json::{json, Value};
 
 use crate::entrypoint;
+use crate::inputs;
 use crate::install::DepsStep;
 use crate::probe::{self, PipInfo, Probe};
 use crate::requirements::{self, IndexOptions, Origin, RequirementSet};
+use crate::requires_python;
 use crate::Settings;
 
 /// Bumped when the layout of any layer changes for the same inputs.
@@ -95,48 +95,6 @@ pub(crate) struct DepsPlan {
     pub dep_files: Vec<PathBuf>,
     pub source_root: PathBuf,
     pub app_dir: String,
-}
-
-/// Which input the dependencies come from.
-fn read_inputs(
-    source: &SourceTree,
-    settings: &Settings,
-) -> Result<Option<RequirementSet>, PluginError> {
-    let read = |p: &Path| {
-        source.read_text(p).map_err(|e| {
-            PluginError::new(format!("cannot read {}: {e}", p.display())).in_file(p, None)
-        })
-    };
-    if let Some(file) = &settings.requirements {
-        if read(file)?.is_none() {
-            return Err(PluginError::new(format!(
-                "{} (python.requirements) is not in the app directory",
-                file.display()
-            ))
-            .hint("the path is relative to the app directory; check .dockerignore/.gcloudignore"));
-        }
-        if file.file_name().is_some_and(|n| n == "Pipfile.lock") {
-            return requirements::parse_pipfile_lock(file, &read(file)?.unwrap_or_default())
-                .map(Some);
-        }
-        return requirements::parse_requirements_file(file, &read).map(Some);
-    }
-    if let Some(text) = read(Path::new("Pipfile.lock"))? {
-        return requirements::parse_pipfile_lock(Path::new("Pipfile.lock"), &text).map(Some);
-    }
-    if source.contains("requirements.txt") {
-        return requirements::parse_requirements_file(Path::new("requirements.txt"), &read)
-            .map(Some);
-    }
-    if source.contains("Pipfile") {
-        return Err(PluginError::new("Pipfile without Pipfile.lock")
-            .in_file("Pipfile", None)
-            .hint("run `pipenv lock` and add Pipfile.lock to the app"));
-    }
-    if let Some(text) = read(Path::new("pyproject.toml"))? {
-        return requirements::parse_pyproject(Path::new("pyproject.toml"), &text);
-    }
-    Ok(None)
 }
 
 /// A URL as it goes into a key: credentials replaced, and the full URL
@@ -280,8 +238,11 @@ pub(crate) fn plan(
     ctx: &PlanContext<'_>,
     settings: &Settings,
 ) -> Result<ftl::LayerPlan, PluginError> {
-    let set = read_inputs(ctx.source, settings)?;
     let probe = probe::probe(ctx.exec, &settings.interpreter, &ctx.base.reference)?;
+    let set = inputs::read_inputs(ctx.source, settings, &probe.markers)?;
+    if let Some((spec, origin)) = set.as_ref().and_then(|s| s.requires_python.as_ref()) {
+        requires_python::check_requires_python(spec, origin, &probe.version)?;
+    }
     let venv = settings.venv.clone();
 
     let mut options = set.as_ref().map(|s| s.options.clone()).unwrap_or_default();
