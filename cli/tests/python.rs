@@ -279,6 +279,8 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
             "bad-incomplete-pins",
             &["requirements.txt", "werkzeug", "jinja2"],
         ),
+        ("bad-lock-syntax", &["uv.lock:18", "invalid TOML"]),
+        ("bad-requires-python", &["pyproject.toml", ">=3.12", "3.11"]),
     ];
     for (app, needles) in cases {
         let cache = tempfile::tempdir().unwrap();
@@ -403,4 +405,50 @@ fn a_c_extension_builds_from_sdist_in_the_sandbox() {
     let err = run.error();
     assert!(err.contains("mmh3") && err.contains("compiler"), "{err}");
     assert!(rig.registry.tags("py/cext-nocc").is_empty());
+}
+
+// ---- issue 11: lock files and markers ----
+
+/// A locked app builds from its lock alone: one layer per distribution the
+/// main dependencies reach on the base's Python, none of the dev group,
+/// the app answers in the sandbox, and a rebuild builds nothing.
+fn a_locked_app_builds_verifies_without_dev_dependencies(app: &str) {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let image = rig.image(&format!("py/{app}:v1"));
+    let base = rig.base("python");
+    let cold = rig
+        .build(cache.path(), &testdata(app), &base, &image, &["--verify"])
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("python: flask==3.")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("python: gunicorn==")),
+        "{names:?}"
+    );
+    for dev in ["pytest", "pluggy", "iniconfig", "colorama"] {
+        assert!(
+            !names.iter().any(|n| n.contains(&format!("{dev}=="))),
+            "{app}: {dev} is not a main dependency for Linux: {names:?}"
+        );
+    }
+    let again = rig
+        .build(cache.path(), &testdata(app), &base, &image, &[])
+        .report();
+    assert_eq!(again["layers_built"], 0, "{again:#}");
+    assert_eq!(again["digest"], cold["digest"]);
+}
+
+#[test]
+fn a_uv_lock_app_builds_verifies_without_dev_dependencies() {
+    a_locked_app_builds_verifies_without_dev_dependencies("uv-lock");
+}
+
+#[test]
+fn a_poetry_lock_app_builds_verifies_without_dev_dependencies() {
+    a_locked_app_builds_verifies_without_dev_dependencies("poetry-lock");
 }

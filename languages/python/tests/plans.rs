@@ -265,3 +265,65 @@ fn detects_python_apps() {
     let s = ftl::SourceTree::scan(empty.path()).unwrap();
     assert!(!ftl::LanguagePlugin::detect(&ftl_python::PythonPlugin, &s));
 }
+
+// ---- issue 11: lock files and markers ----
+
+fn layer_names(p: &ftl::LayerPlan) -> Vec<&str> {
+    p.layers.iter().map(|l| l.name.as_str()).collect()
+}
+
+/// uv.lock and poetry.lock (made by real uv and Poetry): one layer per
+/// locked distribution the main dependencies reach on Python 3.11, no
+/// development group (pytest), nothing only another Python or platform
+/// needs (colorama on Windows, importlib-metadata before 3.10).
+#[test]
+fn uv_and_poetry_locks_plan_their_main_dependencies() {
+    // uv resolved gunicorn per Python (27 for 3.10 and later, without
+    // packaging); Poetry one version for all (23, with packaging).
+    let common = [
+        "blinker",
+        "click",
+        "flask",
+        "gunicorn",
+        "itsdangerous",
+        "jinja2",
+        "markupsafe",
+        "werkzeug",
+    ];
+    let mut with_packaging = common.to_vec();
+    with_packaging.insert(7, "packaging");
+    for (app, want) in [
+        ("uv-lock", common.to_vec()),
+        ("poetry-lock", with_packaging),
+    ] {
+        let p = plan(app).unwrap();
+        let names = layer_names(&p);
+        assert_eq!(names.first(), Some(&"python: virtualenv /env"), "{app}");
+        assert_eq!(names.last(), Some(&"app"), "{app}");
+        let dists: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix("python: "))
+            .filter(|n| n.contains("=="))
+            .map(|n| n.split("==").next().unwrap())
+            .collect();
+        assert_eq!(dists, want, "{app}: {names:?}");
+        assert!(p.layers.iter().all(|l| l.pinned), "{app}");
+    }
+}
+
+#[test]
+fn bad_lock_syntax() {
+    let e = plan("bad-lock-syntax").unwrap_err();
+    assert_eq!(
+        (e.file.as_deref(), e.line),
+        (Some(std::path::Path::new("uv.lock")), Some(18)),
+        "{e}"
+    );
+    assert!(e.message.starts_with("invalid TOML"), "{e}");
+}
+
+#[test]
+fn bad_requires_python() {
+    let e = plan("bad-requires-python").unwrap_err();
+    insta::assert_snapshot!(e.to_string(), @"pyproject.toml:4: the app requires Python `>=3.12`, but the base image's Python is 3.11.2; use a base image with a Python that matches `>=3.12`, or change requires-python in pyproject.toml if the app runs on Python 3.11.2");
+}
