@@ -305,6 +305,29 @@ fn top_level_pins_resolve_and_rebuild_incrementally() {
             assert_eq!(&digest, old, "layer {name} changed");
         }
     }
+
+    // The resolution lives for --cache-ttl: past it, pip is asked again
+    // (and, the index unchanged, chooses the same: nothing is built).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let expired = rig
+        .build(cache.path(), &app, &base, &image, &["--cache-ttl", "1s"])
+        .report();
+    assert_eq!(
+        expired["plan"]["dependencies"]["resolution"]["remembered"], false,
+        "{expired:#}"
+    );
+    assert_eq!(expired["layers_built"], 0, "{expired:#}");
+    assert_eq!(expired["digest"], added["digest"]);
+    // `ftl cache gc` drops the resolutions that expired (this one, of a
+    // one-second TTL, has).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let gc = rig.ftl(
+        cache.path(),
+        &["cache", "gc", "--keep-days", "30", "--json"],
+    );
+    assert_eq!(gc.status, 0, "{}", gc.stderr);
+    let gc: serde_json::Value = serde_json::from_str(&gc.stdout).unwrap();
+    assert!(gc["removed_resolutions"].as_u64().unwrap() >= 1, "{gc:#}");
 }
 
 /// A Heroku-style Django site whose pages need the static files manifest

@@ -8,6 +8,7 @@ mod disk;
 mod package_cache;
 mod probe;
 pub use package_cache::Promoted;
+pub use probe::gc_memos;
 pub mod regcache;
 mod report;
 mod sandboxed;

@@ -180,10 +180,13 @@ impl Exec for ProbeExec {
         let key = self.memos.key(key);
         let path = self.memos.dir.join(format!("{}.json", key.hex));
         let now = ftl_cache::now_secs();
+        // Expired by the TTL it was stored with, or by this build's
+        // (`--cache-ttl` lowered since).
+        let ttl = self.memos.ttl.as_secs();
         let fresh = |bytes: &[u8]| {
             serde_json::from_slice::<MemoEnvelope>(bytes)
                 .ok()
-                .filter(|m| m.expires.is_none_or(|e| now < e))
+                .filter(|m| m.expires.is_none_or(|e| now < e && now < m.created + ttl))
         };
         let remembered = |m: MemoEnvelope| Remembered {
             value: m.value,
@@ -191,6 +194,10 @@ impl Exec for ProbeExec {
             expires: m.expires,
         };
         if let Some(m) = std::fs::read(&path).ok().as_deref().and_then(fresh) {
+            // Its mtime is its last use, for `ftl cache gc`.
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
             return Some(remembered(m));
         }
         let repo = self.cache_repo.as_ref()?;
@@ -247,4 +254,33 @@ fn store(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {
             let _ = tmp.persist(path);
         }
     }
+}
+
+/// Removes remembered values under `<cache>/memos-v1` that expired, or
+/// that no build used in `keep_secs`; returns how many.
+pub fn gc_memos(cache_dir: &std::path::Path, keep_secs: u64) -> usize {
+    let now = ftl_cache::now_secs();
+    let Ok(rd) = std::fs::read_dir(cache_dir.join("memos-v1")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let used = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expired = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MemoEnvelope>(&b).ok())
+            .is_none_or(|m| m.expires.is_some_and(|e| now >= e));
+        if (expired || now.saturating_sub(used) > keep_secs) && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }
