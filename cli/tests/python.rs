@@ -437,9 +437,10 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
         (
             "bad-unsatisfiable",
             &[
-                "requirements.txt:1",
+                "requirements.txt:2",
                 "cannot all be satisfied",
                 "werkzeug==2.0.0",
+                "flask 3.0.3 depends on Werkzeug>=3.0.0",
             ],
         ),
         (

@@ -118,6 +118,15 @@ pub(crate) fn resolve(
     pip: &PipInfo,
     input: &Input<'_>,
 ) -> Result<Resolved, PluginError> {
+    if !crate::plan::version_at_least(&pip.version, &[22, 3]) {
+        return Err(PluginError::new(format!(
+            "{} does not pin every dependency, and the base image's pip {} is too old to resolve them (22.3 or later has `--dry-run --report -`)",
+            input.top.display(),
+            pip.version
+        ))
+        .in_file(input.top, None)
+        .hint("pin every dependency with == (pip freeze, pip-compile), or use a base image with a newer pip"));
+    }
     let key = input.key();
     if let Some((r, expires_at)) = exec.remembered(&key).and_then(|m| {
         serde_json::from_value::<Resolution>(m.value)
@@ -135,8 +144,21 @@ pub(crate) fn resolve(
         .tempdir()
         .map_err(|e| PluginError::new(format!("cannot make a temporary directory: {e}")))?;
     write_inputs(dir.path(), input)?;
-    let out = exec.run(&request(probe, pip, input, dir.path()))?;
+    let req = request(probe, pip, input, dir.path());
+    let out = exec.run(&req)?;
     if !out.success() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        if text.contains("ResolutionImpossible") || text.contains("conflicting dependencies") {
+            // `--quiet` hides what conflicts: ask again without it (and
+            // without the report) for pip's explanation.
+            let mut again = req.clone();
+            again.label = "pip resolve (explain)".into();
+            again
+                .args
+                .retain(|a| a != "--quiet" && a != "--report" && a != "-");
+            let out = exec.run(&again)?;
+            return Err(explain(&out, input));
+        }
         return Err(explain(&out, input));
     }
     let report: Value = serde_json::from_slice(report_json(&out.stdout)).map_err(|e| {
@@ -425,11 +447,13 @@ pub(crate) fn to_pins(
 
 /// pip's failure to resolve, as a message naming the input's lines.
 fn explain(out: &ExecOutput, input: &Input<'_>) -> PluginError {
+    // Paths as the app names them, not where the sandbox mounted them.
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    );
+    )
+    .replace(&format!("{DIR}/"), "");
     if let Some(at) = text.find("The conflict is caused by:") {
         let cause: Vec<&str> = text[at..]
             .lines()
