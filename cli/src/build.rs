@@ -143,7 +143,8 @@ pub struct BuildArgs {
     #[arg(long, value_name = "DIR", help_heading = "Cache")]
     pub cache_dir: Option<PathBuf>,
 
-    /// How long layers of unpinned dependencies stay cached.
+    /// How long layers of unpinned dependencies, and the dependency
+    /// resolutions of inputs that do not pin everything, stay cached.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration, value_name = "DURATION", help_heading = "Cache")]
     pub cache_ttl: Duration,
 

@@ -126,6 +126,8 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             let removed = cache.keys.gc(keep_secs)?;
             let keep: HashSet<String> = cache.keys.list()?.into_iter().map(|e| e.digest).collect();
             let freed = cache.blobs.retain(&keep)?;
+            // Plan-time values (dependency resolutions) expired or unused.
+            let memos = ftl::engine::gc_memos(&root, keep_secs);
             // Volumes killed builds left: their scratch, cache mounts.
             let reclaimed = ftl::engine::reclaim_volumes(&root);
             let mut dirs = Vec::new();
@@ -147,6 +149,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                     serde_json::json!({
                         "removed_entries": removed.len(),
                         "freed_blob_bytes": freed,
+                        "removed_resolutions": memos,
                         "removed_directories": dirs,
                         "freed_directory_bytes": dir_bytes,
                         "reclaimed_volumes": reclaimed,
@@ -155,6 +158,9 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                 );
             } else {
                 println!("removed {} entries, freed {} bytes", removed.len(), freed);
+                if memos > 0 {
+                    println!("removed {memos} remembered resolutions");
+                }
                 for v in &reclaimed {
                     println!("unmounted {} (left by a killed build)", v.display());
                 }

@@ -119,6 +119,7 @@ impl Observer for Progress {
                 }
             }
             Event::StepFinished(label, d) => self.line(&format!("  ran {label} in {}", ms(*d))),
+            Event::Warning(text) => self.line(&format!("warning: {text}")),
         }
     }
 

@@ -222,6 +222,165 @@ fn another_python_version_rebuilds_dependencies() {
     assert_ne!(bookworm["digest"], trixie["digest"]);
 }
 
+/// App Engine's hello world as people write it: only `Flask==3.0.3` in
+/// requirements.txt, no entrypoint. pip's resolver chooses the rest while
+/// planning; App Engine's default entrypoint adds gunicorn.
+#[test]
+fn top_level_pins_resolve_and_rebuild_incrementally() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("appengine-hello");
+    let image = rig.image("py/appengine-hello:v1");
+    let base = rig.base("python");
+
+    let cold = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
+    for dist in ["flask==3.0.3", "werkzeug==", "jinja2==", "gunicorn=="] {
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(&format!("python: {dist}"))),
+            "{dist} has its own layer: {names:?}"
+        );
+    }
+    let plan = &cold["plan"];
+    assert_eq!(plan["dependencies"]["mode"], "resolved", "{plan:#}");
+    let resolution = &plan["dependencies"]["resolution"];
+    assert_eq!(resolution["remembered"], false);
+    assert_eq!(resolution["complete_input"], false);
+    assert!(resolution["expires_at"].as_u64().is_some(), "{plan:#}");
+    let chosen = resolution["chosen"].as_array().unwrap();
+    let werkzeug = chosen.iter().find(|d| d["name"] == "Werkzeug").unwrap();
+    assert_eq!(werkzeug["requested"], false);
+    assert_eq!(werkzeug["via"], "flask");
+    assert_eq!(plan["entrypoint"]["inferred"], true);
+    assert_eq!(plan["added"][0]["requirement"], "gunicorn");
+
+    // Unchanged: the resolution is remembered; nothing built or uploaded.
+    let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(noop["digest"], cold["digest"]);
+    assert_eq!(noop["layers_built"], 0);
+    assert_eq!(noop["bytes_uploaded"], 0);
+    assert_eq!(
+        noop["plan"]["dependencies"]["resolution"]["remembered"],
+        true
+    );
+    assert!(
+        !noop["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["label"] == "pip resolve"),
+        "{noop:#}"
+    );
+
+    // App code: one layer.
+    let main = std::fs::read_to_string(app.join("main.py")).unwrap();
+    std::fs::write(app.join("main.py"), main + "\n# a change\n").unwrap();
+    let change = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(built(&change), ["app"]);
+
+    // One added requirement: its layer and the lock layer, nothing else.
+    let reqs = std::fs::read_to_string(app.join("requirements.txt")).unwrap();
+    std::fs::write(app.join("requirements.txt"), reqs + "six==1.16.0\n").unwrap();
+    let added = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(added["verify"]["status"], 200);
+    let n = names.len() - 2; // less the venv and app layers
+    assert_eq!(
+        built(&added),
+        [
+            "python: six==1.16.0".to_string(),
+            format!("python: lock of {n} distributions")
+        ],
+        "{added:#}"
+    );
+    let before = digests(&change);
+    for (name, digest) in digests(&added) {
+        if let Some((_, old)) = before.iter().find(|(n, _)| *n == name) {
+            assert_eq!(&digest, old, "layer {name} changed");
+        }
+    }
+
+    // The resolution lives for --cache-ttl: past it, pip is asked again
+    // (and, the index unchanged, chooses the same: nothing is built).
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let expired = rig
+        .build(cache.path(), &app, &base, &image, &["--cache-ttl", "1s"])
+        .report();
+    assert_eq!(
+        expired["plan"]["dependencies"]["resolution"]["remembered"], false,
+        "{expired:#}"
+    );
+    assert_eq!(expired["layers_built"], 0, "{expired:#}");
+    assert_eq!(expired["digest"], added["digest"]);
+    // `ftl cache gc` drops the resolutions that expired (this one, of a
+    // one-second TTL, has).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let gc = rig.ftl(
+        cache.path(),
+        &["cache", "gc", "--keep-days", "30", "--json"],
+    );
+    assert_eq!(gc.status, 0, "{}", gc.stderr);
+    let gc: serde_json::Value = serde_json::from_str(&gc.stdout).unwrap();
+    assert!(gc["removed_resolutions"].as_u64().unwrap() >= 1, "{gc:#}");
+}
+
+/// A Heroku-style Django site whose pages need the static files manifest
+/// `collectstatic` writes: ftl runs it after the dependencies are installed
+/// and ships its output in the app layer.
+#[test]
+fn a_django_app_gets_collectstatic_run_at_build_time() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, app) = copy_app("django");
+    let image = rig.image("py/django:v1");
+    let base = rig.base("python");
+    let cold = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
+    let build = &cold["plan"]["build"];
+    assert_eq!(build["command"], "python manage.py collectstatic --noinput");
+    assert!(
+        build["from"].as_str().unwrap().contains("STATIC_ROOT"),
+        "{build:#}"
+    );
+    assert!(
+        cold["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["label"] == "app build"),
+        "{cold:#}"
+    );
+    // Unchanged: nothing runs again.
+    let noop = rig.build(cache.path(), &app, &base, &image, &[]).report();
+    assert_eq!(noop["layers_built"], 0, "{noop:#}");
+    assert_eq!(noop["digest"], cold["digest"]);
+    // A changed stylesheet: the app layer only, collected again.
+    std::fs::write(app.join("static/css/site.css"), "body { color: red; }\n").unwrap();
+    let change = rig
+        .build(cache.path(), &app, &base, &image, &["--verify"])
+        .report();
+    assert_eq!(built(&change), ["app"]);
+    assert_eq!(change["verify"]["status"], 200);
+    // Turned off, the site has no manifest and every page fails.
+    let off = rig.build(
+        cache.path(),
+        &app,
+        &base,
+        &rig.image("py/django-off:v1"),
+        &["--verify", "--set", "python.collectstatic=false"],
+    );
+    let err = off.error();
+    assert!(err.contains("500"), "{err}");
+}
+
 #[test]
 fn same_interpreter_on_another_base_digest_reuses_dependency_layers() {
     let rig = rig();
@@ -276,8 +435,17 @@ fn bad_inputs_fail_clearly_and_push_nothing() {
             &["no entrypoint found", "--entrypoint"],
         ),
         (
-            "bad-incomplete-pins",
-            &["requirements.txt", "werkzeug", "jinja2"],
+            "bad-unsatisfiable",
+            &[
+                "requirements.txt:2",
+                "cannot all be satisfied",
+                "werkzeug==2.0.0",
+                "flask 3.0.3 depends on Werkzeug>=3.0.0",
+            ],
+        ),
+        (
+            "bad-incomplete-lock",
+            &["requirements.txt", "werkzeug", "jinja2", "click"],
         ),
         ("bad-lock-syntax", &["uv.lock:18", "invalid TOML"]),
         ("bad-requires-python", &["pyproject.toml", ">=3.12", "3.11"]),

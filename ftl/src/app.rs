@@ -209,6 +209,8 @@ impl LanguagePlugin for GenericPlugin {
             layers: Vec::new(),
             steps: Vec::new(),
             config: ConfigPatch::default(),
+            notes: serde_json::Value::Null,
+            warnings: Vec::new(),
         };
         push_source_layer(
             &mut plan,

@@ -285,6 +285,36 @@ pub trait Exec: Send + Sync {
         )))
     }
 
+    /// A read-only directory holding the files of the plan's layers
+    /// `indices` (indices into [`LayerPlan::layers`]) applied in order, at
+    /// their image paths below it: for a step that runs with what earlier
+    /// layers installed (an app's build command with its dependencies).
+    /// Only layers of earlier steps (cache hits, or built before this
+    /// step); removed when the build ends.
+    fn layers(&self, indices: &[usize]) -> Result<PathBuf, PluginError> {
+        let _ = indices;
+        Err(PluginError::new("no layers to unpack in this context"))
+    }
+
+    /// A value the plugin derived while planning from more than the base
+    /// image (a dependency resolution, which asks the package index), as
+    /// [`Exec::remember`] kept it under `key`: locally and in the registry
+    /// cache, per cache scope. `None` when there is none, it expired, or
+    /// the build skips cache lookups.
+    fn remembered(&self, key: &CacheKey) -> Option<Remembered> {
+        let _ = key;
+        None
+    }
+
+    /// Keeps `value` under `key` for later builds: for good when `pinned`
+    /// (its inputs fix it), else for the unpinned TTL. Recorded in the
+    /// registry cache only once the build's steps succeed. Returns when it
+    /// expires (unix seconds), `None` for never.
+    fn remember(&self, key: &CacheKey, value: &serde_json::Value, pinned: bool) -> Option<u64> {
+        let _ = (key, value, pinned);
+        None
+    }
+
     /// The shared directory behind [`Exec::package_cache`]`(name, trust)`,
     /// for a step that only reads it (mounted read-only; a long-lived step
     /// that outlives the build's view).
@@ -294,6 +324,16 @@ pub trait Exec: Send + Sync {
             "no package cache `{name}` in this context"
         )))
     }
+}
+
+/// A value [`Exec::remember`] kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Remembered {
+    pub value: serde_json::Value,
+    /// Unix seconds.
+    pub created: u64,
+    /// Unix seconds; `None`: never.
+    pub expires: Option<u64>,
 }
 
 /// What of a build's writes to a [package cache](Exec::package_cache) may
@@ -347,6 +387,13 @@ pub struct LayerPlan {
     pub layers: Vec<PlannedLayer>,
     pub steps: Vec<Box<dyn BuildStep>>,
     pub config: ConfigPatch,
+    /// What the plugin decided and the user should see (what a resolution
+    /// chose, where the entrypoint came from): the build report's `plan`.
+    /// `Null` when there is nothing to say.
+    pub notes: serde_json::Value,
+    /// Warnings for the user (an input file that was ignored, a requirement
+    /// skipped by its marker): printed and in the report.
+    pub warnings: Vec<String>,
 }
 
 impl fmt::Debug for LayerPlan {
@@ -355,6 +402,8 @@ impl fmt::Debug for LayerPlan {
             .field("layers", &self.layers)
             .field("steps", &self.steps.len())
             .field("config", &self.config)
+            .field("notes", &self.notes)
+            .field("warnings", &self.warnings)
             .finish()
     }
 }

@@ -166,6 +166,8 @@ impl LanguagePlugin for Fill {
                 cache_dir: self.cache_dir.clone(),
             })],
             config: ConfigPatch::default(),
+            notes: serde_json::Value::Null,
+            warnings: Vec::new(),
         })
     }
 }

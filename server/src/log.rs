@@ -108,6 +108,7 @@ impl Observer for LogObserver {
             Event::Layer { name, source } => format!("layer {name}: {}", source.as_str()),
             Event::StepStarted(s) => format!("step {s}: running"),
             Event::StepFinished(s, d) => format!("step {s}: done in {} ms", ms(d)),
+            Event::Warning(w) => format!("warning: {w}"),
             // Events added to the engine later show as they debug-print.
             #[allow(unreachable_patterns)]
             other => format!("{other:?}"),

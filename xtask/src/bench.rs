@@ -4,7 +4,9 @@
 //!   (MB/s of uncompressed input), at the default level and others.
 //! - `push`: push of a ~50 MB layer to a local registry (MB/s), and the
 //!   no-op rebuild+push latency of a small app (ms).
-//! - `python`: the four scenarios on testdata/python/flask.
+//! - `python`: the four scenarios on testdata/python/flask (a complete
+//!   lock) and testdata/python/appengine-hello (top-level pins), pip on the
+//!   host, and the same app as a Dockerfile built with buildah.
 //! - `node`: the four scenarios on testdata/node/express.
 //! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
 //!   wheel set, on the host, in a sandboxed step on the host's network,
@@ -304,47 +306,59 @@ impl Scenarios {
 fn python() -> Result<()> {
     let ftl = build_ftl()?;
     let rig = Rig::start(&ftl, &["python"])?;
-    let work = tempfile::tempdir()?;
     let runs = 3;
+    // A complete lock, and App Engine's hello world with only its top-level
+    // pin (resolved by pip while planning, gunicorn added).
+    python_app(&ftl, &rig, "flask", runs)?;
+    python_app(&ftl, &rig, "appengine-hello", runs)?;
+    buildah(&rig, "appengine-hello", runs)?;
+    Ok(())
+}
+
+/// The four scenarios on testdata/python/`name`, then pip itself on the
+/// host for the same requirements (the floor for a cold build).
+fn python_app(ftl: &Path, rig: &Rig, name: &str, runs: usize) -> Result<()> {
+    let work = tempfile::tempdir()?;
     let mut table = Scenarios::default();
     let mut record = |name: &str, ms: f64, r: &serde_json::Value| table.record(name, ms, r);
     for i in 0..runs {
-        let app = work.path().join(format!("flask-{i}"));
-        copy_tree(&root().join("testdata/python/flask"), &app)?;
+        let app = work.path().join(format!("{name}-{i}"));
+        copy_tree(&root().join("testdata/python").join(name), &app)?;
         let cache = work.path().join(format!("cache-{i}"));
         // A fresh repository: its registry cache is empty too.
-        let image = rig.image(&format!("bench/flask{i}:latest"));
+        let image = rig.image(&format!("bench/{name}{i}:latest"));
         let base = rig.base("python");
-        let args = |extra: &[&'static str]| -> Vec<String> {
-            let mut a = vec![
+        let args = || -> Vec<String> {
+            vec![
                 "build".to_string(),
                 app.display().to_string(),
                 "--base".into(),
                 base.clone(),
                 "--image".into(),
                 image.clone(),
-            ];
-            a.extend(extra.iter().map(|s| s.to_string()));
-            a
+            ]
         };
         let call = |a: Vec<String>| -> Result<(serde_json::Value, f64)> {
             let refs: Vec<&str> = a.iter().map(String::as_str).collect();
-            ftl_json(&ftl, &cache, &refs)
+            ftl_json(ftl, &cache, &refs)
         };
-        let (r, ms) = call(args(&[]))?;
+        let (r, ms) = call(args())?;
         record("cold (empty caches)", ms, &r);
-        let (r, ms) = call(args(&[]))?;
+        let (r, ms) = call(args())?;
         record("no-op rebuild", ms, &r);
         let main = std::fs::read_to_string(app.join("main.py"))?;
         std::fs::write(app.join("main.py"), format!("{main}\n# change {i}\n"))?;
-        let (r, ms) = call(args(&[]))?;
+        let (r, ms) = call(args())?;
         record("one-line app change", ms, &r);
         let reqs = std::fs::read_to_string(app.join("requirements.txt"))?;
         std::fs::write(app.join("requirements.txt"), format!("{reqs}six==1.16.0\n"))?;
-        let (r, ms) = call(args(&[]))?;
+        let (r, ms) = call(args())?;
         record("one added dependency (six)", ms, &r);
     }
-    // pip itself, on the host, for the same lock: the floor for a cold build.
+    let reqs = root()
+        .join("testdata/python")
+        .join(name)
+        .join("requirements.txt");
     let mut pip = Vec::new();
     for _ in 0..runs {
         let venv = tempfile::tempdir()?;
@@ -358,12 +372,11 @@ fn python() -> Result<()> {
                 .args([
                     "install",
                     "-q",
-                    "--no-deps",
                     "--no-cache-dir",
                     "--disable-pip-version-check",
                     "-r",
                 ])
-                .arg(root().join("testdata/python/flask/requirements.txt"))
+                .arg(&reqs)
                 .status()?
                 .success();
         if !ok {
@@ -372,12 +385,96 @@ fn python() -> Result<()> {
         pip.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     table.print(&format!(
-        "python: testdata/python/flask, medians of {runs} runs (whole `ftl build` process)"
+        "python: testdata/python/{name}, medians of {runs} runs (whole `ftl build` process)"
     ));
     println!(
         "{:<30} {:>10.0}",
-        "host: venv + pip install (ref)",
+        "host: venv + pip install -r (ref)",
         median(pip)
+    );
+    Ok(())
+}
+
+/// The same app as a Dockerfile built with buildah (installed from Debian
+/// when missing): `COPY requirements.txt`, `RUN pip install -r`, then the
+/// source, on the same base from the rig's registry; cold, then with one
+/// added requirement (the layers before it cached).
+fn buildah(rig: &Rig, name: &str, runs: usize) -> Result<()> {
+    if Command::new("buildah").arg("--version").output().is_err() {
+        println!("\ninstalling buildah (apt) for the comparison");
+        let ok = Command::new("apt-get")
+            .args(["install", "-y", "-q", "buildah"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+        if !ok {
+            println!("buildah is not available: no Dockerfile comparison");
+            return Ok(());
+        }
+    }
+    let work = tempfile::tempdir()?;
+    let ca = std::env::var("SSL_CERT_FILE")
+        .unwrap_or_else(|_| "/etc/ssl/certs/ca-certificates.crt".into());
+    let mut cold = Vec::new();
+    let mut added = Vec::new();
+    for i in 0..runs {
+        let ctx = work.path().join(format!("ctx-{i}"));
+        copy_tree(&root().join("testdata/python").join(name), &ctx)?;
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!(
+                "FROM {base}\n\
+                 RUN python3 -m venv /env\n\
+                 COPY requirements.txt /srv/requirements.txt\n\
+                 RUN PIP_CERT=/etc/ssl/certs/ca-certificates.crt /env/bin/pip install --no-cache-dir --disable-pip-version-check -q -r /srv/requirements.txt gunicorn\n\
+                 COPY . /srv\n\
+                 WORKDIR /srv\n\
+                 CMD [\"/env/bin/gunicorn\", \"-b\", \":8080\", \"main:app\"]\n",
+                base = rig.base("python"),
+            ),
+        )?;
+        let store = work.path().join(format!("store-{i}"));
+        let bud = || -> Result<f64> {
+            let t = Instant::now();
+            let out = Command::new("buildah")
+                .arg("--root")
+                .arg(store.join("root"))
+                .arg("--runroot")
+                .arg(store.join("run"))
+                .args([
+                    "--storage-driver",
+                    "vfs",
+                    "bud",
+                    "--isolation",
+                    "chroot",
+                    "--layers",
+                    "--tls-verify=false",
+                    "-q",
+                    "-v",
+                ])
+                .arg(format!("{ca}:/etc/ssl/certs/ca-certificates.crt:ro"))
+                .args(["-t", "bench-buildah", "."])
+                .current_dir(&ctx)
+                .output()?;
+            if !out.status.success() {
+                bail!(
+                    "buildah bud failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(t.elapsed().as_secs_f64() * 1000.0)
+        };
+        cold.push(bud()?);
+        let reqs = std::fs::read_to_string(ctx.join("requirements.txt"))?;
+        std::fs::write(ctx.join("requirements.txt"), format!("{reqs}six==1.16.0\n"))?;
+        added.push(bud()?);
+    }
+    println!("\nbuildah 1.x (vfs, chroot isolation, --layers): testdata/python/{name} as a Dockerfile, medians of {runs} runs");
+    println!("{:<30} {:>10.0}", "cold (empty storage)", median(cold));
+    println!(
+        "{:<30} {:>10.0}",
+        "one added dependency (six)",
+        median(added)
     );
     Ok(())
 }

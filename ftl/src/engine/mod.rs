@@ -8,6 +8,7 @@ mod disk;
 mod package_cache;
 mod probe;
 pub use package_cache::Promoted;
+pub use probe::gc_memos;
 pub mod regcache;
 mod report;
 mod sandboxed;
@@ -255,6 +256,8 @@ pub enum Event {
     /// A build step starts (`pip install`, ...).
     StepStarted(String),
     StepFinished(String, Duration),
+    /// Something the user should know (an input that was ignored).
+    Warning(String),
 }
 
 /// Receives [`Event`]s and push progress.
@@ -419,6 +422,9 @@ impl Engine {
             package_caches: Mutex::new(HashMap::new()),
             disk: self.settings.disk,
             bounds: disk::Bounds::new(self.settings.cache_dir.join("persistent")),
+            layer_table: Mutex::new(Vec::new()),
+            cache_repo: req.cache_repo.clone(),
+            unpacked: Mutex::new(Vec::new()),
         });
         let probe_exec = Arc::new(probe::ProbeExec::new(
             exec.clone(),
@@ -427,6 +433,13 @@ impl Engine {
             self.client.clone(),
             req.cache_repo.clone(),
             tokio::runtime::Handle::current(),
+            probe::Memos {
+                dir: self.settings.cache_dir.join("memos-v1"),
+                scope: req.cache_scope.clone(),
+                no_cache: req.no_cache,
+                ttl: self.settings.unpinned_ttl,
+                pending: Mutex::new(Vec::new()),
+            },
         ));
 
         // 2. Plan.
@@ -479,6 +492,9 @@ impl Engine {
             language: plugin.id().to_string(),
             layers: plan.layers.len(),
         });
+        for w in &plan.warnings {
+            observer.event(&Event::Warning(w.clone()));
+        }
 
         // 3. Look keys up: local index, then the registry cache.
         let mut resolved = phase!("lookup", self.lookup(&plan, req).await)?;
@@ -491,7 +507,12 @@ impl Engine {
             }
         }
 
-        // 4. Build the misses, step by step.
+        // 4. Build the misses, step by step. A step may unpack layers
+        // that exist already (Exec::layers).
+        *exec.layer_table.lock().expect("not poisoned") = resolved
+            .iter()
+            .map(|r| r.entry.as_ref().map(|e| (e.digest.clone(), r.path.clone())))
+            .collect();
         let misses: Vec<usize> = resolved
             .iter()
             .enumerate()
@@ -530,7 +551,8 @@ impl Engine {
             .finish(
                 req,
                 &base,
-                &plan.config,
+                &plan,
+                plugin.id(),
                 resolved,
                 built_entries,
                 &rootfs,
@@ -684,6 +706,11 @@ impl Engine {
                         };
                         cache.keys.put(&entry)?;
                         let path = cache.blobs.get(&digests.digest)?;
+                        if let Some(slot) =
+                            exec.layer_table.lock().expect("not poisoned").get_mut(i)
+                        {
+                            *slot = Some((entry.digest.clone(), Some(path.clone())));
+                        }
                         written.push((i, entry, path));
                     }
                     Ok(written)
@@ -702,7 +729,8 @@ impl Engine {
         &self,
         req: &BuildRequest,
         base: &BaseImage,
-        config: &ConfigPatch,
+        plan: &LayerPlan,
+        language: &str,
         resolved: Vec<Resolved>,
         built: Vec<(CacheEntry, PathBuf)>,
         rootfs: &Arc<base::LazyRootfs>,
@@ -745,7 +773,7 @@ impl Engine {
             base_name: &base.info.reference,
             base_digest: &base.info.manifest_digest,
             layers: &layers,
-            patch: config,
+            patch: &plan.config,
             overrides: &req.overrides,
             format: req.format,
             created: self.settings.layer.mtime,
@@ -801,7 +829,7 @@ impl Engine {
                         base_name: &base.info.reference,
                         base_digest: &base.info.manifest_digest,
                         layers: &layers,
-                        patch: config,
+                        patch: &plan.config,
                         overrides: &req.overrides,
                         format: ManifestFormat::Docker,
                         created: self.settings.layer.mtime,
@@ -908,6 +936,9 @@ impl Engine {
             registry_requests: self.client.request_count() - requests_before,
             steps,
             verify,
+            language: language.to_string(),
+            plan: plan.notes.clone(),
+            warnings: plan.warnings.clone(),
         })
     }
 
@@ -1215,6 +1246,12 @@ pub(crate) struct SandboxExec {
     disk: DiskLimits,
     /// Which of the directories steps write are size-limited.
     bounds: disk::Bounds,
+    /// The plan's layers that exist so far (digest, local blob if any), for
+    /// [`Exec::layers`]; and where registry-cache hits are fetched from.
+    layer_table: Mutex<Vec<Option<LayerBlob>>>,
+    cache_repo: Option<Reference>,
+    /// Directories [`Exec::layers`] unpacked: removed with the build.
+    unpacked: Mutex<Vec<tempfile::TempDir>>,
 }
 
 /// 16 hex digits of the sha256 of where a build's image goes: the
@@ -1236,6 +1273,9 @@ fn scope_suffix(scope: Option<&str>) -> String {
         .map(|s| format!("~{}", crate::short_digest(s.as_bytes())))
         .unwrap_or_default()
 }
+
+/// A layer of the plan that exists: its digest and, when local, its blob.
+type LayerBlob = (String, Option<PathBuf>);
 
 /// A builder image's lazily unpacked rootfs and its config's env.
 type BuilderImage = Arc<(base::LazyRootfs, Vec<(String, String)>)>;
@@ -1447,6 +1487,55 @@ fn check_cache_name(what: &str, name: &str) -> Result<(), PluginError> {
 }
 
 impl Exec for SandboxExec {
+    fn layers(&self, indices: &[usize]) -> Result<PathBuf, PluginError> {
+        let mut blobs = Vec::new();
+        for &i in indices {
+            let slot = self
+                .layer_table
+                .lock()
+                .expect("not poisoned")
+                .get(i)
+                .cloned()
+                .flatten();
+            let Some((digest, path)) = slot else {
+                return Err(PluginError::new(format!(
+                    "layer {i} of the plan is not built yet: a step can use only layers of earlier steps"
+                )));
+            };
+            let path = match (path, &self.cache_repo) {
+                (Some(p), _) => p,
+                (None, Some(repo)) => self
+                    .handle
+                    .block_on(base::fetch_blob(&self.client, &self.cache, repo, &digest))
+                    .map_err(|e| {
+                        PluginError::new(format!(
+                            "cannot fetch layer {digest} from the registry cache: {e}"
+                        ))
+                    })?,
+                (None, None) => {
+                    return Err(PluginError::new(format!(
+                        "layer {digest} is neither local nor in a registry cache"
+                    )))
+                }
+            };
+            blobs.push(path);
+        }
+        let scratch = self.cache_dir.join("tmp");
+        let _ = std::fs::create_dir_all(&scratch);
+        let tmp = tempfile::Builder::new()
+            .prefix("layers-")
+            .tempdir_in(&scratch)
+            .map_err(|e| {
+                PluginError::new(format!("cannot make a directory to unpack into: {e}"))
+            })?;
+        let dest = tmp.path().join("root");
+        crate::rootfs::unpack_rootfs(&blobs, &dest).map_err(|e| {
+            PluginError::new(format!("cannot unpack layers: {}", crate::error_chain(&e)))
+        })?;
+        self.unpacked.lock().expect("not poisoned").push(tmp);
+        Ok(dest)
+    }
+
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
         if self.cancel.is_cancelled() {
             return Err(PluginError::new(format!(

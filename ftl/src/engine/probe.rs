@@ -16,7 +16,7 @@ use serde_json::json;
 use super::{regcache, SandboxExec};
 use crate::key::CacheKey;
 use crate::plugin::{
-    CacheTrust, Exec, ExecOutput, ExecRequest, PluginError, StepNetwork, StepRoot,
+    CacheTrust, Exec, ExecOutput, ExecRequest, PluginError, Remembered, StepNetwork, StepRoot,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -34,6 +34,39 @@ pub(crate) struct ProbeExec {
     cache_repo: Option<Reference>,
     handle: tokio::runtime::Handle,
     pending: Mutex<Vec<(String, Vec<u8>)>>,
+    memos: Memos,
+}
+
+/// Where and how [`Exec::remember`] keeps values.
+pub(crate) struct Memos {
+    /// `<cache>/memos-v1`.
+    pub dir: PathBuf,
+    /// The build's cache scope: a value remembered in one scope is never
+    /// read in another.
+    pub scope: Option<String>,
+    /// `--no-cache`: nothing is read (values are still recorded).
+    pub no_cache: bool,
+    /// How long a value of unpinned inputs lives.
+    pub ttl: std::time::Duration,
+    pub pending: Mutex<Vec<(String, Vec<u8>)>>,
+}
+
+/// A remembered value as stored, locally and in the registry cache.
+#[derive(Serialize, Deserialize)]
+struct MemoEnvelope {
+    created: u64,
+    /// Unix seconds; `None`: never.
+    expires: Option<u64>,
+    value: serde_json::Value,
+}
+
+impl Memos {
+    fn key(&self, key: &CacheKey) -> CacheKey {
+        match &self.scope {
+            Some(scope) => key.with_input("cache_scope", json!(scope)),
+            None => key.clone(),
+        }
+    }
 }
 
 impl ProbeExec {
@@ -44,6 +77,7 @@ impl ProbeExec {
         client: Client,
         cache_repo: Option<Reference>,
         handle: tokio::runtime::Handle,
+        memos: Memos,
     ) -> Self {
         ProbeExec {
             inner,
@@ -53,6 +87,7 @@ impl ProbeExec {
             cache_repo,
             handle,
             pending: Mutex::new(Vec::new()),
+            memos,
         }
     }
 
@@ -64,12 +99,17 @@ impl ProbeExec {
         )
     }
 
-    /// Writes new probe results to the registry cache.
+    /// Writes new probe results and remembered values to the registry
+    /// cache.
     pub async fn flush_to_registry(&self) {
         let pending = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        let memos = std::mem::take(&mut *self.memos.pending.lock().expect("not poisoned"));
         if let Some(repo) = &self.cache_repo {
             for (key, bytes) in pending {
                 regcache::record_probe(&self.client, repo, &key, &bytes).await;
+            }
+            for (key, bytes) in memos {
+                regcache::record_memo(&self.client, repo, &key, &bytes).await;
             }
         }
     }
@@ -133,6 +173,62 @@ impl Exec for ProbeExec {
         self.inner.start_resident(name, request)
     }
 
+    fn remembered(&self, key: &CacheKey) -> Option<Remembered> {
+        if self.memos.no_cache {
+            return None;
+        }
+        let key = self.memos.key(key);
+        let path = self.memos.dir.join(format!("{}.json", key.hex));
+        let now = ftl_cache::now_secs();
+        // Expired by the TTL it was stored with, or by this build's
+        // (`--cache-ttl` lowered since).
+        let ttl = self.memos.ttl.as_secs();
+        let fresh = |bytes: &[u8]| {
+            serde_json::from_slice::<MemoEnvelope>(bytes)
+                .ok()
+                .filter(|m| m.expires.is_none_or(|e| now < e && now < m.created + ttl))
+        };
+        let remembered = |m: MemoEnvelope| Remembered {
+            value: m.value,
+            created: m.created,
+            expires: m.expires,
+        };
+        if let Some(m) = std::fs::read(&path).ok().as_deref().and_then(fresh) {
+            // Its mtime is its last use, for `ftl cache gc`.
+            if let Ok(f) = std::fs::File::options().append(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            return Some(remembered(m));
+        }
+        let repo = self.cache_repo.as_ref()?;
+        let bytes = self
+            .handle
+            .block_on(regcache::lookup_memo(&self.client, repo, &key.hex))?;
+        let m = fresh(&bytes)?;
+        store(&self.memos.dir, &path, &bytes);
+        Some(remembered(m))
+    }
+
+    fn remember(&self, key: &CacheKey, value: &serde_json::Value, pinned: bool) -> Option<u64> {
+        let key = self.memos.key(key);
+        let created = ftl_cache::now_secs();
+        let expires = (!pinned).then(|| created + self.memos.ttl.as_secs());
+        let envelope = MemoEnvelope {
+            created,
+            expires,
+            value: value.clone(),
+        };
+        let bytes = serde_json::to_vec(&envelope).expect("serializes");
+        let path = self.memos.dir.join(format!("{}.json", key.hex));
+        store(&self.memos.dir, &path, &bytes);
+        self.memos
+            .pending
+            .lock()
+            .expect("not poisoned")
+            .push((key.hex, bytes));
+        expires
+    }
+
     fn step_done(&self, label: &str, took: std::time::Duration) {
         self.inner.step_done(label, took)
     }
@@ -158,4 +254,33 @@ fn store(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) {
             let _ = tmp.persist(path);
         }
     }
+}
+
+/// Removes remembered values under `<cache>/memos-v1` that expired, or
+/// that no build used in `keep_secs`; returns how many.
+pub fn gc_memos(cache_dir: &std::path::Path, keep_secs: u64) -> usize {
+    let now = ftl_cache::now_secs();
+    let Ok(rd) = std::fs::read_dir(cache_dir.join("memos-v1")) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in rd.flatten() {
+        let path = entry.path();
+        let used = entry
+            .metadata()
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let expired = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<MemoEnvelope>(&b).ok())
+            .is_none_or(|m| m.expires.is_some_and(|e| now >= e));
+        if (expired || now.saturating_sub(used) > keep_secs) && std::fs::remove_file(&path).is_ok()
+        {
+            removed += 1;
+        }
+    }
+    removed
 }

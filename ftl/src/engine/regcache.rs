@@ -25,6 +25,7 @@ const ANN_CREATED: &str = "dev.ftl.cache.created";
 const ANN_EXPIRES: &str = "dev.ftl.cache.expires";
 const ANN_INPUTS: &str = "dev.ftl.cache.inputs";
 const ANN_PROBE: &str = "dev.ftl.probe.output";
+const ANN_MEMO: &str = "dev.ftl.memo.value";
 
 fn key_tag(prefix: &str, key: &str) -> String {
     format!("{prefix}-{key}")
@@ -165,5 +166,33 @@ pub async fn record_probe(client: &Client, repo: &Reference, key: &str, output: 
     if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await
     {
         tracing::warn!(cache = %target, error = %e, "could not record probe in the registry cache");
+    }
+}
+
+/// Looks a remembered plan value up (tag `memo-<key>`): the JSON text of
+/// its envelope, which says when it expires.
+pub async fn lookup_memo(client: &Client, repo: &Reference, key: &str) -> Option<Vec<u8>> {
+    let reference = repo.with_tag(&key_tag("memo", key)).ok()?;
+    let manifest = client.get_manifest(&reference).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
+    let text = v.get("annotations")?.get(ANN_MEMO)?.as_str()?;
+    Some(text.as_bytes().to_vec())
+}
+
+/// Records a remembered plan value (JSON text).
+pub async fn record_memo(client: &Client, repo: &Reference, key: &str, envelope: &[u8]) {
+    let Ok(target) = repo.with_tag(&key_tag("memo", key)) else {
+        return;
+    };
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
+        "layers": [],
+        "annotations": {ANN_MEMO: String::from_utf8_lossy(envelope)},
+    });
+    if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await
+    {
+        tracing::warn!(cache = %target, error = %e, "could not record a plan value in the registry cache");
     }
 }

@@ -72,6 +72,13 @@ pub struct BuildReport {
     /// requests to long-lived steps), in order.
     pub steps: Vec<StepRun>,
     pub verify: Option<VerifyReport>,
+    /// The plugin that planned the image (`python`, `generic`, ...).
+    pub language: String,
+    /// What the plugin decided (a resolution's choices, the entrypoint's
+    /// origin); `null` when it has nothing to say.
+    pub plan: serde_json::Value,
+    /// Warnings for the user (an ignored input file, a skipped requirement).
+    pub warnings: Vec<String>,
 }
 
 /// One command a build ran in the sandbox.

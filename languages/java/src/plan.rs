@@ -525,6 +525,8 @@ fn plan_maven(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPlan, P
         layers,
         steps: vec![Box::new(step)],
         config,
+        notes: serde_json::Value::Null,
+        warnings: Vec::new(),
     })
 }
 
@@ -778,6 +780,8 @@ fn plan_jar(
             layers,
             steps,
             config: ConfigPatch::default(),
+            notes: serde_json::Value::Null,
+            warnings: Vec::new(),
         };
         ftl::app::push_source_layer(
             &mut plan,
@@ -900,5 +904,7 @@ fn plan_jar(
         layers,
         steps,
         config: config(ctx, settings, &app, classpath_run(&app, main_class)),
+        notes: serde_json::Value::Null,
+        warnings: Vec::new(),
     })
 }

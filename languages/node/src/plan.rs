@@ -171,6 +171,8 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         layers: Vec::new(),
         steps: Vec::new(),
         config: ConfigPatch::default(),
+        notes: serde_json::Value::Null,
+        warnings: Vec::new(),
     };
     let lock_name = lock
         .as_ref()

@@ -9,6 +9,11 @@ use ftl::{PluginError, SourceTree};
 pub struct Entrypoint {
     pub argv: Vec<String>,
     pub source: String,
+    /// Chosen by ftl, not written by the user: the report says why.
+    pub inferred: bool,
+    /// App Engine's default: gunicorn must be added to the installed set
+    /// (the app does not list it); the line of main.py that defines `app`.
+    pub adds_gunicorn: Option<usize>,
 }
 
 fn shell(cmd: &str) -> Vec<String> {
@@ -32,6 +37,8 @@ pub fn find(
         return Ok(Entrypoint {
             argv: argv.to_vec(),
             source: "--entrypoint".into(),
+            inferred: false,
+            adds_gunicorn: None,
         });
     }
     if let Some(text) = read(source, "app.yaml")? {
@@ -44,6 +51,8 @@ pub fn find(
             return Ok(Entrypoint {
                 argv: shell(&cmd),
                 source: format!("app.yaml:{line}"),
+                inferred: false,
+                adds_gunicorn: None,
             });
         }
     }
@@ -59,22 +68,103 @@ pub fn find(
                 return Ok(Entrypoint {
                     argv: shell(cmd),
                     source: format!("Procfile:{}", i + 1),
+                    inferred: false,
+                    adds_gunicorn: None,
                 });
             }
         }
     }
+    const DEFAULT: &str = "exec gunicorn -b :$PORT main:app";
     if has_gunicorn && source.contains(Path::new("main.py")) {
         return Ok(Entrypoint {
-            argv: shell("exec gunicorn -b :$PORT main:app"),
-            source: "default for gunicorn apps".into(),
+            argv: shell(DEFAULT),
+            source: "gunicorn is a dependency and main.py exists: App Engine's default".into(),
+            inferred: true,
+            adds_gunicorn: None,
+        });
+    }
+    // App Engine's default for an app without an entrypoint: gunicorn
+    // serving `main:app`, gunicorn added to the dependencies.
+    let main = read(source, "main.py")?;
+    if let Some(line) = main.as_deref().and_then(defines_app) {
+        return Ok(Entrypoint {
+            argv: shell(DEFAULT),
+            source: format!(
+                "main.py:{line} defines `app` and no entrypoint is given: App Engine's default, gunicorn added"
+            ),
+            inferred: true,
+            adds_gunicorn: Some(line),
         });
     }
     let why = if has_gunicorn {
         "gunicorn is a dependency but there is no main.py for the default `gunicorn -b :$PORT main:app`"
+    } else if main.is_some() {
+        "no entrypoint found, and main.py defines no top-level `app` for App Engine's default `gunicorn -b :$PORT main:app`"
     } else {
         "no entrypoint found"
     };
     Err(PluginError::new(why).hint(
         "add `entrypoint: <command>` to app.yaml, a Procfile with a `web: <command>` line, or pass --entrypoint; the command must serve HTTP on $PORT",
     ))
+}
+
+/// The line (1-based) where a module binds `app` at its top level: an
+/// assignment (`app = Flask(__name__)`, `app: Flask = ...`), a function or
+/// class named `app`, or an import that names it.
+fn defines_app(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            // Top level only: an indented line is inside a block.
+            if l.starts_with([' ', '\t']) {
+                return false;
+            }
+            let l = l.split('#').next().unwrap_or("").trim_end();
+            let rest = |p: &str| l.strip_prefix(p).map(str::trim_start);
+            if let Some(r) = rest("app") {
+                // `app =`, `app: T =`, not `app == x` nor `apple = 1`.
+                return (r.starts_with('=') && !r.starts_with("=="))
+                    || (r.starts_with(':') && r.contains('='));
+            }
+            if rest("def app(").is_some()
+                || rest("async def app(").is_some()
+                || rest("class app").is_some()
+            {
+                return true;
+            }
+            if l.starts_with("from ") || l.starts_with("import ") {
+                let names = l.split_once(" import ").map(|(_, n)| n).unwrap_or(l);
+                return names.trim_matches(['(', ')']).split(',').any(|n| {
+                    let n = n.trim();
+                    n == "app" || n.ends_with(" as app")
+                });
+            }
+            false
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::defines_app;
+
+    #[test]
+    fn finds_where_main_defines_app() {
+        assert_eq!(
+            defines_app("from flask import Flask\n\napp = Flask(__name__)\n"),
+            Some(3)
+        );
+        assert_eq!(defines_app("app: Flask = Flask(__name__)\n"), Some(1));
+        assert_eq!(
+            defines_app("from myproject.wsgi import application as app\n"),
+            Some(1)
+        );
+        assert_eq!(defines_app("from x import (create, app)\n"), Some(1));
+        assert_eq!(
+            defines_app("def app(environ, start_response):\n    pass\n"),
+            Some(1)
+        );
+        assert_eq!(defines_app("def main():\n    app = 1\n"), None);
+        assert_eq!(defines_app("apple = 1\nif app == 2: pass\n"), None);
+        assert_eq!(defines_app("# app = Flask()\n"), None);
+    }
 }

@@ -13,7 +13,7 @@ use ftl::{
 
 use crate::plan::{redact_url_text, DepsMode, DepsPlan, PinnedDist};
 use crate::record::{self, InstalledDist};
-use crate::requirements::normalize;
+use crate::requirements::{normalize, IndexOptions, Origin};
 use crate::Compile;
 
 /// Where the step's work directory (requirement files, scripts) is
@@ -205,70 +205,13 @@ impl DepsStep {
         Err(self.explain_pip_failure(&out))
     }
 
-    /// Turns pip's failure into a message naming the requirement's file and
-    /// line.
     fn explain_pip_failure(&self, out: &ExecOutput) -> PluginError {
-        let text = format!(
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let index = self
-            .plan
-            .options
-            .index_url
-            .as_deref()
-            .map(redact_url_text)
-            .unwrap_or_else(|| "https://pypi.org/simple".into());
-        for marker in [
-            "No matching distribution found for ",
-            "Could not find a version that satisfies the requirement ",
-        ] {
-            if let Some(line) = text.lines().find(|l| l.contains(marker)) {
-                let spec = line
-                    .split(marker)
-                    .nth(1)
-                    .unwrap_or("")
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("");
-                let name: String = spec
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
-                    .collect();
-                let mut e = PluginError::new(format!(
-                    "package `{spec}` was not found on the package index {index}"
-                ))
-                .hint(format!(
-                    "check the name and version exist (pip said: {})",
-                    line.trim().trim_start_matches("ERROR: ")
-                ));
-                if let Some(o) = self.plan.origins.get(&normalize(&name)) {
-                    e = e.in_file(&o.file, Some(o.line));
-                }
-                return e;
-            }
-        }
-        if text.contains("THESE PACKAGES DO NOT MATCH THE HASHES") {
-            return PluginError::new(format!("a downloaded package does not match its --hash:\n{}", out.tail(12)))
-                .hint("regenerate the hashes (pip-compile --generate-hashes) or check the index serves the expected files");
-        }
-        if text.contains("Failed building wheel")
-            || text.contains("failed-wheel-build")
-            || text.contains("subprocess-exited-with-error")
-        {
-            return PluginError::new(format!("building a package from source failed:\n{}", out.tail(25)))
-                .hint("the base image may lack a compiler or headers (gcc, python3-dev); use a package with wheels for this platform, or a base image with the build tools");
-        }
-        let how = if out.timed_out {
-            format!(
-                "timed out after {}s (python.install_timeout)",
-                self.plan.settings.install_timeout.as_secs()
-            )
-        } else {
-            format!("failed (exit {:?})", out.code)
-        };
-        PluginError::new(format!("pip install {how}:\n{}", out.tail(20)))
+        explain_pip_failure(
+            out,
+            &self.plan.options,
+            &self.plan.origins,
+            self.plan.settings.install_timeout,
+        )
     }
 
     /// Resolves the whole pinned set with dependencies (`pip install
@@ -473,6 +416,7 @@ impl BuildStep for DepsStep {
                 lock,
                 dists: all_dists,
                 top,
+                resolved,
             } => {
                 let want: Vec<&(usize, Vec<PinnedDist>)> =
                     layers.iter().filter(|(i, _)| wanted.contains(i)).collect();
@@ -492,7 +436,7 @@ impl BuildStep for DepsStep {
                 // The lock check first: its error (a missing or conflicting
                 // pin) explains an install failure better than pip's. Not in
                 // parallel: `Exec::run` is not promised to be re-entrant.
-                if check_lock {
+                if check_lock && !*resolved {
                     let venv_before =
                         record::fingerprint(&env).map_err(|e| PluginError::new(e.to_string()))?;
                     self.lock_check(&run, all_dists, top)?;
@@ -628,6 +572,75 @@ impl BuildStep for DepsStep {
         }
         Ok(out)
     }
+}
+
+/// Turns pip's failure into a message naming the requirement's file and
+/// line.
+pub(crate) fn explain_pip_failure(
+    out: &ExecOutput,
+    options: &IndexOptions,
+    origins: &BTreeMap<String, Origin>,
+    timeout: Duration,
+) -> PluginError {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = options
+        .index_url
+        .as_deref()
+        .map(redact_url_text)
+        .unwrap_or_else(|| "https://pypi.org/simple".into());
+    for marker in [
+        "No matching distribution found for ",
+        "Could not find a version that satisfies the requirement ",
+    ] {
+        if let Some(line) = text.lines().find(|l| l.contains(marker)) {
+            let spec = line
+                .split(marker)
+                .nth(1)
+                .unwrap_or("")
+                .split_whitespace()
+                .next()
+                .unwrap_or("");
+            let name: String = spec
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "._-".contains(*c))
+                .collect();
+            let mut e = PluginError::new(format!(
+                "package `{spec}` was not found on the package index {index}"
+            ))
+            .hint(format!(
+                "check the name and version exist (pip said: {})",
+                line.trim().trim_start_matches("ERROR: ")
+            ));
+            if let Some(o) = origins.get(&normalize(&name)) {
+                e = e.in_file(&o.file, Some(o.line));
+            }
+            return e;
+        }
+    }
+    if text.contains("THESE PACKAGES DO NOT MATCH THE HASHES") {
+        return PluginError::new(format!("a downloaded package does not match its --hash:\n{}", out.tail(12)))
+            .hint("regenerate the hashes (pip-compile --generate-hashes) or check the index serves the expected files");
+    }
+    if text.contains("Failed building wheel")
+        || text.contains("failed-wheel-build")
+        || text.contains("subprocess-exited-with-error")
+    {
+        return PluginError::new(format!("building a package from source failed:\n{}", out.tail(25)))
+            .hint("the base image may lack a compiler or headers (gcc, python3-dev); use a package with wheels for this platform, or a base image with the build tools");
+    }
+    let how = if out.timed_out {
+        format!(
+            "timed out after {}s (python.install_timeout)",
+            timeout.as_secs()
+        )
+    } else {
+        format!("failed (exit {:?})", out.code)
+    };
+    PluginError::new(format!("pip install {how}:\n{}", out.tail(20)))
 }
 
 fn warn_unclaimed(env: &Path, installed: &[InstalledDist], before: &BTreeSet<PathBuf>) {

@@ -28,8 +28,11 @@
 //! | `python.index_url` | from the inputs | overrides `--index-url` |
 //! | `python.extra_index_url` | from the inputs | adds `--extra-index-url`s (space separated) |
 //! | `python.install_timeout` | `1200` | seconds a pip install may take |
+//! | `python.build` | from `[tool.ftl.python] build` | the app's build command, run after the dependencies are installed; its output lands in the app layer |
+//! | `python.collectstatic` | `true` | run Django's `collectstatic` for apps with a `STATIC_ROOT` (when no build command is given) |
 
 mod entrypoint;
+pub mod hook;
 mod inputs;
 mod install;
 pub mod locks;
@@ -38,6 +41,7 @@ pub mod probe;
 pub mod record;
 pub mod requirements;
 pub mod requires_python;
+mod resolve;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -109,6 +113,10 @@ pub struct Settings {
     pub index_url: Option<String>,
     pub extra_index_urls: Vec<String>,
     pub install_timeout: Duration,
+    /// The app's build command (`python.build`).
+    pub build: Option<String>,
+    /// Django's `collectstatic` when the app has a `STATIC_ROOT`.
+    pub collectstatic: bool,
 }
 
 impl Default for Settings {
@@ -122,6 +130,8 @@ impl Default for Settings {
             index_url: None,
             extra_index_urls: Vec::new(),
             install_timeout: Duration::from_secs(1200),
+            build: None,
+            collectstatic: true,
         }
     }
 }
@@ -162,11 +172,19 @@ impl Settings {
                     s.install_timeout =
                         Duration::from_secs(value.parse().map_err(|_| bad("expected a number of seconds"))?)
                 }
+                "build" => s.build = Some(value.clone()),
+                "collectstatic" => {
+                    s.collectstatic = match value.as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" => false,
+                        _ => return Err(bad("expected `true` or `false`")),
+                    }
+                }
                 "installer" if value == "pip" => {}
                 "installer" => return Err(bad("only `pip` is supported for now")),
                 _ => {
                     return Err(bad("unknown setting").hint(
-                        "known: python.venv, python.interpreter, python.requirements, python.compile, python.max_layers, python.index_url, python.extra_index_url, python.install_timeout, python.installer",
+                        "known: python.venv, python.interpreter, python.requirements, python.compile, python.max_layers, python.index_url, python.extra_index_url, python.install_timeout, python.installer, python.build, python.collectstatic",
                     ))
                 }
             }

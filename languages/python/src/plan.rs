@@ -1,7 +1,7 @@
 //! From source and base to a layer plan: inputs, probe, keys, layers,
 //! config.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -9,11 +9,13 @@ use ftl::{sha256_tagged, CacheKey, ConfigPatch, PlanContext, PlannedLayer, Plugi
 use serde_json::{json, Value};
 
 use crate::entrypoint;
+use crate::hook;
 use crate::inputs;
 use crate::install::DepsStep;
 use crate::probe::{self, PipInfo, Probe};
 use crate::requirements::{self, IndexOptions, Origin, RequirementSet};
 use crate::requires_python;
+use crate::resolve;
 use crate::Settings;
 
 /// Bumped when the layout of any layer changes for the same inputs.
@@ -70,6 +72,9 @@ pub(crate) enum DepsMode {
         dists: Vec<PinnedDist>,
         /// The file that claims to pin everything.
         top: PathBuf,
+        /// pip chose the set while planning: its completeness needs no
+        /// check when the lock layer is built.
+        resolved: bool,
     },
     Unpinned {
         layer: usize,
@@ -304,14 +309,49 @@ pub(crate) fn plan(
         .map(|s| s.requirements.clone())
         .unwrap_or_default();
     let has_gunicorn = requirements.iter().any(|r| r.key == "gunicorn");
-    let origins: BTreeMap<String, Origin> = requirements
+    let ep = entrypoint::find(ctx.source, ctx.options.entrypoint.as_deref(), has_gunicorn)?;
+    tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
+    // What ftl adds to the app's requirements (App Engine adds gunicorn).
+    let mut added = Vec::new();
+    if let Some(line) = ep.adds_gunicorn {
+        let origin = Origin {
+            file: PathBuf::from("main.py"),
+            line,
+        };
+        added.push(requirements::parse_pep508("gunicorn", &origin)?);
+    }
+    let mut origins: BTreeMap<String, Origin> = requirements
         .iter()
         .rev()
         .map(|r| (r.key.clone(), r.origin.clone()))
         .collect();
+    for r in &added {
+        origins
+            .entry(r.key.clone())
+            .or_insert_with(|| r.origin.clone());
+    }
+    let mut notes = serde_json::Map::new();
+    notes.insert(
+        "interpreter".into(),
+        json!(format!("{} {}", probe.implementation, probe.version)),
+    );
+    notes.insert(
+        "entrypoint".into(),
+        json!({"argv": ep.argv, "from": ep.source, "inferred": ep.inferred}),
+    );
+    if !added.is_empty() {
+        notes.insert(
+            "added".into(),
+            json!(added
+                .iter()
+                .map(|r| json!({"requirement": r.name, "why": "App Engine's default entrypoint runs gunicorn; the app does not list it"}))
+                .collect::<Vec<_>>()),
+        );
+    }
+    let warnings: Vec<String> = Vec::new();
 
     let mode = match &set {
-        Some(set) if !set.requirements.is_empty() => {
+        Some(set) if !set.requirements.is_empty() || !added.is_empty() => {
             let Some(pip) = &pip else {
                 return Err(PluginError::new(format!(
                     "the Python {} of base image {} has neither ensurepip's pip wheel nor pip",
@@ -336,8 +376,144 @@ pub(crate) fn plan(
                 "pip_config": probe.pip_config,
                 "compile": settings.compile.as_str(),
             });
-            match pinned_dists(set, &probe.markers)? {
-                Some(dists) => {
+            let top = set
+                .top
+                .clone()
+                .or_else(|| set.files.first().map(|f| f.0.clone()))
+                .unwrap_or_else(|| PathBuf::from("main.py"));
+            let has_url = set.requirements.iter().any(|r| r.url.is_some());
+            let input_name = set
+                .files
+                .first()
+                .map(|f| f.0.display().to_string())
+                .unwrap_or_else(|| top.display().to_string());
+            // How the set becomes pins: a complete lock as it is; anything
+            // else resolved by pip (remembered for the unpinned TTL);
+            // direct URLs in one unpinned layer.
+            let pins: Option<(Vec<PinnedDist>, bool)> = if has_url {
+                None
+            } else if set.is_lock {
+                let dists = pinned_dists(set, &probe.markers)?.ok_or_else(|| {
+                    PluginError::new("the lock file pins a requirement without `==`")
+                        .in_file(&top, None)
+                })?;
+                let mut dists = dists;
+                let mut resolution_note = Value::Null;
+                if !added.is_empty() {
+                    // Resolve only the additions, the lock as constraints:
+                    // the lock's own pins never change.
+                    let constraints = dists
+                        .iter()
+                        .map(|d| format!("{}=={}", d.key, d.version))
+                        .collect();
+                    let mut lines = options.to_lines();
+                    lines.extend(added.iter().map(|r| r.name.clone()));
+                    let input = resolve::Input {
+                        files: &[],
+                        lines,
+                        constraints,
+                        key_doc: common.clone(),
+                        origins: &origins,
+                        pins: BTreeMap::new(),
+                        top: &top,
+                        settings_index_url: settings.index_url.as_deref(),
+                        settings_extra_index_urls: &settings.extra_index_urls,
+                        options: &options,
+                        timeout: settings.install_timeout,
+                    };
+                    let r = resolve::resolve(ctx.exec, &probe, pip, &input)?;
+                    resolution_note =
+                        resolution_doc(&r, "the additions, with the lock as constraints");
+                    let have: BTreeSet<String> = dists.iter().map(|d| d.key.clone()).collect();
+                    let extra = resolve::to_pins(
+                        &r.resolution,
+                        &origins,
+                        &BTreeMap::new(),
+                        &BTreeMap::new(),
+                        &top,
+                    );
+                    let lock_hashed = dists.iter().all(|d| !d.hashes.is_empty());
+                    dists.extend(extra.into_iter().filter(|d| !have.contains(&d.key)).map(
+                        |mut d| {
+                            if !lock_hashed {
+                                d.hashes.clear();
+                            }
+                            d
+                        },
+                    ));
+                    dists.sort_by(|a, b| a.key.cmp(&b.key));
+                }
+                notes.insert(
+                    "dependencies".into(),
+                    json!({"input": input_name, "mode": "lock", "resolution": resolution_note}),
+                );
+                Some((dists, false))
+            } else {
+                // The input as pip reads it: the app's top file, or (for
+                // pyproject.toml) its requirements; then what ftl adds.
+                let mut lines = Vec::new();
+                let files: Vec<(PathBuf, String)> = match &set.top {
+                    Some(t) => {
+                        lines.push(format!("-r {}", t.display()));
+                        set.files.clone()
+                    }
+                    None => {
+                        lines.extend(options.to_lines());
+                        lines.extend(set.requirements.iter().map(pip_line));
+                        Vec::new()
+                    }
+                };
+                lines.extend(added.iter().map(pip_line));
+                let input_pins: BTreeMap<String, String> = set
+                    .requirements
+                    .iter()
+                    .filter(|r| requirements::applies(r, &probe.markers))
+                    .filter_map(|r| {
+                        set.pinned_version(r)
+                            .map(|v| (r.key.clone(), v.to_string()))
+                    })
+                    .collect();
+                let input = resolve::Input {
+                    files: &files,
+                    lines,
+                    constraints: Vec::new(),
+                    key_doc: common.clone(),
+                    origins: &origins,
+                    pins: input_pins,
+                    top: &top,
+                    settings_index_url: settings.index_url.as_deref(),
+                    settings_extra_index_urls: &settings.extra_index_urls,
+                    options: &options,
+                    timeout: settings.install_timeout,
+                };
+                let r = resolve::resolve(ctx.exec, &probe, pip, &input)?;
+                notes.insert(
+                    "dependencies".into(),
+                    json!({"input": input_name, "mode": "resolved", "resolution": resolution_doc(&r, "pip install --dry-run --report")}),
+                );
+                if r.resolution.direct {
+                    None
+                } else {
+                    let user_hashes: BTreeMap<String, Vec<String>> = set
+                        .requirements
+                        .iter()
+                        .filter(|r| !r.hashes.is_empty())
+                        .map(|r| (r.key.clone(), r.hashes.clone()))
+                        .collect();
+                    let extras: BTreeMap<String, Vec<String>> = set
+                        .requirements
+                        .iter()
+                        .filter(|r| !r.extras.is_empty())
+                        .map(|r| (r.key.clone(), r.extras.clone()))
+                        .collect();
+                    Some((
+                        resolve::to_pins(&r.resolution, &origins, &user_hashes, &extras, &top),
+                        true,
+                    ))
+                }
+            };
+            match pins {
+                Some((dists, resolved)) => {
                     let all = dists.clone();
                     let mut groups = Vec::new();
                     for g in group(dists, settings.max_layers) {
@@ -365,11 +541,6 @@ pub(crate) fn plan(
                         });
                         groups.push((index, g));
                     }
-                    let top = set
-                        .top
-                        .clone()
-                        .or_else(|| set.files.first().map(|f| f.0.clone()))
-                        .unwrap_or_default();
                     // The lock layer: keyed by the whole set.
                     let lock = layers.len();
                     let mut doc = common.clone();
@@ -389,61 +560,61 @@ pub(crate) fn plan(
                         key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
                         pinned: true,
                         step: 0,
-                        created_by: format!(
-                            "ftl python: pip install --dry-run -r {} (check every dependency is pinned)",
-                            top.display()
-                        ),
+                        created_by: if resolved {
+                            format!(
+                                "ftl python: the distributions pip resolved for {}",
+                                top.display()
+                            )
+                        } else {
+                            format!(
+                                "ftl python: pip install --dry-run -r {} (check every dependency is pinned)",
+                                top.display()
+                            )
+                        },
                     });
                     DepsMode::Pinned {
                         layers: groups,
                         lock,
                         dists: all,
                         top,
+                        resolved,
                     }
                 }
                 None => {
-                    let (files, top_name) = if let Some(top) = &set.top {
+                    let (mut files, top_name) = if let Some(top) = &set.top {
                         (set.files.clone(), top.display().to_string())
                     } else {
                         // pyproject.toml: hand pip its dependency list.
-                        let lines: Vec<String> = set
-                            .requirements
-                            .iter()
-                            .map(|r| {
-                                let mut l = r.name.clone();
-                                if !r.extras.is_empty() {
-                                    l.push_str(&format!("[{}]", r.extras.join(",")));
-                                }
-                                if let Some(u) = &r.url {
-                                    l.push_str(&format!(" @ {u}"));
-                                } else {
-                                    l.push_str(&r.specifier_text());
-                                }
-                                if let Some(m) = &r.marker_text {
-                                    l.push_str(&format!(" ; {m}"));
-                                }
-                                l
-                            })
-                            .collect();
-                        let name = set
-                            .files
-                            .first()
-                            .map(|f| f.0.display().to_string())
-                            .unwrap_or_default();
+                        let lines: Vec<String> = set.requirements.iter().map(pip_line).collect();
                         (
                             vec![(
                                 PathBuf::from("ftl-requirements.txt"),
                                 lines.join("\n") + "\n",
                             )],
-                            name,
+                            input_name.clone(),
                         )
                     };
+                    if !added.is_empty() {
+                        // A top file that includes the app's and adds ours.
+                        let mut lines = vec![format!("-r {}", files[0].0.display())];
+                        lines.extend(added.iter().map(pip_line));
+                        files.insert(0, (PathBuf::from("ftl-added.txt"), lines.join("\n") + "\n"));
+                    }
+                    if !notes.contains_key("dependencies") {
+                        notes.insert(
+                            "dependencies".into(),
+                            json!({"input": input_name, "mode": "unpinned", "why": "a requirement is a direct URL, a VCS reference or a local path"}),
+                        );
+                    } else {
+                        notes["dependencies"]["mode"] = json!("unpinned");
+                        notes["dependencies"]["why"] =
+                            json!("pip resolved a distribution from a direct URL, a VCS reference or a local path");
+                    }
                     let mut doc = common.clone();
                     doc["layer"] = json!("deps");
                     doc["app_dir"] = json!(app_dir);
                     doc["app_files"] = json!(dep_files_doc);
-                    doc["inputs"] = json!(set
-                        .files
+                    doc["inputs"] = json!(files
                         .iter()
                         .map(|(p, t)| json!({"path": p.to_string_lossy(), "sha256": sha256_tagged(t.as_bytes())}))
                         .collect::<Vec<_>>());
@@ -471,9 +642,6 @@ pub(crate) fn plan(
             .is_some_and(|n| n == "__pycache__" || n == ".git")
             || dep_files.iter().any(|d| d == p)
     });
-    let ep = entrypoint::find(ctx.source, ctx.options.entrypoint.as_deref(), has_gunicorn)?;
-    tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
-
     let base_path = ctx
         .base
         .env()
@@ -481,10 +649,11 @@ pub(crate) fn plan(
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v)
         .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let image_path = format!("{venv}/bin:{base_path}");
     let config = ConfigPatch {
         env: vec![
             ("VIRTUAL_ENV".into(), venv.clone()),
-            ("PATH".into(), format!("{venv}/bin:{base_path}")),
+            ("PATH".into(), image_path.clone()),
             ("PYTHONUNBUFFERED".into(), "1".into()),
             ("PORT".into(), "8080".into()),
         ],
@@ -497,6 +666,7 @@ pub(crate) fn plan(
         labels: BTreeMap::new(),
     };
 
+    let deps_mode_for_hook = mode.clone();
     let deps = DepsPlan {
         probe,
         settings: settings.clone(),
@@ -514,16 +684,113 @@ pub(crate) fn plan(
         layers,
         steps: vec![Box::new(DepsStep::new(Arc::new(deps)))],
         config,
+        notes: Value::Object(notes.clone()),
+        warnings,
     };
-    ftl::app::push_source_layer(
-        &mut plan,
-        PLUGIN,
-        "app",
-        &app_source,
-        app_source.entries().to_vec(),
-        &app_dir,
+    let has_django = match &deps_mode_for_hook {
+        DepsMode::Pinned { dists, .. } => dists.iter().any(|d| d.key == "django"),
+        _ => requirements.iter().any(|r| r.key == "django"),
+    };
+    let hook = hook::find(
+        ctx.source,
+        settings.build.as_deref(),
+        settings.collectstatic,
+        has_django,
     )?;
+    match hook {
+        None => ftl::app::push_source_layer(
+            &mut plan,
+            PLUGIN,
+            "app",
+            &app_source,
+            app_source.entries().to_vec(),
+            &app_dir,
+        )?,
+        Some(command) => {
+            // The app layer is what the command leaves of the source: keyed
+            // by the source, the command, and the layers it runs with.
+            let venv_layers: Vec<usize> = (0..plan.layers.len()).collect();
+            let source_key =
+                ftl::app::content_key(PLUGIN, "app", &app_source, app_source.entries(), &app_dir)?;
+            let key = CacheKey::new(
+                PLUGIN,
+                KEY_VERSION,
+                json!({
+                    "layer": "app-built",
+                    "source": source_key.hex,
+                    "command": command.command,
+                    "app_dir": app_dir,
+                    "venv": venv,
+                    "with_layers": plan.layers.iter().map(|l| l.key.hex.clone()).collect::<Vec<_>>(),
+                }),
+            );
+            notes.insert(
+                "build".into(),
+                json!({"command": command.command, "from": command.from}),
+            );
+            plan.notes = Value::Object(notes.clone());
+            plan.steps.push(Box::new(hook::HookStep {
+                root: ctx.source.root().to_path_buf(),
+                paths: app_source.entries().to_vec(),
+                app_dir: app_dir.clone(),
+                venv: venv.clone(),
+                venv_layers,
+                command: command.clone(),
+                path: image_path.clone(),
+                timeout: settings.install_timeout,
+            }));
+            plan.layers.push(PlannedLayer {
+                name: "app".into(),
+                key,
+                pinned: true,
+                step: plan.steps.len() - 1,
+                created_by: format!(
+                    "ftl python: {} ({app_dir}, after `{}`)",
+                    "app", command.command
+                ),
+            });
+        }
+    }
     Ok(plan)
+}
+
+/// A requirement as a line of a requirements file.
+fn pip_line(r: &requirements::Requirement) -> String {
+    let mut l = r.name.clone();
+    if !r.extras.is_empty() {
+        l.push_str(&format!("[{}]", r.extras.join(",")));
+    }
+    if let Some(u) = &r.url {
+        l.push_str(&format!(" @ {u}"));
+    } else {
+        l.push_str(&r.specifier_text());
+    }
+    if let Some(m) = &r.marker_text {
+        l.push_str(&format!(" ; {m}"));
+    }
+    for h in &r.hashes {
+        l.push_str(&format!(" --hash={h}"));
+    }
+    l
+}
+
+/// A resolution as the report shows it.
+fn resolution_doc(r: &resolve::Resolved, how: &str) -> Value {
+    let res = &r.resolution;
+    json!({
+        "how": how,
+        "remembered": r.remembered,
+        "resolved_at": res.resolved_at,
+        "complete_input": res.complete,
+        "expires_at": r.expires_at,
+        "chosen": res.dists.iter().map(|d| json!({
+            "name": d.name,
+            "version": d.version,
+            "requested": d.requested,
+            "via": d.via,
+            "from": if d.sdist { "sdist" } else { "wheel" },
+        })).collect::<Vec<_>>(),
+    })
 }
 
 pub(crate) fn version_at_least(v: &str, min: &[u64]) -> bool {

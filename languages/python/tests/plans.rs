@@ -45,12 +45,32 @@ fn cext() {
 
 #[test]
 fn unpinned() {
+    // Resolved while planning: one pinned layer per distribution pip chose.
     let p = plan("unpinned").unwrap();
-    assert_eq!(
-        p.layers.iter().map(|l| l.pinned).collect::<Vec<_>>(),
-        [true, false, true]
-    );
+    assert!(p.layers.iter().all(|l| l.pinned));
+    assert_eq!(p.notes["dependencies"]["mode"], "resolved", "{:#}", p.notes);
     insta::assert_json_snapshot!(render(&p));
+}
+
+#[test]
+fn app_engine_default_entrypoint_adds_gunicorn() {
+    let p = plan("appengine-hello").unwrap();
+    let names: Vec<&str> = p.layers.iter().map(|l| l.name.as_str()).collect();
+    assert!(names.contains(&"python: gunicorn==1.0"), "{names:?}");
+    assert_eq!(
+        p.config.entrypoint.as_deref().unwrap(),
+        ["/bin/sh", "-c", "exec gunicorn -b :$PORT main:app"]
+    );
+    assert_eq!(p.notes["entrypoint"]["inferred"], true);
+    assert!(
+        p.notes["entrypoint"]["from"]
+            .as_str()
+            .unwrap()
+            .contains("main.py:5"),
+        "{:#}",
+        p.notes
+    );
+    assert_eq!(p.notes["added"][0]["requirement"], "gunicorn");
 }
 
 #[test]
@@ -77,18 +97,13 @@ fn bad_syntax() {
 #[test]
 fn bad_no_entrypoint() {
     let e = plan("bad-no-entrypoint").unwrap_err();
-    insta::assert_snapshot!(e.to_string(), @"no entrypoint found; add `entrypoint: <command>` to app.yaml, a Procfile with a `web: <command>` line, or pass --entrypoint; the command must serve HTTP on $PORT");
+    insta::assert_snapshot!(e.to_string(), @"no entrypoint found, and main.py defines no top-level `app` for App Engine's default `gunicorn -b :$PORT main:app`; add `entrypoint: <command>` to app.yaml, a Procfile with a `web: <command>` line, or pass --entrypoint; the command must serve HTTP on $PORT");
 }
 
 /// These fail at build time (they need the index); planning succeeds.
 #[test]
 fn bad_at_build_time_plan_fine() {
     assert!(plan("bad-missing-package").is_ok());
-    assert!(plan("bad-incomplete-pins")
-        .unwrap()
-        .layers
-        .iter()
-        .all(|l| l.pinned));
 }
 
 fn keys(p: &ftl::LayerPlan) -> BTreeMap<String, String> {

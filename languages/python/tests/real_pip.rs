@@ -78,6 +78,9 @@ fn skip() -> bool {
 struct Built {
     layers: Vec<(String, Vec<PathBuf>)>,
     venv: PathBuf,
+    /// Every planned layer's name, and the plan's notes.
+    names: Vec<String>,
+    notes: serde_json::Value,
 }
 
 /// Builds every dependency layer of an app with `requirements`, in `dir`
@@ -140,7 +143,12 @@ fn build_with(requirements: &str, dir: &Path, exec: &dyn Exec) -> Result<Built, 
             other => panic!("{other:?}"),
         })
         .collect();
-    Ok(Built { layers, venv })
+    Ok(Built {
+        layers,
+        venv,
+        names: plan.layers.iter().map(|l| l.name.clone()).collect(),
+        notes: plan.notes.clone(),
+    })
 }
 
 fn hashes(b: &Built, layer: usize) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -229,15 +237,45 @@ fn real_pip_install_is_split_by_record() {
 }
 
 #[test]
-fn real_pip_reports_unpinned_dependencies() {
+fn real_pip_resolves_what_the_pins_leave_out() {
     if skip() {
         return;
     }
-    // The `cli` extra needs click, which is not pinned.
+    // The `cli` extra needs click, which is not pinned: pip's resolver
+    // chooses it while planning, and it gets a layer of its own.
     let tmp = tempfile::tempdir().unwrap();
-    let e = build("python-dotenv[cli]==1.0.1\n", &tmp.path().join("run"))
-        .err()
-        .expect("incomplete pins fail");
+    let b = build("python-dotenv[cli]==1.0.1\n", &tmp.path().join("run")).unwrap();
+    let names: Vec<&str> = b.names.iter().map(String::as_str).collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("python: click==")),
+        "{names:?}"
+    );
+    assert!(names.contains(&"python: python-dotenv==1.0.1"), "{names:?}");
+    let chosen = &b.notes["dependencies"]["resolution"]["chosen"];
+    let click = chosen
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "click")
+        .unwrap();
+    assert_eq!(click["requested"], false);
+    assert_eq!(click["via"], "python-dotenv");
+}
+
+#[test]
+fn real_pip_reports_what_a_hash_pinned_lock_misses() {
+    if skip() {
+        return;
+    }
+    // Every line pinned with a hash: a complete lock, not resolved; the
+    // lock check finds the extra's click missing.
+    let tmp = tempfile::tempdir().unwrap();
+    let e = build(
+        "python-dotenv[cli]==1.0.1 --hash=sha256:f7b63ef50f1b690dddf550d03497b66d609393b40b564ed0d674909a68ebf16a\n",
+        &tmp.path().join("run"),
+    )
+    .err()
+    .expect("incomplete pins fail");
     assert_eq!(e.file.as_deref(), Some(Path::new("requirements.txt")));
     assert!(e.message.contains("misses dependencies: click "), "{e}");
     assert!(e.message.contains("(required by python-dotenv)"), "{e}");

@@ -86,12 +86,68 @@ impl ProbeExec {
     }
 }
 
+/// pip's report for a resolution as a stand-in resolver answers it: each
+/// requirement of the files pip is pointed at (`-r` followed), at its `==`
+/// version or `1.0`, requested, from a wheel. Enough to plan; the real
+/// resolver runs in the end-to-end tests.
+fn fake_resolution(request: &ExecRequest) -> ExecOutput {
+    let mount = request
+        .mounts
+        .iter()
+        .find(|m| m.target == "/ftl-resolve")
+        .expect("the resolution's inputs are mounted");
+    let mut items = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut queue = vec![mount.host.join("ftl-resolve.txt")];
+    while let Some(file) = queue.pop() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.split(" #").next().unwrap().trim();
+            if let Some(inc) = line.strip_prefix("-r ") {
+                queue.push(file.parent().unwrap().join(inc.trim()));
+                continue;
+            }
+            if line.is_empty() || line.starts_with('#') || line.starts_with('-') {
+                continue;
+            }
+            let origin = ftl_python::requirements::Origin {
+                file: file.clone(),
+                line: i + 1,
+            };
+            let req = ftl_python::requirements::parse_requirement_line(line, &origin).unwrap();
+            if !seen.insert(req.key.clone()) {
+                continue;
+            }
+            let version = req.pinned_version().unwrap_or("1.0").to_string();
+            items.push(serde_json::json!({
+                "metadata": {"name": req.name, "version": version},
+                "requested": true,
+                "is_direct": req.url.is_some(),
+                "download_info": {
+                    "url": format!("https://files.example/{}-{version}-py3-none-any.whl", req.key),
+                    "archive_info": {"hashes": {"sha256": format!("{:064x}", seen.len())}},
+                },
+            }));
+        }
+    }
+    ExecOutput {
+        code: Some(0),
+        stdout: serde_json::json!({"version": "1", "install": items})
+            .to_string()
+            .into_bytes(),
+        ..ExecOutput::default()
+    }
+}
+
 impl Exec for ProbeExec {
     fn run(&self, request: &ExecRequest) -> Result<ExecOutput, PluginError> {
         self.requests.lock().unwrap().push(request.clone());
+        if request.label == "pip resolve" {
+            return Ok(fake_resolution(request));
+        }
         assert_eq!(
             request.label, "python probe",
-            "planning runs only the probe"
+            "planning runs only the probe and the resolution"
         );
         assert_eq!(
             request.network,
