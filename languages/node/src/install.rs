@@ -491,6 +491,7 @@ impl BuildStep for DepsStep {
                 (
                     i,
                     LayerContents {
+                        root_dependent: false,
                         inputs: vec![LayerInput::Tree {
                             from: Beneath::new(&app, "node_modules"),
                             to: to.clone(),
@@ -572,6 +573,7 @@ impl BuildStep for GcpBuildStep {
                 (
                     i,
                     LayerContents {
+                        root_dependent: false,
                         inputs: vec![LayerInput::Tree {
                             from: Beneath::root(&app),
                             to: plan.app_dir.clone(),

@@ -431,6 +431,7 @@ impl BuildStep for DepsStep {
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
         let files_input = |paths: Vec<PathBuf>| LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Files {
                 // The venv's mount point; nothing below it is followed.
                 root: ftl::Beneath::root(&env),
@@ -457,6 +458,7 @@ impl BuildStep for DepsStep {
             out.push((
                 plan.venv_layer,
                 LayerContents {
+                    root_dependent: false,
                     inputs: vec![LayerInput::Files {
                         root: ftl::Beneath::root(&snapshot),
                         to: venv.clone(),
@@ -527,7 +529,7 @@ impl BuildStep for DepsStep {
                         data: text.into_bytes(),
                     }];
                     inputs.extend(self.dep_files_input());
-                    out.push((*lock, LayerContents { inputs }));
+                    out.push((*lock, LayerContents::new(inputs)));
                 }
                 if want.is_empty() {
                     return Ok(out);

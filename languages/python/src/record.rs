@@ -397,6 +397,7 @@ mod tests {
 
         // The venv layer of everything new: the link is a link.
         let c = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Files {
                 root: Beneath::root(&v),
                 to: "/env".into(),
