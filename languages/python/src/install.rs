@@ -430,14 +430,24 @@ impl BuildStep for DepsStep {
         // With directories, so that empty ones (site-packages) exist.
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
-        let files_input = |paths: Vec<PathBuf>| LayerContents {
-            root_dependent: false,
-            inputs: vec![LayerInput::Files {
-                // The venv's mount point; nothing below it is followed.
-                root: ftl::Beneath::root(&env),
-                to: venv.clone(),
-                paths,
-            }],
+        // A layer of what pip installed. Keyed by the interpreter, not the
+        // base: reused on any base with the same interpreter, unless it
+        // holds code compiled here, which may need more of this base.
+        let files_input = |name: &str, paths: Vec<PathBuf>| -> Result<LayerContents, PluginError> {
+            let why =
+                record::compiled_here(&env, &paths).map_err(|e| PluginError::new(e.to_string()))?;
+            if let Some(why) = &why {
+                tracing::info!(layer = %name, reason = %why, "compiled on this base: its layer is reused on this base image only");
+            }
+            Ok(LayerContents {
+                inputs: vec![LayerInput::Files {
+                    // The venv's mount point; nothing below it is followed.
+                    root: ftl::Beneath::root(&env),
+                    to: venv.clone(),
+                    paths,
+                }],
+                root_dependent: why.is_some(),
+            })
         };
 
         let mut out = Vec::new();
@@ -457,14 +467,11 @@ impl BuildStep for DepsStep {
                 })?;
             out.push((
                 plan.venv_layer,
-                LayerContents {
-                    root_dependent: false,
-                    inputs: vec![LayerInput::Files {
-                        root: ftl::Beneath::root(&snapshot),
-                        to: venv.clone(),
-                        paths: venv_files.clone(),
-                    }],
-                },
+                LayerContents::new(vec![LayerInput::Files {
+                    root: ftl::Beneath::root(&snapshot),
+                    to: venv.clone(),
+                    paths: venv_files.clone(),
+                }]),
             ));
         }
 
@@ -583,6 +590,10 @@ impl BuildStep for DepsStep {
                 }
                 for (index, dists) in want {
                     let mut paths = Vec::new();
+                    let pins: Vec<String> = dists
+                        .iter()
+                        .map(|d| format!("{}=={}", d.key, d.version))
+                        .collect();
                     for d in dists {
                         let got = by_key.get(d.key.as_str()).ok_or_else(|| {
                             PluginError::new(format!(
@@ -596,7 +607,7 @@ impl BuildStep for DepsStep {
                         }
                         paths.extend(got.files.iter().cloned());
                     }
-                    out.push((*index, files_input(paths)));
+                    out.push((*index, files_input(&pins.join(" "), paths)?));
                 }
             }
             DepsMode::Unpinned { layer, files } => {
@@ -623,7 +634,7 @@ impl BuildStep for DepsStep {
                     .into_iter()
                     .filter(|f| !before.contains(f))
                     .collect();
-                let mut contents = files_input(paths);
+                let mut contents = files_input("dependencies (not pinned)", paths)?;
                 contents.inputs.extend(self.dep_files_input());
                 out.push((*layer, contents));
             }
