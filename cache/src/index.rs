@@ -28,11 +28,47 @@ pub struct CacheEntry {
     pub name: String,
     /// The canonical inputs document the key was computed from.
     pub inputs: String,
+    /// Set on a marker: the layers of this key differ by the named input
+    /// (`build_root`), so each is recorded under this key with that input
+    /// added, and a lookup of this key goes on to that one. A marker names
+    /// no layer: its digest, diffID and media type are empty. Absent from
+    /// entries of a layer (and from every entry older ftl wrote).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub varies_by: Option<String>,
 }
 
 impl CacheEntry {
     pub fn expired(&self, now: u64) -> bool {
         self.expires.is_some_and(|e| now >= e)
+    }
+
+    /// A marker for `key` (whose inputs document is `inputs`): its layers
+    /// are recorded under keys that add the input `varies_by`.
+    pub fn marker(
+        key: &str,
+        inputs: &str,
+        name: &str,
+        varies_by: &str,
+        created: u64,
+        expires: Option<u64>,
+    ) -> Self {
+        CacheEntry {
+            key: key.to_string(),
+            digest: String::new(),
+            diff_id: String::new(),
+            size: 0,
+            media_type: String::new(),
+            created,
+            expires,
+            name: name.to_string(),
+            inputs: inputs.to_string(),
+            varies_by: Some(varies_by.to_string()),
+        }
+    }
+
+    /// Whether this is a [marker](CacheEntry::marker), not a layer.
+    pub fn is_marker(&self) -> bool {
+        self.varies_by.is_some()
     }
 }
 
@@ -172,6 +208,7 @@ mod tests {
             expires,
             name: "x".into(),
             inputs: "{}".into(),
+            varies_by: None,
         }
     }
 
@@ -190,6 +227,36 @@ mod tests {
         let removed = cache.keys.gc(3600).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(cache.keys.list().unwrap()[0].key, "k1");
+    }
+
+    /// Entries older ftl wrote (no `varies_by`) still parse, a layer's
+    /// entry is written as before, and a marker round-trips.
+    #[test]
+    fn markers_are_entries_that_older_entries_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let mut old = serde_json::to_value(entry("old", None)).unwrap();
+        old.as_object_mut().unwrap().remove("varies_by");
+        std::fs::write(dir.path().join("keys-v1/old.json"), old.to_string()).unwrap();
+        let got = cache.keys.get("old").unwrap().unwrap();
+        assert!(!got.is_marker());
+        cache.keys.put(&entry("layer", None)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("keys-v1/layer.json")).unwrap();
+        assert!(!text.contains("varies_by"), "{text}");
+
+        let m = CacheEntry::marker(
+            "m",
+            "{}",
+            "python: mmh3==4.1.0",
+            "build_root",
+            now_secs(),
+            None,
+        );
+        cache.keys.put(&m).unwrap();
+        let got = cache.keys.get("m").unwrap().unwrap();
+        assert!(got.is_marker());
+        assert_eq!(got, m);
+        assert_eq!(cache.keys.gc(3600).unwrap(), []);
     }
 
     #[test]

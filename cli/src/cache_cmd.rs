@@ -81,13 +81,31 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                 } else {
                     ""
                 };
+                // A marker names no layer: its layers are the entries of
+                // the same name, one per build root.
+                let (digest, size, kind) = match &e.varies_by {
+                    Some(by) => (
+                        "-".to_string(),
+                        "-".to_string(),
+                        format!(" (varies by {by})"),
+                    ),
+                    None => {
+                        let hex = e.digest.trim_start_matches("sha256:");
+                        (
+                            hex[..12.min(hex.len())].to_string(),
+                            e.size.to_string(),
+                            String::new(),
+                        )
+                    }
+                };
                 println!(
-                    "{:<14} {:<14} {:>10} {:>9}  {}{}",
+                    "{:<14} {:<14} {:>10} {:>9}  {}{}{}",
                     &e.key[..12.min(e.key.len())],
-                    &e.digest.trim_start_matches("sha256:")[..12],
-                    e.size,
+                    digest,
+                    size,
                     age,
                     e.name,
+                    kind,
                     state
                 );
             }
@@ -124,7 +142,13 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
             let cache = Cache::open(&root)?;
             let keep_secs = keep_days.saturating_mul(86_400);
             let removed = cache.keys.gc(keep_secs)?;
-            let keep: HashSet<String> = cache.keys.list()?.into_iter().map(|e| e.digest).collect();
+            let keep: HashSet<String> = cache
+                .keys
+                .list()?
+                .into_iter()
+                .filter(|e| !e.is_marker())
+                .map(|e| e.digest)
+                .collect();
             let freed = cache.blobs.retain(&keep)?;
             // Plan-time values (dependency resolutions) expired or unused.
             let memos = ftl::engine::gc_memos(&root, keep_secs);

@@ -349,6 +349,65 @@ fn native_module_builds_with_the_base_toolchain() {
     assert!(deps.iter().any(|f| f.starts_with("srv/node_modules/epoll/build/Release/") && f.ends_with(".node")), "{deps:?}");
 }
 
+/// Issue 11, for npm: `node_modules` is keyed by node's version and ABI
+/// and the toolchain's version, not the base, so an addon node-gyp
+/// compiled on one base (which may link its libraries) was reused on any
+/// base with the same node and compiler. It is now recorded for the base
+/// it was compiled on: a base of the same node and toolchain but another
+/// digest compiles it again (and the image runs), and the first base
+/// still reuses its own.
+#[test]
+fn a_native_module_compiled_on_one_base_is_not_reused_on_another() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    // node-build plus a file: the same node and toolchain, another digest.
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::write(extra.path().join("motd"), "another base\n").unwrap();
+    let rebased = rig.image("base/node-build-plus:latest");
+    let made = rig
+        .ftl(
+            cache.path(),
+            &[
+                "build",
+                extra.path().to_str().unwrap(),
+                "--base",
+                &rig.base("node-build"),
+                "--image",
+                &rebased,
+                "--language",
+                "generic",
+                "--app-dir",
+                "/etc/ftl-extra",
+                "--json",
+            ],
+        )
+        .report();
+    assert_eq!(made["layers_built"], 1);
+
+    let app = testdata("native");
+    let image = rig.image("node/native-rebased:e2e");
+    let first = rig
+        .build(cache.path(), &app, &rig.base("node-build"), &image, &[])
+        .report();
+    assert!(
+        built(&first).iter().any(|n| n == "node_modules"),
+        "{first:#}"
+    );
+    let second = rig
+        .build(cache.path(), &app, &rebased, &image, &["--verify"])
+        .report();
+    assert_eq!(second["verify"]["status"], 200, "{second:#}");
+    assert!(
+        built(&second).iter().any(|n| n == "node_modules"),
+        "an addon compiled on another base was reused: {second:#}"
+    );
+    let again = rig
+        .build(cache.path(), &app, &rig.base("node-build"), &image, &[])
+        .report();
+    assert_eq!(again["layers_built"], 0, "{again:#}");
+    assert_eq!(again["digest"], first["digest"]);
+}
+
 #[test]
 fn native_module_without_a_toolchain_fails_clearly() {
     let rig = rig();

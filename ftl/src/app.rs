@@ -112,6 +112,7 @@ impl BuildStep for FilesStep {
                 (
                     i,
                     LayerContents {
+                        root_dependent: false,
                         inputs: vec![LayerInput::Files {
                             root: self.root.clone(),
                             to: self.to.clone(),

@@ -507,6 +507,7 @@ mod tests {
         symlink(host.join("shadow"), nm.join("evil/shadow")).unwrap();
         symlink(&host, nm.join("evil/hostdir")).unwrap();
         let c = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Tree {
                 from: Beneath::new(&app, "node_modules"),
                 to: "/srv/node_modules".into(),
@@ -537,6 +538,7 @@ mod tests {
         let (_t, host, app) = host_and_output();
         symlink(&host, app.join("node_modules")).unwrap();
         let c = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Tree {
                 from: Beneath::new(&app, "node_modules"),
                 to: "/srv/node_modules".into(),
@@ -556,6 +558,7 @@ mod tests {
         std::fs::create_dir_all(app.join("m")).unwrap();
         symlink(&host, app.join("m/target")).unwrap();
         let files = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Files {
                 root: Beneath::new(&app, "m/target/classes"),
                 to: "/srv/classes".into(),
@@ -571,6 +574,7 @@ mod tests {
         let (_t, host, app) = host_and_output();
         symlink(&host, app.join("lib")).unwrap();
         let c = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Files {
                 root: Beneath::root(&app),
                 to: "/env".into(),
@@ -596,6 +600,7 @@ mod tests {
 
     fn contents(dir: &Path) -> LayerContents {
         LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Tree {
                 from: crate::beneath::Beneath::root(dir),
                 to: "/srv".into(),
@@ -685,6 +690,7 @@ mod tests {
     #[test]
     fn bad_image_path_is_refused() {
         let c = LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Bytes {
                 path: "/srv/../etc/x".into(),
                 mode: 0o644,

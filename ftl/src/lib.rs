@@ -12,6 +12,7 @@ pub mod gzip;
 pub mod image;
 pub mod key;
 pub mod layer;
+pub mod native;
 pub mod plugin;
 pub mod rootfs;
 pub mod source;

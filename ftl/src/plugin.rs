@@ -447,6 +447,30 @@ pub trait BuildStep: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct LayerContents {
     pub inputs: Vec<LayerInput>,
+    /// The layer's bytes depend on the root its step ran on beyond what
+    /// its key names: the install compiled code there (a C extension built
+    /// from an sdist, a native addon) or its files link against libraries
+    /// outside the layer (see [`crate::native`]). Whether it did is known
+    /// only after the build, so the engine records the layer under its key
+    /// plus the base image's manifest digest (`build_root`), and under the
+    /// planned key a marker that sends later lookups there: such a layer
+    /// is reused only on the base it was built on, while the layers of the
+    /// same key that did not compile anything are reused on any base.
+    ///
+    /// A plugin that starts setting this must bump its key version: an
+    /// older ftl that recorded such a layer under the planned key alone
+    /// would otherwise be read as portable.
+    pub root_dependent: bool,
+}
+
+impl LayerContents {
+    /// Contents of `inputs`, not [root-dependent](Self::root_dependent).
+    pub fn new(inputs: Vec<LayerInput>) -> Self {
+        LayerContents {
+            inputs,
+            root_dependent: false,
+        }
+    }
 }
 
 /// One source of files for a layer.

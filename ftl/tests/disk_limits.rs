@@ -223,6 +223,7 @@ impl BuildStep for FillStep {
         Ok(vec![(
             wanted[0],
             LayerContents {
+                root_dependent: false,
                 inputs: vec![LayerInput::Bytes {
                     path: "/filled".into(),
                     mode: 0o644,

@@ -102,6 +102,7 @@ fn walk_size(d: &Path) -> u64 {
 fn layers() -> Result<()> {
     let dirs = real_tree(200 << 20);
     let contents = LayerContents {
+        root_dependent: false,
         inputs: dirs
             .iter()
             .map(|d| LayerInput::Tree {

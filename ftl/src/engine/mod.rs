@@ -299,9 +299,37 @@ impl Timer {
 struct Resolved {
     planned: PlannedLayer,
     source: LayerSource,
+    /// The layer's entry: under the planned key, or under its
+    /// [`build_root_key`] when that key holds a marker.
     entry: Option<CacheEntry>,
     /// Local blob file when present.
     path: Option<PathBuf>,
+    /// The planned key holds a marker: this key's layers vary by build
+    /// root, so the layer is looked up and recorded under its
+    /// [`build_root_key`].
+    by_build_root: bool,
+}
+
+/// A layer built for a miss, as recorded.
+struct Built {
+    /// Its index in the plan.
+    index: usize,
+    entry: CacheEntry,
+    /// Its blob.
+    path: PathBuf,
+    /// The marker recorded under the planned key when the layer went under
+    /// its [`build_root_key`].
+    marker: Option<CacheEntry>,
+}
+
+/// The input a root-dependent layer's key adds: the base image it was
+/// built on.
+const BUILD_ROOT: &str = "build_root";
+
+/// The key a [root-dependent](LayerContents::root_dependent) layer of
+/// `key` is recorded under when built on the base `base_digest`.
+fn build_root_key(key: &crate::key::CacheKey, base_digest: &str) -> crate::key::CacheKey {
+    key.with_input(BUILD_ROOT, serde_json::json!(base_digest))
 }
 
 impl Engine {
@@ -497,7 +525,10 @@ impl Engine {
         }
 
         // 3. Look keys up: local index, then the registry cache.
-        let mut resolved = phase!("lookup", self.lookup(&plan, req).await)?;
+        let mut resolved = phase!(
+            "lookup",
+            self.lookup(&plan, req, &base.info.manifest_digest).await
+        )?;
         for r in &resolved {
             if r.source != LayerSource::Built {
                 observer.event(&Event::Layer {
@@ -520,13 +551,20 @@ impl Engine {
             .map(|(i, _)| i)
             .collect();
         let mut built_entries: Vec<(CacheEntry, PathBuf)> = Vec::new();
+        let mut markers: Vec<CacheEntry> = Vec::new();
         let plan = Arc::new(plan);
         if !misses.is_empty() {
+            let by_build_root: Vec<usize> = misses
+                .iter()
+                .copied()
+                .filter(|&i| resolved[i].by_build_root)
+                .collect();
             let entries = phase!(
                 "build",
                 self.build_misses(
                     plan.clone(),
                     &misses,
+                    &by_build_root,
                     source.clone(),
                     base_info.clone(),
                     options.clone(),
@@ -535,7 +573,13 @@ impl Engine {
                 )
                 .await
             )?;
-            for (i, entry, path) in entries {
+            for Built {
+                index: i,
+                entry,
+                path,
+                marker,
+            } in entries
+            {
                 observer.event(&Event::Layer {
                     name: resolved[i].planned.name.clone(),
                     source: LayerSource::Built,
@@ -543,6 +587,7 @@ impl Engine {
                 resolved[i].entry = Some(entry.clone());
                 resolved[i].path = Some(path.clone());
                 built_entries.push((entry, path));
+                markers.extend(marker);
             }
         }
         probe_exec.flush_to_registry().await;
@@ -555,6 +600,7 @@ impl Engine {
                 plugin.id(),
                 resolved,
                 built_entries,
+                markers,
                 &rootfs,
                 &timer,
                 observer,
@@ -574,10 +620,15 @@ impl Engine {
         Ok(report)
     }
 
+    /// Looks every planned key up: the local index, then the registry
+    /// cache. A key holding a marker is looked up again under its
+    /// [`build_root_key`] for this base (local, then registry); a miss
+    /// there is a miss.
     async fn lookup(
         &self,
         plan: &LayerPlan,
         req: &BuildRequest,
+        base_digest: &str,
     ) -> Result<Vec<Resolved>, EngineError> {
         let mut out = Vec::with_capacity(plan.layers.len());
         let mut remote_wanted = Vec::new();
@@ -587,14 +638,17 @@ impl Engine {
                 source: LayerSource::Built,
                 entry: None,
                 path: None,
+                by_build_root: false,
             };
             if !req.no_cache {
-                if let Some(entry) = self.cache.keys.get(&planned.key.hex)? {
-                    if let Ok(path) = self.cache.blobs.get(&entry.digest) {
-                        r.source = LayerSource::LocalCache;
-                        r.path = Some(path);
-                        r.entry = Some(entry);
-                    }
+                let mut entry = self.cache.keys.get(&planned.key.hex)?;
+                if entry.as_ref().is_some_and(CacheEntry::is_marker) {
+                    r.by_build_root = true;
+                    let key = build_root_key(&planned.key, base_digest);
+                    entry = self.cache.keys.get(&key.hex)?.filter(|e| !e.is_marker());
+                }
+                if let Some(entry) = entry {
+                    self.local_hit(&mut r, entry);
                 }
                 if r.entry.is_none() && req.cache_repo.is_some() {
                     remote_wanted.push(i);
@@ -602,37 +656,93 @@ impl Engine {
             }
             out.push(r);
         }
-        if let Some(repo) = &req.cache_repo {
-            let lookups = remote_wanted
-                .iter()
-                .map(|&i| regcache::lookup(&self.client, repo, &out[i].planned.key.hex));
-            let found = join_bounded(lookups, 8).await;
-            for (i, hit) in remote_wanted.into_iter().zip(found) {
-                if let Some(entry) = hit {
-                    // The bytes stay in the registry: the push mounts them.
-                    // (A local blob of the same digest, if any, is used for
-                    // exports and verification.)
-                    let path = self.cache.blobs.get(&entry.digest).ok();
-                    out[i].source = LayerSource::RegistryCache;
-                    out[i].path = path;
-                    out[i].entry = Some(entry);
+        let Some(repo) = &req.cache_repo else {
+            return Ok(out);
+        };
+        let key_of = |r: &Resolved| {
+            if r.by_build_root {
+                build_root_key(&r.planned.key, base_digest).hex
+            } else {
+                r.planned.key.hex.clone()
+            }
+        };
+        let keys: Vec<String> = remote_wanted.iter().map(|&i| key_of(&out[i])).collect();
+        let found = join_bounded(
+            keys.iter().map(|k| regcache::lookup(&self.client, repo, k)),
+            8,
+        )
+        .await;
+        // Markers found in the registry lead to their layers' keys: the
+        // local index first, then a second round of registry lookups.
+        let mut again = Vec::new();
+        for (i, hit) in remote_wanted.into_iter().zip(found) {
+            match hit {
+                Some(e) if e.is_marker() && !out[i].by_build_root => {
+                    out[i].by_build_root = true;
+                    if let Some(e) = self.cache.keys.get(&key_of(&out[i]))? {
+                        self.local_hit(&mut out[i], e);
+                    }
+                    if out[i].entry.is_none() {
+                        again.push(i);
+                    }
                 }
+                Some(e) if !e.is_marker() => self.registry_hit(&mut out[i], e),
+                _ => {}
+            }
+        }
+        let keys: Vec<String> = again.iter().map(|&i| key_of(&out[i])).collect();
+        let found = join_bounded(
+            keys.iter().map(|k| regcache::lookup(&self.client, repo, k)),
+            8,
+        )
+        .await;
+        for (i, hit) in again.into_iter().zip(found) {
+            if let Some(e) = hit.filter(|e| !e.is_marker()) {
+                self.registry_hit(&mut out[i], e);
             }
         }
         Ok(out)
     }
 
+    /// `r` is served by the local index's `entry` when its blob is here.
+    fn local_hit(&self, r: &mut Resolved, entry: CacheEntry) {
+        if entry.is_marker() {
+            return;
+        }
+        if let Ok(path) = self.cache.blobs.get(&entry.digest) {
+            r.source = LayerSource::LocalCache;
+            r.path = Some(path);
+            r.entry = Some(entry);
+        }
+    }
+
+    /// `r` is served by the registry cache's `entry`.
+    fn registry_hit(&self, r: &mut Resolved, entry: CacheEntry) {
+        // The bytes stay in the registry: the push mounts them. (A local
+        // blob of the same digest, if any, is used for exports and
+        // verification.)
+        r.path = self.cache.blobs.get(&entry.digest).ok();
+        r.source = LayerSource::RegistryCache;
+        r.entry = Some(entry);
+    }
+
+    /// Builds the layers at `misses`, step by step, and records each in the
+    /// local index: under its planned key, or, when it is
+    /// [root-dependent](LayerContents::root_dependent) or its planned key
+    /// holds a marker already (`by_build_root`), under its
+    /// [`build_root_key`] with a marker under the planned key.
     #[allow(clippy::too_many_arguments)]
     async fn build_misses(
         &self,
         plan: Arc<LayerPlan>,
         misses: &[usize],
+        by_build_root: &[usize],
         source: Arc<SourceTree>,
         base_info: Arc<BaseInfo>,
         options: Arc<BuildOptions>,
         exec: Arc<SandboxExec>,
         observer: &Arc<dyn Observer>,
-    ) -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
+    ) -> Result<Vec<Built>, EngineError> {
         let mut by_step: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for &i in misses {
             by_step.entry(plan.layers[i].step).or_default().push(i);
@@ -649,11 +759,12 @@ impl Engine {
             let settings = self.settings.clone();
             let cache = self.cache.clone();
             let wanted2 = wanted.clone();
+            let by_build_root = by_build_root.to_vec();
             let label = plan.layers[wanted[0]].name.clone();
             observer.event(&Event::StepStarted(label.clone()));
             let t = Instant::now();
             let results = tokio::task::spawn_blocking(
-                move || -> Result<Vec<(usize, CacheEntry, PathBuf)>, EngineError> {
+                move || -> Result<Vec<Built>, EngineError> {
                     // The step's outputs live on a volume of their own.
                     let tmp = settings.cache_dir.join("tmp");
                     let scratch = if plan2.steps[step].writes_scratch() {
@@ -693,25 +804,53 @@ impl Engine {
                         })?;
                         let digests = write_layer_to_store(&c, settings.layer, &cache.blobs)?;
                         let now = ftl_cache::now_secs();
+                        let expires = (!layer.pinned).then(|| now + settings.unpinned_ttl.as_secs());
+                        let vary = c.root_dependent || by_build_root.contains(&i);
+                        let key = if vary {
+                            build_root_key(&layer.key, &base_info.manifest_digest)
+                        } else {
+                            layer.key.clone()
+                        };
                         let entry = CacheEntry {
-                            key: layer.key.hex.clone(),
+                            key: key.hex,
                             digest: digests.digest.clone(),
                             diff_id: digests.diff_id,
                             size: digests.size,
                             media_type: OCI_LAYER_GZIP.to_string(),
                             created: now,
-                            expires: (!layer.pinned).then(|| now + settings.unpinned_ttl.as_secs()),
+                            expires,
                             name: layer.name.clone(),
-                            inputs: layer.key.canonical.clone(),
+                            inputs: key.canonical,
+                            varies_by: None,
                         };
                         cache.keys.put(&entry)?;
+                        // The layer first, then the marker that leads to it.
+                        let marker = vary.then(|| {
+                            CacheEntry::marker(
+                                &layer.key.hex,
+                                &layer.key.canonical,
+                                &layer.name,
+                                BUILD_ROOT,
+                                now,
+                                expires,
+                            )
+                        });
+                        if let Some(m) = &marker {
+                            tracing::debug!(layer = %layer.name, "the layer depends on its build root; recorded for this base only");
+                            cache.keys.put(m)?;
+                        }
                         let path = cache.blobs.get(&digests.digest)?;
                         if let Some(slot) =
                             exec.layer_table.lock().expect("not poisoned").get_mut(i)
                         {
                             *slot = Some((entry.digest.clone(), Some(path.clone())));
                         }
-                        written.push((i, entry, path));
+                        written.push(Built {
+                            index: i,
+                            entry,
+                            path,
+                            marker,
+                        });
                     }
                     Ok(written)
                 },
@@ -733,6 +872,7 @@ impl Engine {
         language: &str,
         resolved: Vec<Resolved>,
         built: Vec<(CacheEntry, PathBuf)>,
+        markers: Vec<CacheEntry>,
         rootfs: &Arc<base::LazyRootfs>,
         timer: &Arc<Timer>,
         observer: Arc<dyn Observer>,
@@ -800,6 +940,7 @@ impl Engine {
                     let mount_from = (repo.registry() == target.registry())
                         .then(|| target.repository().to_string());
                     regcache::record(&self.client, repo, built, mount_from).await;
+                    regcache::record_markers(&self.client, repo, markers).await;
                 }
                 format!("{}@{}", target_name(target), composed.manifest_digest)
             }

@@ -2,8 +2,11 @@
 //! key in the cache repository, tagged `sha256-<key>`, whose one layer is the
 //! cached layer and whose annotations carry the diffID and name. A lookup is
 //! one manifest GET; a hit is mounted into the target, never downloaded.
-//! Probe results (interpreter version and ABI read from a base image) are
-//! kept the same way, tagged `probe-<key>`, in annotations.
+//! A key whose layers vary by build root has a marker instead: a manifest
+//! without layers whose `dev.ftl.cache.varies-by` annotation names the
+//! input its layers' keys add (an older ftl, which needs a layer, reads it
+//! as a miss). Probe results (interpreter version and ABI read from a base
+//! image) are kept the same way, tagged `probe-<key>`, in annotations.
 
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ const ANN_NAME: &str = "dev.ftl.cache.name";
 const ANN_CREATED: &str = "dev.ftl.cache.created";
 const ANN_EXPIRES: &str = "dev.ftl.cache.expires";
 const ANN_INPUTS: &str = "dev.ftl.cache.inputs";
+const ANN_VARIES_BY: &str = "dev.ftl.cache.varies-by";
 const ANN_PROBE: &str = "dev.ftl.probe.output";
 const ANN_MEMO: &str = "dev.ftl.memo.value";
 
@@ -45,19 +49,34 @@ pub async fn lookup(client: &Client, repo: &Reference, key: &str) -> Option<Cach
         }
     };
     let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
-    let layer = v.get("layers")?.get(0)?;
     let ann = v.get("annotations")?;
     let s = |k: &str| ann.get(k).and_then(|x| x.as_str()).map(String::from);
-    let entry = CacheEntry {
-        key: key.to_string(),
-        digest: layer.get("digest")?.as_str()?.to_string(),
-        diff_id: s(ANN_DIFF_ID)?,
-        size: layer.get("size")?.as_u64()?,
-        media_type: layer.get("mediaType")?.as_str()?.to_string(),
-        created: s(ANN_CREATED).and_then(|c| c.parse().ok()).unwrap_or(0),
-        expires: s(ANN_EXPIRES).and_then(|c| c.parse().ok()),
-        name: s(ANN_NAME).unwrap_or_default(),
-        inputs: s(ANN_INPUTS).unwrap_or_default(),
+    let created = s(ANN_CREATED).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let expires = s(ANN_EXPIRES).and_then(|c| c.parse().ok());
+    let entry = match s(ANN_VARIES_BY) {
+        Some(varies_by) => CacheEntry::marker(
+            key,
+            &s(ANN_INPUTS).unwrap_or_default(),
+            &s(ANN_NAME).unwrap_or_default(),
+            &varies_by,
+            created,
+            expires,
+        ),
+        None => {
+            let layer = v.get("layers")?.get(0)?;
+            CacheEntry {
+                key: key.to_string(),
+                digest: layer.get("digest")?.as_str()?.to_string(),
+                diff_id: s(ANN_DIFF_ID)?,
+                size: layer.get("size")?.as_u64()?,
+                media_type: layer.get("mediaType")?.as_str()?.to_string(),
+                created,
+                expires,
+                name: s(ANN_NAME).unwrap_or_default(),
+                inputs: s(ANN_INPUTS).unwrap_or_default(),
+                varies_by: None,
+            }
+        }
     };
     if entry.expired(ftl_cache::now_secs()) {
         return None;
@@ -105,6 +124,34 @@ pub async fn record(
             if let Err(e) = push_manifest(client, target.clone(), blobs, manifest).await {
                 tracing::warn!(cache = %target, error = %e, "could not record layer in the registry cache");
             }
+        }
+    });
+    futures_util::future::join_all(pushes).await;
+}
+
+/// Records markers (after the layers their lookups lead to): a manifest
+/// without layers per key, its annotations saying what the key's layers
+/// vary by.
+pub async fn record_markers(client: &Client, repo: &Reference, markers: Vec<CacheEntry>) {
+    let pushes = markers.into_iter().map(|entry| async move {
+        let Ok(target) = repo.with_tag(&key_tag("sha256", &entry.key)) else { return };
+        let mut annotations = serde_json::Map::new();
+        annotations.insert(ANN_VARIES_BY.into(), json!(entry.varies_by));
+        annotations.insert(ANN_NAME.into(), json!(entry.name));
+        annotations.insert(ANN_CREATED.into(), json!(entry.created.to_string()));
+        annotations.insert(ANN_INPUTS.into(), json!(entry.inputs));
+        if let Some(e) = entry.expires {
+            annotations.insert(ANN_EXPIRES.into(), json!(e.to_string()));
+        }
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
+            "layers": [],
+            "annotations": annotations,
+        });
+        if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await {
+            tracing::warn!(cache = %target, error = %e, "could not record a marker in the registry cache");
         }
     });
     futures_util::future::join_all(pushes).await;

@@ -446,6 +446,7 @@ impl BuildStep for MavenStep {
         };
         let libs_to = join(&p.app_dir, "libs");
         let libs_layer = |names: Vec<String>| LayerContents {
+            root_dependent: false,
             inputs: vec![LayerInput::Files {
                 root: lib_dir.clone(),
                 to: libs_to.clone(),
@@ -458,6 +459,7 @@ impl BuildStep for MavenStep {
                 classes_layer(&classes_dir, &resources, &p.app_dir)?
             } else if i == p.resources_layer {
                 LayerContents {
+                    root_dependent: false,
                     inputs: vec![LayerInput::Files {
                         root: classes_dir.clone(),
                         to: join(&p.app_dir, "resources"),
@@ -500,6 +502,7 @@ fn classes_layer(
     app_dir: &str,
 ) -> Result<LayerContents, PluginError> {
     Ok(LayerContents {
+        root_dependent: false,
         inputs: vec![LayerInput::Files {
             root: classes_dir.clone(),
             to: join(app_dir, "classes"),
@@ -554,6 +557,7 @@ impl BuildStep for JarStep {
             out.push((
                 i,
                 LayerContents {
+                    root_dependent: false,
                     inputs: vec![LayerInput::Tree {
                         from: Beneath::new(ctx.scratch, name),
                         to: join(&p.app_dir, name),

@@ -508,7 +508,7 @@ fn run_step(
                     other => other,
                 })
                 .collect();
-            (i, LayerContents { inputs })
+            (i, LayerContents::new(inputs))
         })
         .collect())
 }

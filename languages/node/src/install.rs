@@ -485,21 +485,64 @@ impl BuildStep for DepsStep {
             }
         }
         let to = format!("{}/node_modules", plan.app_dir.trim_end_matches('/'));
+        // Keyed by node and the toolchain's version, not the base: reused
+        // on any base with the same ones, unless it holds an addon
+        // compiled here, which may need more of this base.
+        let why = compiled_here(&app.join("node_modules"))?;
+        if let Some(why) = &why {
+            tracing::info!(reason = %why, "node_modules compiled on this base: its layer is reused on this base image only");
+        }
         Ok(wanted
             .iter()
             .map(|&i| {
-                (
-                    i,
-                    LayerContents {
-                        inputs: vec![LayerInput::Tree {
-                            from: Beneath::new(&app, "node_modules"),
-                            to: to.clone(),
-                        }],
-                    },
-                )
+                let mut c = LayerContents::new(vec![LayerInput::Tree {
+                    from: Beneath::new(&app, "node_modules"),
+                    to: to.clone(),
+                }]);
+                c.root_dependent = why.is_some();
+                (i, c)
             })
             .collect())
     }
+}
+
+/// Why the `node_modules` at `modules` (as an install left it; no link
+/// followed) holds code compiled on the build's root, in words; `None`
+/// when it holds none. It does when node-gyp built an addon there (it
+/// leaves `build/config.gypi` in the package), or an ELF file needs a
+/// library neither in `node_modules` nor one every system has
+/// ([`ftl::native::foreign_needs`]). Prebuilt addons that bundle their
+/// libraries (`prebuild-install`, `@img/sharp-libvips-*`) do not.
+pub(crate) fn compiled_here(modules: &Path) -> Result<Option<String>, PluginError> {
+    let read_err = |e: ftl::BeneathError| {
+        PluginError::new(format!(
+            "cannot read {}: {}",
+            modules.display(),
+            ftl::error_chain(&e)
+        ))
+    };
+    let dir = Dir::open(modules).map_err(read_err)?;
+    let mut files = Vec::new();
+    let mut gyp = None;
+    dir.walk::<ftl::BeneathError>(&mut |rel, node| {
+        if node.kind == Kind::File {
+            if gyp.is_none() && rel.ends_with("build/config.gypi") {
+                gyp = Some(rel.to_path_buf());
+            }
+            files.push(rel.to_path_buf());
+        }
+        Ok(true)
+    })
+    .map_err(read_err)?;
+    if let Some(gyp) = gyp {
+        return Ok(Some(format!(
+            "node-gyp built an addon here ({})",
+            gyp.display()
+        )));
+    }
+    Ok(ftl::native::foreign_needs(&dir, &files)
+        .map_err(read_err)?
+        .map(|n| format!("{n}, which is not in node_modules")))
 }
 
 /// Copies the app, installs every dependency (dev too), runs `gcp-build`,
@@ -571,12 +614,10 @@ impl BuildStep for GcpBuildStep {
             .map(|&i| {
                 (
                     i,
-                    LayerContents {
-                        inputs: vec![LayerInput::Tree {
-                            from: Beneath::root(&app),
-                            to: plan.app_dir.clone(),
-                        }],
-                    },
+                    LayerContents::new(vec![LayerInput::Tree {
+                        from: Beneath::root(&app),
+                        to: plan.app_dir.clone(),
+                    }]),
                 )
             })
             .collect())
@@ -586,6 +627,54 @@ impl BuildStep for GcpBuildStep {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// node-gyp's `build/config.gypi` says an addon was compiled here; a
+    /// package of plain JavaScript or a prebuilt addon that needs only
+    /// system libraries says nothing.
+    #[test]
+    fn compiled_here_sees_node_gyp_builds_and_foreign_libraries() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("node_modules");
+        let write = |rel: &str, data: &[u8]| {
+            let p = m.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, data).unwrap();
+        };
+        write("ms/index.js", b"module.exports = 1;\n");
+        write("ms/package.json", b"{}");
+        assert_eq!(compiled_here(&m).unwrap(), None);
+        // A prebuilt addon needing libc only.
+        let cc = |out: &str, args: &[&str]| {
+            let c = t.path().join("addon.c");
+            std::fs::write(&c, "int f(void) { return 1; }\n").unwrap();
+            std::fs::create_dir_all(m.join(out).parent().unwrap()).unwrap();
+            std::process::Command::new("cc")
+                .args(["-shared", "-fPIC", "-o"])
+                .arg(m.join(out))
+                .arg(&c)
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if cc("prebuilt/build/Release/addon.node", &[]) {
+            assert_eq!(compiled_here(&m).unwrap(), None);
+            // One linked against a library of the base (zlib's, where the
+            // host has its development files).
+            if cc(
+                "linked/build/Release/addon.node",
+                &["-Wl,--no-as-needed", "-lz"],
+            ) {
+                let why = compiled_here(&m).unwrap().unwrap();
+                assert!(why.contains("addon.node needs libz.so.1"), "{why}");
+                std::fs::remove_dir_all(m.join("linked")).unwrap();
+            }
+        } else {
+            eprintln!("no C compiler: the addon cases skipped");
+        }
+        write("epoll/build/config.gypi", b"{}");
+        let why = compiled_here(&m).unwrap().unwrap();
+        assert!(why.contains("epoll/build/config.gypi"), "{why}");
+    }
 
     #[test]
     fn names() {

@@ -17,8 +17,11 @@ use crate::package::{check_npm_lock_in_sync, find_lockfile, LockKind, PackageJso
 use crate::probe;
 use crate::Settings;
 
-/// Bumped when the layout of any layer changes for the same inputs.
-pub const KEY_VERSION: u32 = 1;
+/// Bumped when the layout of any layer changes for the same inputs. 2: a
+/// `node_modules` with an addon compiled on the base is recorded for that
+/// base only ([`ftl::LayerContents::root_dependent`]); version 1 entries
+/// may hold one under the runtime's key alone, so they are never read.
+pub const KEY_VERSION: u32 = 2;
 pub(crate) const PLUGIN: &str = "node";
 
 /// `npm_config_*` / `NPM_CONFIG_*` variables of the base config: npm in the

@@ -175,18 +175,26 @@ impl BuildStep for HookStep {
             )));
         }
         tracing::debug!(output = %out.tail(5), "app build");
+        // A command that compiled code against the base (an extension
+        // built in place) made a layer only that base may reuse.
+        let files = crate::record::all_files(&app).map_err(|e| PluginError::new(e.to_string()))?;
+        let foreign = ftl::beneath::Dir::open(&app)
+            .and_then(|d| ftl::native::foreign_needs(&d, &files))
+            .map_err(|e| {
+                PluginError::new(format!("cannot read the built app: {}", ftl::error_chain(&e)))
+            })?;
+        if let Some(f) = &foreign {
+            tracing::debug!(need = %f, "the app build's output links against the base");
+        }
         Ok(wanted
             .iter()
             .map(|&i| {
-                (
-                    i,
-                    LayerContents {
-                        inputs: vec![LayerInput::Tree {
-                            from: ftl::Beneath::root(&app),
-                            to: self.app_dir.clone(),
-                        }],
-                    },
-                )
+                let mut c = LayerContents::new(vec![LayerInput::Tree {
+                    from: ftl::Beneath::root(&app),
+                    to: self.app_dir.clone(),
+                }]);
+                c.root_dependent = foreign.is_some();
+                (i, c)
             })
             .collect())
     }

@@ -373,13 +373,24 @@ impl BuildStep for DepsStep {
         // With directories, so that empty ones (site-packages) exist.
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
         let before: BTreeSet<PathBuf> = venv_files.iter().cloned().collect();
-        let files_input = |paths: Vec<PathBuf>| LayerContents {
-            inputs: vec![LayerInput::Files {
-                // The venv's mount point; nothing below it is followed.
-                root: ftl::Beneath::root(&env),
-                to: venv.clone(),
-                paths,
-            }],
+        // A layer of what pip installed. Keyed by the interpreter, not the
+        // base: reused on any base with the same interpreter, unless it
+        // holds code compiled here, which may need more of this base.
+        let files_input = |name: &str, paths: Vec<PathBuf>| -> Result<LayerContents, PluginError> {
+            let why =
+                record::compiled_here(&env, &paths).map_err(|e| PluginError::new(e.to_string()))?;
+            if let Some(why) = &why {
+                tracing::info!(layer = %name, reason = %why, "compiled on this base: its layer is reused on this base image only");
+            }
+            Ok(LayerContents {
+                inputs: vec![LayerInput::Files {
+                    // The venv's mount point; nothing below it is followed.
+                    root: ftl::Beneath::root(&env),
+                    to: venv.clone(),
+                    paths,
+                }],
+                root_dependent: why.is_some(),
+            })
         };
 
         let mut out = Vec::new();
@@ -399,13 +410,11 @@ impl BuildStep for DepsStep {
                 })?;
             out.push((
                 plan.venv_layer,
-                LayerContents {
-                    inputs: vec![LayerInput::Files {
-                        root: ftl::Beneath::root(&snapshot),
-                        to: venv.clone(),
-                        paths: venv_files.clone(),
-                    }],
-                },
+                LayerContents::new(vec![LayerInput::Files {
+                    root: ftl::Beneath::root(&snapshot),
+                    to: venv.clone(),
+                    paths: venv_files.clone(),
+                }]),
             ));
         }
 
@@ -471,7 +480,7 @@ impl BuildStep for DepsStep {
                         data: text.into_bytes(),
                     }];
                     inputs.extend(self.dep_files_input());
-                    out.push((*lock, LayerContents { inputs }));
+                    out.push((*lock, LayerContents::new(inputs)));
                 }
                 if want.is_empty() {
                     return Ok(out);
@@ -525,6 +534,10 @@ impl BuildStep for DepsStep {
                 }
                 for (index, dists) in want {
                     let mut paths = Vec::new();
+                    let pins: Vec<String> = dists
+                        .iter()
+                        .map(|d| format!("{}=={}", d.key, d.version))
+                        .collect();
                     for d in dists {
                         let got = by_key.get(d.key.as_str()).ok_or_else(|| {
                             PluginError::new(format!(
@@ -538,7 +551,7 @@ impl BuildStep for DepsStep {
                         }
                         paths.extend(got.files.iter().cloned());
                     }
-                    out.push((*index, files_input(paths)));
+                    out.push((*index, files_input(&pins.join(" "), paths)?));
                 }
             }
             DepsMode::Unpinned { layer, files } => {
@@ -565,7 +578,7 @@ impl BuildStep for DepsStep {
                     .into_iter()
                     .filter(|f| !before.contains(f))
                     .collect();
-                let mut contents = files_input(paths);
+                let mut contents = files_input("dependencies (not pinned)", paths)?;
                 contents.inputs.extend(self.dep_files_input());
                 out.push((*layer, contents));
             }

@@ -18,8 +18,11 @@ use crate::requires_python;
 use crate::resolve;
 use crate::Settings;
 
-/// Bumped when the layout of any layer changes for the same inputs.
-pub const KEY_VERSION: u32 = 1;
+/// Bumped when the layout of any layer changes for the same inputs. 2: a
+/// layer of code compiled on the base is recorded for that base only
+/// ([`ftl::LayerContents::root_dependent`]); version 1 entries may hold
+/// such layers under the interpreter's key alone, so they are never read.
+pub const KEY_VERSION: u32 = 2;
 const PLUGIN: &str = "python";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

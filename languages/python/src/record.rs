@@ -283,6 +283,66 @@ fn dist_name_version(
     Ok((name.unwrap_or(dn), version.unwrap_or(dv)))
 }
 
+/// Whether a wheel's platform tag names a platform policy rather than the
+/// machine it was built on: `any`, `manylinux*` (PEP 513, 571, 599, 600),
+/// `musllinux*` (PEP 656). A wheel pip builds from an sdist is tagged with
+/// the build machine's own platform (`linux_x86_64`).
+fn portable_platform(platform: &str) -> bool {
+    platform == "any" || platform.starts_with("manylinux") || platform.starts_with("musllinux")
+}
+
+/// The platform tags of a `WHEEL` file's `Tag:` lines (each expanded:
+/// `py2.py3-none-any`, `cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64`).
+fn wheel_platforms(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("Tag:"))
+        .filter_map(|tag| tag.trim().rsplit('-').next())
+        .flat_map(|p| p.split('.'))
+        .filter(|p| !p.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Why the files `files` of a venv (relative to `venv`) hold code compiled
+/// on the build's root, in words; `None` when they hold none. They do
+/// when a distribution among them
+///
+/// - has a `*.dist-info/WHEEL` with a platform tag that is not portable
+///   (pip built it here from an sdist: `linux_x86_64`), or none at all;
+/// - has an ELF file that needs a library neither among `files` nor one
+///   every system has ([`ftl::native::foreign_needs`]: uwsgi linked
+///   against the base's `libpython3.11.so.1.0`).
+///
+/// Its layer is then [root-dependent](ftl::LayerContents::root_dependent).
+/// Files are read without following links.
+pub fn compiled_here(venv: &Path, files: &[PathBuf]) -> Result<Option<String>, RecordError> {
+    let dir = Dir::open(venv)?;
+    let dist_infos: BTreeSet<&Path> = files
+        .iter()
+        .filter_map(|f| {
+            f.ancestors()
+                .find(|a| a.extension().is_some_and(|e| e == "dist-info"))
+        })
+        .collect();
+    for dist_info in dist_infos {
+        let wheel = dist_info.join("WHEEL");
+        let Some(text) = read_text(&dir, &wheel)? else {
+            return Ok(Some(format!("{} has no WHEEL file", dist_info.display())));
+        };
+        let platforms = wheel_platforms(&text);
+        if let Some(p) = platforms.iter().find(|p| !portable_platform(p)) {
+            return Ok(Some(format!(
+                "{} is tagged for the build machine's platform `{p}`: built here from source",
+                wheel.display()
+            )));
+        }
+        if platforms.is_empty() {
+            return Ok(Some(format!("{} has no Tag", wheel.display())));
+        }
+    }
+    Ok(ftl::native::foreign_needs(&dir, files)?.map(|n| format!("{n}, which is not in the layer")))
+}
+
 /// What is below a venv: each entry's kind and, for a file, the sha256
 /// of its content, or for a link, its target; for [`first_difference`].
 pub fn fingerprint(root: &Path) -> Result<BTreeMap<PathBuf, String>, RecordError> {
@@ -396,13 +456,11 @@ mod tests {
         assert!(e.to_string().contains("refusing to follow it"), "{e}");
 
         // The venv layer of everything new: the link is a link.
-        let c = LayerContents {
-            inputs: vec![LayerInput::Files {
-                root: Beneath::root(&v),
-                to: "/env".into(),
-                paths: files,
-            }],
-        };
+        let c = LayerContents::new(vec![LayerInput::Files {
+            root: Beneath::root(&v),
+            to: "/env".into(),
+            paths: files,
+        }]);
         let mut blob = Vec::new();
         write_layer(&c, LayerSettings::default(), &mut blob).unwrap();
         let mut tar = Vec::new();
@@ -417,6 +475,111 @@ mod tests {
             .find(|e| e.path().unwrap().ends_with("site-packages/evil"))
             .unwrap();
         assert_eq!(link.header().entry_type(), tar::EntryType::Symlink);
+    }
+
+    #[test]
+    fn wheel_tags_say_whether_a_wheel_was_built_here() {
+        let tags = |text: &str| wheel_platforms(text);
+        let built_here = "Wheel-Version: 1.0\nGenerator: bdist_wheel (0.42.0)\nRoot-Is-Purelib: false\nTag: cp311-cp311-linux_x86_64\n";
+        assert_eq!(tags(built_here), ["linux_x86_64"]);
+        let pypi = "Wheel-Version: 1.0\nTag: cp311-cp311-manylinux_2_17_x86_64\nTag: cp311-cp311-manylinux2014_x86_64\n";
+        assert_eq!(
+            tags(pypi),
+            ["manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+        );
+        assert_eq!(
+            tags("Tag: cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64\n"),
+            ["manylinux_2_17_x86_64", "manylinux2014_x86_64"]
+        );
+        assert_eq!(tags("Tag: py2.py3-none-any\n"), ["any"]);
+        assert_eq!(
+            tags("Tag: cp312-abi3-musllinux_1_2_aarch64\n"),
+            ["musllinux_1_2_aarch64"]
+        );
+        for p in [
+            "any",
+            "manylinux1_x86_64",
+            "manylinux_2_28_aarch64",
+            "musllinux_1_1_x86_64",
+        ] {
+            assert!(portable_platform(p), "{p}");
+        }
+        for p in [
+            "linux_x86_64",
+            "linux_aarch64",
+            "macosx_11_0_arm64",
+            "win_amd64",
+        ] {
+            assert!(!portable_platform(p), "{p}");
+        }
+    }
+
+    /// A distribution built here (its WHEEL tagged `linux_x86_64`) holds
+    /// code compiled on the build's root; one from a manylinux wheel does
+    /// not, unless an ELF file of it needs a library from outside it.
+    #[test]
+    fn compiled_here_reads_wheel_tags_and_elf_needs() {
+        let t = tempfile::tempdir().unwrap();
+        let v = t.path();
+        let site = PathBuf::from("lib/python3.11/site-packages");
+        let write = |rel: &Path, text: &[u8]| {
+            std::fs::create_dir_all(v.join(rel).parent().unwrap()).unwrap();
+            std::fs::write(v.join(rel), text).unwrap();
+        };
+        let dist = |name: &str, tag: &str| -> Vec<PathBuf> {
+            let di = site.join(format!("{name}-1.0.dist-info"));
+            write(
+                &di.join("WHEEL"),
+                format!("Wheel-Version: 1.0\nTag: {tag}\n").as_bytes(),
+            );
+            write(&di.join("RECORD"), b"");
+            write(&site.join(format!("{name}.py")), b"x = 1\n");
+            vec![
+                di.join("WHEEL"),
+                di.join("RECORD"),
+                site.join(format!("{name}.py")),
+            ]
+        };
+        let wheel = dist("wheel", "cp311-cp311-manylinux_2_17_x86_64");
+        assert_eq!(compiled_here(v, &wheel).unwrap(), None);
+        let pure = dist("pure", "py3-none-any");
+        assert_eq!(compiled_here(v, &pure).unwrap(), None);
+        let sdist = dist("sdist", "cp311-cp311-linux_x86_64");
+        let why = compiled_here(v, &sdist).unwrap().unwrap();
+        assert!(
+            why.contains("linux_x86_64") && why.contains("sdist-1.0.dist-info"),
+            "{why}"
+        );
+        // The unpinned layer: every distribution's files at once.
+        let all: Vec<PathBuf> = [wheel.clone(), pure, sdist].concat();
+        assert!(compiled_here(v, &all).unwrap().is_some());
+
+        // A manylinux-tagged distribution whose extension links a library
+        // outside it (a compiler on the path needed).
+        let Some(ext) = cc_shared(v, &site.join("wheel/_ext.so"), &["-lz"]) else {
+            eprintln!("no C compiler with zlib: the ELF case skipped");
+            return;
+        };
+        let mut with_ext = wheel.clone();
+        with_ext.push(ext.strip_prefix(v).unwrap().to_path_buf());
+        let why = compiled_here(v, &with_ext).unwrap().unwrap();
+        assert!(why.contains("_ext.so needs libz.so.1"), "{why}");
+    }
+
+    /// Compiles a shared library at `out` that uses what `args` link.
+    fn cc_shared(dir: &Path, out: &Path, args: &[&str]) -> Option<PathBuf> {
+        let c = dir.join("ext.c");
+        std::fs::write(&c, "unsigned long zlibCompileFlags(void);\nunsigned long f(void) { return zlibCompileFlags(); }\n").unwrap();
+        std::fs::create_dir_all(dir.join(out).parent().unwrap()).unwrap();
+        let ok = std::process::Command::new("cc")
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(dir.join(out))
+            .arg(&c)
+            .args(args)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| dir.join(out))
     }
 
     #[test]

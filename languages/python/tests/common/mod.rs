@@ -115,6 +115,12 @@ fn fake_resolution(request: &ExecRequest) -> ExecOutput {
                 line: i + 1,
             };
             let req = ftl_python::requirements::parse_requirement_line(line, &origin).unwrap();
+            // pip skips what its marker excludes on this interpreter.
+            let markers: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(bookworm_probe()["markers"].clone()).unwrap();
+            if req.marker.as_ref().is_some_and(|m| !m.evaluate(&markers)) {
+                continue;
+            }
             if !seen.insert(req.key.clone()) {
                 continue;
             }
