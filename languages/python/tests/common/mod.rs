@@ -118,7 +118,7 @@ fn fake_resolution(request: &ExecRequest) -> ExecOutput {
             // pip skips what its marker excludes on this interpreter.
             let markers: std::collections::BTreeMap<String, String> =
                 serde_json::from_value(bookworm_probe()["markers"].clone()).unwrap();
-            if req.marker.as_ref().is_some_and(|m| !m.evaluate(&markers)) {
+            if !ftl_python::requirements::applies(&req, &markers) {
                 continue;
             }
             if !seen.insert(req.key.clone()) {
