@@ -181,7 +181,10 @@ impl BuildStep for HookStep {
         let foreign = ftl::beneath::Dir::open(&app)
             .and_then(|d| ftl::native::foreign_needs(&d, &files))
             .map_err(|e| {
-                PluginError::new(format!("cannot read the built app: {}", ftl::error_chain(&e)))
+                PluginError::new(format!(
+                    "cannot read the built app: {}",
+                    ftl::error_chain(&e)
+                ))
             })?;
         if let Some(f) = &foreign {
             tracing::debug!(need = %f, "the app build's output links against the base");

@@ -231,7 +231,17 @@ impl DepsStep {
             return Ok(());
         }
         let mut lines = self.plan.options.to_lines();
-        lines.extend(dists.iter().map(PinnedDist::line_with_extras));
+        lines.retain(|l| l != "--require-hashes");
+        // Without the hashes: in hash-checking mode pip stops at the first
+        // dependency the set misses, before any report; the install
+        // checks them.
+        lines.extend(dists.iter().map(|d| {
+            let line = d.line_with_extras();
+            match line.find(" --hash=") {
+                Some(i) => line[..i].to_string(),
+                None => line,
+            }
+        }));
         let file = run.work.join("lock.txt");
         std::fs::write(&file, lines.join("\n") + "\n")
             .map_err(|e| io_err("cannot write", &file, e))?;
@@ -288,11 +298,11 @@ impl DepsStep {
             return Ok(());
         }
         Err(PluginError::new(format!(
-            "every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: {}",
+            "this is a complete lock (every requirement pinned with == and a --hash), but it misses dependencies: {}",
             missing.join("; ")
         ))
         .in_file(top, None)
-        .hint("add them pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer"))
+        .hint("add them with their hashes (`pip-compile --generate-hashes` lists every transitive dependency), or drop the hashes to let ftl resolve the rest with pip"))
     }
 
     fn compile(&self, run: &Run<'_>) -> Result<(), PluginError> {

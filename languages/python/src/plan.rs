@@ -351,7 +351,46 @@ pub(crate) fn plan(
                 .collect::<Vec<_>>()),
         );
     }
-    let warnings: Vec<String> = Vec::new();
+    let mut warnings: Vec<String> = set.as_ref().map(|s| s.warnings.clone()).unwrap_or_default();
+    if let Some(set) = &set {
+        notes.insert("input".into(), json!(set.kind.as_str()));
+        if let Some((spec, origin)) = &set.requires_python {
+            notes.insert(
+                "requires_python".into(),
+                json!({"specifier": spec, "from": format!("{}:{}", origin.file.display(), origin.line)}),
+            );
+        }
+        let skipped = requirements::skipped_by_markers(set, &probe.markers);
+        for s in skipped.iter().filter(|s| s.top_level) {
+            warnings.push(format!(
+                "{}:{}: `{}` is not installed: its marker `{}` is false for Python {} on {}",
+                s.origin.file.display(),
+                s.origin.line,
+                s.name,
+                s.marker,
+                probe.version,
+                probe
+                    .markers
+                    .get("sys_platform")
+                    .map(String::as_str)
+                    .unwrap_or("this platform"),
+            ));
+        }
+        if !skipped.is_empty() {
+            notes.insert(
+                "skipped_by_marker".into(),
+                json!(skipped
+                    .iter()
+                    .map(|s| json!({
+                        "name": s.name,
+                        "marker": s.marker,
+                        "from": format!("{}:{}", s.origin.file.display(), s.origin.line),
+                        "top_level": s.top_level,
+                    }))
+                    .collect::<Vec<_>>()),
+            );
+        }
+    }
 
     let mode = match &set {
         Some(set) if !set.requirements.is_empty() || !added.is_empty() => {

@@ -80,7 +80,22 @@ fn pyproject() {
 
 #[test]
 fn includes() {
-    insta::assert_json_snapshot!(render(&plan("includes").unwrap()));
+    let p = plan("includes").unwrap();
+    // A requirement the user wrote whose marker excludes this interpreter
+    // is listed in the report and warned about.
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("pywin32") && w.contains("sys_platform")),
+        "{:?}",
+        p.warnings
+    );
+    assert_eq!(
+        p.notes["skipped_by_marker"][0]["name"], "pywin32",
+        "{:#}",
+        p.notes
+    );
+    insta::assert_json_snapshot!(render(&p));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use common::{base, bookworm_probe, testdata};
+use common::{base, bookworm_probe, hash_pinned_copy, testdata};
 use ftl::{
     BuildOptions, Exec, ExecOutput, ExecRequest, LayerInput, LayerPlan, PluginError, SourceTree,
     StepContext, StepNetwork,
@@ -96,6 +96,14 @@ impl Exec for FakePython {
         let site = "lib/python3.11/site-packages";
         match req.label.as_str() {
             "python probe" => Ok(ok(&self.probe.to_string())),
+            "pip resolve" => {
+                assert_eq!(
+                    req.network,
+                    StepNetwork::Egress,
+                    "resolution reads the index"
+                );
+                Ok(common::fake_resolution(req))
+            }
             "python -m venv" => {
                 assert_eq!(
                     req.args,
@@ -298,7 +306,10 @@ fn builds_only_the_wanted_distributions() {
     let got = build(&p, &app, &exec, &[flask, click]).unwrap();
     assert_eq!(
         exec.pip_inputs.lock().unwrap().as_slice(),
-        ["click==8.1.7\nflask==3.0.3\n"]
+        [format!(
+            "click==8.1.7 --hash=sha256:{:064x}\nflask==3.0.3 --hash=sha256:{:064x}\n",
+            6, 1
+        )]
     );
     assert_eq!(
         got,
@@ -338,12 +349,13 @@ fn builds_only_the_wanted_distributions() {
         labels,
         [
             "python probe",
+            "pip resolve",
             "python -m venv",
             "pip install",
             "python compileall"
         ]
     );
-    let pip = exec.requests.lock().unwrap()[2].clone();
+    let pip = exec.requests.lock().unwrap()[3].clone();
     assert!(pip.args.contains(&"--no-deps".to_string()));
     assert!(pip.mounts.iter().any(|m| m.target == "/ftl-work"));
     assert!(pip.mounts.iter().any(|m| m.target == "/env" && m.writable));
@@ -387,9 +399,10 @@ fn unpinned_gets_the_files_and_one_layer() {
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(app.join(&f), to).unwrap();
     }
+    // A direct URL has no version to key a layer by: one unpinned layer.
     std::fs::write(
         dir.path().join("requirements/web.txt"),
-        "-r common.txt\nurllib3>=2\nidna==3.10\n",
+        "-r common.txt\nurllib3>=2\nidna==3.10\nmypkg @ https://example.com/mypkg-1.0.tar.gz\n",
     )
     .unwrap();
     let p = plan(dir.path(), &exec);
@@ -430,17 +443,17 @@ fn incomplete_pins_name_the_missing_dependencies() {
         ("werkzeug".into(), "3.1.3".into()),
         ("blinker".into(), "1.9.0".into()),
     ];
-    let app = testdata("bad-incomplete-pins");
+    let app = testdata("bad-incomplete-lock");
     let p = plan(&app, &exec);
     let lock = p
         .layers
         .iter()
-        .position(|l| l.name == "python: lock of 2 distributions")
+        .position(|l| l.name == "python: lock of 1 distribution")
         .unwrap();
     // Even when every distribution layer is cached, the lock layer misses
     // and its build checks the set.
     let e = build(&p, &app, &exec, &[lock]).unwrap_err();
-    insta::assert_snapshot!(e.to_string(), @"requirements.txt: every package is pinned with ==, so this is treated as a complete lock, but it misses dependencies: werkzeug 3.1.3 (required by flask); blinker 1.9.0 (required by flask); add them pinned (`pip freeze` or `pip-compile` list every transitive dependency), or leave a requirement unpinned to install everything as one layer");
+    insta::assert_snapshot!(e.to_string(), @"requirements.txt: this is a complete lock (every requirement pinned with == and a --hash), but it misses dependencies: werkzeug 3.1.3 (required by flask); blinker 1.9.0 (required by flask); add them with their hashes (`pip-compile --generate-hashes` lists every transitive dependency), or drop the hashes to let ftl resolve the rest with pip");
 }
 
 /// pip's report is left by a step whose sdist builds run other people's
@@ -452,7 +465,8 @@ fn a_report_left_as_a_link_to_a_host_file_is_not_followed() {
     let mut exec = FakePython::new();
     exec.missing = vec![("host-file-leak".into(), "1".into())];
     exec.report_link = Some(host.path().join("secret.json"));
-    let app = testdata("flask");
+    let copy = hash_pinned_copy("flask");
+    let app = copy.path().to_path_buf();
     let p = plan(&app, &exec);
     let lock = p.layers.len() - 2;
     let e = build(&p, &app, &exec, &[lock]).unwrap_err().to_string();
@@ -467,7 +481,8 @@ fn a_report_left_as_a_link_to_a_host_file_is_not_followed() {
 fn a_lock_check_that_changes_the_venv_is_refused() {
     let mut exec = FakePython::new();
     exec.lock_plants = true;
-    let app = testdata("flask");
+    let copy = hash_pinned_copy("flask");
+    let app = copy.path().to_path_buf();
     let p = plan(&app, &exec);
     let lock = p.layers.len() - 2;
     let e = build(&p, &app, &exec, &[lock]).unwrap_err().to_string();
@@ -480,7 +495,8 @@ fn a_lock_check_that_changes_the_venv_is_refused() {
 #[test]
 fn lock_layer_lists_the_set_after_checking_it() {
     let exec = FakePython::new();
-    let app = testdata("flask");
+    let copy = hash_pinned_copy("flask");
+    let app = copy.path().to_path_buf();
     let p = plan(&app, &exec);
     let lock = p.layers.len() - 2;
     assert_eq!(p.layers[lock].name, "python: lock of 9 distributions");

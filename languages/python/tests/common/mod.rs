@@ -90,7 +90,7 @@ impl ProbeExec {
 /// requirement of the files pip is pointed at (`-r` followed), at its `==`
 /// version or `1.0`, requested, from a wheel. Enough to plan; the real
 /// resolver runs in the end-to-end tests.
-fn fake_resolution(request: &ExecRequest) -> ExecOutput {
+pub fn fake_resolution(request: &ExecRequest) -> ExecOutput {
     let mount = request
         .mounts
         .iter()
@@ -219,4 +219,35 @@ pub fn render(plan: &LayerPlan) -> serde_json::Value {
             "exposed_ports": c.exposed_ports,
         },
     })
+}
+
+/// A copy of a testdata app whose requirements.txt lines each get a
+/// (made-up) `--hash`: a complete lock, which is checked, not resolved.
+pub fn hash_pinned_copy(app: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let from = testdata(app);
+    for e in std::fs::read_dir(&from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+    }
+    let text = std::fs::read_to_string(from.join("requirements.txt")).unwrap();
+    let hashed: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if l.trim().is_empty()
+                || l.starts_with('#')
+                || l.starts_with('-')
+                || l.contains("--hash")
+            {
+                format!("{l}\n")
+            } else {
+                format!("{l} --hash=sha256:{:064x}\n", i + 1)
+            }
+        })
+        .collect();
+    std::fs::write(dir.path().join("requirements.txt"), hashed).unwrap();
+    dir
 }
