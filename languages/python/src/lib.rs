@@ -68,6 +68,8 @@ impl LanguagePlugin for PythonPlugin {
             "Pipfile",
             "Pipfile.lock",
             "setup.py",
+            "uv.lock",
+            "poetry.lock",
         ]
         .iter()
         .any(|f| source.contains(f))
