@@ -150,7 +150,13 @@ fn pip_env_doc(ctx: &PlanContext<'_>) -> Value {
         .into_iter()
         .filter(|(k, _)| k.starts_with("PIP_") || k == "UV_INDEX_URL")
         .map(|(k, v)| {
-            let value = if v.contains("://") {
+            // pip splits list variables (`PIP_EXTRA_INDEX_URL`,
+            // `PIP_FIND_LINKS`) on whitespace: each URL has its own
+            // credentials. One URL keeps its old form (and its keys).
+            let urls: Vec<&str> = v.split_whitespace().collect();
+            let value = if urls.len() > 1 && v.contains("://") {
+                Value::Array(urls.iter().map(|u| redact_url(u)).collect())
+            } else if v.contains("://") {
                 redact_url(&v)
             } else {
                 Value::String(v)

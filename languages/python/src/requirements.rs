@@ -738,7 +738,39 @@ fn looks_like_path(s: &str) -> bool {
 
 /// Parses a marker (the text after `;`).
 pub fn parse_marker(text: &str) -> Result<MarkerTree, String> {
+    check_nesting(text)?;
     MarkerTree::from_str(text).map_err(|e| format!("invalid marker `{text}`: {}", e.message))
+}
+
+/// How deeply a marker's parentheses may nest. pep508_rs parses them by
+/// recursion without a bound: a requirement line of some thousands of
+/// `(` overflows the planning thread's stack, which aborts the whole
+/// process (every build of `ftl serve`). Real markers nest two or three
+/// deep.
+const MAX_MARKER_NESTING: usize = 32;
+
+/// Refuses parentheses (outside quoted strings) nested deeper than
+/// [`MAX_MARKER_NESTING`].
+fn check_nesting(text: &str) -> Result<(), String> {
+    let (mut depth, mut quote) = (0usize, None);
+    for c in text.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(') => {
+                depth += 1;
+                if depth > MAX_MARKER_NESTING {
+                    return Err(format!(
+                        "parentheses nested more than {MAX_MARKER_NESTING} deep"
+                    ));
+                }
+            }
+            (None, ')') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Where the marker of `spec` starts (its `;`): the first `;` of a
@@ -803,6 +835,7 @@ pub fn parse_pep508(spec: &str, origin: &Origin) -> Result<Requirement, PluginEr
     if spec.trim_end().ends_with(';') {
         return Err(invalid("empty marker after `;`"));
     }
+    check_nesting(spec).map_err(|e| invalid(&e))?;
     let parsed = pep508_rs::Requirement::<url::Url>::from_str(spec)
         .map_err(|e| invalid(&lowercase_first(&e.message.to_string())))?;
     let name: String = spec
@@ -1033,6 +1066,46 @@ mod tests {
             file: "requirements.txt".into(),
             line: 1,
         }
+    }
+
+    /// A requirement line (or a lock's marker) of thousands of nested
+    /// parentheses is an error of that line, not a stack overflow that
+    /// aborts the process (run here on the 2 MiB stack of tokio's blocking
+    /// threads, where planning runs).
+    #[test]
+    fn a_deeply_nested_marker_is_refused_not_a_stack_overflow() {
+        let n = 20_000;
+        let marker = format!("{}python_version > \"3\"{}", "(".repeat(n), ")".repeat(n));
+        let outcome = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || {
+                let line = parse_pep508(&format!("flask; {marker}"), &origin())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                let url = parse_pep508(
+                    &format!("git+https://example.com/x.git#egg=x ; {marker}"),
+                    &origin(),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+                (line, url, parse_marker(&marker).map(|_| ()))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        for e in [outcome.0, outcome.1, outcome.2] {
+            let e = e.unwrap_err();
+            assert!(e.contains("nested more than"), "{}", &e[..e.len().min(300)]);
+        }
+        // Quoted parentheses do not count; real nesting parses.
+        assert!(
+            parse_marker("platform_release == '((((((((((((((((((((((((((((((((((((('").is_ok()
+        );
+        assert!(parse_pep508(
+            "a; (python_version > '3' and (sys_platform == 'linux' or (os_name == 'posix')))",
+            &origin()
+        )
+        .is_ok());
     }
 
     fn files(list: &[(&str, &str)]) -> impl Fn(&Path) -> Result<Option<String>, PluginError> {

@@ -357,3 +357,45 @@ fn bad_requires_python() {
     let e = plan("bad-requires-python").unwrap_err();
     insta::assert_snapshot!(e.to_string(), @"pyproject.toml:4: the app requires Python `>=3.12`, but the base image's Python is 3.11.2; use a base image with a Python that matches `>=3.12`, or change requires-python in pyproject.toml if the app runs on Python 3.11.2");
 }
+
+/// The base image's `PIP_EXTRA_INDEX_URL` may list several indexes
+/// (pip splits it on whitespace), each with its own credentials: none of
+/// them may reach a key's inputs document, which the local index stores
+/// and the registry cache publishes as an annotation.
+#[test]
+fn a_second_index_url_in_a_pip_variable_keeps_its_password_out_of_keys() {
+    let plan_for = |extra: &str| {
+        let source = ftl::SourceTree::scan(&testdata("flask")).unwrap();
+        let mut base = common::base();
+        let mut config = base.config.config().clone().unwrap();
+        let mut env = config.env().clone().unwrap();
+        env.push(format!("PIP_EXTRA_INDEX_URL={extra}"));
+        config.set_env(Some(env));
+        base.config.set_config(Some(config));
+        let exec = ProbeExec::new(bookworm_probe());
+        ftl::LanguagePlugin::plan(
+            &ftl_python::PythonPlugin,
+            &ftl::PlanContext {
+                source: &source,
+                base: &base,
+                options: &BuildOptions::default(),
+                exec: &exec,
+            },
+        )
+        .unwrap()
+    };
+    let p = plan_for("https://a:s3cret1@one.example/simple https://b:s3cret2@two.example/simple");
+    for l in &p.layers {
+        for secret in ["s3cret1", "s3cret2"] {
+            assert!(
+                !l.key.canonical.contains(secret),
+                "{}: {}",
+                l.name,
+                l.key.canonical
+            );
+        }
+    }
+    // Changing either password still changes the keys.
+    let other = plan_for("https://a:s3cret1@one.example/simple https://b:other@two.example/simple");
+    assert_ne!(p.layers[1].key.hex, other.layers[1].key.hex);
+}
