@@ -458,6 +458,7 @@ pub(crate) fn plan(
                     lines.extend(added.iter().map(|r| r.name.clone()));
                     let input = resolve::Input {
                         files: &[],
+                        include: None,
                         lines,
                         constraints,
                         key_doc: common.clone(),
@@ -501,10 +502,7 @@ pub(crate) fn plan(
                 // pyproject.toml) its requirements; then what ftl adds.
                 let mut lines = Vec::new();
                 let files: Vec<(PathBuf, String)> = match &set.top {
-                    Some(t) => {
-                        lines.push(format!("-r {}", t.display()));
-                        set.files.clone()
-                    }
+                    Some(_) => set.files.clone(),
                     None => {
                         lines.extend(options.to_lines());
                         lines.extend(set.requirements.iter().map(pip_line));
@@ -523,6 +521,7 @@ pub(crate) fn plan(
                     .collect();
                 let input = resolve::Input {
                     files: &files,
+                    include: set.top.as_deref(),
                     lines,
                     constraints: Vec::new(),
                     key_doc: common.clone(),

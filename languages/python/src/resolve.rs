@@ -25,6 +25,8 @@ const DIR: &str = "/ftl-resolve";
 /// The file pip is pointed at: includes the app's top file (or its
 /// requirements, generated), plus what ftl adds.
 const TOP: &str = "ftl-resolve.txt";
+/// Where the app's requirement files go below [`DIR`].
+const APP: &str = "app";
 
 /// One distribution pip chose.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,8 +66,11 @@ pub(crate) struct Input<'a> {
     /// The app's requirement files (relative path, text), written as they
     /// are so that `-r`/`-c` includes resolve.
     pub files: &'a [(PathBuf, String)],
-    /// The lines of [`TOP`]: `-r <app file>`, requirements ftl adds, index
-    /// options of inputs that are not requirement files.
+    /// The app's file pip reads first (`-r`), if any (relative, one of
+    /// `files`).
+    pub include: Option<&'a Path>,
+    /// More lines of [`TOP`]: requirements ftl adds, index options of
+    /// inputs that are not requirement files.
     pub lines: Vec<String>,
     /// A constraints file (`name==version` lines), for resolving additions
     /// to a complete lock without changing it.
@@ -103,6 +108,7 @@ impl Input<'_> {
             json!({
                 "memo": "resolution",
                 "files": self.files.iter().map(|(p, t)| json!({"path": p.to_string_lossy(), "sha256": ftl::sha256_tagged(t.as_bytes())})).collect::<Vec<_>>(),
+                "include": self.include.map(|p| p.to_string_lossy().into_owned()),
                 "lines": self.lines,
                 "constraints": self.constraints,
                 "env": self.key_doc,
@@ -210,11 +216,22 @@ fn write_inputs(dir: &Path, input: &Input<'_>) -> Result<(), PluginError> {
     let io = |p: &Path, e: std::io::Error| {
         PluginError::new(format!("cannot write {}: {e}", p.display()))
     };
-    // Read by the step's user, which is not the owner when ftl is root.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+    // Private: the files may name an index with its credentials. The
+    // step reads them through an idmapped mount, as their owner.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| io(dir, e))?;
-    let mut files: Vec<(PathBuf, String)> = input.files.to_vec();
-    files.push((PathBuf::from(TOP), input.lines.join("\n") + "\n"));
+    // The app's files below `app/`, so that none can be taken for ftl's.
+    let mut files: Vec<(PathBuf, String)> = input
+        .files
+        .iter()
+        .map(|(p, t)| (Path::new(APP).join(p), t.clone()))
+        .collect();
+    let mut lines = Vec::new();
+    if let Some(top) = input.include {
+        lines.push(format!("-r {APP}/{}", top.display()));
+    }
+    lines.extend(input.lines.iter().cloned());
+    files.push((PathBuf::from(TOP), lines.join("\n") + "\n"));
     if !input.constraints.is_empty() {
         files.push((
             PathBuf::from("ftl-constraints.txt"),
@@ -230,12 +247,12 @@ fn write_inputs(dir: &Path, input: &Input<'_>) -> Result<(), PluginError> {
             std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
             let mut p = parent;
             while p != dir {
-                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755));
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700));
                 p = p.parent().unwrap_or(dir);
             }
         }
         std::fs::write(&path, text).map_err(|e| io(&path, e))?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| io(&path, e))?;
     }
     Ok(())
@@ -453,6 +470,7 @@ fn explain(out: &ExecOutput, input: &Input<'_>) -> PluginError {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+    .replace(&format!("{DIR}/{APP}/"), "")
     .replace(&format!("{DIR}/"), "");
     if let Some(at) = text.find("The conflict is caused by:") {
         let cause: Vec<&str> = text[at..]
