@@ -1825,6 +1825,13 @@ fn a_failed_verification_leaves_every_tag_where_it_was() {
     );
     assert!(!digest_file.exists() && !refs_file.exists());
 
+    // Without verification the tags go with the manifest.
+    let r = build(cache.path(), &dir, &base, &image, &["--tag", "other"]).report();
+    for tag in ["v1", "other"] {
+        assert_eq!(tag_digest(&format!("{host}/{repo}:{tag}")), r["digest"]);
+    }
+    assert_eq!(tag_digest(&format!("{host}/{repo}:stable")), digest);
+
     // An export is verified before anything is written.
     for output in ["oci", "docker-archive"] {
         let out = files.path().join(format!("{output}-out"));

@@ -1275,14 +1275,19 @@ impl Engine {
         });
         let digest: ftl_registry_client::Digest =
             image.manifest_digest.parse().expect("valid digest");
-        let (push_to, extra_tags) = match tagged.split_first() {
-            Some((first, rest)) if req.verify.is_none() => (
-                first.clone(),
-                rest.iter()
-                    .filter_map(|r| r.tag().map(String::from))
-                    .collect(),
-            ),
-            _ => (target.by_digest(digest), Vec::new()),
+        // The target as given (its digest, if it names one, is checked by
+        // the push) and the other tags with it; or, to be verified first,
+        // by digest alone.
+        let (push_to, extra_tags) = if req.verify.is_none() {
+            let others = tagged
+                .iter()
+                .filter_map(|r| r.tag())
+                .filter(|t| Some(*t) != target.tag())
+                .map(String::from)
+                .collect();
+            (target.clone(), others)
+        } else {
+            (target.by_digest(digest), Vec::new())
         };
         let report = self
             .client
