@@ -12,7 +12,7 @@ use ftl::image::{ConfigOverrides, ManifestFormat};
 use ftl::{BuildOptions, LanguagePlugin};
 use ftl_registry_client::{Platform, Reference};
 
-use crate::progress::Progress;
+use crate::progress::{ErrorDetail, Progress};
 use crate::settings::{default_cache_dir, RegistryArgs, StepArgs};
 
 #[derive(Args, Debug)]
@@ -38,6 +38,22 @@ pub struct BuildArgs {
         conflicts_with = "output"
     )]
     pub image: Option<String>,
+
+    /// Also tag the image TAG in the --image repository (repeatable). Every
+    /// tag is set once the manifest is in place, and with --verify only
+    /// after the image passed: a failed build moves none.
+    #[arg(long = "tag", value_name = "TAG", requires = "image")]
+    pub tags: Vec<String>,
+
+    /// Write the image's digest (`sha256:...`, no newline) to PATH once
+    /// the build succeeded, like `docker build --iidfile`.
+    #[arg(long, value_name = "PATH")]
+    pub digest_file: Option<PathBuf>,
+
+    /// Write the pushed image as `registry/repo@sha256:...` (one line per
+    /// image, as ko's --image-refs) to PATH once the build succeeded.
+    #[arg(long, value_name = "PATH", requires = "image")]
+    pub image_refs: Option<PathBuf>,
 
     /// Write the image to disk instead: `oci:PATH[:TAG]` (an OCI image
     /// layout) or `docker-archive:PATH[:NAME:TAG]` (for `docker load`).
@@ -166,7 +182,8 @@ pub struct BuildArgs {
     #[command(flatten)]
     pub registry: RegistryArgs,
 
-    /// Print the build report as JSON on stdout.
+    /// Print the build report as JSON on stdout (schema 1, see the
+    /// README); a failed build prints `{"schema": 1, "error": {...}}`.
     #[arg(long)]
     pub json: bool,
 
@@ -291,7 +308,19 @@ fn parse_output(args: &BuildArgs) -> Result<(Output, Option<Reference>)> {
     bail!("--output {out:?} is not oci:PATH[:TAG] or docker-archive:PATH[:NAME:TAG]")
 }
 
+/// `ftl build`: with `--json`, a failure is also printed on stdout as a
+/// JSON error object (the exit code is the same).
 pub async fn run(args: BuildArgs) -> Result<()> {
+    let json = args.json;
+    let mut failure = None;
+    let result = build(args, &mut failure).await;
+    if let (Err(e), true) = (&result, json) {
+        crate::progress::print_json_error(e, failure.as_ref())?;
+    }
+    result
+}
+
+async fn build(args: BuildArgs, failure: &mut Option<ErrorDetail>) -> Result<()> {
     let (output, target) = parse_output(&args)?;
     if args.format == "docker" && matches!(output, Output::OciLayout { .. }) {
         bail!(
@@ -383,6 +412,7 @@ pub async fn run(args: BuildArgs) -> Result<()> {
         base,
         platform,
         output,
+        tags: args.tags.clone(),
         language: Some(args.language.clone()),
         options,
         overrides,
@@ -400,7 +430,24 @@ pub async fn run(args: BuildArgs) -> Result<()> {
     let progress = Arc::new(Progress::new(args.quiet || args.json));
     let result = engine.build(&req, progress.clone()).await;
     progress.finish();
-    let report = result.map_err(|e| crate::settings::with_flag_hints(e.into()))?;
+    let report = result.map_err(|e| {
+        *failure = Some(ErrorDetail::of(&e));
+        crate::settings::with_flag_hints(e.into())
+    })?;
+    *failure = Some(ErrorDetail::kind("io"));
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, &report.digest)
+            .with_context(|| format!("--digest-file {}", path.display()))?;
+    }
+    if let (Some(path), Some(target)) = (&args.image_refs, &target) {
+        let line = format!(
+            "{}/{}@{}\n",
+            target.registry(),
+            target.repository(),
+            report.digest
+        );
+        std::fs::write(path, line).with_context(|| format!("--image-refs {}", path.display()))?;
+    }
     if args.json {
         crate::progress::print_json(&report)?;
     } else {

@@ -186,6 +186,63 @@ fn human_bytes(n: u64) -> String {
     }
 }
 
+/// What `--json` says of a failed build besides its message: the kind of
+/// error and, for an error in the application's files, where and what to do.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
+    pub kind: &'static str,
+    pub file: Option<std::path::PathBuf>,
+    pub line: Option<usize>,
+    pub hint: Option<String>,
+}
+
+impl ErrorDetail {
+    pub fn of(e: &ftl::engine::EngineError) -> Self {
+        let (file, line, hint) = match e {
+            ftl::engine::EngineError::Plugin(p) => (p.file.clone(), p.line, p.hint.clone()),
+            _ => (None, None, None),
+        };
+        ErrorDetail {
+            kind: e.kind(),
+            file,
+            line,
+            hint,
+        }
+    }
+
+    /// An error of `kind` with nothing more to say.
+    pub fn kind(kind: &'static str) -> Self {
+        ErrorDetail {
+            kind,
+            file: None,
+            line: None,
+            hint: None,
+        }
+    }
+}
+
+/// `{"schema": 1, "error": {"kind", "message", "file", "line", "hint"}}` on
+/// stdout. `message` is the line printed on stderr; `kind` is `usage` for
+/// what failed before the build started (a flag's value).
+#[allow(clippy::print_stdout)]
+pub fn print_json_error(e: &anyhow::Error, detail: Option<&ErrorDetail>) -> anyhow::Result<()> {
+    let detail = detail
+        .cloned()
+        .unwrap_or_else(|| ErrorDetail::kind("usage"));
+    let v = serde_json::json!({
+        "schema": ftl::engine::REPORT_SCHEMA,
+        "error": {
+            "kind": detail.kind,
+            "message": crate::render_error(e).trim_end(),
+            "file": detail.file.map(|f| f.to_string_lossy().into_owned()),
+            "line": detail.line,
+            "hint": detail.hint,
+        }
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 #[allow(clippy::print_stdout)]
 pub fn print_json(report: &BuildReport) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(report)?);

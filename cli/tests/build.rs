@@ -1580,10 +1580,19 @@ fn bad_input_fails_clearly_and_pushes_nothing() {
         let run = build(cache.path(), &dir, &base, &image, &[]);
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         let err = assert_clear_error(&run, &needles);
+        // With --json, stdout holds the error as JSON, not a report.
+        let json: serde_json::Value = serde_json::from_str(&run.stdout)
+            .unwrap_or_else(|e| panic!("{what}: stdout is JSON ({e}): {}", run.stdout));
+        assert!(json.get("digest").is_none(), "{what}: no report: {json:#}");
+        assert_eq!(json["schema"], 1, "{what}: {json:#}");
         assert!(
-            run.stdout.trim().is_empty(),
-            "{what}: no report on failure: {}",
-            run.stdout
+            json["error"]["kind"].is_string(),
+            "{what}: an error with a kind: {json:#}"
+        );
+        assert_eq!(
+            format!("error: {}", json["error"]["message"].as_str().unwrap()),
+            err,
+            "{what}: the same message as on stderr"
         );
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -1726,4 +1735,179 @@ fn inspect_prints_the_summary_and_json_parses() {
     // And a missing image: a clear error.
     let missing = rig.ftl(cache.path(), &["inspect", &rig.image("gen/inspect:nope")]);
     assert_clear_error(&missing, &["gen/inspect:nope", "not found"]);
+}
+
+/// The digest `repo:tag` names in the rig's registry.
+fn tag_digest(reference: &str) -> String {
+    skopeo_inspect(&format!("docker://{reference}"), false)["Digest"]
+        .as_str()
+        .expect("skopeo prints the digest")
+        .to_string()
+}
+
+#[test]
+fn a_failed_verification_leaves_every_tag_where_it_was() {
+    let rig = rig();
+    let base = rig.base("python");
+    let host = rig.registry.host();
+    let cache = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let digest_file = files.path().join("digest");
+    let refs_file = files.path().join("image-refs");
+    let repo = "gen/verify-tags";
+    let image = rig.image(&format!("{repo}:v1"));
+    let (_tmp, dir) = app(Some("verify-tags: good"));
+    let outputs = [
+        "--digest-file",
+        s(&digest_file),
+        "--image-refs",
+        s(&refs_file),
+    ];
+    let mut args = vec![
+        "--tag",
+        "stable",
+        "--tag",
+        "v1",
+        "--verify-cmd",
+        "/bin/true",
+    ];
+    args.extend(outputs);
+    let good = build(cache.path(), &dir, &base, &image, &args).report();
+    let digest = good["digest"].as_str().unwrap().to_string();
+    assert_eq!(good["schema"], 1);
+    assert_eq!(good["platform"], "linux/amd64");
+    assert_eq!(
+        good["tags"],
+        serde_json::json!([format!("{host}/{repo}:v1"), format!("{host}/{repo}:stable")]),
+        "the image's own tag first, each once"
+    );
+    assert_eq!(std::fs::read_to_string(&digest_file).unwrap(), digest);
+    assert_eq!(
+        std::fs::read_to_string(&refs_file).unwrap(),
+        format!("{host}/{repo}@{digest}\n")
+    );
+    for tag in ["v1", "stable"] {
+        assert_eq!(tag_digest(&format!("{host}/{repo}:{tag}")), digest);
+    }
+    let phases: Vec<&str> = good["timings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["phase"].as_str().unwrap())
+        .collect();
+    let at = |p: &str| phases.iter().position(|x| *x == p).unwrap();
+    assert!(
+        at("push") < at("verify") && at("verify") < at("tag"),
+        "{phases:?}"
+    );
+
+    // A change whose verification fails: pushed by digest, never tagged.
+    std::fs::remove_file(&digest_file).unwrap();
+    std::fs::remove_file(&refs_file).unwrap();
+    std::fs::write(dir.join("marker.txt"), "verify-tags: bad\n").unwrap();
+    let mut args = vec!["--tag", "stable", "--verify-cmd", "/bin/sh -c 'exit 3'"];
+    args.extend(outputs);
+    let run = build(cache.path(), &dir, &base, &image, &args);
+    let err = assert_clear_error(&run, &["verification failed"]);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(json["error"]["kind"], "verify", "{json:#}");
+    for tag in ["v1", "stable"] {
+        assert_eq!(
+            tag_digest(&format!("{host}/{repo}:{tag}")),
+            digest,
+            "{tag} still names the good image ({err})"
+        );
+    }
+    assert_eq!(
+        rig.registry.manifest_count(repo),
+        2,
+        "the failed image was pushed by digest"
+    );
+    assert!(!digest_file.exists() && !refs_file.exists());
+
+    // Without verification the tags go with the manifest.
+    let r = build(cache.path(), &dir, &base, &image, &["--tag", "other"]).report();
+    for tag in ["v1", "other"] {
+        assert_eq!(tag_digest(&format!("{host}/{repo}:{tag}")), r["digest"]);
+    }
+    assert_eq!(tag_digest(&format!("{host}/{repo}:stable")), digest);
+
+    // An export is verified before anything is written.
+    for output in ["oci", "docker-archive"] {
+        let out = files.path().join(format!("{output}-out"));
+        let run = rig.ftl(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &base,
+                "--language",
+                "generic",
+                "--output",
+                &format!("{output}:{}", s(&out)),
+                "--verify-cmd",
+                "/bin/sh -c 'exit 3'",
+                "--json",
+            ],
+        );
+        assert_clear_error(&run, &["verification failed"]);
+        assert!(!out.exists(), "{output}: nothing written");
+    }
+}
+
+/// The `--json` report and error are a contract (schema 1): their shape is
+/// pinned here, digests, sizes, counts, timings and the registry's address
+/// filtered.
+#[test]
+fn the_json_report_and_error_keep_their_shape() {
+    let rig = rig();
+    let base = rig.base("python");
+    let host = rig.registry.host();
+    let cache = tempfile::tempdir().unwrap();
+    let (_tmp, dir) = app(Some("json-shape"));
+    let image = rig.image("gen/json-shape:v1");
+    let report = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--tag", "stable", "--verify-cmd", "/bin/true"],
+    )
+    .report();
+    std::fs::write(dir.join("marker.txt"), "json-shape: bad\n").unwrap();
+    let failed = build(
+        cache.path(),
+        &dir,
+        &base,
+        &image,
+        &["--verify-cmd", "/bin/sh -c 'exit 3'"],
+    );
+    failed.error();
+    let error: serde_json::Value = serde_json::from_str(&failed.stdout).unwrap();
+    let host_pattern = regex_escape(&host);
+    let filters = vec![
+        (r"sha256:[0-9a-f]{64}", "[digest]"),
+        (host_pattern.as_str(), "[registry]"),
+        (
+            r#""(ms|millis|size|bytes_uploaded|registry_requests)": \d+"#,
+            r#""$1": "[n]""#,
+        ),
+    ];
+    insta::with_settings!({filters => filters}, {
+        insta::assert_snapshot!("report", serde_json::to_string_pretty(&report).unwrap());
+        insta::assert_snapshot!("error", serde_json::to_string_pretty(&error).unwrap());
+    });
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
 }

@@ -1017,7 +1017,8 @@ fn github_action_and_tekton_task_have_what_a_pipeline_needs() {
     for part in [
         "ftl build . --base=\"$BASE\" --image=\"$IMAGE\"",
         "--json",
-        "$(results.IMAGE_DIGEST.path)",
+        // The digest comes from ftl, not from parsing its report.
+        "--digest-file=\"$(results.IMAGE_DIGEST.path)\"",
     ] {
         assert!(script.contains(part), "the task's script lacks {part}");
     }

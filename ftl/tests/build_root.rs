@@ -51,6 +51,8 @@ impl LanguagePlugin for Native {
                 root_dependent: self.root_dependent,
             })],
             config: ConfigPatch::default(),
+            notes: serde_json::Value::Null,
+            warnings: Vec::new(),
         })
     }
 }
@@ -191,6 +193,7 @@ impl Rig {
             base: Reference::parse(&self.reference(&format!("base/{base}:latest"))).unwrap(),
             platform: ftl_registry_client::default_platform(),
             output: Output::Registry(Reference::parse(&self.reference("app:latest")).unwrap()),
+            tags: Vec::new(),
             language: Some("native".into()),
             options: Default::default(),
             overrides: Default::default(),

@@ -292,6 +292,7 @@ fn build_and_verify(
                 path: cache_dir.join("layout"),
                 tag: "latest".into(),
             },
+            tags: Vec::new(),
             language: Some("fill".into()),
             options: Default::default(),
             overrides: Default::default(),

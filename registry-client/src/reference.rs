@@ -169,6 +169,16 @@ impl Reference {
         }
     }
 
+    /// The same repository by `digest` only, without a tag: what a
+    /// manifest PUT names when it must not move a tag.
+    pub fn by_digest(&self, digest: Digest) -> Self {
+        Self {
+            tag: None,
+            digest: Some(digest),
+            ..self.clone()
+        }
+    }
+
     /// Another repository on the same registry, with this reference's tag
     /// and digest.
     pub fn with_repository(&self, repository: &str) -> Result<Self, Error> {

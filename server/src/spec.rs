@@ -217,6 +217,7 @@ impl BuildSpec {
             base,
             platform,
             output: Output::Registry(target),
+            tags: Vec::new(),
             language: self.language.clone(),
             options,
             overrides,

@@ -39,6 +39,7 @@ pub use disk::{
 };
 pub use report::{
     BuildReport, LayerReport, LayerSource, StepRun, StepSandbox, Timing, VerifyReport,
+    REPORT_SCHEMA,
 };
 pub use sandboxed::SandboxRuntime;
 
@@ -168,6 +169,10 @@ pub struct BuildRequest {
     pub base: Reference,
     pub platform: Platform,
     pub output: Output,
+    /// More tags for a registry output, in the output's repository: set,
+    /// with the output's own tag, only once the manifest is in place (and,
+    /// with `verify`, once the image passed). Empty for exports.
+    pub tags: Vec<String>,
     /// `None` or `auto`: detect; `generic`: no language.
     pub language: Option<String>,
     pub options: BuildOptions,
@@ -230,6 +235,32 @@ pub enum EngineError {
     Sandbox(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The request itself cannot be built (a flag combination).
+    #[error("{0}")]
+    Request(String),
+}
+
+impl EngineError {
+    /// A short, stable name of the error's kind, for machine-readable
+    /// reports (`ftl build --json`, `ftl serve`'s records).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EngineError::Source(_) => "source",
+            EngineError::Registry(_) => "registry",
+            EngineError::Plugin(_) => "plugin",
+            EngineError::Layer(_) => "layer",
+            EngineError::Cache(_) => "cache",
+            EngineError::Unpack(_) => "unpack",
+            EngineError::Compose(_) => "compose",
+            EngineError::Export(_) => "export",
+            EngineError::UnknownLanguage(..) => "unknown-language",
+            EngineError::Base { .. } => "base",
+            EngineError::Verify { .. } => "verify",
+            EngineError::Sandbox(_) => "sandbox",
+            EngineError::Internal(_) => "internal",
+            EngineError::Request(_) => "request",
+        }
+    }
 }
 
 impl From<ftl_registry_client::Error> for EngineError {
@@ -395,6 +426,18 @@ impl Engine {
         observer: Arc<dyn Observer>,
     ) -> Result<BuildReport, EngineError> {
         let started = Instant::now();
+        // Tags are checked before anything is built.
+        match &req.output {
+            Output::Registry(target) => {
+                tag_references(target, &req.tags)?;
+            }
+            _ if !req.tags.is_empty() => {
+                return Err(EngineError::Request(
+                    "more tags apply to a registry output only".into(),
+                ))
+            }
+            _ => {}
+        }
         let requests_before = self.client.request_count();
         let timer = Arc::new(Timer {
             timings: Mutex::new(Vec::new()),
@@ -919,14 +962,20 @@ impl Engine {
             created: self.settings.layer.mtime,
         })?;
 
-        // 6. Output.
-        let t = Instant::now();
-        observer.event(&Event::PhaseStarted("push"));
+        // 6. Output, and 7. verify. With verification the image is pushed
+        // by digest only, verified, and only then tagged; an export is
+        // verified before anything is written. A failed verification
+        // leaves every tag (and any file at the output's path) as it was.
         let mut push_actions: HashMap<String, (String, u64)> = HashMap::new();
+        let mut tags: Vec<String> = Vec::new();
+        let mut verify = None;
         let image = match &req.output {
             Output::Registry(target) => {
+                let tagged = tag_references(target, &req.tags)?;
+                let t = Instant::now();
+                observer.event(&Event::PhaseStarted("push"));
                 let report = self
-                    .push(target, &composed, base, req, observer.clone())
+                    .push(target, &tagged, &composed, base, req, observer.clone())
                     .await?;
                 for b in &report.blobs {
                     let (action, bytes) = match &b.action {
@@ -942,16 +991,47 @@ impl Engine {
                     regcache::record(&self.client, repo, built, mount_from).await;
                     regcache::record_markers(&self.client, repo, markers).await;
                 }
+                observer.event(&Event::PhaseFinished("push", t.elapsed()));
+                timer.record("push", t.elapsed());
+                if let Some(spec) = &req.verify {
+                    let blobs = self.local_blobs(&composed, base).await?;
+                    verify = Some(
+                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
+                            .await?,
+                    );
+                    let t = Instant::now();
+                    observer.event(&Event::PhaseStarted("tag"));
+                    let manifest = Bytes::from(composed.manifest.clone());
+                    let media_type = composed.format.manifest_type().into();
+                    for r in &tagged {
+                        self.client
+                            .put_manifest(r, manifest.clone(), &media_type)
+                            .await?;
+                    }
+                    observer.event(&Event::PhaseFinished("tag", t.elapsed()));
+                    timer.record("tag", t.elapsed());
+                }
+                tags = tagged.iter().map(target_name).collect();
                 format!("{}@{}", target_name(target), composed.manifest_digest)
             }
             Output::OciLayout { path, tag } => {
                 let blobs = self.local_blobs(&composed, base).await?;
+                if let Some(spec) = &req.verify {
+                    verify = Some(
+                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
+                            .await?,
+                    );
+                }
+                let t = Instant::now();
+                observer.event(&Event::PhaseStarted("export"));
                 let (image, path2, tag2) = (composed.clone(), path.clone(), tag.clone());
                 tokio::task::spawn_blocking(move || {
                     crate::export::write_oci_layout(&image, &path2, &tag2, |d| blobs[d].clone())
                 })
                 .await
                 .map_err(join_err)??;
+                observer.event(&Event::PhaseFinished("export", t.elapsed()));
+                timer.record("export", t.elapsed());
                 format!(
                     "oci:{}:{}@{}",
                     path.display(),
@@ -961,6 +1041,14 @@ impl Engine {
             }
             Output::DockerArchive { path, tag } => {
                 let blobs = self.local_blobs(&composed, base).await?;
+                if let Some(spec) = &req.verify {
+                    verify = Some(
+                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
+                            .await?,
+                    );
+                }
+                let t = Instant::now();
+                observer.event(&Event::PhaseStarted("export"));
                 let docker = if req.format == ManifestFormat::Docker {
                     composed.clone()
                 } else {
@@ -984,6 +1072,8 @@ impl Engine {
                 })
                 .await
                 .map_err(join_err)??;
+                observer.event(&Event::PhaseFinished("export", t.elapsed()));
+                timer.record("export", t.elapsed());
                 format!(
                     "docker-archive:{}:{}@{}",
                     path.display(),
@@ -991,28 +1081,6 @@ impl Engine {
                     composed.manifest_digest
                 )
             }
-        };
-        observer.event(&Event::PhaseFinished("push", t.elapsed()));
-        timer.record(
-            if matches!(req.output, Output::Registry(_)) {
-                "push"
-            } else {
-                "export"
-            },
-            t.elapsed(),
-        );
-
-        // 7. Verify.
-        let verify = match &req.verify {
-            Some(spec) => {
-                observer.event(&Event::PhaseStarted("verify"));
-                let t = Instant::now();
-                let report = self.verify(&composed, base, rootfs, spec).await;
-                observer.event(&Event::PhaseFinished("verify", t.elapsed()));
-                timer.record("verify", t.elapsed());
-                Some(report?)
-            }
-            None => None,
         };
 
         // 8. Report.
@@ -1062,8 +1130,11 @@ impl Engine {
             ms: started.elapsed().as_millis() as u64,
         });
         Ok(BuildReport {
+            schema: report::REPORT_SCHEMA,
             image,
             digest: composed.manifest_digest.clone(),
+            tags,
+            platform: ftl_registry_client::platform_string(&req.platform),
             base: base.info.reference.clone(),
             base_digest: base.info.manifest_digest.clone(),
             layers_built: layer_reports
@@ -1083,9 +1154,13 @@ impl Engine {
         })
     }
 
+    /// Pushes the image's blobs and manifest. Without verification the
+    /// manifest goes under `tagged` at once; with it, by digest only (the
+    /// caller tags it once verified).
     async fn push(
         &self,
         target: &Reference,
+        tagged: &[Reference],
         image: &crate::image::ComposedImage,
         base: &BaseImage,
         req: &BuildRequest,
@@ -1105,8 +1180,11 @@ impl Engine {
             ) => return Err(e.into()),
             Err(_) => None,
         };
+        // Other tags than the target's own are not checked: they are
+        // PUT again (one request each).
+        let others_set = tagged.len() <= usize::from(target.tag().is_some());
         if let Some(head) = head {
-            if head.digest.to_string() == image.manifest_digest {
+            if head.digest.to_string() == image.manifest_digest && others_set {
                 let blobs = image
                     .layers
                     .iter()
@@ -1195,15 +1273,31 @@ impl Engine {
             source: Some(Arc::new(BytesSource(Bytes::from(image.config.clone())))),
             mount_from: vec![],
         });
+        let digest: ftl_registry_client::Digest =
+            image.manifest_digest.parse().expect("valid digest");
+        // The target as given (its digest, if it names one, is checked by
+        // the push) and the other tags with it; or, to be verified first,
+        // by digest alone.
+        let (push_to, extra_tags) = if req.verify.is_none() {
+            let others = tagged
+                .iter()
+                .filter_map(|r| r.tag())
+                .filter(|t| Some(*t) != target.tag())
+                .map(String::from)
+                .collect();
+            (target.clone(), others)
+        } else {
+            (target.by_digest(digest), Vec::new())
+        };
         let report = self
             .client
             .push(
                 PushRequest {
-                    target: target.clone(),
+                    target: push_to,
                     blobs,
                     manifest: Bytes::from(image.manifest.clone()),
                     manifest_media_type: image.format.manifest_type().into(),
-                    extra_tags: Vec::new(),
+                    extra_tags,
                 },
                 observer.push_progress(),
             )
@@ -1239,15 +1333,35 @@ impl Engine {
         Ok(out)
     }
 
+    /// [`Self::verify`] as the build's `verify` phase.
+    #[allow(clippy::too_many_arguments)]
+    async fn verify_phase(
+        &self,
+        image: &crate::image::ComposedImage,
+        base: &BaseImage,
+        rootfs: &Arc<base::LazyRootfs>,
+        spec: &VerifySpec,
+        blobs: &HashMap<String, PathBuf>,
+        timer: &Timer,
+        observer: &Arc<dyn Observer>,
+    ) -> Result<VerifyReport, EngineError> {
+        observer.event(&Event::PhaseStarted("verify"));
+        let t = Instant::now();
+        let report = self.verify(image, base, rootfs, spec, blobs).await;
+        observer.event(&Event::PhaseFinished("verify", t.elapsed()));
+        timer.record("verify", t.elapsed());
+        report
+    }
+
     async fn verify(
         &self,
         image: &crate::image::ComposedImage,
         base: &BaseImage,
         rootfs: &Arc<base::LazyRootfs>,
         spec: &VerifySpec,
+        blobs: &HashMap<String, PathBuf>,
     ) -> Result<VerifyReport, EngineError> {
         let base_rootfs = rootfs.ensure().await?;
-        let blobs = self.local_blobs(image, base).await?;
         let ours: Vec<PathBuf> = image.layers[base.layers.len()..]
             .iter()
             .map(|l| blobs[&l.digest].clone())
@@ -1280,6 +1394,24 @@ impl Engine {
         .await
         .map_err(join_err)?
     }
+}
+
+/// Every tag a registry output gets, as references: the target's own tag
+/// first (none when it names a digest only), then `tags` in order, each
+/// once.
+fn tag_references(target: &Reference, tags: &[String]) -> Result<Vec<Reference>, EngineError> {
+    let mut out: Vec<Reference> = Vec::new();
+    for tag in target
+        .tag()
+        .into_iter()
+        .chain(tags.iter().map(String::as_str))
+    {
+        let r = target.with_tag(tag)?;
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    Ok(out)
 }
 
 fn target_name(r: &Reference) -> String {

@@ -92,8 +92,13 @@ pub async fn record(
     entries: Vec<(CacheEntry, std::path::PathBuf)>,
     mount_from: Option<String>,
 ) {
+    if entries.is_empty() {
+        return;
+    }
+    let shared = shared_blobs(client, repo).await;
     let pushes = entries.into_iter().map(|(entry, path)| {
         let mount_from = mount_from.clone();
+        let shared = shared.clone();
         async move {
             let Ok(target) = repo.with_tag(&key_tag("sha256", &entry.key)) else { return };
             let mut annotations = serde_json::Map::new();
@@ -111,16 +116,14 @@ pub async fn record(
                 "layers": [{"mediaType": entry.media_type, "digest": entry.digest, "size": entry.size}],
                 "annotations": annotations,
             });
-            let blobs = vec![
-                empty_config_blob(),
-                PushBlob {
-                    digest: entry.digest.parse().expect("cache entries hold valid digests"),
-                    size: entry.size,
-                    media_type: entry.media_type.as_str().into(),
-                    source: Some(Arc::new(FileSource(path))),
-                    mount_from: mount_from.into_iter().collect(),
-                },
-            ];
+            let mut blobs = shared;
+            blobs.push(PushBlob {
+                digest: entry.digest.parse().expect("cache entries hold valid digests"),
+                size: entry.size,
+                media_type: entry.media_type.as_str().into(),
+                source: Some(Arc::new(FileSource(path))),
+                mount_from: mount_from.into_iter().collect(),
+            });
             if let Err(e) = push_manifest(client, target.clone(), blobs, manifest).await {
                 tracing::warn!(cache = %target, error = %e, "could not record layer in the registry cache");
             }
@@ -133,6 +136,10 @@ pub async fn record(
 /// without layers per key, its annotations saying what the key's layers
 /// vary by.
 pub async fn record_markers(client: &Client, repo: &Reference, markers: Vec<CacheEntry>) {
+    if markers.is_empty() {
+        return;
+    }
+    let shared = &shared_blobs(client, repo).await;
     let pushes = markers.into_iter().map(|entry| async move {
         let Ok(target) = repo.with_tag(&key_tag("sha256", &entry.key)) else { return };
         let mut annotations = serde_json::Map::new();
@@ -150,11 +157,41 @@ pub async fn record_markers(client: &Client, repo: &Reference, markers: Vec<Cach
             "layers": [],
             "annotations": annotations,
         });
-        if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await {
+        if let Err(e) = push_manifest(client, target.clone(), shared.clone(), manifest).await {
             tracing::warn!(cache = %target, error = %e, "could not record a marker in the registry cache");
         }
     });
     futures_util::future::join_all(pushes).await;
+}
+
+/// Puts the blob every cache manifest shares (the empty config) in `repo`
+/// once, before manifests that point at it are pushed side by side: each
+/// push uploading it again raced the others' commits, and a registry
+/// answered some manifest PUTs `MANIFEST_BLOB_UNKNOWN`. Returns the blobs
+/// each manifest's push must still carry: none when the upload went
+/// through, else the config itself (each push then tries on its own).
+async fn shared_blobs(client: &Client, repo: &Reference) -> Vec<PushBlob> {
+    let digest = sha256_digest(EMPTY_CONFIG).parse().expect("valid digest");
+    let present = match client.head_blob(repo, &digest).await {
+        Ok(Some(_)) => true,
+        _ => client
+            .upload_blob(
+                repo,
+                &digest,
+                EMPTY_CONFIG.len() as u64,
+                &BytesSource(Bytes::from_static(EMPTY_CONFIG)),
+            )
+            .await
+            .map_err(|e| {
+                tracing::debug!(cache = %repo, error = %e, "could not upload the cache's empty config once");
+            })
+            .is_ok(),
+    };
+    if present {
+        Vec::new()
+    } else {
+        vec![empty_config_blob()]
+    }
 }
 
 fn empty_config_blob() -> PushBlob {

@@ -53,12 +53,24 @@ pub struct VerifyReport {
     pub output_tail: String,
 }
 
+/// The version of the JSON shape of [`BuildReport`] (`schema`): raised
+/// when a field is removed or changes meaning; new fields may appear
+/// within one version.
+pub const REPORT_SCHEMA: u32 = 1;
+
 /// The result of a build.
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
+    /// [`REPORT_SCHEMA`].
+    pub schema: u32,
     /// The image, `registry/repo:tag@sha256:...` (or the export's path).
     pub image: String,
     pub digest: String,
+    /// Every tag the image got, `registry/repo:tag`, the output's own
+    /// first; empty for exports and digest-only outputs.
+    pub tags: Vec<String>,
+    /// The platform built for, `os/arch[/variant]`.
+    pub platform: String,
     pub base: String,
     pub base_digest: String,
     pub layers: Vec<LayerReport>,
