@@ -508,6 +508,14 @@ impl LanguagePlugin for GenericPlugin {
         true
     }
 
+    fn detects(&self) -> crate::detect::Detects {
+        crate::detect::Detects {
+            name: "generic",
+            files: &[],
+            also: Some("anything"),
+        }
+    }
+
     fn plan(&self, ctx: &PlanContext<'_>) -> Result<LayerPlan, PluginError> {
         let mut plan = LayerPlan {
             layers: Vec::new(),
