@@ -204,3 +204,117 @@ fn or_list(items: &[String]) -> String {
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::{LayerPlan, PlanContext};
+
+    struct Fake(&'static str, &'static str);
+    impl LanguagePlugin for Fake {
+        fn id(&self) -> &'static str {
+            self.0
+        }
+        fn detect(&self, source: &SourceTree) -> bool {
+            source.contains(self.1)
+        }
+        fn detects(&self) -> Detects {
+            Detects {
+                name: self.0,
+                files: if self.1 == "pom.xml" {
+                    &["pom.xml"]
+                } else {
+                    &["requirements.txt"]
+                },
+                also: None,
+            }
+        }
+        fn plan(&self, _: &PlanContext<'_>) -> Result<LayerPlan, PluginError> {
+            unreachable!()
+        }
+    }
+
+    fn tree(files: &[(&str, &str)]) -> (tempfile::TempDir, SourceTree) {
+        let d = tempfile::tempdir().unwrap();
+        for (f, t) in files {
+            std::fs::write(d.path().join(f), t).unwrap();
+        }
+        let t = SourceTree::scan(d.path()).unwrap();
+        (d, t)
+    }
+
+    fn plugins() -> Vec<Arc<dyn LanguagePlugin>> {
+        vec![
+            Arc::new(Fake("python", "requirements.txt")),
+            Arc::new(Fake("java", "pom.xml")),
+        ]
+    }
+
+    fn choose_id(
+        tree: &SourceTree,
+        lang: Option<&str>,
+        set: &[&str],
+    ) -> Result<&'static str, String> {
+        choose(&plugins(), lang, tree, set)
+            .map(|p| p.id())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nothing_detected_is_an_error_that_says_what_was_looked_for() {
+        let (_d, t) = tree(&[("index.html", "x"), ("go.mod", "module x")]);
+        let e = choose_id(&t, None, &[]).unwrap_err();
+        assert!(e.contains("no language detected"), "{e}");
+        assert!(
+            e.contains("requirements.txt") && e.contains("pom.xml"),
+            "{e}"
+        );
+        assert!(e.contains("go.mod: Go"), "{e}");
+        assert!(e.contains("--language generic"), "{e}");
+        assert_eq!(choose_id(&t, Some("generic"), &[]).unwrap(), "generic");
+    }
+
+    #[test]
+    fn a_dockerignore_that_left_out_the_pom_is_named() {
+        let (_d, t) = tree(&[
+            (".dockerignore", "# Dockerfile context\npom.xml\nsrc\n"),
+            ("pom.xml", "<project/>"),
+            ("app.jar", "x"),
+        ]);
+        let e = choose_id(&t, None, &[]).unwrap_err();
+        assert!(
+            e.contains("pom.xml (for java) is left out by .dockerignore line 2 (`pom.xml`)"),
+            "{e}"
+        );
+        assert!(e.contains(".gcloudignore"), "{e}");
+    }
+
+    #[test]
+    fn settings_name_known_plugins_and_select_their_language() {
+        let (_d, py) = tree(&[("requirements.txt", "flask\n")]);
+        let e = choose_id(&py, None, &["pyhton.venv"]).unwrap_err();
+        assert!(e.contains("unknown plugin `pyhton`"), "{e}");
+        assert!(e.contains("did you mean `python.venv`?"), "{e}");
+        assert!(e.contains("python.*, java.*"), "{e}");
+        assert!(choose_id(&py, None, &["venv"])
+            .unwrap_err()
+            .contains("names no plugin"));
+        assert_eq!(choose_id(&py, None, &["python.venv"]).unwrap(), "python");
+        // --jar on a Python tree: fails, naming what was detected.
+        let e = choose_id(&py, None, &["java.jar"]).unwrap_err();
+        assert!(
+            e.contains("`java.jar` is for the java plugin") && e.contains("requirements.txt"),
+            "{e}"
+        );
+        assert_eq!(choose_id(&py, Some("java"), &["java.jar"]).unwrap(), "java");
+        assert!(choose_id(&py, Some("python"), &["java.jar"]).is_err());
+        assert!(choose_id(&py, Some("generic"), &["java.jar"]).is_err());
+        // On a tree nothing detects, a language's setting selects it.
+        let (_d, empty) = tree(&[("app.jar", "x")]);
+        assert_eq!(choose_id(&empty, None, &["java.jar"]).unwrap(), "java");
+        assert!(choose_id(&empty, None, &["java.jar", "python.venv"]).is_err());
+        assert!(choose_id(&empty, Some("cobol"), &[])
+            .unwrap_err()
+            .contains("unknown language"));
+    }
+}
