@@ -74,7 +74,11 @@ pub struct BuildArgs {
     )]
     pub app_dir: String,
 
-    /// The entrypoint, as a shell-quoted string or a JSON array.
+    /// The entrypoint, as a shell-quoted string or a JSON array. A JSON
+    /// array is run as it is (exec form); so is a string, split into
+    /// words, unless it uses `$VAR`: then it runs as `/bin/sh -c 'exec
+    /// CMD'`, so that the variable is expanded when the app starts and the
+    /// app, not the shell, is PID 1 and gets SIGTERM.
     #[arg(long, value_name = "CMD", help_heading = "Image config")]
     pub entrypoint: Option<String>,
 
@@ -204,6 +208,17 @@ fn parse_command(flag: &str, value: &str) -> Result<Vec<String>> {
         bail!("{flag} is empty");
     }
     Ok(words)
+}
+
+/// `--entrypoint`: a JSON array as it is; a string that uses `$` through
+/// `/bin/sh -c 'exec CMD'` (its quotes checked first); any other string
+/// split into words.
+fn parse_entrypoint(value: &str) -> Result<Vec<String>> {
+    let argv = parse_command("--entrypoint", value)?;
+    if value.trim().starts_with('[') || !value.contains('$') {
+        return Ok(argv);
+    }
+    Ok(ftl::app::shell_entrypoint(value).argv)
 }
 
 /// `8080`, `8080/tcp`, `53/udp`, `9/sctp`: a port from 1 to 65535.
@@ -364,7 +379,7 @@ async fn build(args: BuildArgs, failure: &mut Option<ErrorDetail>) -> Result<()>
     let entrypoint = args
         .entrypoint
         .as_deref()
-        .map(|c| parse_command("--entrypoint", c))
+        .map(parse_entrypoint)
         .transpose()?;
     overrides.entrypoint = entrypoint.clone();
     let mut options = BuildOptions {
@@ -454,4 +469,26 @@ async fn build(args: BuildArgs, failure: &mut Option<ErrorDetail>) -> Result<()>
         crate::progress::print_summary(&report, args.quiet);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_entrypoint;
+
+    #[test]
+    fn an_entrypoint_with_a_variable_runs_through_exec_in_a_shell() {
+        assert_eq!(
+            parse_entrypoint("gunicorn -b :$PORT main:app").unwrap(),
+            ["/bin/sh", "-c", "exec gunicorn -b :$PORT main:app"]
+        );
+        assert_eq!(
+            parse_entrypoint("python 'main app.py'").unwrap(),
+            ["python", "main app.py"]
+        );
+        assert_eq!(
+            parse_entrypoint(r#"["sh", "-c", "echo $PORT"]"#).unwrap(),
+            ["sh", "-c", "echo $PORT"]
+        );
+        assert!(parse_entrypoint("gunicorn -b \":$PORT").is_err());
+    }
 }

@@ -1911,3 +1911,82 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// A `.gcloudignore` is read with gitignore's rules: `secret.env` leaves
+/// out `sub/secret.env` too, `#!include:.gitignore` adds that file's
+/// patterns, and the `.dockerignore` beside it is not read. No layer of
+/// the image holds an excluded file.
+#[test]
+fn gcloudignore_rules_leave_files_out_of_every_layer() {
+    let rig = rig();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("app");
+    for (f, text) in [
+        (".gcloudignore", "secret.env\n#!include:.gitignore\n"),
+        (".gitignore", "*.log\n"),
+        (".dockerignore", "index.html\n"),
+        ("index.html", "<p>hi</p>\n"),
+        ("secret.env", "TOKEN=1\n"),
+        ("sub/secret.env", "TOKEN=2\n"),
+        ("sub/debug.log", "x\n"),
+        ("sub/page.html", "x\n"),
+    ] {
+        std::fs::create_dir_all(dir.join(f).parent().unwrap()).unwrap();
+        std::fs::write(dir.join(f), text).unwrap();
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let built = rig.ftl(
+        cache.path(),
+        &[
+            "build",
+            s(&dir),
+            "--base",
+            &tiny_base(),
+            "--language",
+            "generic",
+            "--json",
+            "--output",
+            &format!("oci:{}:v1", s(&layout)),
+        ],
+    );
+    let report = built.report();
+    assert!(
+        report.to_string().contains(".dockerignore is not read"),
+        "the report warns that .dockerignore is not read: {report}"
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        // The tiny base's layer (made by umoci) makes tar warn; its list
+        // is still complete.
+        let path = blob(layer["digest"].as_str().unwrap());
+        let listed = run(Command::new("tar").args(["-tzf", s(&path)]));
+        assert!(!listed.stdout.is_empty(), "{}", listed.stderr);
+        all.extend(listed.stdout.lines().map(str::to_string));
+    }
+    assert!(
+        all.iter().any(|f| f.ends_with("srv/index.html")),
+        "{all:#?}"
+    );
+    assert!(
+        all.iter().any(|f| f.ends_with("srv/sub/page.html")),
+        "{all:#?}"
+    );
+    for gone in ["secret.env", "debug.log"] {
+        assert!(
+            !all.iter().any(|f| f.ends_with(gone)),
+            "{gone} in a layer: {all:#?}"
+        );
+    }
+}

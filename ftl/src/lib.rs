@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod beneath;
+pub mod detect;
 pub mod engine;
 pub mod export;
 pub mod gzip;
@@ -35,5 +36,6 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 pub use beneath::{Beneath, BeneathError};
+pub use detect::Detects;
 pub use plugin::*;
-pub use source::{SourceError, SourceTree};
+pub use source::{Exclusion, SourceError, SourceTree};

@@ -377,6 +377,10 @@ pub trait LanguagePlugin: Send + Sync {
     fn id(&self) -> &'static str;
     /// Whether this plugin applies to `source` (for auto-detection).
     fn detect(&self, source: &SourceTree) -> bool;
+    /// What [`LanguagePlugin::detect`] looks for, in words: for the error
+    /// when no plugin applies, and to name an ignore line that left a
+    /// deciding file out.
+    fn detects(&self) -> crate::detect::Detects;
     /// Plans the layers.
     fn plan(&self, ctx: &PlanContext<'_>) -> Result<LayerPlan, PluginError>;
 }

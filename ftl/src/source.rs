@@ -1,5 +1,16 @@
 //! The application source tree as a build sees it: the files below a
-//! directory, less what `.dockerignore` and `.gcloudignore` exclude.
+//! directory, less what its ignore file excludes.
+//!
+//! One ignore file is read, as the tool it was written for reads it:
+//! `.gcloudignore` (what `gcloud` uploads) with gitignore's rules, its
+//! `#!include:FILE` lines included; else `.dockerignore` with Docker's
+//! rules (patterns anchored at the context root, `**`, `!` exceptions,
+//! the last matching line wins, an exception may re-include a file below an
+//! excluded directory). With both, `.gcloudignore` wins: a `.dockerignore`
+//! is often written for a Dockerfile that builds elsewhere (it leaves out
+//! `src` and `pom.xml` and copies a jar), and `.gcloudignore` is the file a
+//! source deploy reads. Every rule keeps its file and line, so a build can
+//! say which line left out a file it needed ([`SourceTree::excluded_by`]).
 //!
 //! The source may be an upload (`ftl serve`): every read goes through the
 //! root's directory descriptor ([`crate::beneath`]). A file read by name
@@ -14,6 +25,7 @@ use std::sync::Arc;
 use crate::beneath::{Beneath, BeneathError, Dir, Kind};
 
 use globset::{GlobBuilder, GlobMatcher};
+use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
 /// An error reading the source tree.
 #[derive(Debug, thiserror::Error)]
@@ -38,13 +50,18 @@ pub enum SourceError {
     },
     #[error("file name {path:?} is not valid UTF-8, which image layers cannot name; rename it, or list it in .dockerignore")]
     NotUtf8 { path: PathBuf },
-    #[error("{file}:{line}: invalid pattern `{pattern}`")]
+    #[error("{file}:{line}: invalid pattern `{pattern}`: {message}")]
     Pattern {
         file: PathBuf,
         line: usize,
         pattern: String,
-        #[source]
-        source: globset::Error,
+        message: String,
+    },
+    #[error("{file}:{line}: {message}")]
+    Include {
+        file: PathBuf,
+        line: usize,
+        message: String,
     },
 }
 
@@ -55,10 +72,15 @@ pub struct SourceTree {
     root: PathBuf,
     dir: Arc<Dir>,
     entries: Vec<PathBuf>,
+    ignore: Arc<IgnoreRules>,
+    warnings: Vec<String>,
 }
 
 impl SourceTree {
-    /// Scans `root`, applying `.dockerignore` then `.gcloudignore` if present.
+    /// Scans `root`, leaving out what its ignore file excludes:
+    /// `.gcloudignore` with gitignore's rules (and `#!include:FILE`) when
+    /// there is one, else `.dockerignore` with Docker's rules. Only one is
+    /// read: with both, `.gcloudignore` wins (and a warning says so).
     pub fn scan(root: &Path) -> Result<Self, SourceError> {
         let meta = std::fs::metadata(root).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
@@ -81,28 +103,13 @@ impl SourceTree {
             file: PathBuf::new(),
             source,
         })?;
-        let mut rules = Vec::new();
-        for name in [".dockerignore", ".gcloudignore"] {
-            match read_beneath(&dir, Path::new(name)) {
-                Ok(bytes) => {
-                    let text = String::from_utf8_lossy(&bytes);
-                    rules.extend(parse_ignore(&root.join(name), &text)?)
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(source) => {
-                    return Err(SourceError::Beneath {
-                        file: name.into(),
-                        source,
-                    })
-                }
-            }
-        }
+        let (ignore, warnings) = IgnoreRules::read(&dir, root)?;
         let mut entries = Vec::new();
-        let negations = has_negation(&rules);
         dir.walk::<SourceError>(&mut |rel, node| {
-            if is_ignored(&rules, rel) {
-                // Below an ignored directory, a negation may keep a file.
-                return Ok(node.kind == Kind::Dir && negations);
+            if let Some(ignored) = ignore.ignores(rel, node.kind == Kind::Dir) {
+                // Below a directory Docker's rules ignore, a negation may
+                // keep a file; gitignore's rules never look below.
+                return Ok(node.kind == Kind::Dir && ignored.look_below);
             }
             if rel.to_str().is_none() {
                 return Err(SourceError::NotUtf8 {
@@ -117,7 +124,33 @@ impl SourceTree {
             root: root.to_path_buf(),
             dir: Arc::new(dir),
             entries,
+            ignore: Arc::new(ignore),
+            warnings,
         })
+    }
+
+    /// The ignore file this tree was read with (`.gcloudignore` or
+    /// `.dockerignore`), if any.
+    pub fn ignore_file(&self) -> Option<&Path> {
+        self.ignore.file.as_deref()
+    }
+
+    /// What the user should know about how the tree was read (an ignore
+    /// file that was not read because another one wins).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Why `rel` is not in the tree although it exists below the root: the
+    /// ignore rule that left it out. `None` when it is in the tree, does
+    /// not exist, or no rule excludes it.
+    pub fn excluded_by(&self, rel: impl AsRef<Path>) -> Option<Exclusion> {
+        let rel = rel.as_ref();
+        if self.contains(rel) {
+            return None;
+        }
+        let node = self.dir.stat(rel).ok().flatten()?;
+        self.ignore.explain(rel, node.kind == Kind::Dir)
     }
 
     /// The directory the tree was read from.
@@ -213,6 +246,8 @@ impl SourceTree {
             root: self.root.clone(),
             dir: self.dir.clone(),
             entries,
+            ignore: self.ignore.clone(),
+            warnings: self.warnings.clone(),
         }
     }
 }
@@ -227,12 +262,273 @@ fn read_beneath(dir: &Dir, rel: &Path) -> Result<Vec<u8>, BeneathError> {
     Ok(out)
 }
 
+/// The ignore rule that left a path out of the tree: its file, line and
+/// text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exclusion {
+    /// The ignore file, relative to the root (`.dockerignore`, or a file a
+    /// `.gcloudignore` included).
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    pub pattern: String,
+}
+
+impl std::fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} line {} (`{}`)",
+            self.file.display(),
+            self.line,
+            self.pattern
+        )
+    }
+}
+
+/// How many `#!include:` levels deep a `.gcloudignore` may go.
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// The rules of the one ignore file a tree is read with.
+struct IgnoreRules {
+    file: Option<PathBuf>,
+    matcher: Matcher,
+}
+
+impl std::fmt::Debug for IgnoreRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IgnoreRules")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Matcher {
+    None,
+    /// `.dockerignore`: Docker's rules, in order.
+    Docker(Vec<Rule>),
+    /// `.gcloudignore`: gitignore's rules; each line's file, number and
+    /// text, to name the line that matched.
+    Git {
+        gitignore: Gitignore,
+        lines: Vec<(PathBuf, usize, String)>,
+    },
+}
+
+/// A path an ignore file excludes.
+struct Ignored {
+    /// The walk must still look below (a directory Docker's rules exclude,
+    /// when a later `!` line may keep something in it).
+    look_below: bool,
+}
+
+impl IgnoreRules {
+    /// The rules of `root`'s ignore file, and warnings about how it was
+    /// chosen.
+    fn read(dir: &Dir, root: &Path) -> Result<(IgnoreRules, Vec<String>), SourceError> {
+        let gcloud = read_optional(dir, ".gcloudignore")?;
+        let docker = read_optional(dir, ".dockerignore")?;
+        let mut warnings = Vec::new();
+        if let Some(text) = gcloud {
+            if docker.is_some() {
+                warnings.push(
+                    ".dockerignore is not read: .gcloudignore decides what goes into the \
+                     image (with gitignore's rules); list there what .dockerignore \
+                     leaves out that must stay out"
+                        .to_string(),
+                );
+            }
+            let mut builder = GitignoreBuilder::new(root);
+            let mut lines = Vec::new();
+            add_gcloudignore(
+                dir,
+                root,
+                Path::new(".gcloudignore"),
+                &text,
+                0,
+                &mut builder,
+                &mut lines,
+            )?;
+            let gitignore = builder.build().map_err(|e| SourceError::Pattern {
+                file: root.join(".gcloudignore"),
+                line: 0,
+                pattern: String::new(),
+                message: e.to_string(),
+            })?;
+            return Ok((
+                IgnoreRules {
+                    file: Some(".gcloudignore".into()),
+                    matcher: Matcher::Git { gitignore, lines },
+                },
+                warnings,
+            ));
+        }
+        if let Some(text) = docker {
+            let rules = parse_dockerignore(root, Path::new(".dockerignore"), &text)?;
+            return Ok((
+                IgnoreRules {
+                    file: Some(".dockerignore".into()),
+                    matcher: Matcher::Docker(rules),
+                },
+                warnings,
+            ));
+        }
+        Ok((
+            IgnoreRules {
+                file: None,
+                matcher: Matcher::None,
+            },
+            warnings,
+        ))
+    }
+
+    /// Whether the walk leaves `rel` out (its parents were kept).
+    fn ignores(&self, rel: &Path, is_dir: bool) -> Option<Ignored> {
+        match &self.matcher {
+            Matcher::None => None,
+            Matcher::Docker(rules) => is_ignored(rules, rel).then(|| Ignored {
+                look_below: rules.iter().any(|r| r.negate),
+            }),
+            Matcher::Git { gitignore, .. } => gitignore
+                .matched(rel, is_dir)
+                .is_ignore()
+                .then_some(Ignored { look_below: false }),
+        }
+    }
+
+    /// The rule that excludes `rel`, which exists and is not in the tree.
+    fn explain(&self, rel: &Path, is_dir: bool) -> Option<Exclusion> {
+        match &self.matcher {
+            Matcher::None => None,
+            Matcher::Docker(rules) => rules
+                .iter()
+                .rev()
+                .find(|r| {
+                    rel.ancestors()
+                        .filter(|a| !a.as_os_str().is_empty())
+                        .any(|a| r.glob.is_match(a))
+                })
+                .filter(|r| !r.negate)
+                .map(|r| Exclusion {
+                    file: r.file.clone(),
+                    line: r.line,
+                    pattern: r.text.clone(),
+                }),
+            Matcher::Git { gitignore, lines } => {
+                // The outermost excluded directory decides: the walk never
+                // looked below it.
+                let mut ancestors: Vec<&Path> = rel
+                    .ancestors()
+                    .filter(|a| !a.as_os_str().is_empty())
+                    .collect();
+                ancestors.reverse();
+                ancestors.into_iter().find_map(|a| {
+                    let dir = a != rel || is_dir;
+                    match gitignore.matched(a, dir) {
+                        ignore::Match::Ignore(glob) => {
+                            let from = glob.from().map(Path::to_path_buf).unwrap_or_default();
+                            lines
+                                .iter()
+                                .rev()
+                                .find(|(f, _, t)| *f == from && t == glob.original())
+                                .map(|(f, n, t)| Exclusion {
+                                    file: f.clone(),
+                                    line: *n,
+                                    pattern: t.clone(),
+                                })
+                        }
+                        _ => None,
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn read_optional(dir: &Dir, name: &str) -> Result<Option<String>, SourceError> {
+    match read_beneath(dir, Path::new(name)) {
+        Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(source) => Err(SourceError::Beneath {
+            file: name.into(),
+            source,
+        }),
+    }
+}
+
+/// Adds the lines of `file` (`.gcloudignore`, or a file it includes) to
+/// `builder`, following `#!include:FILE` lines as gcloud does: FILE lies
+/// in the same directory, and its patterns are read as if written here.
+fn add_gcloudignore(
+    dir: &Dir,
+    root: &Path,
+    file: &Path,
+    text: &str,
+    depth: usize,
+    builder: &mut GitignoreBuilder,
+    lines: &mut Vec<(PathBuf, usize, String)>,
+) -> Result<(), SourceError> {
+    for (i, raw) in text.lines().enumerate() {
+        let bad = |message: String| SourceError::Include {
+            file: root.join(file),
+            line: i + 1,
+            message,
+        };
+        if let Some(included) = raw.strip_prefix("#!include:") {
+            let included = included.trim();
+            if included.is_empty() || included.contains('/') {
+                return Err(bad(format!(
+                    "`#!include:{included}` must name a file in the same directory, as gcloud requires"
+                )));
+            }
+            if depth >= MAX_INCLUDE_DEPTH {
+                return Err(bad(format!(
+                    "`#!include:{included}` nests more than {MAX_INCLUDE_DEPTH} includes deep (a cycle?)"
+                )));
+            }
+            let Some(text) = read_optional(dir, included)? else {
+                return Err(bad(format!(
+                    "`#!include:{included}`: {included} does not exist"
+                )));
+            };
+            add_gcloudignore(
+                dir,
+                root,
+                Path::new(included),
+                &text,
+                depth + 1,
+                builder,
+                lines,
+            )?;
+            continue;
+        }
+        let line = raw.trim_end_matches(['\r', '\n']);
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        builder
+            .add_line(Some(file.to_path_buf()), line)
+            .map_err(|e| SourceError::Pattern {
+                file: root.join(file),
+                line: i + 1,
+                pattern: line.to_string(),
+                message: e.to_string(),
+            })?;
+        lines.push((file.to_path_buf(), i + 1, line.to_string()));
+    }
+    Ok(())
+}
+
 struct Rule {
     negate: bool,
     glob: GlobMatcher,
+    /// Where the rule was written, for messages.
+    file: PathBuf,
+    line: usize,
+    text: String,
 }
 
-fn parse_ignore(file: &Path, text: &str) -> Result<Vec<Rule>, SourceError> {
+fn parse_dockerignore(root: &Path, file: &Path, text: &str) -> Result<Vec<Rule>, SourceError> {
     let mut rules = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -253,19 +549,21 @@ fn parse_ignore(file: &Path, text: &str) -> Result<Vec<Rule>, SourceError> {
             .literal_separator(true)
             .build()
             .map_err(|source| SourceError::Pattern {
-                file: file.to_path_buf(),
+                file: root.join(file),
                 line: i + 1,
                 pattern: line.to_string(),
-                source,
+                message: source.to_string(),
             })?
             .compile_matcher();
-        rules.push(Rule { negate, glob });
+        rules.push(Rule {
+            negate,
+            glob,
+            file: file.to_path_buf(),
+            line: i + 1,
+            text: line.to_string(),
+        });
     }
     Ok(rules)
-}
-
-fn has_negation(rules: &[Rule]) -> bool {
-    rules.iter().any(|r| r.negate)
 }
 
 /// Docker semantics: the last matching rule wins; a pattern that matches a
@@ -356,5 +654,105 @@ mod tests {
                 "main.py"
             ]
         );
+    }
+
+    fn tree(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (f, text) in files {
+            let p = dir.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn gcloudignore_has_gitignore_rules_and_includes() {
+        let d = tree(&[
+            (
+                ".gcloudignore",
+                "# gcloud\nsecret.env\n#!include:.gitignore\nbuild/\n!build/keep\n",
+            ),
+            (".gitignore", "*.log\n"),
+            (".dockerignore", "main.py\n"),
+            ("main.py", "x"),
+            ("sub/secret.env", "TOKEN=1"),
+            ("secret.env", "TOKEN=1"),
+            ("sub/app.log", "x"),
+            ("build/keep", "x"),
+        ]);
+        let t = SourceTree::scan(d.path()).unwrap();
+        let names: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        // gitignore: an unanchored name matches at any depth; a file below
+        // an excluded directory cannot be re-included; .dockerignore is not
+        // read when .gcloudignore exists.
+        assert_eq!(
+            names,
+            [
+                ".dockerignore",
+                ".gcloudignore",
+                ".gitignore",
+                "main.py",
+                "sub"
+            ]
+        );
+        assert_eq!(t.ignore_file(), Some(Path::new(".gcloudignore")));
+        assert!(t.warnings()[0].contains(".dockerignore is not read"));
+        let why = t.excluded_by("sub/secret.env").unwrap();
+        assert_eq!(
+            (why.file.as_path(), why.line),
+            (Path::new(".gcloudignore"), 2)
+        );
+        let why = t.excluded_by("sub/app.log").unwrap();
+        assert_eq!(
+            (why.file.as_path(), why.line, why.pattern.as_str()),
+            (Path::new(".gitignore"), 1, "*.log")
+        );
+        let why = t.excluded_by("build/keep").unwrap();
+        assert_eq!(why.line, 4);
+        assert_eq!(t.excluded_by("main.py"), None);
+        assert_eq!(t.excluded_by("nope"), None);
+    }
+
+    #[test]
+    fn a_gcloudignore_include_must_exist_and_stay_in_the_directory() {
+        let d = tree(&[(".gcloudignore", "a\n#!include:.gitignore\n")]);
+        let e = SourceTree::scan(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(".gcloudignore:2") && e.contains("does not exist"),
+            "{e}"
+        );
+        let d = tree(&[(".gcloudignore", "#!include:sub/.gitignore\n")]);
+        let e = SourceTree::scan(d.path()).unwrap_err().to_string();
+        assert!(e.contains("same directory"), "{e}");
+        let d = tree(&[(".gcloudignore", "#!include:.gcloudignore\n")]);
+        assert!(SourceTree::scan(d.path()).is_err());
+    }
+
+    #[test]
+    fn a_dockerignore_line_that_excludes_a_file_is_named() {
+        let d = tree(&[
+            (
+                ".dockerignore",
+                "# for the Dockerfile\n*\n!target/app.jar\n",
+            ),
+            ("pom.xml", "<project/>"),
+            ("src/main/java/A.java", "class A {}"),
+            ("target/app.jar", "x"),
+        ]);
+        let t = SourceTree::scan(d.path()).unwrap();
+        let names: Vec<String> = t
+            .entries()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(names, ["target/app.jar"]);
+        let why = t.excluded_by("pom.xml").unwrap();
+        assert_eq!(why.to_string(), ".dockerignore line 2 (`*`)");
+        assert_eq!(t.excluded_by("target/app.jar"), None);
     }
 }

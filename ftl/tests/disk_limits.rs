@@ -150,6 +150,14 @@ impl LanguagePlugin for Fill {
     fn detect(&self, _: &ftl::SourceTree) -> bool {
         false
     }
+
+    fn detects(&self) -> ftl::Detects {
+        ftl::Detects {
+            name: "test",
+            files: &[],
+            also: None,
+        }
+    }
     fn plan(&self, _: &PlanContext<'_>) -> Result<LayerPlan, PluginError> {
         Ok(LayerPlan {
             layers: vec![PlannedLayer {

@@ -25,7 +25,6 @@ use ftl_registry_client::{
     Reference,
 };
 
-use crate::app::GenericPlugin;
 use crate::image::{
     compose, ComposeInput, ConfigOverrides, ImageLayer, LayerOrigin, ManifestFormat,
 };
@@ -393,30 +392,20 @@ impl Engine {
         &self.client
     }
 
+    /// The plugin for `language` over `source` ([`crate::detect::choose`]).
     fn choose_plugin(
         &self,
         language: Option<&str>,
         source: &SourceTree,
+        settings: &BTreeMap<String, String>,
     ) -> Result<Arc<dyn LanguagePlugin>, EngineError> {
-        match language {
-            None | Some("auto") => Ok(self
-                .plugins
-                .iter()
-                .find(|p| p.detect(source))
-                .cloned()
-                .unwrap_or_else(|| Arc::new(GenericPlugin))),
-            Some("generic") | Some("none") => Ok(Arc::new(GenericPlugin)),
-            Some(name) => self
-                .plugins
-                .iter()
-                .find(|p| p.id() == name)
-                .cloned()
-                .ok_or_else(|| {
-                    let mut names: Vec<&str> = self.plugins.iter().map(|p| p.id()).collect();
-                    names.extend(["generic", "auto"]);
-                    EngineError::UnknownLanguage(name.to_string(), names.join(", "))
-                }),
-        }
+        let names: Vec<&str> = settings.keys().map(String::as_str).collect();
+        Ok(crate::detect::choose(
+            &self.plugins,
+            language,
+            source,
+            &names,
+        )?)
     }
 
     /// Runs one build.
@@ -465,7 +454,7 @@ impl Engine {
                 .await
                 .map_err(join_err)?
         )?;
-        let plugin = self.choose_plugin(req.language.as_deref(), &source)?;
+        let plugin = self.choose_plugin(req.language.as_deref(), &source, &req.options.settings)?;
 
         let rootfs = Arc::new(base::LazyRootfs::new(
             self.client.clone(),
@@ -559,6 +548,11 @@ impl Engine {
                 l.key = l.key.with_input("cache_scope", serde_json::json!(scope));
             }
         }
+        // What every plugin's image gets from the source: app.yaml's
+        // env_variables; and how the source was read.
+        app_yaml_config(&source, &mut plan)?;
+        plan.warnings
+            .splice(0..0, source.warnings().iter().cloned());
         observer.event(&Event::Planned {
             language: plugin.id().to_string(),
             layers: plan.layers.len(),
@@ -1432,6 +1426,25 @@ async fn join_bounded<F: std::future::Future>(
 ) -> Vec<F::Output> {
     use futures_util::StreamExt;
     futures_util::stream::iter(futs).buffered(n).collect().await
+}
+
+/// app.yaml's `env_variables` into the plan's env (over the plugin's), and
+/// a warning that its `handlers` have no place in an image.
+fn app_yaml_config(source: &SourceTree, plan: &mut LayerPlan) -> Result<(), EngineError> {
+    let Some(app) = crate::app::AppYaml::read(source)? else {
+        return Ok(());
+    };
+    for (k, v) in app.env_variables {
+        plan.config.env.retain(|(name, _)| *name != k);
+        plan.config.env.push((k, v));
+    }
+    if let Some(line) = app.handlers {
+        plan.warnings.push(format!(
+            "app.yaml:{line}: `handlers:` is ignored: App Engine routes requests and serves \
+             static files by it, an image has no place for it (the app itself must serve them)"
+        ));
+    }
+    Ok(())
 }
 
 /// The process of an image from its config.

@@ -96,6 +96,14 @@ impl LanguagePlugin for JavaPlugin {
         "java"
     }
 
+    fn detects(&self) -> ftl::Detects {
+        ftl::Detects {
+            name: "Java",
+            files: &["pom.xml"],
+            also: Some("a prebuilt .jar with its lib/"),
+        }
+    }
+
     fn detect(&self, source: &SourceTree) -> bool {
         source.contains("pom.xml") || plan::find_jar(source, None).is_ok_and(|j| j.is_some())
     }

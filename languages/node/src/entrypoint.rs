@@ -9,6 +9,9 @@ use crate::package::PackageJson;
 pub struct Entrypoint {
     pub argv: Vec<String>,
     pub source: String,
+    /// A compound shell command that leaves /bin/sh as PID 1 (see
+    /// [`ftl::app::shell_entrypoint`]), for the plan's warnings.
+    pub warning: Option<String>,
 }
 
 /// `--entrypoint`, else `app.yaml`'s `entrypoint:`, else `npm start` when
@@ -23,6 +26,7 @@ pub fn find(
         return Ok(Entrypoint {
             argv: argv.to_vec(),
             source: "--entrypoint".into(),
+            warning: None,
         });
     }
     let app_yaml = source.read_text("app.yaml").map_err(|e| {
@@ -37,9 +41,12 @@ pub fn find(
                         "write the command on the same line, e.g. `entrypoint: node server.js`",
                     ));
             }
+            let source = format!("app.yaml:{line}");
+            let e = ftl::app::shell_entrypoint(&cmd);
             return Ok(Entrypoint {
-                argv: vec!["/bin/sh".into(), "-c".into(), cmd],
-                source: format!("app.yaml:{line}"),
+                argv: e.argv,
+                warning: e.warning.map(|w| format!("{source}: {w}")),
+                source,
             });
         }
     }
@@ -47,18 +54,21 @@ pub fn find(
         return Ok(Entrypoint {
             argv: vec!["npm".into(), "start".into()],
             source: "package.json scripts.start".into(),
+            warning: None,
         });
     }
     if let Some(main) = pkg.main() {
         return Ok(Entrypoint {
             argv: vec!["node".into(), main.to_string()],
             source: "package.json main".into(),
+            warning: None,
         });
     }
     if source.contains("server.js") {
         return Ok(Entrypoint {
             argv: vec!["node".into(), "server.js".into()],
             source: "server.js".into(),
+            warning: None,
         });
     }
     Err(PluginError::new(

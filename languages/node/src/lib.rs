@@ -63,6 +63,14 @@ impl LanguagePlugin for NodePlugin {
         "node"
     }
 
+    fn detects(&self) -> ftl::Detects {
+        ftl::Detects {
+            name: "Node.js",
+            files: &["package.json"],
+            also: None,
+        }
+    }
+
     fn detect(&self, source: &SourceTree) -> bool {
         source.contains("package.json")
     }

@@ -84,6 +84,10 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         .map(|b| Npmrc::parse(&String::from_utf8_lossy(&b), &|n| std::env::var(n).ok()));
 
     let probe = probe::probe(ctx.exec, &ctx.base.reference)?;
+    // app.yaml's `runtime: nodejs20` against the base's node.
+    if let Some(app) = ftl::app::AppYaml::read(source)? {
+        app.check_runtime("nodejs", &probe.node)?;
+    }
     let manager = match lock.as_ref().map(|l| l.kind) {
         Some(LockKind::Yarn) => {
             let Some(yarn) = &probe.yarn else {
@@ -227,6 +231,7 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
 
     let ep = entrypoint::find(source, ctx.options.entrypoint.as_deref(), &pkg)?;
     tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
+    plan.warnings.extend(ep.warning.clone());
     plan.config = ConfigPatch {
         env: vec![
             ("PORT".into(), "8080".into()),

@@ -315,7 +315,7 @@ fn entrypoint_order() {
     );
     assert_eq!(ep(&opts).unwrap(), ["npm", "start"]);
     write("app.yaml", "runtime: nodejs18\nentrypoint: node other.js\n");
-    assert_eq!(ep(&opts).unwrap(), ["/bin/sh", "-c", "node other.js"]);
+    assert_eq!(ep(&opts).unwrap(), ["/bin/sh", "-c", "exec node other.js"]);
     let given = BuildOptions {
         entrypoint: Some(vec!["node".into(), "given.js".into()]),
         ..BuildOptions::default()

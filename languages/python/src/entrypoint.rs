@@ -14,10 +14,15 @@ pub struct Entrypoint {
     /// App Engine's default: gunicorn must be added to the installed set
     /// (the app does not list it); the line of main.py that defines `app`.
     pub adds_gunicorn: Option<usize>,
+    /// A compound shell command that leaves /bin/sh as PID 1 (see
+    /// [`ftl::app::shell_entrypoint`]), for the plan's warnings.
+    pub warning: Option<String>,
 }
 
-fn shell(cmd: &str) -> Vec<String> {
-    vec!["/bin/sh".to_string(), "-c".to_string(), cmd.to_string()]
+/// `/bin/sh -c 'exec CMD'` for a command written in `source`.
+fn shell(cmd: &str, source: &str) -> (Vec<String>, Option<String>) {
+    let e = ftl::app::shell_entrypoint(cmd);
+    (e.argv, e.warning.map(|w| format!("{source}: {w}")))
 }
 
 fn read(source: &SourceTree, file: &str) -> Result<Option<String>, PluginError> {
@@ -39,6 +44,7 @@ pub fn find(
             source: "--entrypoint".into(),
             inferred: false,
             adds_gunicorn: None,
+            warning: None,
         });
     }
     if let Some(text) = read(source, "app.yaml")? {
@@ -48,11 +54,14 @@ pub fn find(
                     .in_file("app.yaml", Some(line))
                     .hint("write the command on the same line, e.g. `entrypoint: gunicorn -b :$PORT main:app`"));
             }
+            let source = format!("app.yaml:{line}");
+            let (argv, warning) = shell(&cmd, &source);
             return Ok(Entrypoint {
-                argv: shell(&cmd),
-                source: format!("app.yaml:{line}"),
+                argv,
+                source,
                 inferred: false,
                 adds_gunicorn: None,
+                warning,
             });
         }
     }
@@ -65,11 +74,14 @@ pub fn find(
                         .in_file("Procfile", Some(i + 1))
                         .hint("write e.g. `web: gunicorn -b :$PORT main:app`"));
                 }
+                let source = format!("Procfile:{}", i + 1);
+                let (argv, warning) = shell(cmd, &source);
                 return Ok(Entrypoint {
-                    argv: shell(cmd),
-                    source: format!("Procfile:{}", i + 1),
+                    argv,
+                    source,
                     inferred: false,
                     adds_gunicorn: None,
+                    warning,
                 });
             }
         }
@@ -77,10 +89,11 @@ pub fn find(
     const DEFAULT: &str = "exec gunicorn -b :$PORT main:app";
     if has_gunicorn && source.contains(Path::new("main.py")) {
         return Ok(Entrypoint {
-            argv: shell(DEFAULT),
+            argv: shell(DEFAULT, "").0,
             source: "gunicorn is a dependency and main.py exists: App Engine's default".into(),
             inferred: true,
             adds_gunicorn: None,
+            warning: None,
         });
     }
     // App Engine's default for an app without an entrypoint: gunicorn
@@ -88,7 +101,8 @@ pub fn find(
     let main = read(source, "main.py")?;
     if let Some(line) = main.as_deref().and_then(defines_app) {
         return Ok(Entrypoint {
-            argv: shell(DEFAULT),
+            argv: shell(DEFAULT, "").0,
+            warning: None,
             source: format!(
                 "main.py:{line} defines `app` and no entrypoint is given: App Engine's default, gunicorn added"
             ),

@@ -56,23 +56,32 @@ pub use probe::{Probe, PROBE_SCRIPT};
 #[derive(Debug, Default, Clone, Copy)]
 pub struct PythonPlugin;
 
+/// Files at the root that make a tree a Python app.
+const DETECT_FILES: [&str; 7] = [
+    "requirements.txt",
+    "pyproject.toml",
+    "Pipfile",
+    "Pipfile.lock",
+    "setup.py",
+    "uv.lock",
+    "poetry.lock",
+];
+
 impl LanguagePlugin for PythonPlugin {
     fn id(&self) -> &'static str {
         "python"
     }
 
+    fn detects(&self) -> ftl::Detects {
+        ftl::Detects {
+            name: "Python",
+            files: &DETECT_FILES,
+            also: Some("a .py file at the top level"),
+        }
+    }
+
     fn detect(&self, source: &SourceTree) -> bool {
-        [
-            "requirements.txt",
-            "pyproject.toml",
-            "Pipfile",
-            "Pipfile.lock",
-            "setup.py",
-            "uv.lock",
-            "poetry.lock",
-        ]
-        .iter()
-        .any(|f| source.contains(f))
+        DETECT_FILES.iter().any(|f| source.contains(f))
             || source
                 .entries()
                 .iter()

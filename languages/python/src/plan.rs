@@ -257,6 +257,10 @@ pub(crate) fn plan(
     if let Some((spec, origin)) = set.as_ref().and_then(|s| s.requires_python.as_ref()) {
         requires_python::check_requires_python(spec, origin, &probe.version)?;
     }
+    // app.yaml's `runtime: python312` against the base's interpreter.
+    if let Some(app) = ftl::app::AppYaml::read(ctx.source)? {
+        app.check_runtime("python", &probe.version)?;
+    }
     let venv = settings.venv.clone();
 
     let mut options = set.as_ref().map(|s| s.options.clone()).unwrap_or_default();
@@ -358,6 +362,7 @@ pub(crate) fn plan(
         );
     }
     let mut warnings: Vec<String> = set.as_ref().map(|s| s.warnings.clone()).unwrap_or_default();
+    warnings.extend(ep.warning.clone());
     if let Some(set) = &set {
         notes.insert("input".into(), json!(set.kind.as_str()));
         if let Some((spec, origin)) = &set.requires_python {
