@@ -1577,7 +1577,7 @@ impl SandboxExec {
                 let rootfs = self
                     .handle
                     .block_on(self.rootfs.ensure())
-                    .map_err(|e| PluginError::new(e.to_string()))?;
+                    .map_err(|e| PluginError::new(crate::error_chain(&e)))?;
                 Ok((rootfs, self.base_env.clone()))
             }
             StepRoot::Host => Ok((
