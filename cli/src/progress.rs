@@ -171,7 +171,9 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn human_bytes(n: u64) -> String {
+/// `512 B`, `1.5 KiB`, `12.3 MiB`: sizes as the build summary and
+/// `ftl cache ls` print them.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut u = 0;

@@ -1990,3 +1990,72 @@ fn gcloudignore_rules_leave_files_out_of_every_layer() {
         );
     }
 }
+
+/// `ftl cache ls` prints sizes as the build summary does (`1.2 KiB`);
+/// `--bytes` prints them as numbers, and `--json` keeps numbers.
+#[test]
+fn cache_ls_prints_sizes_for_people_and_bytes_on_request() {
+    let rig = rig();
+    let (tmp, dir) = app(Some("cache-ls"));
+    // Big enough that its layer is over a KiB, compressed.
+    let noise: String = (0..4000u32)
+        .map(|i| format!("{:08x}", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    std::fs::write(dir.join("noise.txt"), noise).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let report = rig
+        .ftl(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &tiny_base(),
+                "--language",
+                "generic",
+                "--json",
+                "--output",
+                &format!("oci:{}:v1", s(&layout)),
+            ],
+        )
+        .report();
+    let (_, digest, _, _) = app_layer(&report);
+    let size = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["digest"] == digest.as_str())
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    assert!(size > 1024, "{report:#}");
+    let short = &digest.trim_start_matches("sha256:")[..12];
+    let row = |args: &[&str]| -> String {
+        let ls = rig.ftl(cache.path(), args);
+        assert_eq!(ls.status, 0, "{}", ls.stderr);
+        ls.stdout
+            .lines()
+            .find(|l| l.contains(short))
+            .unwrap_or_else(|| panic!("no entry of {short}:\n{}", ls.stdout))
+            .to_string()
+    };
+    let human = row(&["cache", "ls"]);
+    let kib = format!("{:.1} KiB", size as f64 / 1024.0);
+    assert!(human.contains(&kib), "{kib} in {human}");
+    assert!(!human.contains(&size.to_string()), "{human}");
+    let raw = row(&["cache", "ls", "--bytes"]);
+    assert_eq!(
+        raw.split_whitespace().nth(2),
+        Some(size.to_string().as_str()),
+        "{raw}"
+    );
+    let json = rig.ftl(cache.path(), &["cache", "ls", "--json"]);
+    let entry: serde_json::Value = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["digest"] == digest.as_str())
+        .unwrap_or_else(|| panic!("{}", json.stdout));
+    assert_eq!(entry["size"], size);
+}
