@@ -5,6 +5,7 @@
 
 mod build;
 mod cache_cmd;
+mod docs;
 mod inspect;
 mod progress;
 mod serve;
@@ -38,6 +39,11 @@ enum Command {
     Cache(cache_cmd::CacheCommand),
     /// Run the HTTP build service.
     Serve(Box<serve::ServeArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(docs::CompletionArgs),
+    /// Print the man page of ftl or one of its commands (roff), or write
+    /// them all into a directory.
+    Man(docs::ManArgs),
     /// The runsc-compatible sandbox (`ftl runsc --help`); also reached by
     /// running this binary under the name `runsc`.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -84,6 +90,8 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cache(cmd) => cache_cmd::run(cmd),
             Command::Serve(args) => serve::run(*args).await,
+            Command::Completion(args) => docs::completion(args),
+            Command::Man(args) => docs::man(args),
             Command::Runsc { .. } => unreachable!("dispatched above"),
         }
     });
