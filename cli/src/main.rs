@@ -95,9 +95,17 @@ fn main() -> ExitCode {
             Command::Runsc { .. } => unreachable!("dispatched above"),
         }
     });
+    // Blocking work a dropped build left behind (an interrupted build's
+    // step or verification, stopping and removing what it made) ends
+    // before the process does; bounded, so a stuck thread cannot hold ftl.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(60));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(i) = e.downcast_ref::<build::Interrupted>() {
+                eprintln!("{i}");
+                return exit(128 + i.signal);
+            }
             eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }
