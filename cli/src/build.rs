@@ -443,8 +443,22 @@ async fn build(args: BuildArgs, failure: &mut Option<ErrorDetail>) -> Result<()>
         cache_scope: args.cache_scope.clone(),
     };
     let progress = Arc::new(Progress::new(args.quiet || args.json));
-    let result = engine.build(&req, progress.clone()).await;
+    let interrupts = Interrupts::watch(req.cancel.clone())?;
+    let result = tokio::select! {
+        r = engine.build(&req, progress.clone()) => r,
+        () = interrupts.notify.notified() => Err(ftl::engine::EngineError::Cancelled),
+    };
     progress.finish();
+    // Interrupted: the build's future is dropped (its requests with it);
+    // its blocking work (a sandboxed step, verification) sees the flag,
+    // stops its container and removes what it made, and `main` waits for
+    // that before the process exits. A build that failed because of the
+    // signal (its app killed by the terminal's SIGINT) was interrupted too;
+    // one that finished first stands.
+    if let (Err(_), Some(signal)) = (&result, interrupts.received()) {
+        *failure = Some(ErrorDetail::kind("interrupted"));
+        return Err(Interrupted { signal }.into());
+    }
     let report = result.map_err(|e| {
         *failure = Some(ErrorDetail::of(&e));
         crate::settings::with_flag_hints(e.into())
@@ -469,6 +483,75 @@ async fn build(args: BuildArgs, failure: &mut Option<ErrorDetail>) -> Result<()>
         crate::progress::print_summary(&report, args.quiet);
     }
     Ok(())
+}
+
+/// A build stopped by SIGINT or SIGTERM; `ftl` exits 128 + `signal`.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: i32,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.signal == libc::SIGTERM {
+            "SIGTERM"
+        } else {
+            "SIGINT"
+        };
+        write!(
+            f,
+            "interrupted by {name}: the build was stopped and what it made removed"
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// SIGINT and SIGTERM while a build runs: the first cancels it (and is
+/// remembered); after it, both act as they normally do, so a second Ctrl-C
+/// ends ftl at once, without cleaning up.
+struct Interrupts {
+    signal: Arc<std::sync::atomic::AtomicI32>,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+impl Interrupts {
+    fn watch(cancel: ftl::engine::CancelFlag) -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let got = Arc::new(std::sync::atomic::AtomicI32::new(0));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (got2, notify2) = (got.clone(), notify.clone());
+        tokio::spawn(async move {
+            let signal = tokio::select! {
+                _ = int.recv() => libc::SIGINT,
+                _ = term.recv() => libc::SIGTERM,
+            };
+            cancel.cancel();
+            got2.store(signal, std::sync::atomic::Ordering::SeqCst);
+            notify2.notify_one();
+            for s in [libc::SIGINT, libc::SIGTERM] {
+                // SAFETY: resets a signal's disposition to the default;
+                // no handler of this process runs in its place.
+                unsafe {
+                    libc::signal(s, libc::SIG_DFL);
+                }
+            }
+        });
+        Ok(Interrupts {
+            signal: got,
+            notify,
+        })
+    }
+
+    /// The signal that interrupted the build, if one did.
+    fn received(&self) -> Option<i32> {
+        match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => None,
+            s => Some(s),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use anyhow::Result;
 use clap::Subcommand;
 use ftl_cache::{dirs, Cache};
 
+use crate::progress::human_bytes;
 use crate::settings::default_cache_dir;
 
 #[derive(Subcommand, Debug)]
@@ -16,9 +17,12 @@ pub enum CacheCommand {
         /// The local cache directory [default: $FTL_CACHE_DIR, else ~/.cache/ftl].
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
-        /// One JSON entry per line.
+        /// One JSON entry per line (sizes in bytes).
         #[arg(long)]
         json: bool,
+        /// Sizes as numbers of bytes, not `12.3 MiB`.
+        #[arg(long)]
+        bytes: bool,
     },
     /// Remove layer entries older than N days (and expired ones), the blobs
     /// no entry refers to, and unpacked base images and package caches
@@ -57,7 +61,18 @@ fn age(secs: u64) -> String {
 #[allow(clippy::print_stdout)]
 pub fn run(cmd: CacheCommand) -> Result<()> {
     match cmd {
-        CacheCommand::Ls { cache_dir, json } => {
+        CacheCommand::Ls {
+            cache_dir,
+            json,
+            bytes,
+        } => {
+            let size = |n: u64| {
+                if bytes {
+                    n.to_string()
+                } else {
+                    human_bytes(n)
+                }
+            };
             let root = cache_dir.unwrap_or_else(default_cache_dir);
             let cache = Cache::open(&root)?;
             let now = ftl_cache::now_secs();
@@ -93,7 +108,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                         let hex = e.digest.trim_start_matches("sha256:");
                         (
                             hex[..12.min(hex.len())].to_string(),
-                            e.size.to_string(),
+                            size(e.size),
                             String::new(),
                         )
                     }
@@ -109,11 +124,12 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                     state
                 );
             }
-            println!(
-                "{} entries, {} bytes of blobs",
-                entries.len(),
-                cache.blobs.size()
-            );
+            let blobs = cache.blobs.size();
+            if bytes {
+                println!("{} entries, {blobs} bytes of blobs", entries.len());
+            } else {
+                println!("{} entries, {} of blobs", entries.len(), human_bytes(blobs));
+            }
             for (sub, what) in DIR_KINDS {
                 let listed = dirs::list(&root.join(sub));
                 if listed.is_empty() {
@@ -124,7 +140,7 @@ pub fn run(cmd: CacheCommand) -> Result<()> {
                 for d in &listed {
                     println!(
                         "{:>12} {:>9}  {}{}",
-                        d.bytes,
+                        size(d.bytes),
                         age(now.saturating_sub(d.last_used)),
                         d.path.display(),
                         if d.in_use { " (in use)" } else { "" }

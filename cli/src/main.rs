@@ -5,6 +5,7 @@
 
 mod build;
 mod cache_cmd;
+mod docs;
 mod inspect;
 mod progress;
 mod serve;
@@ -38,6 +39,11 @@ enum Command {
     Cache(cache_cmd::CacheCommand),
     /// Run the HTTP build service.
     Serve(Box<serve::ServeArgs>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(docs::CompletionArgs),
+    /// Print the man page of ftl or one of its commands (roff), or write
+    /// them all into a directory.
+    Man(docs::ManArgs),
     /// The runsc-compatible sandbox (`ftl runsc --help`); also reached by
     /// running this binary under the name `runsc`.
     #[command(disable_help_flag = true, disable_version_flag = true)]
@@ -84,12 +90,22 @@ fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Cache(cmd) => cache_cmd::run(cmd),
             Command::Serve(args) => serve::run(*args).await,
+            Command::Completion(args) => docs::completion(args),
+            Command::Man(args) => docs::man(args),
             Command::Runsc { .. } => unreachable!("dispatched above"),
         }
     });
+    // Blocking work a dropped build left behind (an interrupted build's
+    // step or verification, stopping and removing what it made) ends
+    // before the process does; bounded, so a stuck thread cannot hold ftl.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(60));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(i) = e.downcast_ref::<build::Interrupted>() {
+                eprintln!("{i}");
+                return exit(128 + i.signal);
+            }
             eprintln!("error: {}", render_error(&e));
             ExitCode::FAILURE
         }

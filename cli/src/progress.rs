@@ -7,32 +7,59 @@ use std::time::Duration;
 
 use ftl::engine::{BuildReport, Event, LayerSource, Observer};
 use ftl_registry_client::{BlobAction, Digest, PushProgress};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-/// Renders engine events: spinners and a byte bar on a terminal, plain
-/// lines otherwise, nothing when quiet.
+/// Renders engine events: a phase spinner and a byte bar on a terminal,
+/// plain lines otherwise, nothing when quiet. Every live line belongs to
+/// one [`MultiProgress`], which prints the log lines above them and takes
+/// each away when its phase ends: nothing stale stays on the screen.
 pub struct Progress {
     quiet: bool,
     tty: bool,
+    multi: MultiProgress,
     spinner: Mutex<Option<ProgressBar>>,
     upload: Arc<Upload>,
 }
 
 struct Upload {
+    multi: MultiProgress,
     bar: Mutex<Option<ProgressBar>>,
     total: AtomicU64,
     tty: bool,
     quiet: bool,
 }
 
+impl Upload {
+    /// Takes the byte bar away; the next upload starts a new one.
+    fn clear(&self) {
+        if let Some(b) = self.bar.lock().expect("not poisoned").take() {
+            b.finish_and_clear();
+            self.multi.remove(&b);
+        }
+        self.total.store(0, Ordering::Relaxed);
+    }
+}
+
 impl Progress {
     pub fn new(quiet: bool) -> Self {
         let tty = std::io::stderr().is_terminal();
+        let target = if tty {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        Progress::to(quiet, tty, target)
+    }
+
+    fn to(quiet: bool, tty: bool, target: ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
         Progress {
             quiet,
             tty,
+            multi: multi.clone(),
             spinner: Mutex::new(None),
             upload: Arc::new(Upload {
+                multi,
                 bar: Mutex::new(None),
                 total: AtomicU64::new(0),
                 tty,
@@ -45,22 +72,25 @@ impl Progress {
         if self.quiet {
             return;
         }
-        match &*self.spinner.lock().expect("not poisoned") {
-            Some(sp) => sp.println(s),
-            None => {
-                let _ = writeln!(std::io::stderr(), "{s}");
-            }
+        if self.tty {
+            let _ = self.multi.println(s);
+        } else {
+            let _ = writeln!(std::io::stderr(), "{s}");
+        }
+    }
+
+    fn clear_spinner(&self) {
+        if let Some(sp) = self.spinner.lock().expect("not poisoned").take() {
+            sp.finish_and_clear();
+            self.multi.remove(&sp);
         }
     }
 
     /// Clears any bar still drawn.
     pub fn finish(&self) {
-        if let Some(sp) = self.spinner.lock().expect("not poisoned").take() {
-            sp.finish_and_clear();
-        }
-        if let Some(b) = self.upload.bar.lock().expect("not poisoned").take() {
-            b.finish_and_clear();
-        }
+        self.clear_spinner();
+        self.upload.clear();
+        let _ = self.multi.clear();
     }
 }
 
@@ -80,23 +110,21 @@ impl Observer for Progress {
         match event {
             Event::PhaseStarted(name) => {
                 if self.tty {
-                    let sp = ProgressBar::new_spinner();
-                    sp.set_draw_target(ProgressDrawTarget::stderr());
+                    self.clear_spinner();
+                    let sp = self.multi.add(ProgressBar::new_spinner());
                     sp.set_style(
                         ProgressStyle::with_template("{spinner} {msg} {elapsed}")
                             .expect("valid template"),
                     );
                     sp.set_message(name.to_string());
                     sp.enable_steady_tick(Duration::from_millis(100));
-                    if let Some(old) = self.spinner.lock().expect("not poisoned").replace(sp) {
-                        old.finish_and_clear();
-                    }
+                    *self.spinner.lock().expect("not poisoned") = Some(sp);
                 }
             }
             Event::PhaseFinished(name, d) => {
-                if let Some(sp) = self.spinner.lock().expect("not poisoned").take() {
-                    sp.finish_and_clear();
-                }
+                // The phase's lines go with it (the byte bar is push's).
+                self.clear_spinner();
+                self.upload.clear();
                 if d.as_millis() >= 200 {
                     self.line(&format!("  {name} done in {}", ms(*d)));
                 }
@@ -136,7 +164,7 @@ impl PushProgress for Upload {
         let total = self.total.fetch_add(size, Ordering::Relaxed) + size;
         let mut bar = self.bar.lock().expect("not poisoned");
         let b = bar.get_or_insert_with(|| {
-            let b = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+            let b = self.multi.add(ProgressBar::new(0));
             b.set_style(
                 ProgressStyle::with_template(
                     "  uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
@@ -171,7 +199,9 @@ fn short(digest: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-fn human_bytes(n: u64) -> String {
+/// `512 B`, `1.5 KiB`, `12.3 MiB`: sizes as the build summary and
+/// `ftl cache ls` print them.
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -314,5 +344,85 @@ fn truncate(s: &str, n: usize) -> String {
         let mut t: String = s.chars().take(n - 1).collect();
         t.push('…');
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indicatif::InMemoryTerm;
+
+    fn digest(n: u8) -> Digest {
+        std::str::FromStr::from_str(&format!("sha256:{}", format!("{n:02x}").repeat(32))).unwrap()
+    }
+
+    /// The screen as a terminal shows it: blank lines dropped.
+    fn screen(term: &InMemoryTerm) -> Vec<String> {
+        term.contents()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| l.trim_end().to_string())
+            .collect()
+    }
+
+    /// The screen once `ready` holds for it (bars are drawn at most 20
+    /// times a second, and by a ticking thread).
+    fn drawn(term: &InMemoryTerm, ready: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = screen(term);
+            if ready(&s) || std::time::Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A push with an upload, then the next phase: the push's spinner and
+    /// byte bar are gone once it ends (a stale `push 0s` frame stayed
+    /// when they drew to the terminal on their own), and the log lines
+    /// stay above the live ones.
+    #[test]
+    fn a_finished_phase_leaves_no_live_line_behind() {
+        let term = InMemoryTerm::new(20, 100);
+        let p = Progress::to(
+            false,
+            true,
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        p.event(&Event::PhaseStarted("push"));
+        let up = p.push_progress();
+        up.blob_started(&digest(1), 4096);
+        up.bytes_sent(&digest(1), 4096);
+        up.blob_started(&digest(2), 1024);
+        let during = drawn(&term, |s| {
+            s.iter().any(|l| l.contains("uploading")) && s.iter().any(|l| l.contains("push"))
+        });
+        assert!(
+            during.iter().any(|l| l.contains("uploading")),
+            "{during:#?}"
+        );
+        assert!(during.iter().any(|l| l.contains("push")), "{during:#?}");
+        p.event(&Event::PhaseFinished("push", Duration::from_millis(1500)));
+        p.event(&Event::PhaseStarted("verify"));
+        let after = drawn(&term, |s| s.iter().any(|l| l.contains("verify")));
+        assert_eq!(
+            after.iter().filter(|l| l.contains("push")).count(),
+            1,
+            "only the log line of push: {after:#?}"
+        );
+        assert!(after[0].contains("push done in 1.5s"), "{after:#?}");
+        assert!(!after.iter().any(|l| l.contains("uploading")), "{after:#?}");
+        assert!(after.iter().any(|l| l.contains("verify")), "{after:#?}");
+        p.event(&Event::PhaseFinished("verify", Duration::from_millis(10)));
+        p.finish();
+        assert_eq!(screen(&term), ["  push done in 1.5s"]);
+    }
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12 << 20), "12.0 MiB");
     }
 }

@@ -1990,3 +1990,178 @@ fn gcloudignore_rules_leave_files_out_of_every_layer() {
         );
     }
 }
+
+/// `ftl cache ls` prints sizes as the build summary does (`1.2 KiB`);
+/// `--bytes` prints them as numbers, and `--json` keeps numbers.
+#[test]
+fn cache_ls_prints_sizes_for_people_and_bytes_on_request() {
+    let rig = rig();
+    let (tmp, dir) = app(Some("cache-ls"));
+    // Big enough that its layer is over a KiB, compressed.
+    let noise: String = (0..4000u32)
+        .map(|i| format!("{:08x}", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    std::fs::write(dir.join("noise.txt"), noise).unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let report = rig
+        .ftl(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &tiny_base(),
+                "--language",
+                "generic",
+                "--json",
+                "--output",
+                &format!("oci:{}:v1", s(&layout)),
+            ],
+        )
+        .report();
+    let (_, digest, _, _) = app_layer(&report);
+    let size = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["digest"] == digest.as_str())
+        .unwrap()["size"]
+        .as_u64()
+        .unwrap();
+    assert!(size > 1024, "{report:#}");
+    let short = &digest.trim_start_matches("sha256:")[..12];
+    let row = |args: &[&str]| -> String {
+        let ls = rig.ftl(cache.path(), args);
+        assert_eq!(ls.status, 0, "{}", ls.stderr);
+        ls.stdout
+            .lines()
+            .find(|l| l.contains(short))
+            .unwrap_or_else(|| panic!("no entry of {short}:\n{}", ls.stdout))
+            .to_string()
+    };
+    let human = row(&["cache", "ls"]);
+    let kib = format!("{:.1} KiB", size as f64 / 1024.0);
+    assert!(human.contains(&kib), "{kib} in {human}");
+    assert!(!human.contains(&size.to_string()), "{human}");
+    let raw = row(&["cache", "ls", "--bytes"]);
+    assert_eq!(
+        raw.split_whitespace().nth(2),
+        Some(size.to_string().as_str()),
+        "{raw}"
+    );
+    let json = rig.ftl(cache.path(), &["cache", "ls", "--json"]);
+    let entry: serde_json::Value = json
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|e| e["digest"] == digest.as_str())
+        .unwrap_or_else(|| panic!("{}", json.stdout));
+    assert_eq!(entry["size"], size);
+}
+
+/// The mount points under `dir` in this process's mount namespace.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = s(dir);
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(dir))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ctrl-C while the image is being verified: ftl stops the app, unmounts
+/// the overlay and the volumes of the verification, removes its temp
+/// directory, says it was interrupted and exits 130; no tag moves. (Killed
+/// without that, it left an overlay mount and a directory under `tmp/`.)
+#[test]
+fn ctrl_c_during_verify_stops_the_app_and_leaves_no_mount_or_temp_dir() {
+    let rig = rig();
+    let (_tmp, dir) = app(Some("interrupted"));
+    let cache = tempfile::tempdir().unwrap();
+    let repo = "gen/interrupted";
+    let mut child = rig
+        .command(
+            cache.path(),
+            &[
+                "build",
+                s(&dir),
+                "--base",
+                &rig.base("python"),
+                "--image",
+                &rig.image(&format!("{repo}:v1")),
+                "--language",
+                "generic",
+                "--json",
+                "--verify-timeout",
+                "10m",
+                "--verify-cmd",
+                "/bin/sh -c 'echo up > /srv/started; exec sleep 600'",
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The app has started when its file is in the overlay's upper
+    // directory (or the copied root, where overlayfs is unavailable).
+    let tmp = cache.path().join("tmp");
+    let started = || {
+        std::fs::read_dir(&tmp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                ["rw/upper/srv/started", "copy/srv/started"]
+                    .iter()
+                    .any(|f| e.path().join(f).exists())
+            })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !started() {
+        if let Some(st) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "ftl ended ({st}) before verification started:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verification never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !mounts_under(cache.path()).is_empty(),
+        "the verification's root is mounted while it runs"
+    );
+    // SAFETY: a signal to the child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let t = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "ftl took {:?} to stop",
+        t.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let said: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("interrupted"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line says so: {stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["error"]["kind"], "interrupted", "{json:#}");
+    assert_eq!(mounts_under(cache.path()), Vec::<String>::new());
+    let left: Vec<PathBuf> = std::fs::read_dir(&tmp)
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "left in {}: {left:?}", tmp.display());
+    assert!(rig.registry.tags(repo).is_empty(), "no tag moved");
+}

@@ -77,12 +77,14 @@ pub trait StepRuntime: Send + Sync {
     fn id_range(&self) -> Option<ftl_sandbox::IdRange>;
 
     /// Starts the image's process on `rootfs` (writable copy) with the host
-    /// network and waits for it to answer, as `check` says.
+    /// network and waits for it to answer, as `check` says; stops it and
+    /// returns [`EngineError::Cancelled`] soon after `cancel` is set.
     fn verify(
         &self,
         rootfs: &Path,
         app: &AppProcess,
         check: &VerifySpec,
+        cancel: &CancelFlag,
     ) -> Result<VerifyReport, EngineError>;
 }
 
@@ -237,6 +239,10 @@ pub enum EngineError {
     /// The request itself cannot be built (a flag combination).
     #[error("{0}")]
     Request(String),
+    /// [`BuildRequest::cancel`] was set: the running step or verification
+    /// was stopped and what it made removed.
+    #[error("the build was cancelled")]
+    Cancelled,
 }
 
 impl EngineError {
@@ -258,6 +264,7 @@ impl EngineError {
             EngineError::Sandbox(_) => "sandbox",
             EngineError::Internal(_) => "internal",
             EngineError::Request(_) => "request",
+            EngineError::Cancelled => "cancelled",
         }
     }
 }
@@ -990,8 +997,17 @@ impl Engine {
                 if let Some(spec) = &req.verify {
                     let blobs = self.local_blobs(&composed, base).await?;
                     verify = Some(
-                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
-                            .await?,
+                        self.verify_phase(
+                            &composed,
+                            base,
+                            rootfs,
+                            spec,
+                            &req.cancel,
+                            &blobs,
+                            timer,
+                            &observer,
+                        )
+                        .await?,
                     );
                     let t = Instant::now();
                     observer.event(&Event::PhaseStarted("tag"));
@@ -1012,8 +1028,17 @@ impl Engine {
                 let blobs = self.local_blobs(&composed, base).await?;
                 if let Some(spec) = &req.verify {
                     verify = Some(
-                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
-                            .await?,
+                        self.verify_phase(
+                            &composed,
+                            base,
+                            rootfs,
+                            spec,
+                            &req.cancel,
+                            &blobs,
+                            timer,
+                            &observer,
+                        )
+                        .await?,
                     );
                 }
                 let t = Instant::now();
@@ -1037,8 +1062,17 @@ impl Engine {
                 let blobs = self.local_blobs(&composed, base).await?;
                 if let Some(spec) = &req.verify {
                     verify = Some(
-                        self.verify_phase(&composed, base, rootfs, spec, &blobs, timer, &observer)
-                            .await?,
+                        self.verify_phase(
+                            &composed,
+                            base,
+                            rootfs,
+                            spec,
+                            &req.cancel,
+                            &blobs,
+                            timer,
+                            &observer,
+                        )
+                        .await?,
                     );
                 }
                 let t = Instant::now();
@@ -1335,13 +1369,14 @@ impl Engine {
         base: &BaseImage,
         rootfs: &Arc<base::LazyRootfs>,
         spec: &VerifySpec,
+        cancel: &CancelFlag,
         blobs: &HashMap<String, PathBuf>,
         timer: &Timer,
         observer: &Arc<dyn Observer>,
     ) -> Result<VerifyReport, EngineError> {
         observer.event(&Event::PhaseStarted("verify"));
         let t = Instant::now();
-        let report = self.verify(image, base, rootfs, spec, blobs).await;
+        let report = self.verify(image, base, rootfs, spec, cancel, blobs).await;
         observer.event(&Event::PhaseFinished("verify", t.elapsed()));
         timer.record("verify", t.elapsed());
         report
@@ -1353,9 +1388,11 @@ impl Engine {
         base: &BaseImage,
         rootfs: &Arc<base::LazyRootfs>,
         spec: &VerifySpec,
+        cancel: &CancelFlag,
         blobs: &HashMap<String, PathBuf>,
     ) -> Result<VerifyReport, EngineError> {
         let base_rootfs = rootfs.ensure().await?;
+        let cancel = cancel.clone();
         let ours: Vec<PathBuf> = image.layers[base.layers.len()..]
             .iter()
             .map(|l| blobs[&l.digest].clone())
@@ -1379,7 +1416,12 @@ impl Engine {
             // directory) goes to a volume of its own.
             let rw = disk::verify_volume(scratch.path(), limit);
             let root = base::image_rootfs(&base_rootfs, &ours, scratch.path(), ids.as_ref())?;
-            let result = runtime.verify(root.path(), &app, &spec);
+            // Cancelled while the root was made: the app never starts.
+            let result = if cancel.is_cancelled() {
+                Err(EngineError::Cancelled)
+            } else {
+                runtime.verify(root.path(), &app, &spec, &cancel)
+            };
             drop(root);
             let result = result.map_err(|e| disk::explain_full_root(rw.as_ref(), e));
             drop(rw);

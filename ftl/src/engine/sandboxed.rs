@@ -190,6 +190,7 @@ impl StepRuntime for SandboxRuntime {
         rootfs: &Path,
         app: &AppProcess,
         check: &VerifySpec,
+        cancel: &CancelFlag,
     ) -> Result<VerifyReport, EngineError> {
         let started = Instant::now();
         // The app runs in a network namespace of its own, loopback only,
@@ -248,13 +249,18 @@ impl StepRuntime for SandboxRuntime {
         let req = RunRequest::from_spec(container_id("verify"), rootfs, spec)
             .with_timeout(check.timeout + Duration::from_secs(5))
             .with_stdio(Stdio::Capture)
-            .with_state_root(&self.state_root);
+            .with_state_root(&self.state_root)
+            .dying_with_parent();
 
         if check.command.is_some() {
             let outcome = self
                 .sandbox
-                .run(&req.with_timeout(check.timeout))
-                .map_err(|e| EngineError::Sandbox(e.to_string()))?;
+                .spawn(&req)
+                .and_then(|mut running| {
+                    running.wait_or_stop(Some(check.timeout), CANCEL_POLL, || cancel.is_cancelled())
+                })
+                .map_err(|e| EngineError::Sandbox(e.to_string()))?
+                .ok_or(EngineError::Cancelled)?;
             let output_tail = tail(&outcome.stdout, &outcome.stderr, 20);
             if !outcome.success() {
                 return Err(EngineError::Verify {
@@ -286,6 +292,12 @@ impl StepRuntime for SandboxRuntime {
             .map_err(|e| EngineError::Sandbox(e.to_string()))?;
         let deadline = Instant::now() + check.timeout;
         loop {
+            if cancel.is_cancelled() {
+                // Killed and reaped, its state removed, before the caller
+                // unmounts its root.
+                let _ = running.stop(Duration::ZERO);
+                return Err(EngineError::Cancelled);
+            }
             let connect = |timeout| {
                 let addr = ([127, 0, 0, 1], port).into();
                 if embedded {
@@ -416,7 +428,10 @@ mod tests {
             timeout: Duration::from_secs(20),
             path: "/".into(),
         };
-        (runtime.verify(&rootfs, &app, &check), dir)
+        (
+            runtime.verify(&rootfs, &app, &check, &CancelFlag::default()),
+            dir,
+        )
     }
 
     const SERVE: &str =
