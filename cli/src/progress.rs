@@ -326,7 +326,21 @@ pub fn print_summary(report: &BuildReport, quiet: bool) {
         if let Some(v) = &report.verify {
             match v.status {
                 Some(s) => {
-                    let _ = writeln!(err, "  verified: HTTP {s} in {}ms", v.millis);
+                    let stopped = match v.stopped {
+                        Some(ftl::engine::Stopped::Sigterm) => format!(
+                            "; exited on SIGTERM in {}ms (status {})",
+                            v.stop_millis.unwrap_or(0),
+                            v.stop_status.unwrap_or(0)
+                        ),
+                        Some(ftl::engine::Stopped::Killed) => {
+                            "; killed: it did not exit on SIGTERM".to_string()
+                        }
+                        Some(ftl::engine::Stopped::Exited) => {
+                            format!("; it had exited (status {})", v.stop_status.unwrap_or(0))
+                        }
+                        None => String::new(),
+                    };
+                    let _ = writeln!(err, "  verified: HTTP {s} in {}ms{stopped}", v.millis);
                 }
                 None => {
                     let _ = writeln!(err, "  verified: command exited 0 in {}ms", v.millis);

@@ -330,6 +330,68 @@ fn gcp_build_output_ships_and_dev_dependencies_do_not() {
     assert_eq!(again["bytes_uploaded"], 0);
 }
 
+/// What the app's own `postinstall` writes into the app directory ships:
+/// `generated/version.js`, which the server requires, is in the app layer
+/// and the image answers. Unchanged, nothing is rebuilt. A `postinstall`
+/// that also changes `node_modules` fails, naming the script and the file.
+#[test]
+fn postinstall_output_ships_in_the_app_layer() {
+    let rig = rig();
+    let cache = shared_cache();
+    let app = testdata("postinstall");
+    let image = rig.image("node/postinstall:e2e");
+    let r = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &["--verify"])
+        .report();
+    assert_eq!(r["verify"]["status"], 200, "{r:#}");
+    let app_files = layer_files(rig, &layer_digest(&r, "app"));
+    assert!(
+        app_files.iter().any(|f| f == "srv/generated/version.js"),
+        "{app_files:?}"
+    );
+    assert!(
+        !app_files.iter().any(|f| f.contains("node_modules")),
+        "{app_files:?}"
+    );
+    assert!(
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["label"] == "npm run-script --ignore-scripts postinstall"),
+        "{r:#}"
+    );
+    let again = rig
+        .build(cache.path(), &app, &rig.base("node"), &image, &[])
+        .report();
+    assert_eq!(again["layers_built"], 0, "{again:#}");
+    assert_eq!(again["digest"], r["digest"]);
+
+    let (_tmp, patched) = copy_app("postinstall");
+    let pj = std::fs::read_to_string(patched.join("package.json")).unwrap();
+    std::fs::write(
+        patched.join("package.json"),
+        pj.replace(
+            "\"node gen.js\"",
+            "\"node gen.js && echo patched > node_modules/ms/patched.txt\"",
+        ),
+    )
+    .unwrap();
+    let run = rig.build(
+        cache.path(),
+        &patched,
+        &rig.base("node"),
+        &rig.image("node/postinstall-patch:e2e"),
+        &[],
+    );
+    let err = run.error();
+    assert!(
+        err.contains("the `postinstall` script of package.json changed 1 file(s) in node_modules")
+            && err.contains("node_modules/ms/patched.txt"),
+        "{err}"
+    );
+}
+
 #[test]
 fn native_module_builds_with_the_base_toolchain() {
     let rig = rig();

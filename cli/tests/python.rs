@@ -665,3 +665,73 @@ fn a_uv_lock_app_builds_verifies_without_dev_dependencies() {
 fn a_poetry_lock_app_builds_verifies_without_dev_dependencies() {
     a_locked_app_builds_verifies_without_dev_dependencies("poetry-lock");
 }
+
+/// Verification stops the app as a platform does, with SIGTERM to its
+/// PID 1, and reports how it ended. The Procfile's `python main.py` runs
+/// as `exec python main.py`: the app is PID 1, its handler prints and it
+/// exits 0 (`"stopped": "sigterm"`). The same image with a shell left as
+/// PID 1 (a compound command: dash forks `python` and waits) never passes
+/// the signal on, and the shell, without a handler, does not get it
+/// either: the app is killed after the grace period, its handler never
+/// ran, and the build warns.
+#[test]
+fn sigterm_reaches_the_app_as_pid_1() {
+    let rig = rig();
+    let cache = tempfile::tempdir().unwrap();
+    let app = testdata("sigterm");
+    let base = rig.base("python");
+    let handled = "main.py: SIGTERM received by pid 1, exiting";
+
+    let r = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &rig.image("py/sigterm:v1"),
+            &["--verify"],
+        )
+        .report();
+    let v = &r["verify"];
+    assert_eq!(v["status"], 200, "{r:#}");
+    assert_eq!(v["stopped"], "sigterm", "{r:#}");
+    assert_eq!(v["stop_status"], 0, "{r:#}");
+    assert!(
+        v["output_tail"].as_str().unwrap().contains(handled),
+        "{r:#}"
+    );
+    let warnings = r["warnings"].as_array().unwrap();
+    assert!(
+        !warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("SIGTERM")),
+        "{r:#}"
+    );
+
+    let r = rig
+        .build(
+            cache.path(),
+            &app,
+            &base,
+            &rig.image("py/sigterm-shell:v1"),
+            &[
+                "--verify",
+                "--entrypoint",
+                r#"["/bin/sh","-c","python main.py; echo done"]"#,
+            ],
+        )
+        .report();
+    let v = &r["verify"];
+    assert_eq!(v["status"], 200, "{r:#}");
+    assert_eq!(v["stopped"], "killed", "{r:#}");
+    assert_eq!(v["stop_status"], 128 + 9, "{r:#}");
+    let tail = v["output_tail"].as_str().unwrap();
+    assert!(!tail.contains("SIGTERM received"), "{r:#}");
+    assert!(!tail.contains("done"), "{r:#}");
+    let warnings = r["warnings"].as_array().unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("did not exit within")),
+        "{r:#}"
+    );
+}

@@ -113,6 +113,10 @@ pub struct Node {
     pub nlink: u64,
     pub dev: u64,
     pub ino: u64,
+    /// The status change time (`st_ctime`, seconds and nanoseconds): any
+    /// write or change of metadata moves it, and no process can set it
+    /// back.
+    pub changed: (i64, i64),
 }
 
 impl Node {
@@ -130,6 +134,7 @@ impl Node {
             nlink: st.st_nlink,
             dev: st.st_dev,
             ino: st.st_ino,
+            changed: (st.st_ctime, st.st_ctime_nsec),
         }
     }
 }

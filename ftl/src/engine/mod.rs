@@ -37,8 +37,8 @@ pub use disk::{
     human_bytes, reclaim as reclaim_volumes, DiskLimits, DEFAULT_CACHE_BYTES, DEFAULT_SCRATCH_BYTES,
 };
 pub use report::{
-    BuildReport, LayerReport, LayerSource, StepRun, StepSandbox, Timing, VerifyReport,
-    REPORT_SCHEMA,
+    BuildReport, LayerReport, LayerSource, StepRun, StepSandbox, Stopped, Timing, VerifyReport,
+    REPORT_SCHEMA, STOP_GRACE,
 };
 pub use sandboxed::SandboxRuntime;
 
@@ -1175,10 +1175,15 @@ impl Engine {
             timings,
             registry_requests: self.client.request_count() - requests_before,
             steps,
-            verify,
             language: language.to_string(),
             plan: plan.notes.clone(),
-            warnings: plan.warnings.clone(),
+            warnings: plan
+                .warnings
+                .iter()
+                .cloned()
+                .chain(verify.as_ref().and_then(VerifyReport::warning))
+                .collect(),
+            verify,
         })
     }
 

@@ -48,9 +48,61 @@ pub struct VerifyReport {
     pub status: Option<u16>,
     /// Exit code, for a command.
     pub exit_code: Option<i32>,
+    /// For `http`: how verification stopped the app after its answer.
+    /// [`Stopped::Sigterm`]: PID 1 exited within [`STOP_GRACE`] of a
+    /// SIGTERM, as a platform stops a container;
+    /// [`Stopped::Killed`]: it did not, and was killed (the build then
+    /// warns: on Cloud Run or Kubernetes it would not shut down cleanly);
+    /// [`Stopped::Exited`]: it had exited on its own before the signal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<Stopped>,
+    /// For `http`: how PID 1 ended when stopped, in the shell's convention
+    /// (its exit code, or 128 + the signal that killed it: 137 when
+    /// killed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_status: Option<i32>,
+    /// For `http`: milliseconds from the SIGTERM to PID 1's exit (or its
+    /// kill).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_millis: Option<u64>,
     pub millis: u64,
-    /// The last lines the app printed.
+    /// The last lines the app printed (for `http`, up to its exit, so
+    /// what its SIGTERM handler printed too).
     pub output_tail: String,
+}
+
+/// How long verification waits for the app to exit after SIGTERM before it
+/// kills it. Platforms wait longer (Cloud Run 10 s, Kubernetes 30 s by
+/// default), but an idle app that handles SIGTERM at all exits well within
+/// this; one that ignores it would only be killed later there.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How verification's stop of the app ended ([`VerifyReport::stopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stopped {
+    /// PID 1 exited within [`STOP_GRACE`] of SIGTERM.
+    Sigterm,
+    /// PID 1 was still running [`STOP_GRACE`] after SIGTERM and was killed.
+    Killed,
+    /// PID 1 had exited before it was signalled.
+    Exited,
+}
+
+impl VerifyReport {
+    /// What the build should warn about this verification: an app that had
+    /// to be killed.
+    pub fn warning(&self) -> Option<String> {
+        (self.stopped == Some(Stopped::Killed)).then(|| {
+            format!(
+                "verify: the app's PID 1 did not exit within {}s of SIGTERM and was killed: on \
+                 Cloud Run or Kubernetes it would not shut down cleanly (it is killed after the \
+                 grace period, in-flight requests cut); run the app as PID 1 (`exec` in a shell \
+                 entrypoint) and let it handle SIGTERM",
+                STOP_GRACE.as_secs()
+            )
+        })
+    }
 }
 
 /// The version of the JSON shape of [`BuildReport`] (`schema`): raised

@@ -11,7 +11,9 @@ use ftl_sandbox::{
     spec_for_step, BindMount, ExternalRuntime, Network, RunRequest, Sandbox, Stack, Stdio, StepSpec,
 };
 
-use super::{AppProcess, CancelFlag, EngineError, StepRuntime, VerifyReport, VerifySpec};
+use super::{
+    AppProcess, CancelFlag, EngineError, StepRuntime, Stopped, VerifyReport, VerifySpec, STOP_GRACE,
+};
 use crate::plugin::{ExecOutput, ExecRequest, PluginError, StepNetwork};
 
 /// Build steps and verification on a [`Sandbox`].
@@ -281,6 +283,9 @@ impl StepRuntime for SandboxRuntime {
                 mode: "command".into(),
                 status: None,
                 exit_code: outcome.code,
+                stopped: None,
+                stop_status: None,
+                stop_millis: None,
                 millis: started.elapsed().as_millis() as u64,
                 output_tail,
             });
@@ -310,20 +315,26 @@ impl StepRuntime for SandboxRuntime {
                 .ok()
                 .and_then(|s| http_status(s, &check.path))
             {
-                let (out, err) = running.logs();
-                let _ = running.stop(Duration::from_secs(2));
-                let output_tail = tail(&out, &err, 20);
+                // Stopped as a platform stops a container, and read to
+                // its end: what a SIGTERM handler prints is in the tail.
+                let millis = started.elapsed().as_millis() as u64;
+                let stop = stop_app(running, STOP_GRACE)?;
+                let output_tail = tail(&stop.outcome.stdout, &stop.outcome.stderr, 20);
                 if status >= 500 {
                     return Err(EngineError::Verify {
                         message: format!("GET {} answered HTTP {status}", check.path),
                         output: output_tail,
                     });
                 }
+                tracing::debug!(stopped = ?stop.how, status = stop.outcome.exit_status(), "verify: the app stopped");
                 return Ok(VerifyReport {
                     mode: "http".into(),
                     status: Some(status),
                     exit_code: None,
-                    millis: started.elapsed().as_millis() as u64,
+                    stopped: Some(stop.how),
+                    stop_status: Some(stop.outcome.exit_status()),
+                    stop_millis: Some(stop.millis),
+                    millis,
                     output_tail,
                 });
             }
@@ -351,6 +362,47 @@ impl StepRuntime for SandboxRuntime {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// How [`stop_app`] ended the app.
+struct Stop {
+    how: Stopped,
+    /// From the SIGTERM to the exit (or the kill's reaping).
+    millis: u64,
+    outcome: ftl_sandbox::Outcome,
+}
+
+/// Stops the app as a platform stops a container: SIGTERM to its PID 1,
+/// up to `grace` for it to exit, then SIGKILL to the whole tree. (A PID 1
+/// gets a signal from outside its namespace only when it handles it: a
+/// shell left as PID 1, or an app without a handler, is killed.)
+fn stop_app(mut running: ftl_sandbox::Running, grace: Duration) -> Result<Stop, EngineError> {
+    let sandbox = |e: ftl_sandbox::SandboxError| EngineError::Sandbox(e.to_string());
+    if let Some(outcome) = running.wait_timeout(Duration::ZERO).map_err(sandbox)? {
+        return Ok(Stop {
+            how: Stopped::Exited,
+            millis: 0,
+            outcome,
+        });
+    }
+    let t = Instant::now();
+    if let Err(e) = running.signal(libc::SIGTERM) {
+        tracing::debug!(error = %e, "verify: SIGTERM to the app");
+    }
+    if let Some(outcome) = running.wait_timeout(grace).map_err(sandbox)? {
+        return Ok(Stop {
+            how: Stopped::Sigterm,
+            millis: t.elapsed().as_millis() as u64,
+            outcome,
+        });
+    }
+    running.kill();
+    let outcome = running.wait().map_err(sandbox)?;
+    Ok(Stop {
+        how: Stopped::Killed,
+        millis: t.elapsed().as_millis() as u64,
+        outcome,
+    })
 }
 
 /// One plain HTTP/1.0 GET on a connected stream; the status code, or
@@ -400,7 +452,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(st.success());
-        for applet in ["sh", "nc", "httpd", "mkdir", "echo"] {
+        for applet in ["sh", "nc", "httpd", "mkdir", "echo", "sleep"] {
             std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
         }
         rootfs
@@ -470,5 +522,45 @@ mod tests {
         // service on 8080 (if any) is another namespace's.
         let (report, _dir) = verify(&format!("{SERVE} -p 8080"));
         assert_eq!(report.expect("verifies").status, Some(200));
+    }
+
+    /// Verification stops the app with SIGTERM and says whether its PID 1
+    /// exited on it: a shell that traps it does, within the grace period,
+    /// and what its handler printed is in the output.
+    #[test]
+    fn an_app_that_handles_sigterm_is_reported_stopped_by_it() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (report, _dir) = verify(
+            "trap 'echo got SIGTERM; exit 0' TERM; mkdir -p /tmp/www && echo ok > /tmp/www/index.html \
+             && httpd -h /tmp/www -p $PORT; while :; do sleep 1; done",
+        );
+        let report = report.expect("verifies");
+        assert_eq!(report.status, Some(200), "{report:?}");
+        assert_eq!(report.stopped, Some(Stopped::Sigterm), "{report:?}");
+        assert_eq!(report.stop_status, Some(0), "{report:?}");
+        assert!(report.output_tail.contains("got SIGTERM"), "{report:?}");
+        assert!(report.stop_millis.unwrap() < STOP_GRACE.as_millis() as u64);
+        assert_eq!(report.warning(), None);
+    }
+
+    /// A PID 1 without a SIGTERM handler never gets the signal from
+    /// outside its namespace (as under Docker or Kubernetes): it is killed
+    /// after the grace period, and the build warns.
+    #[test]
+    fn an_app_that_ignores_sigterm_is_reported_killed() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let (report, _dir) = verify(&format!("{SERVE} -p $PORT"));
+        let report = report.expect("verifies");
+        assert_eq!(report.stopped, Some(Stopped::Killed), "{report:?}");
+        assert_eq!(report.stop_status, Some(128 + libc::SIGKILL), "{report:?}");
+        assert!(report.stop_millis.unwrap() >= STOP_GRACE.as_millis() as u64);
+        let warning = report.warning().expect("a warning");
+        assert!(warning.contains("was killed"), "{warning}");
     }
 }

@@ -96,6 +96,50 @@ impl Manager {
         self.install_args(locked, production).join(" ")
     }
 
+    /// The commands that run the root lifecycle `scripts` (as
+    /// [`PackageJson::lifecycle_scripts`] lists them) after an install
+    /// that ran none, each once, in order: npm 7 and later run one script
+    /// without its `pre`/`post` hooks under `--ignore-scripts` (the hooks
+    /// are in the list themselves); yarn 1 runs `preX` and `postX` with
+    /// `X`, so those are left to it; yarn 2+ runs no hooks.
+    pub fn lifecycle_runs(&self, scripts: &[&str]) -> Vec<(String, Vec<String>)> {
+        let run = |bin: &str, extra: &[&str], s: &str| {
+            let mut a = vec![bin.to_string(), "run-script".to_string()];
+            a.extend(extra.iter().map(|x| x.to_string()));
+            a.push(s.to_string());
+            (s.to_string(), a)
+        };
+        match self {
+            Manager::Npm { version } if major(version).is_none_or(|m| m >= 7) => scripts
+                .iter()
+                .map(|s| run("npm", &["--ignore-scripts"], s))
+                .collect(),
+            Manager::Npm { .. } => scripts.iter().map(|s| run("npm", &[], s)).collect(),
+            Manager::Yarn { version, bin } if Self::yarn_berry(version) => scripts
+                .iter()
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        vec![bin.clone(), "run".into(), s.to_string()],
+                    )
+                })
+                .collect(),
+            Manager::Yarn { bin, .. } => scripts
+                .iter()
+                .filter(|s| {
+                    let hook_of = s.strip_prefix("pre").or_else(|| s.strip_prefix("post"));
+                    !hook_of.is_some_and(|x| scripts.contains(&x))
+                })
+                .map(|s| {
+                    (
+                        s.to_string(),
+                        vec![bin.clone(), "run".into(), s.to_string()],
+                    )
+                })
+                .collect(),
+        }
+    }
+
     pub fn run_command(&self) -> String {
         match self {
             Manager::Npm { .. } => "npm run".to_string(),
@@ -540,9 +584,195 @@ pub(crate) fn compiled_here(modules: &Path) -> Result<Option<String>, PluginErro
             gyp.display()
         )));
     }
+    let of = modules
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(ftl::native::foreign_needs(&dir, &files)
         .map_err(read_err)?
-        .map(|n| format!("{n}, which is not in node_modules")))
+        .map(|n| format!("{n}, which is not in {of}")))
+}
+
+/// A snapshot of a tree's entries (no link followed): kind, size, inode and
+/// status change time by path. Two differ when anything was added,
+/// removed or written.
+type Snapshot = std::collections::BTreeMap<PathBuf, (Kind, u64, u64, (i64, i64))>;
+
+fn snapshot(root: &Path) -> Result<Snapshot, PluginError> {
+    let mut out = Snapshot::new();
+    let dir = match Dir::open(root) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(out),
+        Err(e) => return Err(io_err("cannot read", root, ftl::error_chain(&e))),
+    };
+    dir.walk::<ftl::BeneathError>(&mut |rel, n| {
+        out.insert(rel.to_path_buf(), (n.kind, n.size, n.ino, n.changed));
+        Ok(true)
+    })
+    .map_err(|e| io_err("cannot read", root, ftl::error_chain(&e)))?;
+    Ok(out)
+}
+
+/// The paths that differ between two snapshots, in order; a directory in
+/// both only through its entries (whose own change is listed) is not.
+fn changed(before: &Snapshot, after: &Snapshot) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = after
+        .iter()
+        .filter(|(p, v)| match before.get(*p) {
+            Some(b) if b.0 == Kind::Dir && v.0 == Kind::Dir => false,
+            b => b != Some(v),
+        })
+        .map(|(p, _)| p.clone())
+        .chain(before.keys().filter(|p| !after.contains_key(*p)).cloned())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Copies the app, installs its production dependencies as
+/// [`DepsStep`] does (none of the app's own scripts), then runs the app's
+/// root lifecycle scripts (`postinstall`, `prepare`, ...) one by one in
+/// npm's order, and returns the app as they left it, without
+/// `node_modules`. What they write into the app directory ships; what they
+/// change in `node_modules` cannot (that layer is installed without them,
+/// to be reused across app changes), so a change there fails the build
+/// naming the script and the files.
+pub(crate) struct ScriptsStep {
+    plan: Arc<InstallPlan>,
+    source: SourceTree,
+    paths: Vec<PathBuf>,
+    scripts: Vec<&'static str>,
+}
+
+impl ScriptsStep {
+    pub(crate) fn new(
+        plan: Arc<InstallPlan>,
+        source: SourceTree,
+        paths: Vec<PathBuf>,
+        scripts: Vec<&'static str>,
+    ) -> Self {
+        ScriptsStep {
+            plan,
+            source,
+            paths,
+            scripts,
+        }
+    }
+}
+
+impl BuildStep for ScriptsStep {
+    fn build(
+        &self,
+        wanted: &[usize],
+        ctx: &StepContext<'_>,
+    ) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+        let plan = &self.plan;
+        let app = ctx.scratch.join("app");
+        std::fs::create_dir_all(&app).map_err(|e| io_err("cannot create", &app, e))?;
+        self.source
+            .dir()
+            .copy_entries(&self.paths, &app)
+            .map_err(|e| PluginError::new(ftl::error_chain(&e)))?;
+        // The dependencies as the node_modules layer has them: installed
+        // without the app's scripts; then the real package.json back.
+        let pj = app.join("package.json");
+        std::fs::write(&pj, plan.pkg.without_scripts())
+            .map_err(|e| io_err("cannot write", &pj, e))?;
+        let mounts = plan.mounts(ctx)?;
+        plan.install(ctx, &app, &mounts, true)?;
+        std::fs::write(&pj, &plan.pkg.text).map_err(|e| io_err("cannot write", &pj, e))?;
+        let modules = app.join("node_modules");
+        for (script, args) in plan.manager.lifecycle_runs(&self.scripts) {
+            let before = snapshot(&modules)?;
+            let label = args.join(" ");
+            let out = ctx.exec.run(&plan.request(&label, args, &app, &mounts))?;
+            let line = plan.pkg.line_of_key(&script, Some("scripts"));
+            if !out.success() {
+                let missing = out.code == Some(127);
+                let mut e = out
+                    .check(&format!("the `{script}` script of package.json"))
+                    .err()
+                    .unwrap_or_else(|| PluginError::new(format!("`{label}` failed")))
+                    .in_file("package.json", line);
+                if missing {
+                    e = e.hint(format!(
+                        "a command of the `{script}` script was not found: the install ftl runs \
+                         is a production one (`{}`), without devDependencies, as `npm ci \
+                         --omit=dev` is; make the script work without them (`husky install || \
+                         true`), or move the tool to dependencies",
+                        plan.manager.install_command(plan.lock.is_some(), true)
+                    ));
+                }
+                return Err(e);
+            }
+            let touched = changed(&before, &snapshot(&modules)?);
+            if !touched.is_empty() {
+                let shown: Vec<String> = touched
+                    .iter()
+                    .take(3)
+                    .map(|p| format!("node_modules/{}", p.display()))
+                    .collect();
+                return Err(PluginError::new(format!(
+                    "the `{script}` script of package.json changed {} file(s) in node_modules \
+                     ({}{}), which ftl cannot ship: node_modules is a layer of its own, \
+                     installed without the app's scripts so that it is reused while only the \
+                     app changes",
+                    touched.len(),
+                    shown.join(", "),
+                    if touched.len() > shown.len() {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                ))
+                .in_file("package.json", line)
+                .hint(
+                    "write the script's output into the app directory outside node_modules; \
+                     for a patched package (patch-package), publish the patched version or \
+                     copy it into the app",
+                ));
+            }
+        }
+        // A link is removed, not followed.
+        if std::fs::symlink_metadata(&modules).is_ok() {
+            std::fs::remove_dir_all(&modules).map_err(|e| io_err("cannot remove", &modules, e))?;
+        }
+        if plan.lock.is_none() {
+            // The lockfile npm resolved here is not part of the app.
+            for f in ["package-lock.json", "yarn.lock"] {
+                if !self.paths.iter().any(|p| p == Path::new(f)) {
+                    let _ = std::fs::remove_file(app.join(f));
+                }
+            }
+        }
+        app_contents(wanted, &app, &plan.app_dir, &self.scripts.join(", "))
+    }
+}
+
+/// The app directory `app` as a script left it, for the layers `wanted`:
+/// [root-dependent](LayerContents::root_dependent) when the script
+/// compiled code there that needs more of the base than every system has.
+fn app_contents(
+    wanted: &[usize],
+    app: &Path,
+    to: &str,
+    by: &str,
+) -> Result<Vec<(usize, LayerContents)>, PluginError> {
+    let why = compiled_here(app)?;
+    if let Some(why) = &why {
+        tracing::info!(reason = %why, scripts = by, "the app's scripts compiled code on this base: its layer is reused on this base image only");
+    }
+    Ok(wanted
+        .iter()
+        .map(|&i| {
+            let mut c = LayerContents::new(vec![LayerInput::Tree {
+                from: Beneath::root(app),
+                to: to.to_string(),
+            }]);
+            c.root_dependent = why.is_some();
+            (i, c)
+        })
+        .collect())
 }
 
 /// Copies the app, installs every dependency (dev too), runs `gcp-build`,
@@ -609,18 +839,7 @@ impl BuildStep for GcpBuildStep {
                 }
             }
         }
-        Ok(wanted
-            .iter()
-            .map(|&i| {
-                (
-                    i,
-                    LayerContents::new(vec![LayerInput::Tree {
-                        from: Beneath::root(&app),
-                        to: plan.app_dir.clone(),
-                    }]),
-                )
-            })
-            .collect())
+        app_contents(wanted, &app, &plan.app_dir, "gcp-build")
     }
 }
 
@@ -674,6 +893,70 @@ mod tests {
         write("epoll/build/config.gypi", b"{}");
         let why = compiled_here(&m).unwrap().unwrap();
         assert!(why.contains("epoll/build/config.gypi"), "{why}");
+    }
+
+    /// A file written, added or removed is a change; its directory is
+    /// not one of its own.
+    #[test]
+    fn snapshots_see_writes_and_name_the_files() {
+        let t = tempfile::tempdir().unwrap();
+        let m = t.path().join("node_modules");
+        std::fs::create_dir_all(m.join("ms")).unwrap();
+        std::fs::write(m.join("ms/index.js"), "a").unwrap();
+        std::fs::write(m.join("ms/gone.js"), "a").unwrap();
+        let before = snapshot(&m).unwrap();
+        assert!(changed(&before, &snapshot(&m).unwrap()).is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(m.join("ms/index.js"), "b").unwrap();
+        std::fs::write(m.join("ms/patched.txt"), "x").unwrap();
+        std::fs::remove_file(m.join("ms/gone.js")).unwrap();
+        assert_eq!(
+            changed(&before, &snapshot(&m).unwrap()),
+            [
+                PathBuf::from("ms/gone.js"),
+                PathBuf::from("ms/index.js"),
+                PathBuf::from("ms/patched.txt")
+            ]
+        );
+        assert!(snapshot(&t.path().join("none")).unwrap().is_empty());
+    }
+
+    /// Each lifecycle script runs once: npm without hooks, yarn 1 leaving
+    /// `preX`/`postX` to `X`.
+    #[test]
+    fn lifecycle_runs_run_each_script_once() {
+        let npm = Manager::Npm {
+            version: "9.2.0".into(),
+        };
+        let all = ["preinstall", "install", "postinstall", "prepare"];
+        let labels = |m: &Manager| -> Vec<String> {
+            m.lifecycle_runs(&all)
+                .into_iter()
+                .map(|(_, a)| a.join(" "))
+                .collect()
+        };
+        assert_eq!(
+            labels(&npm),
+            [
+                "npm run-script --ignore-scripts preinstall",
+                "npm run-script --ignore-scripts install",
+                "npm run-script --ignore-scripts postinstall",
+                "npm run-script --ignore-scripts prepare"
+            ]
+        );
+        let yarn = Manager::Yarn {
+            version: "1.22.19".into(),
+            bin: "yarnpkg".into(),
+        };
+        assert_eq!(
+            labels(&yarn),
+            ["yarnpkg run install", "yarnpkg run prepare"]
+        );
+        let berry = Manager::Yarn {
+            version: "4.1.0".into(),
+            bin: "yarn".into(),
+        };
+        assert_eq!(labels(&berry).len(), 4);
     }
 
     #[test]

@@ -22,11 +22,28 @@
 //! content-addressed tarballs that hash to their names reach later builds
 //! (`CacheTrust::ContentAddressed`).
 //!
+//! The app's own lifecycle scripts (`preinstall`, `install`,
+//! `postinstall`, `prepublish`, `preprepare`, `prepare`, `postprepare` of
+//! the root package.json, which `npm ci` runs) do not run in the dependency
+//! install, which sees package.json and the lockfile only. When package.json
+//! has any, the app layer is what they leave: a step copies the app,
+//! installs the production dependencies the same way, then runs each script
+//! once in npm's order (`npm run-script --ignore-scripts NAME`, so no hook
+//! runs twice; `preinstall` too runs after the install), and ships the app
+//! directory without `node_modules`. That layer's key names the app's files
+//! and everything the dependency layer's key names; it is
+//! [root-dependent](ftl::LayerContents::root_dependent) when a script
+//! compiled code that needs more of the base than every system has. A
+//! script that changes `node_modules` (patch-package) fails the build
+//! naming the files: that layer is installed without the scripts, to be
+//! reused while only the app changes. With `gcp-build` the scripts run in
+//! its full install (dev dependencies too), as before it.
+//! `node.app_scripts=false` runs none of them (the app ships as it is).
+//!
 //! Not supported yet (each a clear error): local-path dependencies
-//! (`file:`), npm workspaces; a yarn.lock on a base without yarn. The
-//! app's own lifecycle scripts (`preinstall`, `postinstall`, `prepare`) do
-//! not run in the dependency install, which sees package.json and the
-//! lockfile only.
+//! (`file:`), npm workspaces; a yarn.lock on a base without yarn. npm's
+//! implicit `node-gyp rebuild` of a root package with a `binding.gyp` and no
+//! `install` script is not run.
 //!
 //! `.npmrc` (with its auth tokens) reaches the install only as a file
 //! mounted read-only outside the app directory (`NPM_CONFIG_USERCONFIG`);
@@ -38,6 +55,7 @@
 //! |---|---|---|
 //! | `node.install_timeout` | `1200` | seconds an install (or `gcp-build`) may take |
 //! | `node.gcp_build` | `true` | run the `gcp-build` script when package.json has one |
+//! | `node.app_scripts` | `true` | run the root lifecycle scripts (`postinstall`, `prepare`, ...) and ship what they write into the app directory |
 
 mod entrypoint;
 mod install;
@@ -86,6 +104,9 @@ impl LanguagePlugin for NodePlugin {
 pub struct Settings {
     pub install_timeout: Duration,
     pub gcp_build: bool,
+    /// Run the root package's lifecycle scripts (`postinstall`,
+    /// `prepare`, ...) and ship what they write into the app directory.
+    pub app_scripts: bool,
 }
 
 impl Default for Settings {
@@ -93,6 +114,7 @@ impl Default for Settings {
         Settings {
             install_timeout: Duration::from_secs(1200),
             gcp_build: true,
+            app_scripts: true,
         }
     }
 }
@@ -114,17 +136,21 @@ impl Settings {
                             .map_err(|_| bad("expected a number of seconds"))?,
                     )
                 }
-                "gcp_build" => {
-                    s.gcp_build = match value.as_str() {
+                "gcp_build" | "app_scripts" => {
+                    let on = match value.as_str() {
                         "true" | "1" | "yes" => true,
                         "false" | "0" | "no" => false,
                         _ => return Err(bad("expected true or false")),
+                    };
+                    if key == "gcp_build" {
+                        s.gcp_build = on
+                    } else {
+                        s.app_scripts = on
                     }
                 }
                 _ => {
-                    return Err(
-                        bad("unknown setting").hint("known: node.install_timeout, node.gcp_build")
-                    )
+                    return Err(bad("unknown setting")
+                        .hint("known: node.install_timeout, node.gcp_build, node.app_scripts"))
                 }
             }
         }

@@ -10,6 +10,18 @@ use serde_json::{Map, Value};
 /// The dependency sections of package.json, in npm's order.
 pub const DEP_SECTIONS: &[&str] = &["dependencies", "devDependencies", "optionalDependencies"];
 
+/// The scripts of the root package that `npm ci` runs, in its order
+/// (npm's docs, "Life Cycle Operation Order": `npm ci`).
+pub const LIFECYCLE: &[&str] = &[
+    "preinstall",
+    "install",
+    "postinstall",
+    "prepublish",
+    "preprepare",
+    "prepare",
+    "postprepare",
+];
+
 /// Fields of package.json that change what an install puts in
 /// `node_modules` (besides the lockfile).
 pub const INSTALL_FIELDS: &[&str] = &[
@@ -114,6 +126,17 @@ impl PackageJson {
             .get("scripts")
             .and_then(|s| s.get(name))
             .and_then(Value::as_str)
+    }
+
+    /// The root lifecycle scripts package.json defines that an install
+    /// (`npm ci`, `yarn install`) runs in the app directory, in the order
+    /// npm runs them ([`LIFECYCLE`]).
+    pub fn lifecycle_scripts(&self) -> Vec<&'static str> {
+        LIFECYCLE
+            .iter()
+            .copied()
+            .filter(|s| self.script(s).is_some_and(|c| !c.trim().is_empty()))
+            .collect()
     }
 
     pub fn main(&self) -> Option<&str> {

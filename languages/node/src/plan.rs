@@ -11,7 +11,7 @@ use ftl::{
 use serde_json::{json, Value};
 
 use crate::entrypoint;
-use crate::install::{DepsStep, GcpBuildStep, InstallPlan, Manager};
+use crate::install::{DepsStep, GcpBuildStep, InstallPlan, Manager, ScriptsStep};
 use crate::npmrc::{is_secret, Npmrc};
 use crate::package::{check_npm_lock_in_sync, find_lockfile, LockKind, PackageJson};
 use crate::probe;
@@ -124,6 +124,14 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         app_dir
     };
     let gcp_build = settings.gcp_build && pkg.script("gcp-build").is_some();
+    // The root's lifecycle scripts run in the gcp-build step's install
+    // (with dev dependencies, as before it); without one, in a step of
+    // their own after a production install.
+    let scripts = if settings.app_scripts {
+        pkg.lifecycle_scripts()
+    } else {
+        Vec::new()
+    };
     // Local dependencies live in the app's source, which the dependency
     // install (package.json and the lockfile only) does not have.
     for section in crate::package::DEP_SECTIONS {
@@ -223,6 +231,38 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
                 "ftl node: COPY . {app_dir} && {} && {} gcp-build",
                 manager.install_command(lock.is_some(), false),
                 manager.run_command()
+            ),
+        });
+    } else if !scripts.is_empty() {
+        // What the app's own lifecycle scripts write into the app
+        // directory ships: the layer is what they leave, so its key names
+        // everything they can read (the app's files, package.json among
+        // them, and what the install gives them).
+        let files = ftl::app::content_key(PLUGIN, "app", &app_source, &paths, &app_dir)?;
+        let mut doc = common.clone();
+        doc["layer"] = json!("app+scripts");
+        doc["scripts"] = json!(scripts);
+        doc["files"] = json!(files.hex);
+        let runs: Vec<String> = manager
+            .lifecycle_runs(&scripts)
+            .into_iter()
+            .map(|(_, args)| args.join(" "))
+            .collect();
+        plan.steps.push(Box::new(ScriptsStep::new(
+            install.clone(),
+            app_source.clone(),
+            paths,
+            scripts,
+        )));
+        plan.layers.push(PlannedLayer {
+            name: "app".into(),
+            key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
+            pinned,
+            step: plan.steps.len() - 1,
+            created_by: format!(
+                "ftl node: COPY . {app_dir} && {} && {}",
+                manager.install_command(lock.is_some(), true),
+                runs.join(" && ")
             ),
         });
     } else {

@@ -175,6 +175,42 @@ fn gcp_build_app_layer() {
     insta::assert_json_snapshot!(render(&p));
 }
 
+/// A root `postinstall`: the app layer is what the scripts step leaves,
+/// keyed by the app's files and the install's inputs, and the scripts it
+/// runs are named; the dependency layer is as without it.
+/// `node.app_scripts=false` ships the app as it is.
+#[test]
+fn postinstall_app_layer() {
+    let p = plan("postinstall").unwrap();
+    insta::assert_json_snapshot!(render(&p));
+    let app = p.layers.iter().find(|l| l.name == "app").unwrap();
+    assert!(
+        app.key.canonical.contains("app+scripts"),
+        "{}",
+        app.key.canonical
+    );
+    assert!(
+        app.created_by
+            .ends_with("&& npm run-script --ignore-scripts postinstall"),
+        "{}",
+        app.created_by
+    );
+    let mut opts = BuildOptions::default();
+    opts.settings
+        .insert("node.app_scripts".into(), "false".into());
+    let off = plan_full(
+        &testdata("postinstall"),
+        &opts,
+        &ProbeExec::new(bookworm_probe()),
+        &base_with_env(&[]),
+    )
+    .unwrap();
+    let app_off = off.layers.iter().find(|l| l.name == "app").unwrap();
+    assert!(!app_off.key.canonical.contains("app+scripts"));
+    let deps = |p: &LayerPlan| p.layers[0].key.hex.clone();
+    assert_eq!(deps(&p), deps(&off));
+}
+
 #[test]
 fn native() {
     insta::assert_json_snapshot!(render(&plan("native").unwrap()));
