@@ -6,7 +6,10 @@
 //!   no-op rebuild+push latency of a small app (ms).
 //! - `python`: the four scenarios on testdata/python/flask (a complete
 //!   lock) and testdata/python/appengine-hello (top-level pins), pip on the
-//!   host, and the same app as a Dockerfile built with buildah.
+//!   host, and the same app as a Dockerfile built with buildah
+//!   (`FTL_BENCH_ONLY_APPENGINE=1`, `FTL_BENCH_ONLY_BUILDAH=1` narrow it;
+//!   `FTL_BENCH_STEPS=1` prints each added-dependency build's phases and
+//!   sandboxed steps).
 //! - `node`: the four scenarios on testdata/node/express.
 //! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
 //!   wheel set, on the host, in a sandboxed step on the host's network,
@@ -308,10 +311,18 @@ fn python() -> Result<()> {
     let ftl = build_ftl()?;
     let rig = Rig::start(&ftl, &["python"])?;
     let runs = 3;
+    if std::env::var_os("FTL_BENCH_ONLY_BUILDAH").is_some() {
+        return buildah(&rig, "appengine-hello", runs);
+    }
     // A complete lock, and App Engine's hello world with only its top-level
     // pin (resolved by pip while planning, gunicorn added).
-    python_app(&ftl, &rig, "flask", runs)?;
+    if std::env::var_os("FTL_BENCH_ONLY_APPENGINE").is_none() {
+        python_app(&ftl, &rig, "flask", runs)?;
+    }
     python_app(&ftl, &rig, "appengine-hello", runs)?;
+    if std::env::var_os("FTL_BENCH_ONLY_APPENGINE").is_some() {
+        return Ok(());
+    }
     buildah(&rig, "appengine-hello", runs)?;
     Ok(())
 }
@@ -355,6 +366,12 @@ fn python_app(ftl: &Path, rig: &Rig, name: &str, runs: usize) -> Result<()> {
         std::fs::write(app.join("requirements.txt"), format!("{reqs}six==1.16.0\n"))?;
         let (r, ms) = call(args())?;
         record("one added dependency (six)", ms, &r);
+        if std::env::var_os("FTL_BENCH_STEPS").is_some() {
+            println!(
+                "{name} run {i}, one added dependency: {ms:.0} ms; timings {}; steps {}",
+                r["timings"], r["steps"]
+            );
+        }
     }
     let reqs = root()
         .join("testdata/python")
@@ -444,7 +461,7 @@ fn buildah(rig: &Rig, name: &str, runs: usize) -> Result<()> {
                 .arg(store.join("run"))
                 .args([
                     "--storage-driver",
-                    "vfs",
+                    "overlay",
                     "bud",
                     "--isolation",
                     "chroot",
@@ -470,7 +487,7 @@ fn buildah(rig: &Rig, name: &str, runs: usize) -> Result<()> {
         std::fs::write(ctx.join("requirements.txt"), format!("{reqs}six==1.16.0\n"))?;
         added.push(bud()?);
     }
-    println!("\nbuildah 1.x (vfs, chroot isolation, --layers): testdata/python/{name} as a Dockerfile, medians of {runs} runs");
+    println!("\nbuildah 1.x (overlay storage, chroot isolation, --layers): testdata/python/{name} as a Dockerfile, medians of {runs} runs");
     println!("{:<30} {:>10.0}", "cold (empty storage)", median(cold));
     println!(
         "{:<30} {:>10.0}",
