@@ -69,7 +69,15 @@ java)
     CMD='["java","-version"]'
     EXTRA_ENV=("JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64")
     ;;
-*) die "unknown image name '$NAME' (expected python, python-build, python-trixie, node, node-build or java)" ;;
+builder)
+    # The base of ftl's builder image (cargo xtask dist): ftl is static and
+    # needs no library, but its sandbox runs these: slirp4netns for steps
+    # with egress, mkfs.ext4 for size-limited step directories; sh for
+    # pipelines that script around ftl (Tekton's `script:`).
+    PACKAGES="ca-certificates slirp4netns e2fsprogs"
+    CMD='["sh"]'
+    ;;
+*) die "unknown image name '$NAME' (expected python, python-build, python-trixie, node, node-build, java or builder)" ;;
 esac
 
 need() { # need TOOL APT-PACKAGE

@@ -15,6 +15,9 @@ PACKAGES=(
     # the containment tests compile a static probe and attach loop devices;
     # steps' size-limited directories are ext4 made with mkfs.ext4
     gcc libc6-dev mount e2fsprogs
+    # the static ftl binary (cargo xtask dist, cli/tests/dist.rs): musl-gcc
+    # compiles its C parts (SQLite, ring) for the musl target
+    musl-tools
     # user-mode network stacks of egress steps (slirp4netns is the default)
     slirp4netns passt
     # htpasswd for basic-auth registries, certificates for TLS ones

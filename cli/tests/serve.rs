@@ -978,14 +978,14 @@ fn github_action_and_tekton_task_have_what_a_pipeline_needs() {
             "input {input}"
         );
     }
-    assert_eq!(action["inputs"]["image"]["required"], true);
-    assert_eq!(action["inputs"]["base"]["required"], true);
     assert!(s(&action["outputs"]["digest"], "value").contains("steps.build.outputs.digest"));
     assert_eq!(s(&action["runs"], "using"), "composite");
-    let step = &action["runs"]["steps"][0];
-    assert_eq!(s(step, "id"), "build");
+    let step = action_step(&action, "build");
+    assert_eq!(s(step, "if"), "inputs.mode != 'setup'");
     let run = s(step, "run");
     for flag in [
+        // image and base are required in build mode (not for setup).
+        "needs the image and base inputs",
         "build \"$FTL_PATH\"",
         "--base=",
         "--image=",
@@ -1027,6 +1027,79 @@ fn github_action_and_tekton_task_have_what_a_pipeline_needs() {
     for used in text.split("$(params.").skip(1) {
         let name = used.split(')').next().unwrap();
         assert!(params.iter().any(|p| p == name), "undeclared param {name}");
+    }
+}
+
+fn action_step<'a>(action: &'a serde_yaml::Value, id: &str) -> &'a serde_yaml::Value {
+    action["runs"]["steps"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|st| st["id"] == id)
+        .unwrap_or_else(|| panic!("the action has a step {id}"))
+}
+
+/// The integrations run the builder image of their own release: the
+/// workspace version, written once per file, never a floating tag. A
+/// version bump fails here until the integrations follow.
+#[test]
+fn integrations_pin_the_builder_image_of_their_release() {
+    let version = env!("CARGO_PKG_VERSION");
+    let image = format!("ghcr.io/ftl-build/ftl:{version}");
+
+    let action = yaml("integrations/github-action/action.yml");
+    assert_eq!(s(&action["inputs"]["version"], "default"), version);
+    assert_eq!(s(&action["inputs"]["mode"], "default"), "build");
+    assert_eq!(s(&action["inputs"]["ftl-builder"], "default"), "");
+    let build = s(action_step(&action, "build"), "run");
+    assert!(
+        build.contains("builder=\"${FTL_BUILDER:-ghcr.io/ftl-build/ftl:${FTL_VERSION#v}}\""),
+        "the action's default builder is the image of its version:\n{build}"
+    );
+    // setup: the release asset `cargo xtask dist` names, checked against
+    // the release's SHA256SUMS, then on PATH.
+    let setup = action_step(&action, "setup");
+    assert_eq!(s(setup, "if"), "inputs.mode == 'setup'");
+    let script = s(setup, "run");
+    for part in [
+        &format!(
+            "name=\"{}\"",
+            ftl_test_support::dist::binary_asset_name("${version}")
+        ),
+        "releases/download/v${version}",
+        "SHA256SUMS",
+        "sha256sum --check --strict",
+        "$GITHUB_PATH",
+    ] {
+        assert!(
+            script.contains(part),
+            "the setup step lacks {part}:\n{script}"
+        );
+    }
+
+    let task = yaml("integrations/tekton/task.yaml");
+    assert_eq!(
+        s(&task["metadata"]["labels"], "app.kubernetes.io/version"),
+        version
+    );
+    let builder = task["spec"]["params"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "FTL_BUILDER")
+        .unwrap();
+    assert_eq!(s(builder, "default"), image);
+
+    let cb = yaml("integrations/cloudbuild/cloudbuild.yaml");
+    assert_eq!(s(&cb["substitutions"], "_FTL_BUILDER"), image);
+
+    for file in [
+        "integrations/github-action/action.yml",
+        "integrations/tekton/task.yaml",
+        "integrations/cloudbuild/cloudbuild.yaml",
+    ] {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        assert!(!text.contains("ftl:latest"), "{file} names ftl:latest");
     }
 }
 
@@ -1088,8 +1161,10 @@ fn cloud_build_step_is_the_command_line_a_test_runs() {
     assert!(registry_has_manifest("serve-cloudbuild/flask", digest));
 }
 
-/// The builder image: the ftl binary, packaged by ftl itself onto a base
-/// whose glibc matches the build host (Debian bookworm), entrypoint `ftl`.
+/// The builder image: the ftl binary, packaged by ftl itself, entrypoint
+/// `ftl`. Here the test's (dynamic) binary on a base whose glibc matches the
+/// build host (Debian bookworm); `cargo xtask dist` packages the static one
+/// on the `builder` base with the same arguments.
 #[test]
 fn the_builder_image_is_ftl_built_by_ftl() {
     let rig = rig();
@@ -1105,30 +1180,16 @@ fn the_builder_image_is_ftl_built_by_ftl() {
     assert!(st.success());
     let cache = tempfile::tempdir().unwrap();
     let image = rig.image("ftl/ftl:test");
-    let ctx_dir = ctx.path().to_str().unwrap();
-    let run = rig.ftl(
-        cache.path(),
-        &[
-            "build",
-            ctx_dir,
-            "--base",
-            &rig.base("python"),
-            "--image",
-            &image,
-            "--language",
-            "generic",
-            "--app-dir",
-            "/usr/local/bin",
-            "--entrypoint",
-            "ftl",
-            "--cmd=--help",
-            "--label",
-            "org.opencontainers.image.title=ftl",
-            "--verify-cmd",
-            "/usr/local/bin/ftl --version",
-            "--json",
-        ],
+    // The command line `cargo xtask dist` runs (there with the static
+    // binary on the builder base, written to an OCI layout).
+    let args = ftl_test_support::dist::builder_image_args(
+        ctx.path(),
+        &rig.base("python"),
+        env!("CARGO_PKG_VERSION"),
+        &["--image", &image],
     );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = rig.ftl(cache.path(), &args);
     let report = run.report();
     assert_eq!(report["verify"]["mode"], "command");
     assert_eq!(report["verify"]["exit_code"], 0);

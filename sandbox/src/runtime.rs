@@ -1766,11 +1766,11 @@ unsafe fn child_main(ctx: &ChildCtx<'_>) -> ! {
             };
             req.name[0] = b'l';
             req.name[1] = b'o';
-            if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req) != 0 {
+            if libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut req) != 0 {
                 die(ctx, 16, 1, errno());
             }
             req.flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req) != 0 {
+            if libc::ioctl(s, libc::SIOCSIFFLAGS as _, &mut req) != 0 {
                 die(ctx, 16, 2, errno());
             }
             libc::close(s);

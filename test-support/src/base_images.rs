@@ -8,6 +8,7 @@
 //! | `node`          | bookworm minbase + nodejs npm (node 18)                         |
 //! | `node-build`    | `node` + g++ make python3 (node-gyp) + yarnpkg (yarn 1)         |
 //! | `java`          | bookworm minbase + openjdk-17-jre-headless                      |
+//! | `builder`       | bookworm minbase + slirp4netns e2fsprogs (the builder image's)  |
 //!
 //! All include ca-certificates. Each is one gzip layer tagged `latest`.
 //!
@@ -38,6 +39,7 @@ pub const BASE_IMAGE_NAMES: &[&str] = &[
     "node",
     "node-build",
     "java",
+    "builder",
 ];
 
 /// The cache key of image `name`: the first 16 hex digits of the sha256 of

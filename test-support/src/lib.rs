@@ -1,8 +1,9 @@
 //! Real parts for ftl's tests: a Debian `docker-registry` on a free loopback
 //! port (plain, htpasswd, TLS, token auth), a fault-injecting proxy, and base
-//! images built from Debian packages.
+//! images built from Debian packages, and what a release ships (`dist`).
 
 pub mod base_images;
+pub mod dist;
 pub mod proxy;
 pub mod registry;
 pub mod rig;

@@ -1,10 +1,12 @@
 //! Project tasks: `cargo xtask demo` (the main job, end to end),
-//! `cargo xtask test` (the whole test suite, as CI runs it) and
-//! `cargo xtask bench ...` (the benchmarks, printing numbers).
+//! `cargo xtask test` (the whole test suite, as CI runs it),
+//! `cargo xtask dist` (the release: static binary, builder image, checksums)
+//! and `cargo xtask bench ...` (the benchmarks, printing numbers).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod dist;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -199,9 +201,10 @@ fn main() {
         Some("containment-as-user") => containment_as_user(),
         Some("bench") => bench::main(&args[1..]),
         Some("base-image") => base_image(&args[1..]),
+        Some("dist") => dist::main(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask demo [APP_DIR] | test | containment-as-user | bench [layers|push|noop|python|node|all]"
+                "usage: cargo xtask demo [APP_DIR] | test | dist [--no-image] | containment-as-user | bench [layers|push|noop|python|node|all]"
             );
             std::process::exit(2);
         }
