@@ -72,7 +72,31 @@ fn main() -> ExitCode {
         argv[0] = OsString::from("runsc");
         return exit(ftl_sandbox::cli::main(argv));
     }
-    let cli = Cli::parse_from(argv);
+    let wants_json = argv.iter().any(|a| a == "--json");
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            // A usage error under `--json` is a JSON error too (a pipeline
+            // reads stdout); help and version print as they do.
+            if wants_json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion)
+            {
+                let text = e.render().to_string();
+                // The error's first paragraph, as one line.
+                let first = text
+                    .lines()
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let first = first.trim_start_matches("error: ");
+                let _ = progress::print_json_error(&anyhow::anyhow!("{first}"), None);
+                eprint!("{text}");
+                return ExitCode::from(e.exit_code() as u8);
+            }
+            e.exit()
+        }
+    };
     init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -64,3 +64,23 @@ fn man_pages_hold_every_command_and_the_build_flags() {
         "{err}"
     );
 }
+
+/// A usage error (a flag missing, a bad value) under `--json` is the JSON
+/// error object on stdout too, with clap's exit code and text on stderr.
+#[test]
+fn a_usage_error_under_json_is_a_json_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(["build", ".", "--tag", "x", "--json"])
+        .output()
+        .expect("ftl runs");
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["schema"], 1);
+    assert_eq!(v["error"]["kind"], "usage");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("--base") && message.contains("--image"),
+        "{message}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage: ftl build"));
+}
