@@ -1025,22 +1025,10 @@ impl Engine {
                 format!("{}@{}", target_name(target), composed.manifest_digest)
             }
             Output::OciLayout { path, tag } => {
-                let blobs = self.local_blobs(&composed, base).await?;
-                if let Some(spec) = &req.verify {
-                    verify = Some(
-                        self.verify_phase(
-                            &composed,
-                            base,
-                            rootfs,
-                            spec,
-                            &req.cancel,
-                            &blobs,
-                            timer,
-                            &observer,
-                        )
-                        .await?,
-                    );
-                }
+                let (blobs, verified) = self
+                    .verify_export(&composed, base, rootfs, req, timer, &observer)
+                    .await?;
+                verify = verified;
                 let t = Instant::now();
                 observer.event(&Event::PhaseStarted("export"));
                 let (image, path2, tag2) = (composed.clone(), path.clone(), tag.clone());
@@ -1059,22 +1047,10 @@ impl Engine {
                 )
             }
             Output::DockerArchive { path, tag } => {
-                let blobs = self.local_blobs(&composed, base).await?;
-                if let Some(spec) = &req.verify {
-                    verify = Some(
-                        self.verify_phase(
-                            &composed,
-                            base,
-                            rootfs,
-                            spec,
-                            &req.cancel,
-                            &blobs,
-                            timer,
-                            &observer,
-                        )
-                        .await?,
-                    );
-                }
+                let (blobs, verified) = self
+                    .verify_export(&composed, base, rootfs, req, timer, &observer)
+                    .await?;
+                verify = verified;
                 let t = Instant::now();
                 observer.event(&Event::PhaseStarted("export"));
                 let docker = if req.format == ManifestFormat::Docker {
@@ -1367,6 +1343,38 @@ impl Engine {
     }
 
     /// [`Self::verify`] as the build's `verify` phase.
+    #[allow(clippy::too_many_arguments)]
+    /// An export's blobs, local, and its verification (when asked for),
+    /// before anything of it is written.
+    async fn verify_export(
+        &self,
+        image: &crate::image::ComposedImage,
+        base: &BaseImage,
+        rootfs: &Arc<base::LazyRootfs>,
+        req: &BuildRequest,
+        timer: &Timer,
+        observer: &Arc<dyn Observer>,
+    ) -> Result<(HashMap<String, PathBuf>, Option<VerifyReport>), EngineError> {
+        let blobs = self.local_blobs(image, base).await?;
+        let verified = match &req.verify {
+            Some(spec) => Some(
+                self.verify_phase(
+                    image,
+                    base,
+                    rootfs,
+                    spec,
+                    &req.cancel,
+                    &blobs,
+                    timer,
+                    observer,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok((blobs, verified))
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn verify_phase(
         &self,

@@ -228,44 +228,51 @@ async fn push_manifest(
 
 /// Looks a probe result up.
 pub async fn lookup_probe(client: &Client, repo: &Reference, key: &str) -> Option<Vec<u8>> {
-    let reference = repo.with_tag(&key_tag("probe", key)).ok()?;
-    let manifest = client.get_manifest(&reference).await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
-    let text = v.get("annotations")?.get(ANN_PROBE)?.as_str()?;
-    Some(text.as_bytes().to_vec())
+    lookup_text(client, repo, "probe", ANN_PROBE, key).await
 }
 
 /// Records a probe result (JSON text).
 pub async fn record_probe(client: &Client, repo: &Reference, key: &str, output: &[u8]) {
-    let Ok(target) = repo.with_tag(&key_tag("probe", key)) else {
-        return;
-    };
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
-        "layers": [],
-        "annotations": {ANN_PROBE: String::from_utf8_lossy(output)},
-    });
-    if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await
-    {
-        tracing::warn!(cache = %target, error = %e, "could not record probe in the registry cache");
-    }
+    record_text(client, repo, "probe", ANN_PROBE, key, output).await
 }
 
 /// Looks a remembered plan value up (tag `memo-<key>`): the JSON text of
 /// its envelope, which says when it expires.
 pub async fn lookup_memo(client: &Client, repo: &Reference, key: &str) -> Option<Vec<u8>> {
-    let reference = repo.with_tag(&key_tag("memo", key)).ok()?;
-    let manifest = client.get_manifest(&reference).await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
-    let text = v.get("annotations")?.get(ANN_MEMO)?.as_str()?;
-    Some(text.as_bytes().to_vec())
+    lookup_text(client, repo, "memo", ANN_MEMO, key).await
 }
 
 /// Records a remembered plan value (JSON text).
 pub async fn record_memo(client: &Client, repo: &Reference, key: &str, envelope: &[u8]) {
-    let Ok(target) = repo.with_tag(&key_tag("memo", key)) else {
+    record_text(client, repo, "memo", ANN_MEMO, key, envelope).await
+}
+
+/// The text a layerless cache manifest tagged `<prefix>-<key>` holds in its
+/// annotation `annotation`.
+async fn lookup_text(
+    client: &Client,
+    repo: &Reference,
+    prefix: &str,
+    annotation: &str,
+    key: &str,
+) -> Option<Vec<u8>> {
+    let reference = repo.with_tag(&key_tag(prefix, key)).ok()?;
+    let manifest = client.get_manifest(&reference).await.ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&manifest.bytes).ok()?;
+    let text = v.get("annotations")?.get(annotation)?.as_str()?;
+    Some(text.as_bytes().to_vec())
+}
+
+/// Records `text` as a layerless cache manifest tagged `<prefix>-<key>`.
+async fn record_text(
+    client: &Client,
+    repo: &Reference,
+    prefix: &str,
+    annotation: &str,
+    key: &str,
+    text: &[u8],
+) {
+    let Ok(target) = repo.with_tag(&key_tag(prefix, key)) else {
         return;
     };
     let manifest = json!({
@@ -273,10 +280,10 @@ pub async fn record_memo(client: &Client, repo: &Reference, key: &str, envelope:
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": EMPTY_CONFIG_TYPE, "digest": sha256_digest(EMPTY_CONFIG), "size": EMPTY_CONFIG.len()},
         "layers": [],
-        "annotations": {ANN_MEMO: String::from_utf8_lossy(envelope)},
+        "annotations": {annotation: String::from_utf8_lossy(text)},
     });
     if let Err(e) = push_manifest(client, target.clone(), vec![empty_config_blob()], manifest).await
     {
-        tracing::warn!(cache = %target, error = %e, "could not record a plan value in the registry cache");
+        tracing::warn!(cache = %target, error = %e, "could not record {prefix} in the registry cache");
     }
 }
