@@ -290,6 +290,9 @@ fn top_level_pins_resolve_and_rebuild_incrementally() {
         .build(cache.path(), &app, &base, &image, &["--verify"])
         .report();
     assert_eq!(added["verify"]["status"], 200);
+    // Only the added line was resolved, the earlier choices kept.
+    let resolution = &added["plan"]["dependencies"]["resolution"];
+    assert_eq!(resolution["incremental"], true, "{resolution:#}");
     let n = names.len() - 2; // less the venv and app layers
     assert_eq!(
         built(&added),

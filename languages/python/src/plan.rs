@@ -475,7 +475,8 @@ pub(crate) fn plan(
                         options: &options,
                         timeout: settings.install_timeout,
                     };
-                    let r = resolve::resolve(ctx.exec, &probe, pip, &input)?;
+                    let identity = input.lines.clone();
+                    let r = resolve::resolve(ctx.exec, &probe, pip, &input, &identity)?;
                     resolution_note =
                         resolution_doc(&r, "the additions, with the lock as constraints");
                     let have: BTreeSet<String> = dists.iter().map(|d| d.key.clone()).collect();
@@ -538,7 +539,17 @@ pub(crate) fn plan(
                     options: &options,
                     timeout: settings.install_timeout,
                 };
-                let r = resolve::resolve(ctx.exec, &probe, pip, &input)?;
+                // The input as a set of lines, for a resolution of only
+                // what was added since the app's previous one.
+                let mut identity: Vec<String> = options.to_lines();
+                identity.extend(set.requirements.iter().map(pip_line));
+                identity.extend(
+                    set.constraints
+                        .iter()
+                        .map(|c| format!("-c {}", pip_line(c))),
+                );
+                identity.extend(added.iter().map(pip_line));
+                let r = resolve::resolve(ctx.exec, &probe, pip, &input, &identity)?;
                 notes.insert(
                     "dependencies".into(),
                     json!({"input": input_name, "mode": "resolved", "resolution": resolution_doc(&r, "pip install --dry-run --report")}),
@@ -834,6 +845,7 @@ fn resolution_doc(r: &resolve::Resolved, how: &str) -> Value {
         "remembered": r.remembered,
         "resolved_at": res.resolved_at,
         "complete_input": res.complete,
+        "incremental": res.incremental,
         "expires_at": r.expires_at,
         "chosen": res.dists.iter().map(|d| json!({
             "name": d.name,

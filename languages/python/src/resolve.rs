@@ -59,6 +59,10 @@ pub(crate) struct Resolution {
     /// Some distribution came from a direct URL, a VCS or a local path:
     /// not installable by name and version.
     pub direct: bool,
+    /// Made by resolving only the lines added since the app's previous
+    /// resolution, with its choices as constraints.
+    #[serde(default)]
+    pub incremental: bool,
 }
 
 /// What to resolve.
@@ -118,11 +122,21 @@ impl Input<'_> {
 }
 
 /// The resolution of `input`: remembered, or made now (network).
+///
+/// `identity` is the input as a set of lines (each requirement and
+/// constraint as pip reads it, the index options, what ftl adds). When the
+/// app's previous resolution (remembered under the top file's name and the
+/// same environment) was made for a subset of these lines, only the new
+/// lines are resolved, with the previous choices as constraints: adding a
+/// requirement then asks the index about what it brings, and leaves every
+/// other choice as it was (as `uv lock` keeps a lock's pins). If pip finds
+/// no such set, the whole input is resolved again.
 pub(crate) fn resolve(
     exec: &dyn Exec,
     probe: &Probe,
     pip: &PipInfo,
     input: &Input<'_>,
+    identity: &[String],
 ) -> Result<Resolved, PluginError> {
     if !crate::plan::version_at_least(&pip.version, &[22, 3]) {
         return Err(PluginError::new(format!(
@@ -145,6 +159,117 @@ pub(crate) fn resolve(
             expires_at,
         });
     }
+    let previous_key = CacheKey::new(
+        "python",
+        crate::KEY_VERSION,
+        json!({
+            "memo": "previous-resolution",
+            "top": input.top.to_string_lossy(),
+            "env": input.key_doc,
+        }),
+    );
+    let previous = exec
+        .remembered(&previous_key)
+        .and_then(|m| serde_json::from_value::<Previous>(m.value).ok());
+    let mut resolution =
+        match previous.and_then(|p| incremental(exec, probe, pip, input, identity, p)) {
+            Some(r) => r,
+            None => run_pip(exec, probe, pip, input)?,
+        };
+    mark_complete(&mut resolution, &input.pins);
+    let value = serde_json::to_value(&resolution).expect("serializes");
+    let expires_at = exec.remember(&key, &value, resolution.complete);
+    exec.remember(
+        &previous_key,
+        &json!({"identity": identity, "resolution": value}),
+        resolution.complete,
+    );
+    Ok(Resolved {
+        resolution,
+        remembered: false,
+        expires_at,
+    })
+}
+
+/// An app's last resolution and the lines it was made for.
+#[derive(Deserialize)]
+struct Previous {
+    identity: Vec<String>,
+    resolution: Resolution,
+}
+
+/// The previous resolution plus what the lines added since bring, when
+/// the previous lines are all still there; `None` to resolve it all.
+fn incremental(
+    exec: &dyn Exec,
+    probe: &Probe,
+    pip: &PipInfo,
+    input: &Input<'_>,
+    identity: &[String],
+    previous: Previous,
+) -> Option<Resolution> {
+    let old: BTreeSet<&String> = previous.identity.iter().collect();
+    let new: BTreeSet<&String> = identity.iter().collect();
+    if previous.resolution.direct || old.is_empty() || !old.is_subset(&new) || old == new {
+        return None;
+    }
+    // Only requirement lines may be new: a new option or constraint line
+    // can change what was chosen before.
+    let added: Vec<String> = identity
+        .iter()
+        .filter(|l| !old.contains(l))
+        .cloned()
+        .collect();
+    if added.iter().any(|l| l.starts_with('-')) {
+        return None;
+    }
+    let mut lines = input.options.to_lines();
+    lines.extend(added);
+    let step = Input {
+        files: &[],
+        include: None,
+        lines,
+        constraints: previous
+            .resolution
+            .dists
+            .iter()
+            .map(|d| format!("{}=={}", d.key, d.version))
+            .collect(),
+        key_doc: input.key_doc.clone(),
+        origins: input.origins,
+        pins: BTreeMap::new(),
+        top: input.top,
+        settings_index_url: input.settings_index_url,
+        settings_extra_index_urls: input.settings_extra_index_urls,
+        options: input.options,
+        timeout: input.timeout,
+    };
+    let more = match run_pip(exec, probe, pip, &step) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "the added requirements do not fit the previous resolution; resolving everything");
+            return None;
+        }
+    };
+    let mut union = previous.resolution;
+    let have: BTreeSet<String> = union.dists.iter().map(|d| d.key.clone()).collect();
+    union.direct |= more.direct;
+    union
+        .dists
+        .extend(more.dists.into_iter().filter(|d| !have.contains(&d.key)));
+    union.dists.sort_by(|a, b| a.key.cmp(&b.key));
+    union.incremental = true;
+    union.resolved_at = more.resolved_at;
+    Some(union)
+}
+
+/// pip's answer for `input`, asked now.
+fn run_pip(
+    exec: &dyn Exec,
+    probe: &Probe,
+    pip: &PipInfo,
+    input: &Input<'_>,
+) -> Result<Resolution, PluginError> {
     let dir = tempfile::Builder::new()
         .prefix("ftl-resolve-")
         .tempdir()
@@ -173,18 +298,7 @@ pub(crate) fn resolve(
             out.tail(5)
         ))
     })?;
-    let mut resolution = from_report(&report)?;
-    mark_complete(&mut resolution, &input.pins);
-    let expires_at = exec.remember(
-        &key,
-        &serde_json::to_value(&resolution).expect("serializes"),
-        resolution.complete,
-    );
-    Ok(Resolved {
-        resolution,
-        remembered: false,
-        expires_at,
-    })
+    from_report(&report)
 }
 
 /// Whether `chosen` is exactly the pinned set: the input was a complete
@@ -412,6 +526,7 @@ pub(crate) fn from_report(report: &Value) -> Result<Resolution, PluginError> {
         resolved_at: now_secs(),
         complete: false,
         direct,
+        incremental: false,
     })
 }
 
