@@ -381,7 +381,7 @@ fn python_app(ftl: &Path, rig: &Rig, name: &str, runs: usize) -> Result<()> {
     for _ in 0..runs {
         let venv = tempfile::tempdir()?;
         let t = Instant::now();
-        let ok = Command::new("python3")
+        let ok = Command::new(host_python())
             .args(["-m", "venv"])
             .arg(venv.path())
             .status()?
@@ -411,6 +411,17 @@ fn python_app(ftl: &Path, rig: &Rig, name: &str, runs: usize) -> Result<()> {
         median(pip)
     );
     Ok(())
+}
+
+/// The system's interpreter (Debian's, as a base image has it), not a
+/// version manager's shim on `PATH`, which adds its own start to the
+/// reference.
+fn host_python() -> &'static str {
+    if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
 }
 
 /// The same app as a Dockerfile built with buildah (installed from Debian

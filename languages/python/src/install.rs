@@ -11,6 +11,7 @@ use ftl::{
     StepContext, StepNetwork,
 };
 
+use crate::lockcheck;
 use crate::plan::{redact_url_text, DepsMode, DepsPlan, PinnedDist};
 use crate::record::{self, InstalledDist};
 use crate::requirements::{normalize, IndexOptions, Origin};
@@ -157,6 +158,9 @@ impl DepsStep {
         })?;
         Ok(if pip.source == "ensurepip" {
             vec![self.python(), format!("{}/pip", pip.path)]
+        } else if let Some(runner) = &pip.runner {
+            // What `--python` would run, without pip's first start.
+            vec![self.python(), runner.clone()]
         } else {
             vec![
                 self.plan.probe.executable.clone(),
@@ -217,18 +221,20 @@ impl DepsStep {
     /// Resolves the whole pinned set with dependencies (`pip install
     /// --dry-run --report`, metadata only) and fails when pip needs a
     /// distribution the set does not pin, or the pins conflict.
+    /// Returns what pip's report says each distribution needs (empty when
+    /// pip is too old to report).
     fn lock_check(
         &self,
         run: &Run<'_>,
         dists: &[PinnedDist],
         top: &Path,
-    ) -> Result<(), PluginError> {
+    ) -> Result<BTreeMap<String, lockcheck::Needs>, PluginError> {
         let pip = self.plan.pip.as_ref().ok_or_else(|| {
             PluginError::new(format!("no pip in the base image {}", self.plan.base_ref))
         })?;
         if !crate::plan::version_at_least(&pip.version, &[22, 2]) {
             tracing::warn!(pip = %pip.version, "pip too old for --dry-run --report; the lock is not checked for missing dependencies");
-            return Ok(());
+            return Ok(BTreeMap::new());
         }
         let mut lines = self.plan.options.to_lines();
         lines.retain(|l| l != "--require-hashes");
@@ -295,7 +301,9 @@ impl DepsStep {
             })?;
         let missing = missing_from_report(&text, dists)?;
         if missing.is_empty() {
-            return Ok(());
+            return Ok(serde_json::from_str(&text)
+                .map(|v| lockcheck::from_report(&v))
+                .unwrap_or_default());
         }
         Err(PluginError::new(format!(
             "this is a complete lock (every requirement pinned with == and a --hash), but it misses dependencies: {}",
@@ -303,6 +311,39 @@ impl DepsStep {
         ))
         .in_file(top, None)
         .hint("add them with their hashes (`pip-compile --generate-hashes` lists every transitive dependency), or drop the hashes to let ftl resolve the rest with pip"))
+    }
+
+    /// Compiles the modules of each group of distributions (their RECORDs'
+    /// `.py` files in the site directory; a group is a layer) in a process
+    /// of its own, forked from one that did nothing else, as many at once
+    /// as the step has cores: a layer's `.pyc` never depends on what else
+    /// this build installed, and a build of many layers uses every core.
+    fn compile_layers(&self, run: &Run<'_>, groups: &[Vec<PathBuf>]) -> Result<(), PluginError> {
+        let venv = &self.plan.settings.venv;
+        let mut args: Vec<String> = vec![
+            // The base's interpreter, isolated and without `site` (see
+            // `compile`).
+            self.plan.probe.executable.clone(),
+            "-I".into(),
+            "-S".into(),
+            "-c".into(),
+            COMPILE_LAYERS.into(),
+        ];
+        for group in groups.iter().filter(|g| !g.is_empty()) {
+            args.push("--".into());
+            args.extend(group.iter().map(|d| format!("{venv}/{}", d.display())));
+        }
+        if args.len() == 5 {
+            return Ok(());
+        }
+        let out = run
+            .ctx
+            .exec
+            .run(&self.request("python compileall", args, run))?;
+        if !out.success() {
+            tracing::warn!(output = %out.tail(10), "compileall reported errors; modules that failed to compile ship without .pyc");
+        }
+        Ok(())
     }
 
     fn compile(&self, run: &Run<'_>) -> Result<(), PluginError> {
@@ -378,7 +419,7 @@ impl BuildStep for DepsStep {
             venv.clone(),
         ];
         ctx.exec
-            .run(&self.request("python -m venv", make_venv, &run))?
+            .run(&self.request("python -m venv", make_venv.clone(), &run))?
             .check("creating the virtualenv")?;
         // With directories, so that empty ones (site-packages) exist.
         let venv_files = record::all_entries(&env).map_err(|e| PluginError::new(e.to_string()))?;
@@ -455,10 +496,38 @@ impl BuildStep for DepsStep {
                 // The lock check first: its error (a missing or conflicting
                 // pin) explains an install failure better than pip's. Not in
                 // parallel: `Exec::run` is not promised to be re-entrant.
+                // From the distributions' metadata when the app's previous
+                // check knew it for every distribution but those this step
+                // installs (read after the install); else by pip.
+                let pin_of = |d: &PinnedDist| format!("{}=={}", normalize(&d.key), d.version);
+                let mut needs = BTreeMap::new();
+                let mut check_after_install = false;
                 if check_lock && !*resolved {
+                    needs = lockcheck::remembered(ctx.exec, top, &plan.memo_env);
+                    let installing: BTreeSet<String> = want
+                        .iter()
+                        .flat_map(|(_, ds)| ds.iter().map(pin_of))
+                        .collect();
+                    let unknown: Vec<String> = all_dists
+                        .iter()
+                        .map(pin_of)
+                        .filter(|p| !needs.contains_key(p))
+                        .collect();
+                    if unknown.is_empty() {
+                        match lockcheck::problems(all_dists, &needs, &plan.probe.markers) {
+                            Some(p) if p.is_empty() => {}
+                            _ => needs.clear(), // pip decides and explains
+                        }
+                    } else if unknown.iter().all(|p| installing.contains(p)) {
+                        check_after_install = true;
+                    } else {
+                        needs.clear();
+                    }
+                }
+                if check_lock && !*resolved && needs.is_empty() && !check_after_install {
                     let venv_before =
                         record::fingerprint(&env).map_err(|e| PluginError::new(e.to_string()))?;
-                    self.lock_check(&run, all_dists, top)?;
+                    needs = self.lock_check(&run, all_dists, top)?;
                     // A dry run writes nothing: a `.pth` file an sdist's
                     // build left in the venv would run inside the pip of
                     // the install that follows (pip runs in the venv's
@@ -492,11 +561,34 @@ impl BuildStep for DepsStep {
                     inputs.extend(self.dep_files_input());
                     out.push((*lock, LayerContents::new(inputs)));
                 }
+                // For the app's next check, the needs of this set.
+                let keep_needs = |mut needs: BTreeMap<String, lockcheck::Needs>| {
+                    if check_lock && !*resolved && !needs.is_empty() {
+                        let set: BTreeSet<String> = all_dists.iter().map(pin_of).collect();
+                        needs.retain(|p, _| set.contains(p));
+                        lockcheck::remember(ctx.exec, top, &plan.memo_env, &needs);
+                    }
+                };
                 if want.is_empty() {
+                    keep_needs(needs);
                     return Ok(out);
                 }
                 if plan.settings.compile == Compile::UncheckedHash {
-                    self.compile(&run)?;
+                    let installed = record::installed_dists(&env, None)
+                        .map_err(|e| PluginError::new(e.to_string()))?;
+                    let by_key: BTreeMap<&str, &InstalledDist> =
+                        installed.iter().map(|d| (d.key.as_str(), d)).collect();
+                    let groups: Vec<Vec<PathBuf>> = want
+                        .iter()
+                        .map(|(_, dists)| {
+                            dists
+                                .iter()
+                                .filter_map(|d| by_key.get(d.key.as_str()))
+                                .map(|d| d.dist_info.clone())
+                                .collect()
+                        })
+                        .collect();
+                    self.compile_layers(&run, &groups)?;
                 }
                 let installed = record::installed_dists(&env, Some(&plan.probe.cache_tag))
                     .map_err(|e| PluginError::new(e.to_string()))?;
@@ -542,6 +634,46 @@ impl BuildStep for DepsStep {
                         }
                     }
                 }
+                if check_after_install {
+                    // What this step installed, as its RECORD vouched above.
+                    let dir = ftl::beneath::Dir::open(&env)
+                        .map_err(|e| PluginError::new(ftl::error_chain(&e)))?;
+                    for (_, ds) in &want {
+                        for d in ds {
+                            let Some(got) = by_key.get(d.key.as_str()) else {
+                                continue;
+                            };
+                            let text = dir
+                                .read(&got.dist_info.join("METADATA"))
+                                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                                .unwrap_or_default();
+                            needs.insert(pin_of(d), lockcheck::from_metadata(&text));
+                        }
+                    }
+                    match lockcheck::problems(all_dists, &needs, &plan.probe.markers) {
+                        Some(p) if p.is_empty() => {}
+                        Some(p) => return Err(lockcheck::error(&p, top)),
+                        None => {
+                            // Metadata ftl cannot read: pip decides, in a
+                            // virtualenv of its own (nothing installed
+                            // there runs in its interpreter).
+                            let fresh = ctx.scratch.join("env-check");
+                            std::fs::create_dir_all(&fresh)
+                                .map_err(|e| io_err("cannot create", &fresh, e))?;
+                            let check = Run {
+                                env: &fresh,
+                                work: &work,
+                                pip_cache: &pip_cache,
+                                ctx,
+                            };
+                            ctx.exec
+                                .run(&self.request("python -m venv", make_venv.clone(), &check))?
+                                .check("creating the virtualenv")?;
+                            needs = self.lock_check(&check, all_dists, top)?;
+                        }
+                    }
+                }
+                keep_needs(needs);
                 for (index, dists) in want {
                     let mut paths = Vec::new();
                     let pins: Vec<String> = dists
@@ -596,6 +728,72 @@ impl BuildStep for DepsStep {
         Ok(out)
     }
 }
+
+/// `python -I -S -c COMPILE_LAYERS -- DIST_INFO... -- DIST_INFO...`: each
+/// group's modules (the `.py` files its RECORDs list inside their site
+/// directory) compiled by a child forked for that group alone, at most as
+/// many at once as the process may use cores, the largest groups first.
+/// Exits 1 when a module did not compile (the rest is compiled).
+const COMPILE_LAYERS: &str = r#"
+import compileall, csv, os, py_compile, sys
+mode = py_compile.PycInvalidationMode.UNCHECKED_HASH
+groups, group = [], None
+for a in sys.argv[1:]:
+    if a == "--":
+        group = []
+        groups.append(group)
+    elif group is not None:
+        group.append(a)
+def weight(g):
+    w = 0
+    for d in g:
+        try:
+            w += os.stat(os.path.join(d, "RECORD")).st_size
+        except OSError:
+            pass
+    return w
+groups.sort(key=weight, reverse=True)
+def compile_group(g):
+    ok = True
+    for d in g:
+        site = os.path.dirname(d)
+        try:
+            with open(os.path.join(d, "RECORD"), encoding="utf-8", newline="") as f:
+                rows = list(csv.reader(f))
+        except OSError:
+            continue
+        files = set()
+        for row in rows:
+            if row and row[0].endswith(".py"):
+                p = os.path.normpath(os.path.join(site, row[0]))
+                if p.startswith(site + os.sep) and os.path.isfile(p):
+                    files.add(p)
+        for p in sorted(files):
+            ok = compileall.compile_file(p, quiet=1, force=True, invalidation_mode=mode) and ok
+    return ok
+jobs = max(1, len(os.sched_getaffinity(0)))
+running, failed = set(), 0
+def reap():
+    global failed
+    pid, status = os.wait()
+    running.discard(pid)
+    if status != 0:
+        failed += 1
+for g in groups:
+    while len(running) >= jobs:
+        reap()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if compile_group(g) else 1
+        finally:
+            os._exit(code)
+    running.add(pid)
+while running:
+    reap()
+sys.exit(1 if failed else 0)
+"#;
 
 /// Turns pip's failure into a message naming the requirement's file and
 /// line.

@@ -35,6 +35,7 @@ mod entrypoint;
 pub mod hook;
 mod inputs;
 mod install;
+mod lockcheck;
 pub mod locks;
 mod plan;
 pub mod probe;

@@ -103,6 +103,9 @@ pub(crate) struct DepsPlan {
     pub dep_files: Vec<PathBuf>,
     pub source_root: PathBuf,
     pub app_dir: String,
+    /// What keys the dependency layers besides their pins (interpreter,
+    /// installer, index): the environment of the memos the step keeps.
+    pub memo_env: Value,
 }
 
 /// A URL as it goes into a key: credentials replaced, and the full URL
@@ -403,6 +406,7 @@ pub(crate) fn plan(
         }
     }
 
+    let mut memo_env = Value::Null;
     let mode = match &set {
         Some(set) if !set.requirements.is_empty() || !added.is_empty() => {
             let Some(pip) = &pip else {
@@ -429,6 +433,7 @@ pub(crate) fn plan(
                 "pip_config": probe.pip_config,
                 "compile": settings.compile.as_str(),
             });
+            memo_env = common.clone();
             let top = set
                 .top
                 .clone()
@@ -742,6 +747,7 @@ pub(crate) fn plan(
         dep_files,
         source_root: ctx.source.root().to_path_buf(),
         app_dir: app_dir.clone(),
+        memo_env,
     };
     let mut plan = ftl::LayerPlan {
         layers,

@@ -32,6 +32,11 @@ struct FakePython {
     /// The lock check leaves a `.pth` file in the venv, as an sdist's
     /// build code run by the dry run could.
     lock_plants: bool,
+    /// What `Exec::remember` kept, by key.
+    memos: Mutex<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// The installed METADATA of this distribution (name) declares this
+    /// requirement.
+    metadata_requires: Option<(String, String)>,
 }
 
 impl FakePython {
@@ -44,13 +49,17 @@ impl FakePython {
             probe: bookworm_probe(),
             report_link: None,
             lock_plants: false,
+            memos: Mutex::default(),
+            metadata_requires: None,
         }
     }
 
     /// The pip command prefix the step must use for this probe.
     fn pip_prefix(&self) -> Vec<String> {
         let pip = &self.probe["pip"];
-        if pip["source"] == "base" {
+        if let Some(runner) = pip["runner"].as_str() {
+            vec!["/env/bin/python".into(), runner.into()]
+        } else if pip["source"] == "base" {
             [
                 "/usr/bin/python3",
                 "-m",
@@ -91,6 +100,23 @@ fn ok(stdout: &str) -> ExecOutput {
 }
 
 impl Exec for FakePython {
+    fn remembered(&self, key: &ftl::CacheKey) -> Option<ftl::plugin::Remembered> {
+        let value = self.memos.lock().unwrap().get(&key.hex).cloned()?;
+        Some(ftl::plugin::Remembered {
+            value,
+            created: 0,
+            expires: None,
+        })
+    }
+
+    fn remember(&self, key: &ftl::CacheKey, value: &serde_json::Value, _: bool) -> Option<u64> {
+        self.memos
+            .lock()
+            .unwrap()
+            .insert(key.hex.clone(), value.clone());
+        None
+    }
+
     fn run(&self, req: &ExecRequest) -> Result<ExecOutput, PluginError> {
         self.requests.lock().unwrap().push(req.clone());
         let site = "lib/python3.11/site-packages";
@@ -142,9 +168,13 @@ impl Exec for FakePython {
                     let info = format!("{}-{version}.dist-info", module);
                     Self::write(&env.join(site).join(&module).join("__init__.py"), "x = 1\n");
                     Self::write(&env.join("bin").join(&module), "#!/env/bin/python\n");
+                    let requires = match &self.metadata_requires {
+                        Some((n, r)) if n == name => format!("Requires-Dist: {r}\n"),
+                        _ => String::new(),
+                    };
                     Self::write(
                         &env.join(site).join(&info).join("METADATA"),
-                        &format!("Name: {name}\nVersion: {version}\n\n"),
+                        &format!("Name: {name}\nVersion: {version}\n{requires}\n"),
                     );
                     Self::write(
                         &env.join(site).join(&info).join("RECORD"),
@@ -198,7 +228,21 @@ impl Exec for FakePython {
                 Ok(ok(""))
             }
             "python compileall" => {
-                assert!(req.args.contains(&"unchecked-hash".to_string()));
+                // compileall over the site directories, or the per-layer
+                // driver given each layer's dist-info directories.
+                let per_layer = req.args.get(3).is_some_and(|a| a == "-c");
+                if per_layer {
+                    assert!(req.args[4].contains("UNCHECKED_HASH"));
+                    assert_eq!(req.args[5], "--", "{:?}", req.args);
+                    for a in &req.args[5..] {
+                        assert!(
+                            a == "--" || (a.starts_with("/env/lib/") && a.ends_with(".dist-info")),
+                            "{a}"
+                        );
+                    }
+                } else {
+                    assert!(req.args.contains(&"unchecked-hash".to_string()));
+                }
                 // The base's interpreter, isolated and without `site`: a
                 // `.pth` file an sdist's build left, or a `bin/python` a
                 // wheel replaced, must not run after the install.
@@ -522,6 +566,91 @@ fn lock_layer_lists_the_set_after_checking_it() {
     let checked = exec.pip_inputs.lock().unwrap().clone();
     assert_eq!(checked.len(), 1, "one dry-run resolution, no install");
     assert!(checked[0].contains("flask==3.0.3\n"), "{}", checked[0]);
+}
+
+/// Adds `line` to the app's requirements.txt.
+fn add_line(app: &Path, line: &str) {
+    let reqs = app.join("requirements.txt");
+    let text = std::fs::read_to_string(&reqs).unwrap();
+    std::fs::write(&reqs, format!("{text}{line}\n")).unwrap();
+}
+
+#[test]
+fn a_changed_lock_is_checked_from_metadata_without_starting_pip() {
+    let mut exec = FakePython::new();
+    exec.metadata_requires = Some(("bad".into(), "not-pinned>=1".into()));
+    let copy = hash_pinned_copy("flask");
+    let app = copy.path().to_path_buf();
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    build(&p, &app, &exec, &[lock]).unwrap();
+    let checks = |exec: &FakePython| {
+        exec.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.label == "pip lock check")
+            .count()
+    };
+    assert_eq!(
+        checks(&exec),
+        1,
+        "the first check is pip's; its report is kept"
+    );
+
+    // One added line: its distribution's metadata (read once installed)
+    // and the kept report answer.
+    add_line(&app, &format!("six==1.16.0 --hash=sha256:{:064x}", 99));
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    let six = p
+        .layers
+        .iter()
+        .position(|l| l.name == "python: six==1.16.0")
+        .unwrap();
+    build(&p, &app, &exec, &[six, lock]).unwrap();
+    assert_eq!(
+        checks(&exec),
+        1,
+        "no pip for a lock whose metadata is known"
+    );
+
+    // A line whose distribution needs one the lock does not pin.
+    add_line(&app, &format!("bad==1.0 --hash=sha256:{:064x}", 98));
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    let bad = p
+        .layers
+        .iter()
+        .position(|l| l.name == "python: bad==1.0")
+        .unwrap();
+    let e = build(&p, &app, &exec, &[bad, lock]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("requirements.txt: this is a complete lock (every requirement pinned with == and a --hash), but it misses dependencies: not-pinned>=1 (required by bad)"),
+        "{e}"
+    );
+    assert_eq!(checks(&exec), 1);
+
+    // A distribution of a cached layer whose metadata is unknown: pip.
+    exec.memos.lock().unwrap().clear();
+    let reqs = app.join("requirements.txt");
+    let text = std::fs::read_to_string(&reqs).unwrap();
+    std::fs::write(
+        &reqs,
+        text.replace(&format!("bad==1.0 --hash=sha256:{:064x}\n", 98), ""),
+    )
+    .unwrap();
+    add_line(&app, &format!("ms==1.0 --hash=sha256:{:064x}", 97));
+    let p = plan(&app, &exec);
+    let lock = p.layers.len() - 2;
+    let ms = p
+        .layers
+        .iter()
+        .position(|l| l.name == "python: ms==1.0")
+        .unwrap();
+    build(&p, &app, &exec, &[ms, lock]).unwrap();
+    assert_eq!(checks(&exec), 2);
 }
 
 #[test]

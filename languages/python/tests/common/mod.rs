@@ -64,7 +64,7 @@ pub fn bookworm_probe() -> serde_json::Value {
             "python_version": "3.11",
             "sys_platform": "linux"
         },
-        "pip": {"source": "base", "version": "23.0.1", "path": "/usr/lib/python3/dist-packages"},
+        "pip": {"source": "base", "version": "23.0.1", "path": "/usr/lib/python3/dist-packages", "runner": "/usr/lib/python3/dist-packages/pip/__pip-runner__.py"},
         "tag": "cp311-cp311-manylinux_2_36_x86_64",
         "pip_config": {}
     })
