@@ -746,7 +746,9 @@ impl Extractor<'_> {
 }
 
 /// A layer's bytes, decompressed when gzip (by its magic number).
-pub fn decompress<'a>(mut reader: impl BufRead + 'a) -> io::Result<Box<dyn Read + 'a>> {
+pub fn decompress<'a>(
+    mut reader: impl BufRead + Send + 'a,
+) -> io::Result<Box<dyn Read + Send + 'a>> {
     let gzip = reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
     Ok(if gzip {
         Box::new(flate2::bufread::MultiGzDecoder::new(reader))
@@ -755,7 +757,73 @@ pub fn decompress<'a>(mut reader: impl BufRead + 'a) -> io::Result<Box<dyn Read 
     })
 }
 
-fn open_layer(layer: &Path) -> Result<Box<dyn Read>, UnpackError> {
+/// Reads `reader` to its end on a thread of its own, a few chunks ahead
+/// of the caller: inflating a layer overlaps extracting it (as `tar -xz`
+/// runs gzip beside tar). An error reaches the caller after the chunks
+/// read before it.
+pub fn read_ahead(mut reader: impl Read + Send + 'static) -> impl Read {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut n = 0;
+        let r = loop {
+            match reader.read(&mut buf[n..]) {
+                Ok(0) => break Ok(()),
+                Ok(k) => {
+                    n += k;
+                    if n == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(n);
+        let last = n == 0 || r.is_err();
+        if n > 0 && tx.send(Ok(buf)).is_err() {
+            return;
+        }
+        if let Err(e) = r {
+            let _ = tx.send(Err(e));
+        }
+        if last {
+            return;
+        }
+    });
+    ReadAhead {
+        rx,
+        chunk: Vec::new(),
+        pos: 0,
+    }
+}
+
+struct ReadAhead {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(c)) => {
+                    self.chunk = c;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+fn open_layer(layer: &Path) -> Result<Box<dyn Read + Send>, UnpackError> {
     let read_err = |source| UnpackError::Read {
         layer: layer.to_path_buf(),
         source,
@@ -1176,6 +1244,30 @@ mod tests {
     }
 
     #[test]
+    fn read_ahead_gives_the_bytes_then_the_error() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| i as u8).collect();
+        let mut out = Vec::new();
+        read_ahead(io::Cursor::new(data.clone()))
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, data);
+        let failing = io::Cursor::new(data[..1000].to_vec()).chain(FailingReader);
+        let mut r = read_ahead(failing);
+        let mut got = vec![0u8; 1000];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(got, data[..1000]);
+        assert!(r.read(&mut got).is_err());
+    }
+
+    struct FailingReader;
+
+    impl Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::Error::other("broken"))
+        }
+    }
+
+    #[test]
     fn an_interrupted_unpack_leaves_nothing_and_a_finished_one_wins() {
         let work = tempfile::tempdir().unwrap();
         let dest = work.path().join("layers/abc");
@@ -1188,7 +1280,8 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&fs::read(&l).unwrap()).unwrap();
         let gz = gz.finish().unwrap();
-        let mut half = decompress(&gz[..gz.len() / 2]).unwrap();
+        let mut half =
+            read_ahead(decompress(io::Cursor::new(gz[..gz.len() / 2].to_vec())).unwrap());
         assert!(unpack_layer_dir(&mut half, &dest, Path::new("l")).is_err());
         assert!(!dest.exists());
         let left: Vec<_> = fs::read_dir(work.path().join("layers"))

@@ -856,10 +856,9 @@ fn unpack() -> Result<()> {
                     let (b, dest) = (b.clone(), work.path().join(i.to_string()));
                     std::thread::spawn(move || -> Result<()> {
                         let file = std::fs::File::open(&b)?;
-                        let mut r = ftl::rootfs::decompress(std::io::BufReader::with_capacity(
-                            1 << 20,
-                            file,
-                        ))?;
+                        let mut r = ftl::rootfs::read_ahead(ftl::rootfs::decompress(
+                            std::io::BufReader::with_capacity(1 << 20, file),
+                        )?);
                         if as_root {
                             ftl::rootfs::unpack_layer_dir(&mut r, &dest, &b)?;
                         } else {
