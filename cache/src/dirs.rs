@@ -1,6 +1,7 @@
 //! Directories of the cache that builds use in place rather than as blobs:
-//! unpacked base rootfs (`rootfs/<digest>`) and persistent package caches
-//! (`persistent/<name>`: Maven's repository, npm's and pip's caches).
+//! unpacked base layers (`layers/<digest>`) and base rootfs
+//! (`rootfs/<digest>`), and persistent package caches (`persistent/<name>`:
+//! Maven's repository, npm's and pip's caches).
 //!
 //! A build holds a [`Lease`] on each directory it uses: a shared `flock` of
 //! a sibling file `.<name>.lease` whose mtime is the directory's last use.

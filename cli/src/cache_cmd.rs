@@ -43,7 +43,8 @@ pub enum CacheCommand {
 }
 
 /// The cache's directories used in place, under these subdirectories.
-const DIR_KINDS: [(&str, &str); 2] = [
+const DIR_KINDS: [(&str, &str); 3] = [
+    ("layers", "unpacked base layers"),
     ("rootfs", "unpacked base images"),
     ("persistent", "package caches"),
 ];

@@ -479,21 +479,32 @@ fn verification_runs_the_image_on_a_writable_root_and_leaves_the_base_alone() {
     )
     .report();
     assert!(r["verify"].is_object(), "{r:#}");
-    // What the app wrote stayed in its overlay: the cached base rootfs,
-    // shared by every build, is as it was.
-    for rootfs in std::fs::read_dir(cache.path().join("rootfs"))
-        .unwrap()
-        .flatten()
-    {
-        if !rootfs.file_type().unwrap().is_dir()
-            || rootfs.file_name().to_string_lossy().starts_with('.')
+    // What the app wrote stayed in its overlay: the cached base layers
+    // (or, unprivileged, rootfs), shared by every build, are as they were.
+    let mut checked = 0;
+    for kind in ["layers", "rootfs"] {
+        for tree in std::fs::read_dir(cache.path().join(kind))
+            .into_iter()
+            .flatten()
+            .flatten()
         {
-            continue;
+            if !tree.file_type().unwrap().is_dir()
+                || tree.file_name().to_string_lossy().starts_with('.')
+            {
+                continue;
+            }
+            if let Ok(os_release) = std::fs::read_to_string(tree.path().join("etc/os-release")) {
+                assert!(!os_release.contains("changed"), "{os_release}");
+                checked += 1;
+            }
+            assert!(!tree.path().join("etc/ftl-verify-wrote").exists());
         }
-        let os_release = std::fs::read_to_string(rootfs.path().join("etc/os-release")).unwrap();
-        assert!(!os_release.contains("changed"), "{os_release}");
-        assert!(!rootfs.path().join("etc/ftl-verify-wrote").exists());
     }
+    assert!(
+        checked > 0,
+        "no unpacked base in {}",
+        cache.path().display()
+    );
 }
 
 #[test]

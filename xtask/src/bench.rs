@@ -11,6 +11,14 @@
 //!   `FTL_BENCH_STEPS=1` prints each added-dependency build's phases and
 //!   sandboxed steps).
 //! - `node`: the four scenarios on testdata/node/express.
+//! - `unpack`: each test base's layers unpacked as a build's first step
+//!   gets them (ftl pulling from the rig's registry: download, inflate
+//!   and extract overlapped, layers in parallel; and ftl from the local
+//!   blobs), and by GNU tar (`tar -xzf`, one per layer, all at once, from
+//!   the same blobs), into the same filesystem: MB/s of uncompressed layer
+//!   data, and the CPU seconds of ftl and tar from the blobs, medians of
+//!   3 (`FTL_BENCH_RUNS`; `FTL_BENCH_BASES=node,python` picks the bases,
+//!   by default `python`, `node` and any other already built).
 //! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
 //!   wheel set, on the host, in a sandboxed step on the host's network,
 //!   and in egress steps behind slirp4netns and pasta (as root).
@@ -34,14 +42,18 @@ pub fn main(args: &[String]) -> Result<()> {
         "python" => python(),
         "node" => node(),
         "net" => net(),
+        "unpack" => unpack(),
         "all" => {
             layers()?;
             push()?;
             python()?;
             node()?;
+            unpack()?;
             net()
         }
-        other => bail!("unknown benchmark {other:?}: layers, push, python, node, net, all"),
+        other => {
+            bail!("unknown benchmark {other:?}: layers, push, python, node, unpack, net, all")
+        }
     }
 }
 
@@ -721,4 +733,211 @@ fn net() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The bases `unpack` measures: `FTL_BENCH_BASES`, else `python`, `node`
+/// and any other base already built (building one takes minutes).
+fn unpack_bases() -> Vec<String> {
+    use ftl_test_support::base_images::{base_image_dir, BASE_IMAGE_NAMES};
+    if let Some(v) = std::env::var_os("FTL_BENCH_BASES") {
+        return v
+            .to_string_lossy()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+    }
+    BASE_IMAGE_NAMES
+        .iter()
+        .filter(|n| {
+            ["python", "node"].contains(n)
+                || base_image_dir(n).is_ok_and(|d| d.join("index.json").is_file())
+        })
+        .map(|n| n.to_string())
+        .collect()
+}
+
+/// The blobs of `name`'s layers in its OCI layout, bottom first.
+fn layout_layers(name: &str) -> Result<Vec<PathBuf>> {
+    let dir = ftl_test_support::base_images::ensure_base_image(name)?;
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json"))?)?;
+    let manifest = index["manifests"][0]["digest"]
+        .as_str()
+        .context("index.json names no manifest")?;
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(manifest))?)?;
+    Ok(manifest["layers"]
+        .as_array()
+        .context("a manifest without layers")?
+        .iter()
+        .filter_map(|l| l["digest"].as_str().map(blob))
+        .collect())
+}
+
+/// Bytes of a layer's tar stream, decompressed.
+fn uncompressed_bytes(blob: &Path) -> Result<u64> {
+    let file = std::fs::File::open(blob)?;
+    let mut r = ftl::rootfs::decompress(std::io::BufReader::new(file))?;
+    Ok(std::io::copy(&mut r, &mut std::io::sink())?)
+}
+
+fn unpack() -> Result<()> {
+    let bases = unpack_bases();
+    let rig = Rig::start(root().join("target/release/ftl"), &[])?;
+    for name in &bases {
+        ftl_test_support::base_images::push_base_image(
+            name,
+            &rig.registry.host(),
+            &format!("base/{name}"),
+        )?;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    // Same filesystem for all: below the workspace's target directory.
+    let scratch_parent = root().join("target");
+    let rt = tokio::runtime::Runtime::new()?;
+    let client = ftl_registry_client::Client::new(Default::default())?;
+    let platform = ftl_registry_client::default_platform();
+    let runs: usize = std::env::var("FTL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    println!(
+        "\nunpack: base layers into {} ({}), MB/s of uncompressed layer data (wall), \
+         and CPU seconds (user+sys) from local blobs, medians of {runs}",
+        scratch_parent.display(),
+        if as_root {
+            "as root: a directory per layer, whiteouts for overlayfs"
+        } else {
+            "unprivileged: one merged tree, layers in order"
+        }
+    );
+    println!(
+        "{:<14} {:>6} {:>6} {:>6} {:>12} {:>10} {:>11} {:>8} {:>8}",
+        "base",
+        "layers",
+        "gz MB",
+        "tar MB",
+        "ftl registry",
+        "ftl blobs",
+        "GNU tar ||",
+        "ftl cpu",
+        "tar cpu"
+    );
+    for name in &bases {
+        let blobs = layout_layers(name)?;
+        let gz: u64 = blobs
+            .iter()
+            .map(|b| std::fs::metadata(b).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let mut raw = 0;
+        for b in &blobs {
+            raw += uncompressed_bytes(b)?;
+        }
+        let mb = raw as f64 / 1e6;
+        let reference: ftl_registry_client::Reference = rig.base(name).parse()?;
+        let (mut from_registry, mut from_blobs, mut gnu) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ftl_cpu, mut tar_cpu) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            // ftl, pulling from the registry into an empty cache.
+            let work = tempfile::tempdir_in(&scratch_parent)?;
+            let cache = ftl_cache::Cache::open(work.path())?;
+            let t = Instant::now();
+            rt.block_on(ftl::engine::unpack_base(
+                &client,
+                &cache,
+                work.path(),
+                &reference,
+                &platform,
+            ))?;
+            from_registry.push(mb / t.elapsed().as_secs_f64());
+            drop(work);
+
+            // ftl, from the local blobs, layers in parallel.
+            let work = tempfile::tempdir_in(&scratch_parent)?;
+            let t = Instant::now();
+            let cpu = cpu_secs(libc::RUSAGE_SELF);
+            let handles: Vec<_> = blobs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let (b, dest) = (b.clone(), work.path().join(i.to_string()));
+                    std::thread::spawn(move || -> Result<()> {
+                        let file = std::fs::File::open(&b)?;
+                        let mut r = ftl::rootfs::read_ahead(ftl::rootfs::decompress(
+                            std::io::BufReader::with_capacity(1 << 20, file),
+                        )?);
+                        if as_root {
+                            ftl::rootfs::unpack_layer_dir(&mut r, &dest, &b)?;
+                        } else {
+                            std::fs::create_dir_all(&dest)?;
+                            ftl::rootfs::extract(&mut r, &dest, ftl::rootfs::Whiteouts::Apply, &b)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().expect("no panic")?;
+            }
+            from_blobs.push(mb / t.elapsed().as_secs_f64());
+            ftl_cpu.push(cpu_secs(libc::RUSAGE_SELF) - cpu);
+            drop(work);
+
+            // GNU tar, one per layer, all at once.
+            let work = tempfile::tempdir_in(&scratch_parent)?;
+            let t = Instant::now();
+            let cpu = cpu_secs(libc::RUSAGE_CHILDREN);
+            let children: Vec<_> = blobs
+                .iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    let dest = work.path().join(i.to_string());
+                    std::fs::create_dir_all(&dest)?;
+                    Ok(Command::new("tar")
+                        .arg("-xzf")
+                        .arg(b)
+                        .arg("-C")
+                        .arg(&dest)
+                        .spawn()?)
+                })
+                .collect::<Result<_>>()?;
+            for mut c in children {
+                if !c.wait()?.success() {
+                    bail!("tar failed on a layer of {name}");
+                }
+            }
+            gnu.push(mb / t.elapsed().as_secs_f64());
+            tar_cpu.push(cpu_secs(libc::RUSAGE_CHILDREN) - cpu);
+            drop(work);
+        }
+        println!(
+            "{:<14} {:>6} {:>6.0} {:>6.0} {:>12.0} {:>10.0} {:>11.0} {:>8.2} {:>8.2}",
+            name,
+            blobs.len(),
+            gz as f64 / 1e6,
+            mb,
+            median(from_registry),
+            median(from_blobs),
+            median(gnu),
+            median(ftl_cpu),
+            median(tar_cpu)
+        );
+    }
+    Ok(())
+}
+
+/// User plus system CPU seconds of `who` (`RUSAGE_SELF`, `RUSAGE_CHILDREN`).
+fn cpu_secs(who: libc::c_int) -> f64 {
+    // SAFETY: getrusage into a zeroed struct we own.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
 }

@@ -216,51 +216,281 @@ impl BlobSource for RemoteBlobSource {
     }
 }
 
-/// The base rootfs, unpacked on first use and cached by base digest.
+/// Where a base image's layers are, unpacked.
+#[derive(Debug, Clone)]
+pub enum BaseLowers {
+    /// One directory per layer, whiteouts stored for overlayfs
+    /// (`layers/<digest>`, shared by every image with that layer), top
+    /// layer first: the lower directories of an overlay.
+    Layers(Vec<PathBuf>),
+    /// One merged tree of the whole base (`rootfs/<manifest digest>`):
+    /// where layer directories cannot be made (not root: their opaque
+    /// markers are `trusted.*` xattrs) or overlayfs cannot be mounted.
+    Merged(PathBuf),
+}
+
+/// Whether this process can make layer directories and mount overlays of
+/// them: as root. (Unprivileged, overlayfs mounts only inside a user
+/// namespace the sandbox makes, and `trusted.overlay.opaque` cannot be
+/// set: a merged tree stands in.)
+pub(crate) fn layer_dirs_supported() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Unpacks base layer `digest` into `dest` (which must not exist): from
+/// the blob store when the blob is there, else streamed from `repo`
+/// (download, inflate and extract overlapped; no copy of the blob is
+/// kept), its digest checked before the directory is put in place.
+pub async fn unpack_base_layer(
+    client: &Client,
+    cache: &Cache,
+    repo: &Reference,
+    digest: &str,
+    dest: &Path,
+) -> Result<crate::rootfs::UnpackStats, EngineError> {
+    let name = PathBuf::from(digest);
+    let dest = dest.to_path_buf();
+    if let Ok(path) = cache.blobs.get(digest) {
+        return tokio::task::spawn_blocking(move || {
+            let file =
+                std::fs::File::open(&path).map_err(|source| crate::rootfs::UnpackError::Read {
+                    layer: path.clone(),
+                    source,
+                })?;
+            let mut r = crate::rootfs::decompress(io::BufReader::with_capacity(1 << 20, file))
+                .map_err(|source| crate::rootfs::UnpackError::Read {
+                    layer: path.clone(),
+                    source,
+                })?;
+            crate::rootfs::unpack_layer_dir(&mut r, &dest, &path)
+        })
+        .await
+        .map_err(super::join_err)?
+        .map_err(EngineError::from);
+    }
+    let parsed: ftl_registry_client::Digest = digest
+        .parse()
+        .map_err(|_| EngineError::Internal(format!("bad digest {digest}")))?;
+    let stream = client.get_blob(repo, &parsed).await?.into_stream();
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
+    let want = digest.to_string();
+    let base = repo.to_string();
+    // The download: chunks to the extractor, hashed on the way; a bad
+    // digest reaches the extractor as an error before the end of input,
+    // so it never puts the directory in place.
+    let download = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut stream = stream;
+        let mut hasher = Sha256::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(io::Error::other(format!(
+                            "downloading blob {want} from {base} failed: {e}"
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            hasher.update(&chunk);
+            if tx.send(Ok(chunk)).await.is_err() {
+                return; // the extractor gave up
+            }
+        }
+        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if got != want {
+            let _ = tx
+                .send(Err(io::Error::other(format!(
+                    "blob {want} downloaded with digest {got}; {base} served corrupt data"
+                ))))
+                .await;
+        }
+    });
+    let stats = tokio::task::spawn_blocking(move || {
+        let mut raw = ChannelReader {
+            rx,
+            chunk: bytes::Bytes::new(),
+        };
+        let read_err = |source| crate::rootfs::UnpackError::Read {
+            layer: name.clone(),
+            source,
+        };
+        crate::rootfs::unpack_into_place(&dest, |tmp| {
+            let stats = {
+                let mut r =
+                    crate::rootfs::decompress(io::BufReader::with_capacity(1 << 20, &mut raw))
+                        .map_err(read_err)?;
+                let stats =
+                    crate::rootfs::extract(&mut r, tmp, crate::rootfs::Whiteouts::Overlay, &name)?;
+                // The rest (tar padding, gzip trailer): checked too.
+                io::copy(&mut r, &mut io::sink()).map_err(read_err)?;
+                stats
+            };
+            // To the end: the download's verdict on the digest.
+            io::copy(&mut raw, &mut io::sink()).map_err(read_err)?;
+            Ok(stats)
+        })
+    })
+    .await
+    .map_err(super::join_err)?;
+    let _ = download.await;
+    Ok(stats?)
+}
+
+/// A blocking reader of the chunks a download task sends.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    chunk: bytes::Bytes,
+}
+
+impl io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// The base rootfs, unpacked on first use: each layer once per machine
+/// (by layer digest), in parallel; a build's steps get an overlay of the
+/// layers (idmapped views of them when steps run with an id range),
+/// mounted once per build and unmounted when this is dropped.
 pub struct LazyRootfs {
     client: Client,
     cache: Cache,
-    dir: PathBuf,
+    cache_dir: PathBuf,
     base: BaseImage,
-    cell: OnceCell<PathBuf>,
-    /// Held while this build may use the rootfs: `ftl cache gc` leaves it.
-    lease: std::sync::OnceLock<ftl_cache::dirs::Lease>,
+    ids: Option<ftl_sandbox::IdRange>,
+    lowers: OnceCell<BaseLowers>,
+    merged: OnceCell<PathBuf>,
+    root: OnceCell<PathBuf>,
+    /// The steps' overlay: its scratch directory, unmounted on drop.
+    mount: std::sync::Mutex<Option<ImageRootfs>>,
+    /// With the lock that tells [`super::disk::reclaim`] this build lives.
+    scratch: std::sync::Mutex<Option<(tempfile::TempDir, std::fs::File)>>,
+    /// Held while this build may use the directories: `ftl cache gc`
+    /// leaves them.
+    leases: std::sync::Mutex<Vec<ftl_cache::dirs::Lease>>,
+}
+
+impl Drop for LazyRootfs {
+    fn drop(&mut self) {
+        // The overlay first, then its scratch directory.
+        drop(self.mount.lock().map(|mut m| m.take()));
+        drop(self.scratch.lock().map(|mut s| s.take()));
+    }
 }
 
 impl LazyRootfs {
-    pub fn new(client: Client, cache: Cache, dir: PathBuf, base: BaseImage) -> Self {
+    /// A base's rootfs under `cache_dir` (`layers/`, `rootfs/`, `tmp/`);
+    /// `ids`: the host ids steps' root maps to.
+    pub fn new(
+        client: Client,
+        cache: Cache,
+        cache_dir: PathBuf,
+        base: BaseImage,
+        ids: Option<ftl_sandbox::IdRange>,
+    ) -> Self {
         LazyRootfs {
             client,
             cache,
-            dir,
+            cache_dir,
             base,
-            cell: OnceCell::new(),
-            lease: std::sync::OnceLock::new(),
+            ids,
+            lowers: OnceCell::new(),
+            merged: OnceCell::new(),
+            root: OnceCell::new(),
+            mount: std::sync::Mutex::new(None),
+            scratch: std::sync::Mutex::new(None),
+            leases: std::sync::Mutex::new(Vec::new()),
         }
     }
 
-    /// The rootfs path, unpacking it if this machine has not yet.
-    pub async fn ensure(&self) -> Result<PathBuf, EngineError> {
-        self.cell
+    async fn lease(&self, dir: &Path) -> Result<(), EngineError> {
+        // Blocks while a `cache gc` removes the directory.
+        let at = dir.to_path_buf();
+        let lease = tokio::task::spawn_blocking(move || ftl_cache::dirs::lease(&at))
+            .await
+            .map_err(super::join_err)??;
+        self.leases.lock().expect("not poisoned").push(lease);
+        Ok(())
+    }
+
+    /// The base's layers, unpacked if this machine has not yet: layer
+    /// directories as root, else one merged tree.
+    pub async fn lowers(&self) -> Result<BaseLowers, EngineError> {
+        self.lowers
+            .get_or_try_init(|| async {
+                if !layer_dirs_supported() {
+                    return Ok(BaseLowers::Merged(self.merged().await?));
+                }
+                let t = std::time::Instant::now();
+                let dirs = futures_util::future::try_join_all(
+                    self.base.layers.iter().map(|l| self.layer_dir(&l.digest)),
+                )
+                .await?;
+                tracing::debug!(
+                    base = %self.base.reference,
+                    layers = dirs.len(),
+                    ms = t.elapsed().as_millis() as u64,
+                    "base layers ready"
+                );
+                Ok(BaseLowers::Layers(dirs.into_iter().rev().collect()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// `layers/<digest>`, unpacked there if it is not yet.
+    async fn layer_dir(&self, digest: &str) -> Result<PathBuf, EngineError> {
+        let hex = digest.trim_start_matches("sha256:");
+        let dest = self.cache_dir.join("layers").join(hex);
+        self.lease(&dest).await?;
+        // Only a finished unpack is renamed to `dest`.
+        if dest.is_dir() {
+            return Ok(dest);
+        }
+        let stats = unpack_base_layer(
+            &self.client,
+            &self.cache,
+            &self.base.reference,
+            digest,
+            &dest,
+        )
+        .await?;
+        tracing::debug!(
+            layer = digest,
+            entries = stats.entries,
+            bytes = stats.bytes,
+            "unpacked base layer"
+        );
+        Ok(dest)
+    }
+
+    /// The whole base as one merged tree, `rootfs/<manifest digest>`.
+    pub async fn merged(&self) -> Result<PathBuf, EngineError> {
+        self.merged
             .get_or_try_init(|| async {
                 let hex = self.base.info.manifest_digest.trim_start_matches("sha256:");
-                let dest = self.dir.join(hex);
-                // Blocks while a `cache gc` removes this rootfs.
-                let at = dest.clone();
-                let lease = tokio::task::spawn_blocking(move || ftl_cache::dirs::lease(&at))
-                    .await
-                    .map_err(super::join_err)??;
-                let _ = self.lease.set(lease);
+                let dest = self.cache_dir.join("rootfs").join(hex);
+                self.lease(&dest).await?;
                 if dest.join(".ftl-complete").is_file() {
                     return Ok(dest);
                 }
-                let mut paths = Vec::new();
-                for l in &self.base.layers {
-                    paths.push(
-                        fetch_blob(&self.client, &self.cache, &self.base.reference, &l.digest)
-                            .await?,
-                    );
-                }
+                let paths = futures_util::future::try_join_all(self.base.layers.iter().map(|l| {
+                    fetch_blob(&self.client, &self.cache, &self.base.reference, &l.digest)
+                }))
+                .await?;
                 let dest2 = dest.clone();
                 tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
                     if dest2.exists() && !dest2.join(".ftl-complete").is_file() {
@@ -280,11 +510,105 @@ impl LazyRootfs {
             .await
             .cloned()
     }
+
+    /// The root steps run on, unpacking the base if this machine has not
+    /// yet: an overlay of the layer directories mounted for this build
+    /// (its upper directory takes the mountpoints the runtime makes; steps
+    /// see the root read-only), or the merged tree.
+    pub async fn ensure(&self) -> Result<PathBuf, EngineError> {
+        self.root
+            .get_or_try_init(|| async {
+                let dirs = match self.lowers().await? {
+                    BaseLowers::Merged(p) => return Ok(p),
+                    BaseLowers::Layers(dirs) => dirs,
+                };
+                let tmp = self.cache_dir.join("tmp");
+                let ids = self.ids;
+                let mounted = tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&tmp).map_err(|e| {
+                        EngineError::Internal(format!("cannot create {}: {e}", tmp.display()))
+                    })?;
+                    let scratch = tempfile::Builder::new()
+                        .prefix("rootfs-")
+                        .tempdir_in(&tmp)
+                        .map_err(|e| {
+                            EngineError::Internal(format!("cannot create {}: {e}", tmp.display()))
+                        })?;
+                    let lock = scratch_lock(scratch.path()).map_err(|e| {
+                        EngineError::Internal(format!(
+                            "cannot lock {}: {e}",
+                            scratch.path().display()
+                        ))
+                    })?;
+                    let r = mount_layers(&dirs, scratch.path(), ids.as_ref());
+                    Ok::<_, EngineError>(((scratch, lock), r))
+                })
+                .await
+                .map_err(super::join_err)??;
+                let (scratch, r) = mounted;
+                match r {
+                    Ok(root) => {
+                        let path = root.path().to_path_buf();
+                        *self.mount.lock().expect("not poisoned") = Some(root);
+                        *self.scratch.lock().expect("not poisoned") = Some(scratch);
+                        Ok(path)
+                    }
+                    Err(OverlayError::Idmapped(e)) => Err(EngineError::Sandbox(e)),
+                    Err(OverlayError::Plain(e)) => {
+                        tracing::warn!(
+                            base = %self.base.reference,
+                            error = %e,
+                            "overlayfs unavailable: the base rootfs is a merged copy of its layers"
+                        );
+                        self.merged().await
+                    }
+                }
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The lock a build holds on its rootfs scratch directory (`rootfs-*` of
+/// the cache's `tmp`) while it may have the overlay mounted there: a
+/// killed build's is free, and [`super::disk::reclaim`] unmounts and
+/// removes what it left.
+pub(crate) const ROOTFS_SCRATCH_LOCK: &str = ".lock";
+
+fn scratch_lock(scratch: &Path) -> io::Result<std::fs::File> {
+    let f = std::fs::File::create(scratch.join(ROOTFS_SCRATCH_LOCK))?;
+    f.lock()?;
+    Ok(f)
+}
+
+/// Mounts an overlay of layer directories `dirs` (top first) under
+/// `scratch` for steps: writable only through its upper directory in
+/// `scratch` (steps get it read-only; the runtime makes mountpoints in it).
+fn mount_layers(
+    dirs: &[PathBuf],
+    scratch: &Path,
+    ids: Option<&ftl_sandbox::IdRange>,
+) -> Result<ImageRootfs, OverlayError> {
+    let rw = scratch.join("rw");
+    let merged = scratch.join("merged");
+    let empty = scratch.join("empty");
+    for d in [&rw.join("upper"), &rw.join("work"), &merged, &empty] {
+        std::fs::create_dir_all(d).map_err(OverlayError::Plain)?;
+    }
+    let mut lowers: Vec<&Path> = dirs.iter().map(|d| d.as_path()).collect();
+    if lowers.is_empty() {
+        lowers.push(&empty);
+    }
+    overlay(&lowers, &rw, &merged, scratch, ids)?;
+    Ok(ImageRootfs {
+        path: merged,
+        mounted: true,
+    })
 }
 
 /// A writable rootfs of the whole image for verification: an overlay of
-/// our layers (unpacked into `scratch`) on the cached base rootfs, or a
-/// full copy where overlayfs is not available. Unmounted on drop.
+/// our layers (unpacked under `scratch`) on the base's, or a full copy
+/// where overlayfs is not available. Unmounted on drop.
 pub struct ImageRootfs {
     path: PathBuf,
     mounted: bool,
@@ -309,21 +633,54 @@ impl Drop for ImageRootfs {
     }
 }
 
+/// The image's root for verification: our `layers` (blobs, bottom first)
+/// over `base`. As root each of ours unpacks into a layer directory of
+/// `scratch` (whiteouts kept for overlayfs); otherwise they merge into
+/// one. Where overlayfs cannot be mounted, the whole image is copied:
+/// the merged base and ours applied on it, or, over layer directories,
+/// the base's blobs (`base_blobs`, fetched only then) and ours unpacked
+/// into one tree.
 pub fn image_rootfs(
-    base_rootfs: &Path,
+    base: &BaseLowers,
     layers: &[PathBuf],
     scratch: &Path,
     ids: Option<&ftl_sandbox::IdRange>,
+    base_blobs: &dyn Fn() -> Result<Vec<PathBuf>, EngineError>,
 ) -> Result<ImageRootfs, EngineError> {
-    let upper_layers = scratch.join("layers");
-    crate::rootfs::unpack_rootfs(layers, &upper_layers)?;
+    let mut lowers: Vec<PathBuf> = Vec::new();
+    if layer_dirs_supported() {
+        for (i, l) in layers.iter().enumerate().rev() {
+            let dir = scratch.join(format!("layer-{i}"));
+            let file =
+                std::fs::File::open(l).map_err(|source| crate::rootfs::UnpackError::Read {
+                    layer: l.clone(),
+                    source,
+                })?;
+            let mut r = crate::rootfs::decompress(io::BufReader::with_capacity(1 << 20, file))
+                .map_err(|source| crate::rootfs::UnpackError::Read {
+                    layer: l.clone(),
+                    source,
+                })?;
+            crate::rootfs::unpack_layer_dir(&mut r, &dir, l)?;
+            lowers.push(dir);
+        }
+    } else {
+        let ours = scratch.join("layers");
+        crate::rootfs::unpack_rootfs(layers, &ours)?;
+        lowers.push(ours);
+    }
+    match base {
+        BaseLowers::Layers(dirs) => lowers.extend(dirs.iter().cloned()),
+        BaseLowers::Merged(p) => lowers.push(p.clone()),
+    }
     let rw = scratch.join("rw");
     let (upper, work, merged) = (rw.join("upper"), rw.join("work"), scratch.join("merged"));
     for d in [&upper, &work, &merged] {
         std::fs::create_dir_all(d)
             .map_err(|e| EngineError::Internal(format!("cannot create {}: {e}", d.display())))?;
     }
-    let mount_error = match overlay(&[&upper_layers, base_rootfs], &rw, &merged, scratch, ids) {
+    let lower_refs: Vec<&Path> = lowers.iter().map(|p| p.as_path()).collect();
+    let mount_error = match overlay(&lower_refs, &rw, &merged, scratch, ids) {
         Ok(()) => {
             return Ok(ImageRootfs {
                 path: merged,
@@ -333,23 +690,33 @@ pub fn image_rootfs(
         Err(e @ OverlayError::Idmapped(_)) => return Err(EngineError::Sandbox(e.to_string())),
         Err(OverlayError::Plain(e)) => e,
     };
-    tracing::debug!(error = %mount_error, "overlayfs unavailable; copying the base rootfs");
     let copy = scratch.join("copy");
-    let status = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(base_rootfs)
-        .arg(&copy)
-        .status()
-        .map_err(|e| EngineError::Internal(format!("cannot copy the base rootfs: {e}")))?;
-    if !status.success() {
-        return Err(EngineError::Internal(format!(
-            "copying {} failed",
-            base_rootfs.display()
-        )));
-    }
-    let mut stats = crate::rootfs::UnpackStats::default();
-    for l in layers {
-        crate::rootfs::apply_layer(&copy, l, &mut stats)?;
+    match base {
+        BaseLowers::Merged(base_rootfs) => {
+            tracing::debug!(error = %mount_error, "overlayfs unavailable; copying the base rootfs");
+            let status = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(base_rootfs)
+                .arg(&copy)
+                .status()
+                .map_err(|e| EngineError::Internal(format!("cannot copy the base rootfs: {e}")))?;
+            if !status.success() {
+                return Err(EngineError::Internal(format!(
+                    "copying {} failed",
+                    base_rootfs.display()
+                )));
+            }
+            let mut stats = crate::rootfs::UnpackStats::default();
+            for l in layers {
+                crate::rootfs::apply_layer(&copy, l, &mut stats)?;
+            }
+        }
+        BaseLowers::Layers(_) => {
+            tracing::warn!(error = %mount_error, "overlayfs unavailable: verifying on a merged copy of the image");
+            let mut all = base_blobs()?;
+            all.extend(layers.iter().cloned());
+            crate::rootfs::unpack_rootfs(&all, &copy)?;
+        }
     }
     Ok(ImageRootfs {
         path: copy,

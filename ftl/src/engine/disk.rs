@@ -490,7 +490,8 @@ fn unmount_below(dir: &Path) {
 /// Removes what killed builds left in `cache_dir`: the volumes of
 /// processes that are gone, unmounted and their images deleted (with the
 /// directory of a verification or a package cache's view, and everything
-/// mounted in it). Returns the paths it cleaned.
+/// mounted in it), and the overlays of base layers their steps ran on.
+/// Returns the paths it cleaned.
 pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
     let mut cleaned = Vec::new();
     if unavailable().is_some() {
@@ -508,6 +509,29 @@ pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
             Ok(true) => cleaned.push(mountpoint),
             Ok(false) => {}
             Err(e) => warn(e),
+        }
+    }
+    // A build's overlay of its base's layers, mounted beside the lock the
+    // build held.
+    for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with("rootfs-") {
+            continue;
+        }
+        let free = std::fs::File::options()
+            .write(true)
+            .open(dir.join(super::base::ROOTFS_SCRATCH_LOCK))
+            .is_ok_and(|f| f.try_lock().is_ok());
+        if free {
+            unmount_below(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(
+                    error = %e,
+                    dir = %dir.display(),
+                    "cannot remove a killed build's scratch"
+                );
+            }
+            cleaned.push(dir);
         }
     }
     // The volume (`rw`) of a verification or a package cache's view lies

@@ -32,7 +32,30 @@ use crate::layer::{write_layer_to_store, LayerSettings, OCI_LAYER_GZIP};
 use crate::plugin::*;
 use crate::source::SourceTree;
 
-pub use base::{BaseImage, RemoteBlobSource};
+pub use base::{BaseImage, BaseLowers, RemoteBlobSource};
+
+/// Unpacks base image `reference`'s layers as a build's steps get them,
+/// into `cache_dir` (the blob store `cache`'s root): each layer once into
+/// `layers/<digest>` as root (downloads, inflates and extracts overlapped,
+/// layers in parallel), else one merged tree `rootfs/<digest>`. For
+/// benchmarks and tools; a build does this only when a step runs.
+pub async fn unpack_base(
+    client: &Client,
+    cache: &Cache,
+    cache_dir: &Path,
+    reference: &Reference,
+    platform: &Platform,
+) -> Result<BaseLowers, EngineError> {
+    let base = BaseImage::resolve(client, reference, platform, cache).await?;
+    let rootfs = base::LazyRootfs::new(
+        client.clone(),
+        cache.clone(),
+        cache_dir.to_path_buf(),
+        base,
+        None,
+    );
+    rootfs.lowers().await
+}
 pub use disk::{
     human_bytes, reclaim as reclaim_volumes, DiskLimits, DEFAULT_CACHE_BYTES, DEFAULT_SCRATCH_BYTES,
 };
@@ -466,8 +489,9 @@ impl Engine {
         let rootfs = Arc::new(base::LazyRootfs::new(
             self.client.clone(),
             self.cache.clone(),
-            self.settings.cache_dir.join("rootfs"),
+            self.settings.cache_dir.clone(),
             base.clone(),
+            self.runtime.id_range(),
         ));
         let exec = Arc::new(SandboxExec {
             runtime: self.runtime.clone(),
@@ -995,7 +1019,8 @@ impl Engine {
                 observer.event(&Event::PhaseFinished("push", t.elapsed()));
                 timer.record("push", t.elapsed());
                 if let Some(spec) = &req.verify {
-                    let blobs = self.local_blobs(&composed, base).await?;
+                    // Verification reads only our layers' blobs.
+                    let blobs = self.local_blobs(&composed, base, false).await?;
                     verify = Some(
                         self.verify_phase(
                             &composed,
@@ -1314,18 +1339,20 @@ impl Engine {
         Ok(report)
     }
 
-    /// Every layer's bytes as a local file (for exports and verification):
-    /// base layers and registry-cache hits are downloaded into the blob
-    /// store once.
+    /// Every layer's bytes as a local file (for exports and verification;
+    /// base layers only `with_base`): base layers and registry-cache hits
+    /// are downloaded into the blob store once.
     async fn local_blobs(
         &self,
         image: &crate::image::ComposedImage,
         base: &BaseImage,
+        with_base: bool,
     ) -> Result<HashMap<String, PathBuf>, EngineError> {
         let mut out = HashMap::new();
         for l in &image.layers {
             let path = match &l.origin {
                 LayerOrigin::Local { path } => path.clone(),
+                LayerOrigin::Base { .. } if !with_base => continue,
                 LayerOrigin::Base { .. } => {
                     base::fetch_blob(&self.client, &self.cache, &base.reference, &l.digest).await?
                 }
@@ -1355,7 +1382,7 @@ impl Engine {
         timer: &Timer,
         observer: &Arc<dyn Observer>,
     ) -> Result<(HashMap<String, PathBuf>, Option<VerifyReport>), EngineError> {
-        let blobs = self.local_blobs(image, base).await?;
+        let blobs = self.local_blobs(image, base, true).await?;
         let verified = match &req.verify {
             Some(spec) => Some(
                 self.verify_phase(
@@ -1404,8 +1431,27 @@ impl Engine {
         cancel: &CancelFlag,
         blobs: &HashMap<String, PathBuf>,
     ) -> Result<VerifyReport, EngineError> {
-        let base_rootfs = rootfs.ensure().await?;
+        let base_lowers = rootfs.lowers().await?;
         let cancel = cancel.clone();
+        // The base's blobs, only for a copy where overlayfs is unavailable.
+        let (client, cache, handle) = (
+            self.client.clone(),
+            self.cache.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let (base_ref, base_digests): (Reference, Vec<String>) = (
+            base.reference.clone(),
+            base.layers.iter().map(|l| l.digest.clone()).collect(),
+        );
+        let base_blobs = move || {
+            handle.block_on(async {
+                let mut out = Vec::new();
+                for d in &base_digests {
+                    out.push(base::fetch_blob(&client, &cache, &base_ref, d).await?);
+                }
+                Ok(out)
+            })
+        };
         let ours: Vec<PathBuf> = image.layers[base.layers.len()..]
             .iter()
             .map(|l| blobs[&l.digest].clone())
@@ -1428,7 +1474,13 @@ impl Engine {
             // What the app writes to its root (the overlay's upper
             // directory) goes to a volume of its own.
             let rw = disk::verify_volume(scratch.path(), limit);
-            let root = base::image_rootfs(&base_rootfs, &ours, scratch.path(), ids.as_ref())?;
+            let root = base::image_rootfs(
+                &base_lowers,
+                &ours,
+                scratch.path(),
+                ids.as_ref(),
+                &base_blobs,
+            )?;
             // Cancelled while the root was made: the app never starts.
             let result = if cancel.is_cancelled() {
                 Err(EngineError::Cancelled)
@@ -1667,8 +1719,9 @@ impl SandboxExec {
                         let lazy = base::LazyRootfs::new(
                             self.client.clone(),
                             self.cache.clone(),
-                            self.cache_dir.join("rootfs"),
+                            self.cache_dir.clone(),
                             image,
+                            self.runtime.id_range(),
                         );
                         let i = Arc::new((lazy, env));
                         self.images

@@ -114,8 +114,25 @@ impl SandboxRuntime {
                 writable: m.writable,
             })
             .collect();
-        spec_for_step(&step)
+        let mut spec = spec_for_step(&step);
+        // A root the runtime cannot read is its error to report.
+        if premapped(rootfs, &self.ids).unwrap_or(false) {
+            if let Some(a) = spec.annotations_mut() {
+                a.remove(ftl_sandbox::ROOTFS_IDMAP);
+            }
+        }
+        spec
     }
+}
+
+/// Whether `rootfs` is an overlay the engine made of idmapped layers
+/// (the base's for steps, the image's for verification): it already reads
+/// as owned by the step's root, so the runtime must not idmap it again
+/// (overlayfs cannot be idmapped itself). Such a root is owned by the
+/// step's root's host uid; a tree on disk is owned by host root.
+fn premapped(rootfs: &Path, ids: &ftl_sandbox::IdRange) -> std::io::Result<bool> {
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(rootfs)?);
+    Ok(ids.uid != 0 && uid == ids.uid)
 }
 
 impl StepRuntime for SandboxRuntime {
@@ -232,14 +249,8 @@ impl StepRuntime for SandboxRuntime {
             (step.uid, step.gid) = resolve_user(rootfs, user);
         }
         let mut spec = spec_for_step(&step);
-        // The engine's overlay of idmapped layers already reads as owned by
-        // the step's root: no second idmap of the root (overlayfs cannot be
-        // idmapped itself).
-        if std::os::unix::fs::MetadataExt::uid(
-            &std::fs::metadata(rootfs).map_err(|e| {
-                EngineError::Internal(format!("cannot read {}: {e}", rootfs.display()))
-            })?,
-        ) == self.ids.uid
+        if premapped(rootfs, &self.ids)
+            .map_err(|e| EngineError::Internal(format!("cannot read {}: {e}", rootfs.display())))?
         {
             if let Some(a) = spec.annotations_mut() {
                 a.remove(ftl_sandbox::ROOTFS_IDMAP);
