@@ -855,6 +855,9 @@ pub fn unpack_into_place<T>(
         source,
     };
     fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
+    // The trees keep the image's setuid files and its world-writable
+    // directories: no other user of this machine may reach them.
+    make_private(parent).map_err(|e| werr(parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(parent)
@@ -878,6 +881,18 @@ pub fn unpack_into_place<T>(
     Ok(out)
 }
 
+/// Makes `dir` (ours) searchable by its owner alone; a directory of
+/// another owner (a shared parent) is left as it is.
+fn make_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(dir)?;
+    // SAFETY: geteuid has no preconditions.
+    if m.uid() == unsafe { libc::geteuid() } && m.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Removes a tree this module made.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
     fs::remove_dir_all(path)
@@ -893,6 +908,50 @@ pub fn unpack_rootfs(layers: &[PathBuf], dest: &Path) -> Result<UnpackStats, Unp
         }
         Ok(stats)
     })
+}
+
+/// [`unpack_rootfs`], then `marker` (a file name at the tree's root) made
+/// an empty regular file of ours before the tree is renamed into place:
+/// whatever the image put at that name (a symlink to a host file) is
+/// removed first, never followed.
+pub fn unpack_rootfs_marked(
+    layers: &[PathBuf],
+    dest: &Path,
+    marker: &str,
+) -> Result<UnpackStats, UnpackError> {
+    unpack_into_place(dest, |tmp| {
+        let mut stats = UnpackStats::default();
+        for layer in layers {
+            apply_layer(tmp, layer, &mut stats)?;
+        }
+        let path = tmp.join(marker);
+        let werr = |source| UnpackError::Write {
+            layer: PathBuf::new(),
+            entry: marker.to_string(),
+            path: path.clone(),
+            source,
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(werr)?,
+            Ok(_) => fs::remove_file(&path).map_err(werr)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(werr(e)),
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o644)
+            .open(&path)
+            .map_err(werr)?;
+        Ok(stats)
+    })
+}
+
+/// Whether `dest/marker` is a regular file (not followed if a link).
+pub fn is_marked(dest: &Path, marker: &str) -> bool {
+    fs::symlink_metadata(dest.join(marker)).is_ok_and(|m| m.is_file())
 }
 
 /// Unpacks one layer into its own directory `dest` (which must not
@@ -978,6 +1037,52 @@ mod tests {
             b""
         };
         b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn another_user_cannot_reach_an_unpacked_setuid_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = layer(tmp.path(), "l.tar", |b| {
+            file_with(b, "usr/bin/x", b"#!/bin/sh\n", 0o4755, 0, 0, 1);
+            dir(b, "tmp", 0o1777, 1);
+        });
+        let shared = tmp.path().join("cache");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let parent = shared.join("layers");
+        unpack_dir(&l, &parent.join("abc")).unwrap();
+        let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "layers/ is {mode:o}");
+        // Also when the directory was there before, open to all.
+        fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
+        unpack_rootfs(&[l], &parent.join("def")).unwrap();
+        let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "layers/ is {mode:o}");
+    }
+
+    #[test]
+    fn a_base_whose_marker_name_links_to_a_host_file_cannot_truncate_it() {
+        // The merged tree's completion marker was written after the tree
+        // was in place, through whatever the image left at its name.
+        let tmp = tempfile::tempdir().unwrap();
+        let victim = tmp.path().join("authorized_keys");
+        fs::write(&victim, b"ssh-ed25519 AAAA host key\n").unwrap();
+        let target = victim.display().to_string();
+        let l = layer(tmp.path(), "l.tar", |b| {
+            file(b, "etc/hostname", b"base\n");
+            link(b, tar::EntryType::Symlink, ".ftl-complete", &target);
+        });
+        let dest = tmp.path().join("rootfs/abc");
+        unpack_rootfs_marked(&[l], &dest, ".ftl-complete").unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"ssh-ed25519 AAAA host key\n");
+        let m = fs::symlink_metadata(dest.join(".ftl-complete")).unwrap();
+        assert!(m.is_file() && m.len() == 0, "the marker is ftl's own file");
+        assert!(is_marked(&dest, ".ftl-complete"));
+        // A link at the marker's name does not count as the marker.
+        let other = tmp.path().join("other");
+        fs::create_dir(&other).unwrap();
+        std::os::unix::fs::symlink(&victim, other.join(".ftl-complete")).unwrap();
+        assert!(!is_marked(&other, ".ftl-complete"));
     }
 
     fn unpack_dir(layer: &Path, dest: &Path) -> Result<UnpackStats, UnpackError> {

@@ -273,7 +273,9 @@ pub async fn unpack_base_layer(
         .parse()
         .map_err(|_| EngineError::Internal(format!("bad digest {digest}")))?;
     let stream = client.get_blob(repo, &parsed).await?.into_stream();
-    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
+    // `Some(chunk)`, then `None` once the digest matched: a channel that
+    // closes without it (the task dropped at shutdown) is no verdict.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Option<bytes::Bytes>>>(64);
     let want = digest.to_string();
     let base = repo.to_string();
     // The download: chunks to the extractor, hashed on the way; a bad
@@ -296,23 +298,25 @@ pub async fn unpack_base_layer(
                 }
             };
             hasher.update(&chunk);
-            if tx.send(Ok(chunk)).await.is_err() {
+            if tx.send(Ok(Some(chunk))).await.is_err() {
                 return; // the extractor gave up
             }
         }
         let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if got != want {
-            let _ = tx
-                .send(Err(io::Error::other(format!(
-                    "blob {want} downloaded with digest {got}; {base} served corrupt data"
-                ))))
-                .await;
-        }
+        let verdict = if got == want {
+            Ok(None)
+        } else {
+            Err(io::Error::other(format!(
+                "blob {want} downloaded with digest {got}; {base} served corrupt data"
+            )))
+        };
+        let _ = tx.send(verdict).await;
     });
     let stats = tokio::task::spawn_blocking(move || {
         let mut raw = ChannelReader {
             rx,
             chunk: bytes::Bytes::new(),
+            verified: false,
         };
         let read_err = |source| crate::rootfs::UnpackError::Read {
             layer: name.clone(),
@@ -340,19 +344,29 @@ pub async fn unpack_base_layer(
     Ok(stats?)
 }
 
-/// A blocking reader of the chunks a download task sends.
+/// A blocking reader of the chunks a download task sends: its end is the
+/// task's word that the digest matched, never just a closed channel.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<bytes::Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<io::Result<Option<bytes::Bytes>>>,
     chunk: bytes::Bytes,
+    verified: bool,
 }
 
 impl io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
+            if self.verified {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                Some(Ok(c)) => self.chunk = c,
+                Some(Ok(Some(c))) => self.chunk = c,
+                Some(Ok(None)) => self.verified = true,
                 Some(Err(e)) => return Err(e),
-                None => return Ok(0),
+                None => {
+                    return Err(io::Error::other(
+                        "the download stopped before its digest was checked",
+                    ))
+                }
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -360,6 +374,10 @@ impl io::Read for ChannelReader {
         Ok(n)
     }
 }
+
+/// The file at the root of a merged base tree that says it is complete
+/// (trees of older versions of ftl were unpacked in place).
+const MERGED_COMPLETE: &str = ".ftl-complete";
 
 /// The base rootfs, unpacked on first use: each layer once per machine
 /// (by layer digest), in parallel; a build's steps get an overlay of the
@@ -484,7 +502,7 @@ impl LazyRootfs {
                 let hex = self.base.info.manifest_digest.trim_start_matches("sha256:");
                 let dest = self.cache_dir.join("rootfs").join(hex);
                 self.lease(&dest).await?;
-                if dest.join(".ftl-complete").is_file() {
+                if crate::rootfs::is_marked(&dest, MERGED_COMPLETE) {
                     return Ok(dest);
                 }
                 let paths = futures_util::future::try_join_all(self.base.layers.iter().map(|l| {
@@ -493,14 +511,18 @@ impl LazyRootfs {
                 .await?;
                 let dest2 = dest.clone();
                 tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
-                    if dest2.exists() && !dest2.join(".ftl-complete").is_file() {
+                    if std::fs::symlink_metadata(&dest2).is_ok()
+                        && !crate::rootfs::is_marked(&dest2, MERGED_COMPLETE)
+                    {
                         // A rootfs from an interrupted older layout; rebuild.
                         let _ = std::fs::remove_dir_all(&dest2);
                     }
-                    crate::rootfs::unpack_rootfs(&paths, &dest2)?;
-                    // Marker outside the image's own paths; the sandbox
-                    // root is read-only, so it never reaches a layer.
-                    let _ = std::fs::write(dest2.join(".ftl-complete"), b"");
+                    // The marker is made in the tree before it is renamed
+                    // into place (an image's own entry of that name, a link
+                    // to a host file, is removed, never written through);
+                    // the sandbox root is read-only, so it never reaches a
+                    // layer.
+                    crate::rootfs::unpack_rootfs_marked(&paths, &dest2, MERGED_COMPLETE)?;
                     Ok(())
                 })
                 .await
@@ -775,8 +797,11 @@ pub(crate) fn overlay(
         .map(|d| d.display().to_string())
         .collect::<Vec<_>>()
         .join(":");
+    // Whatever the kernel's defaults: no redirect or metacopy xattr of a
+    // lower layer is followed (the extractor writes none, and steps cannot
+    // set trusted.* xattrs; this keeps it so).
     let opts = format!(
-        "lowerdir={lowerdir},upperdir={},workdir={}",
+        "lowerdir={lowerdir},upperdir={},workdir={},redirect_dir=nofollow,metacopy=off",
         upper.display(),
         rw.join("work").display()
     );

@@ -62,7 +62,12 @@ fn resolve_user(rootfs: &Path, user: &str) -> (u32, u32) {
         .split_once(':')
         .map(|(u, g)| (u, Some(g)))
         .unwrap_or((user, None));
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    // Read on the host: beneath the rootfs and without following a link
+    // the image left there (to a host file, or to /dev/zero).
+    let passwd = crate::beneath::Dir::open(rootfs)
+        .and_then(|d| d.read(Path::new("etc/passwd")))
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     let lookup = |name: &str| -> Option<(u32, u32)> {
         passwd.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
@@ -442,6 +447,25 @@ fn http_status(mut s: TcpStream, path: &str) -> Option<u16> {
 mod tests {
     use super::*;
     use std::net::TcpListener;
+
+    #[test]
+    fn an_image_user_is_not_looked_up_through_a_link_to_a_host_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path().join("host-passwd");
+        std::fs::write(&host, "app:x:4242:4343::/:/bin/sh\n").unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::os::unix::fs::symlink(&host, rootfs.join("etc/passwd")).unwrap();
+        assert_eq!(
+            resolve_user(&rootfs, "app"),
+            (0, 0),
+            "the host file was read"
+        );
+        std::fs::remove_file(rootfs.join("etc/passwd")).unwrap();
+        std::fs::copy(&host, rootfs.join("etc/passwd")).unwrap();
+        assert_eq!(resolve_user(&rootfs, "app"), (4242, 4343));
+        assert_eq!(resolve_user(&rootfs, "7:8"), (7, 8));
+    }
 
     /// A busybox rootfs in `dir` (the sandbox's own tests use the same).
     fn busybox_rootfs(dir: &Path) -> PathBuf {
