@@ -56,8 +56,10 @@
 //! | `node.install_timeout` | `1200` | seconds an install (or `gcp-build`) may take |
 //! | `node.gcp_build` | `true` | run the `gcp-build` script when package.json has one |
 //! | `node.app_scripts` | `true` | run the root lifecycle scripts (`postinstall`, `prepare`, ...) and ship what they write into the app directory |
+//! | `node.split` | `true` | split `node_modules` into layers by package (at most 32 and the rest); `false`: one layer |
 
 mod entrypoint;
+mod groups;
 mod install;
 pub mod npmrc;
 pub mod package;
@@ -107,6 +109,8 @@ pub struct Settings {
     /// Run the root package's lifecycle scripts (`postinstall`,
     /// `prepare`, ...) and ship what they write into the app directory.
     pub app_scripts: bool,
+    /// Split `node_modules` into layers by package (see `groups`).
+    pub split: bool,
 }
 
 impl Default for Settings {
@@ -115,6 +119,7 @@ impl Default for Settings {
             install_timeout: Duration::from_secs(1200),
             gcp_build: true,
             app_scripts: true,
+            split: true,
         }
     }
 }
@@ -136,21 +141,22 @@ impl Settings {
                             .map_err(|_| bad("expected a number of seconds"))?,
                     )
                 }
-                "gcp_build" | "app_scripts" => {
+                "gcp_build" | "app_scripts" | "split" => {
                     let on = match value.as_str() {
                         "true" | "1" | "yes" => true,
                         "false" | "0" | "no" => false,
                         _ => return Err(bad("expected true or false")),
                     };
-                    if key == "gcp_build" {
-                        s.gcp_build = on
-                    } else {
-                        s.app_scripts = on
+                    match key {
+                        "gcp_build" => s.gcp_build = on,
+                        "split" => s.split = on,
+                        _ => s.app_scripts = on,
                     }
                 }
                 _ => {
-                    return Err(bad("unknown setting")
-                        .hint("known: node.install_timeout, node.gcp_build, node.app_scripts"))
+                    return Err(bad("unknown setting").hint(
+                        "known: node.install_timeout, node.gcp_build, node.app_scripts, node.split",
+                    ))
                 }
             }
         }
