@@ -10,7 +10,11 @@
 //!   (`FTL_BENCH_ONLY_APPENGINE=1`, `FTL_BENCH_ONLY_BUILDAH=1` narrow it;
 //!   `FTL_BENCH_STEPS=1` prints each added-dependency build's phases and
 //!   sandboxed steps).
-//! - `node`: the four scenarios on testdata/node/express.
+//! - `node`: the four scenarios on testdata/node/express, and the host's
+//!   `npm ci --omit=dev` into an empty directory with an empty cache.
+//!
+//! `FTL_BENCH_BIN=PATH` runs another ftl binary (a baseline's) instead of
+//! building this one.
 //! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
 //!   wheel set, on the host, in a sandboxed step on the host's network,
 //!   and in egress steps behind slirp4netns and pasta (as root).

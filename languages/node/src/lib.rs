@@ -6,7 +6,15 @@
 //! placed at `<app_dir>/node_modules`, then the app's source at the app
 //! directory (after the `gcp-build` script, when package.json has one).
 //!
-//! The dependency layer's key names the lockfile's bytes, the fields of
+//! With a package-lock.json (or npm-shrinkwrap.json) of version 2 or 3,
+//! `node_modules` is split after the install into up to 32 layers of
+//! packages and the `node_modules` layer holding the rest (`.bin`, npm's
+//! hidden lockfile), so that an added package rebuilds and uploads the
+//! few groups it changes (`src/groups.rs` says how groups are chosen and keyed,
+//! and which lockfiles install into one layer instead; the report's
+//! `plan.node_modules` says which way a build went).
+//!
+//! The `node_modules` layer's key names the lockfile's bytes, the fields of
 //! package.json that change what is installed, the node and npm (or yarn)
 //! of the base image (read by a probe that runs the base's node), the
 //! platform, the C/C++ toolchain native modules compile with, and the npm
