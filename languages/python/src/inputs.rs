@@ -279,22 +279,7 @@ mod tests {
     use super::*;
 
     fn env() -> BTreeMap<String, String> {
-        [
-            ("implementation_name", "cpython"),
-            ("implementation_version", "3.11.2"),
-            ("os_name", "posix"),
-            ("platform_machine", "x86_64"),
-            ("platform_python_implementation", "CPython"),
-            ("platform_release", "6.1.0"),
-            ("platform_system", "Linux"),
-            ("platform_version", "#1 SMP"),
-            ("python_full_version", "3.11.2"),
-            ("python_version", "3.11"),
-            ("sys_platform", "linux"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::requirements::bookworm_markers()
     }
 
     const UV_LOCK: &str = r#"version = 1

@@ -1057,6 +1057,28 @@ pub fn parse_pipfile_lock(file: &Path, text: &str) -> Result<RequirementSet, Plu
     Ok(set)
 }
 
+/// The PEP 508 environment of Debian bookworm's CPython 3.11 on x86-64,
+/// for tests.
+#[cfg(test)]
+pub(crate) fn bookworm_markers() -> BTreeMap<String, String> {
+    [
+        ("implementation_name", "cpython"),
+        ("implementation_version", "3.11.2"),
+        ("os_name", "posix"),
+        ("platform_machine", "x86_64"),
+        ("platform_python_implementation", "CPython"),
+        ("platform_release", "6.1.0-18-amd64"),
+        ("platform_system", "Linux"),
+        ("platform_version", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1"),
+        ("python_full_version", "3.11.2"),
+        ("python_version", "3.11"),
+        ("sys_platform", "linux"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1173,22 +1195,7 @@ mod tests {
     }
 
     fn env() -> BTreeMap<String, String> {
-        [
-            ("implementation_name", "cpython"),
-            ("implementation_version", "3.11.2"),
-            ("os_name", "posix"),
-            ("platform_machine", "x86_64"),
-            ("platform_python_implementation", "CPython"),
-            ("platform_release", "6.1.0-18-amd64"),
-            ("platform_system", "Linux"),
-            ("platform_version", "#1 SMP PREEMPT_DYNAMIC Debian 6.1.76-1"),
-            ("python_full_version", "3.11.2"),
-            ("python_version", "3.11"),
-            ("sys_platform", "linux"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        crate::requirements::bookworm_markers()
     }
 
     fn holds(marker: &str, env: &BTreeMap<String, String>) -> bool {
