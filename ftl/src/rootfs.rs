@@ -855,9 +855,6 @@ pub fn unpack_into_place<T>(
         source,
     };
     fs::create_dir_all(parent).map_err(|e| werr(parent, e))?;
-    // The trees keep the image's setuid files and its world-writable
-    // directories: no other user of this machine may reach them.
-    make_private(parent).map_err(|e| werr(parent, e))?;
     let tmp = tempfile::Builder::new()
         .prefix(".unpack-")
         .tempdir_in(parent)
@@ -881,10 +878,15 @@ pub fn unpack_into_place<T>(
     Ok(out)
 }
 
-/// Makes `dir` (ours) searchable by its owner alone; a directory of
-/// another owner (a shared parent) is left as it is.
-fn make_private(dir: &Path) -> io::Result<()> {
+/// Makes `dir` (created if missing) searchable by its owner alone, when it
+/// is ours; a directory of another owner (a shared parent) is left as it
+/// is. For the parents of trees that keep an image's setuid files and
+/// world-writable directories, which no other user of this machine may
+/// reach. Not for a tree a container is started on directly: its setup
+/// walks the path as the container's root.
+pub fn make_private(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
+    fs::create_dir_all(dir)?;
     let m = fs::metadata(dir)?;
     // SAFETY: geteuid has no preconditions.
     if m.uid() == unsafe { libc::geteuid() } && m.permissions().mode() & 0o077 != 0 {
@@ -1049,15 +1051,23 @@ mod tests {
         let shared = tmp.path().join("cache");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        // What the engine does before unpacking a base layer there.
         let parent = shared.join("layers");
+        make_private(&parent).unwrap();
         unpack_dir(&l, &parent.join("abc")).unwrap();
         let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "layers/ is {mode:o}");
         // Also when the directory was there before, open to all.
         fs::set_permissions(&parent, fs::Permissions::from_mode(0o755)).unwrap();
-        unpack_rootfs(&[l], &parent.join("def")).unwrap();
+        make_private(&parent).unwrap();
+        unpack_dir(&l, &parent.join("def")).unwrap();
         let mode = fs::metadata(&parent).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "layers/ is {mode:o}");
+        let setuid = fs::metadata(parent.join("def/usr/bin/x"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(setuid & 0o4000, 0o4000, "the image's own mode is kept");
     }
 
     #[test]

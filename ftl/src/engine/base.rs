@@ -472,7 +472,13 @@ impl LazyRootfs {
     /// `layers/<digest>`, unpacked there if it is not yet.
     async fn layer_dir(&self, digest: &str) -> Result<PathBuf, EngineError> {
         let hex = digest.trim_start_matches("sha256:");
-        let dest = self.cache_dir.join("layers").join(hex);
+        let parent = self.cache_dir.join("layers");
+        // Layers keep the image's setuid files: only the mounter (root,
+        // through idmapped views) reaches them, never another user.
+        crate::rootfs::make_private(&parent).map_err(|e| {
+            EngineError::Internal(format!("cannot prepare {}: {e}", parent.display()))
+        })?;
+        let dest = parent.join(hex);
         self.lease(&dest).await?;
         // Only a finished unpack is renamed to `dest`.
         if dest.is_dir() {
