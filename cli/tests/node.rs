@@ -44,19 +44,6 @@ fn shared_cache() -> SharedCache {
     )
 }
 
-/// The name of the `node_modules` group layer holding the top-level
-/// package `pkg` (`"ms@"`).
-fn group_of(report: &serde_json::Value, pkg: &str) -> String {
-    app_layers(report)
-        .into_iter()
-        .map(|l| l.0)
-        .find(|n| {
-            n.strip_prefix("node_modules: ")
-                .is_some_and(|l| l.split([',', ' ']).any(|p| p.starts_with(pkg)))
-        })
-        .unwrap_or_else(|| panic!("no node_modules group with {pkg}: {report:#}"))
-}
-
 fn layer_digest(report: &serde_json::Value, name: &str) -> String {
     app_layers(report)
         .into_iter()
@@ -174,16 +161,12 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
         .report();
     assert_eq!(cold["verify"]["status"], 200, "{cold:#}");
     let names: Vec<String> = app_layers(&cold).into_iter().map(|l| l.0).collect();
-    assert_eq!(names.last().map(String::as_str), Some("app"), "{names:?}");
-    assert_eq!(names[names.len() - 2], "node_modules", "{names:?}");
-    assert!(names.len() > 20 && names.len() <= 34, "{names:?}");
+    assert_eq!(names, ["node_modules", "app"]);
     assert_eq!(built(&cold), names);
-    assert_eq!(cold["plan"]["node_modules"]["layers"], names.len() - 1);
 
-    // node_modules is at /srv/node_modules, in layers by package; the
-    // source's own node_modules (testdata has a stale one) and nothing of
-    // dev tooling ships in the app.
-    let deps = layer_files(rig, &layer_digest(&cold, &group_of(&cold, "express@")));
+    // node_modules is at /srv/node_modules; the source's own node_modules
+    // (testdata has a stale one) and nothing of dev tooling ships in the app.
+    let deps = layer_files(rig, &layer_digest(&cold, "node_modules"));
     assert!(
         deps.iter()
             .any(|f| f == "srv/node_modules/express/package.json"),
@@ -215,10 +198,6 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
         layer_digest(&change, "node_modules"),
         layer_digest(&cold, "node_modules")
     );
-    assert_eq!(
-        layer_digest(&change, &group_of(&change, "express@")),
-        layer_digest(&cold, &group_of(&cold, "express@"))
-    );
     assert_ne!(change["digest"], cold["digest"]);
 
     // Lockfile change (one more dependency): the dependency layer is
@@ -231,19 +210,8 @@ fn express_builds_verifies_and_rebuilds_incrementally() {
         .build(cache.path(), &app, &base, &image, &["--verify"])
         .report();
     assert_eq!(dep["verify"]["status"], 200, "{dep:#}");
-    // The groups of what the package adds or moves (ms; debug, which now
-    // nests ms 2.0.0; send, which no longer does), the rest layer, the app.
-    let rebuilt = built(&dep);
-    assert!(rebuilt.len() <= 6, "{rebuilt:?}");
-    for pkg in ["ms@", "debug@", "send@"] {
-        assert!(rebuilt.contains(&group_of(&dep, pkg)), "{pkg}: {rebuilt:?}");
-    }
-    assert!(
-        rebuilt.ends_with(&["node_modules".to_string(), "app".to_string()]),
-        "{rebuilt:?}"
-    );
-    assert_eq!(uploaded(&dep), rebuilt);
-    let deps = layer_files(rig, &layer_digest(&dep, &group_of(&dep, "ms@")));
+    assert_eq!(built(&dep), ["node_modules", "app"]);
+    let deps = layer_files(rig, &layer_digest(&dep, "node_modules"));
     assert!(
         deps.iter().any(|f| f == "srv/node_modules/ms/package.json"),
         "{deps:?}"
@@ -439,7 +407,7 @@ fn native_module_builds_with_the_base_toolchain() {
         )
         .report();
     assert_eq!(r["verify"]["status"], 200, "{r:#}");
-    let deps = layer_files(rig, &layer_digest(&r, &group_of(&r, "epoll@")));
+    let deps = layer_files(rig, &layer_digest(&r, "node_modules"));
     assert!(deps.iter().any(|f| f.starts_with("srv/node_modules/epoll/build/Release/") && f.ends_with(".node")), "{deps:?}");
 }
 
@@ -483,21 +451,17 @@ fn a_native_module_compiled_on_one_base_is_not_reused_on_another() {
     let first = rig
         .build(cache.path(), &app, &rig.base("node-build"), &image, &[])
         .report();
-    let epoll = group_of(&first, "epoll@");
-    assert!(built(&first).contains(&epoll), "{first:#}");
+    assert!(
+        built(&first).iter().any(|n| n == "node_modules"),
+        "{first:#}"
+    );
     let second = rig
         .build(cache.path(), &app, &rebased, &image, &["--verify"])
         .report();
     assert_eq!(second["verify"]["status"], 200, "{second:#}");
     assert!(
-        built(&second).contains(&epoll),
+        built(&second).iter().any(|n| n == "node_modules"),
         "an addon compiled on another base was reused: {second:#}"
-    );
-    // Only the group where node-gyp built the addon is per base: the
-    // others (bindings, file-uri-to-path, ...) are reused.
-    assert!(
-        app_layers(&second).len() - built(&second).len() >= 1,
-        "{second:#}"
     );
     let again = rig
         .build(cache.path(), &app, &rig.base("node-build"), &image, &[])
@@ -983,150 +947,4 @@ fn yarn_lock_installs_with_the_base_yarn() {
         )
         .report();
     assert_eq!(again["layers_built"], 0);
-}
-
-/// The files below `srv/node_modules` of the layers of `report` whose
-/// names start with `node_modules`, applied in order (extracted by tar
-/// into one directory): path -> kind, mode and link target or content
-/// digest.
-fn node_modules_tree(rig: &Rig, report: &serde_json::Value) -> Vec<(String, String)> {
-    use sha2::Digest;
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    for (name, digest, ..) in app_layers(report) {
-        if !name.starts_with("node_modules") {
-            continue;
-        }
-        let hex = digest.trim_start_matches("sha256:");
-        let blob = rig
-            .registry
-            .storage_dir()
-            .join("docker/registry/v2/blobs/sha256")
-            .join(&hex[..2])
-            .join(hex)
-            .join("data");
-        let st = Command::new("tar")
-            .args(["xzf"])
-            .arg(&blob)
-            .args(["--same-permissions", "--no-same-owner", "-C"])
-            .arg(dir.path())
-            .status()
-            .unwrap();
-        assert!(st.success(), "tar xzf {}", blob.display());
-    }
-    let root = dir.path().join("srv/node_modules");
-    let mut out = Vec::new();
-    let mut stack = vec![root.clone()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(&root).unwrap().display().to_string();
-            let md = std::fs::symlink_metadata(&p).unwrap();
-            let mode = md.permissions().mode() & 0o7777;
-            let what = if md.file_type().is_symlink() {
-                format!("link -> {}", std::fs::read_link(&p).unwrap().display())
-            } else if md.is_dir() {
-                stack.push(p.clone());
-                format!("dir {mode:o}")
-            } else {
-                let bytes = std::fs::read(&p).unwrap();
-                format!(
-                    "file {mode:o} {}",
-                    hex::encode(sha2::Sha256::digest(&bytes))
-                )
-            };
-            out.push((rel, what));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Asserts the two trees are the same, naming the first differences.
-fn assert_same_tree(split: &[(String, String)], one: &[(String, String)], what: &str) {
-    let a: std::collections::BTreeMap<_, _> = split.iter().cloned().collect();
-    let b: std::collections::BTreeMap<_, _> = one.iter().cloned().collect();
-    let diff: Vec<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, v)| format!("split {k}: {v} / npm ci: {:?}", b.get(k)))
-        .chain(
-            b.iter()
-                .filter(|(k, _)| !a.contains_key(*k))
-                .map(|(k, v)| format!("only npm ci {k}: {v}")),
-        )
-        .take(10)
-        .collect();
-    assert!(
-        diff.is_empty(),
-        "{what}: the trees differ:\n{}",
-        diff.join("\n")
-    );
-    assert!(a.len() > 3, "{what}: {a:?}");
-}
-
-/// Issue 13: `node_modules` in layers by package is, file by file (paths,
-/// modes, link targets, contents), the tree one `npm ci --omit=dev` gives
-/// (`--set node.split=false`): for Express after one added dependency
-/// (most groups reused from the build before it), the native module
-/// (its addon compiled by an install script) and the `gcp-build` sample.
-#[test]
-fn node_modules_in_groups_is_the_tree_npm_ci_gives() {
-    let rig = rig();
-    let cache = shared_cache();
-    let one = ["--set", "node.split=false"];
-
-    let (_tmp, app) = copy_app("express");
-    let image = rig.image("node/tree-express:e2e");
-    let base = rig.base("node");
-    rig.build(cache.path(), &app, &base, &image, &[]).report();
-    for f in ["package.json", "package-lock.json"] {
-        std::fs::copy(testdata("express-plus-ms").join(f), app.join(f)).unwrap();
-    }
-    let split = rig.build(cache.path(), &app, &base, &image, &[]).report();
-    assert!(built(&split).len() <= 6, "{split:#}");
-    let whole = rig
-        .build(
-            cache.path(),
-            &app,
-            &base,
-            &rig.image("node/tree-express-one:e2e"),
-            &one,
-        )
-        .report();
-    assert_eq!(whole["plan"]["node_modules"]["split"], false, "{whole:#}");
-    let names: Vec<String> = app_layers(&whole).into_iter().map(|l| l.0).collect();
-    assert_eq!(names, ["node_modules", "app"]);
-    assert_same_tree(
-        &node_modules_tree(rig, &split),
-        &node_modules_tree(rig, &whole),
-        "express-plus-ms",
-    );
-
-    for (sample, base) in [("native", "node-build"), ("gcp-build", "node")] {
-        let base = rig.base(base);
-        let split = rig
-            .build(
-                cache.path(),
-                &testdata(sample),
-                &base,
-                &rig.image(&format!("node/tree-{sample}:e2e")),
-                &[],
-            )
-            .report();
-        let whole = rig
-            .build(
-                cache.path(),
-                &testdata(sample),
-                &base,
-                &rig.image(&format!("node/tree-{sample}-one:e2e")),
-                &one,
-            )
-            .report();
-        assert_same_tree(
-            &node_modules_tree(rig, &split),
-            &node_modules_tree(rig, &whole),
-            sample,
-        );
-    }
 }

@@ -10,8 +10,7 @@
 //!   (`FTL_BENCH_ONLY_APPENGINE=1`, `FTL_BENCH_ONLY_BUILDAH=1` narrow it;
 //!   `FTL_BENCH_STEPS=1` prints each added-dependency build's phases and
 //!   sandboxed steps).
-//! - `node`: the four scenarios on testdata/node/express, and the host's
-//!   `npm ci --omit=dev` into an empty directory with an empty cache.
+//! - `node`: the four scenarios on testdata/node/express.
 //! - `unpack`: each test base's layers unpacked as a build's first step
 //!   gets them (ftl pulling from the rig's registry: download, inflate
 //!   and extract overlapped, layers in parallel; and ftl from the local
@@ -23,9 +22,6 @@
 //! - `net`: `pip download` of testdata/python/flask's lock and of a ~67 MB
 //!   wheel set, on the host, in a sandboxed step on the host's network,
 //!   and in egress steps behind slirp4netns and pasta (as root).
-//!
-//! `FTL_BENCH_BIN=PATH` runs another ftl binary (a baseline's) instead of
-//! building this one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -572,42 +568,6 @@ fn node() -> Result<()> {
     table.print(&format!(
         "node: testdata/node/express, medians of {runs} runs (whole `ftl build` process)"
     ));
-    // The reference for a cold build: the host's npm installing the same
-    // lockfile into an empty directory with an empty cache.
-    let mut host = Vec::new();
-    for i in 0..runs {
-        let dir = work.path().join(format!("host-npm-{i}"));
-        std::fs::create_dir_all(&dir)?;
-        for f in ["package.json", "package-lock.json"] {
-            std::fs::copy(root().join("testdata/node/express").join(f), dir.join(f))?;
-        }
-        let mut cmd = Command::new("npm");
-        cmd.args(["ci", "--omit=dev", "--no-audit", "--no-fund", "--cache"])
-            .arg(dir.join("cache"))
-            .current_dir(&dir);
-        if let Some(ca) = std::env::var_os("SSL_CERT_FILE") {
-            cmd.env("NODE_EXTRA_CA_CERTS", ca);
-        }
-        let t = Instant::now();
-        let out = cmd.output().context("npm on the host")?;
-        if !out.status.success() {
-            println!(
-                "host npm ci failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return Ok(());
-        }
-        host.push(t.elapsed().as_secs_f64() * 1000.0);
-    }
-    println!(
-        "host `npm ci --omit=dev` (npm {}) into an empty directory with an empty cache: {:.0} ms (median of {runs})",
-        Command::new("npm")
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default(),
-        median(host)
-    );
     Ok(())
 }
 

@@ -38,10 +38,6 @@ fn ensure_deps() -> Result<()> {
 
 /// Builds the ftl binary (release) and returns its path.
 fn build_ftl() -> Result<PathBuf> {
-    // A prebuilt binary (another revision's, to compare against).
-    if let Some(bin) = std::env::var_os("FTL_BENCH_BIN") {
-        return Ok(PathBuf::from(bin));
-    }
     run(Command::new(env!("CARGO")).current_dir(root()).args([
         "build",
         "--release",

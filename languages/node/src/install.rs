@@ -1,7 +1,6 @@
 //! The build steps: production dependencies (npm ci / yarn in the sandbox)
 //! and the app after its `gcp-build` script.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -473,80 +472,16 @@ fn package_in(line: &str) -> Option<String> {
     Some(package_name(spec))
 }
 
-/// What one layer of the dependency step holds.
-#[derive(Debug, Clone)]
-pub(crate) enum Part {
-    /// The packages below these top-level directories of `node_modules`.
-    Group(BTreeSet<String>),
-    /// The rest of `node_modules`: with `split`, what no group holds
-    /// (`.bin`, `.package-lock.json`, what no lock entry names); without,
-    /// all of it.
-    Rest { split: bool },
-}
-
 /// Installs the production dependencies from package.json and the lockfile
-/// only (no app source), and returns `node_modules`: one layer, or the
-/// groups of [`crate::groups`] and the rest.
+/// only (no app source), and returns `node_modules`.
 pub(crate) struct DepsStep {
     plan: Arc<InstallPlan>,
-    /// The step's layers (indices into the plan's layers) and what each
-    /// holds.
-    parts: Vec<(usize, Part)>,
 }
 
 impl DepsStep {
-    pub(crate) fn new(plan: Arc<InstallPlan>, parts: Vec<(usize, Part)>) -> Self {
-        DepsStep { plan, parts }
+    pub(crate) fn new(plan: Arc<InstallPlan>) -> Self {
+        DepsStep { plan }
     }
-}
-
-/// The files of the installed `node_modules` (relative to it), by the
-/// top-level directory that holds them (`a`, `@s/b`) and, under `None`,
-/// the top-level entries that are not package directories (`.bin`,
-/// `.package-lock.json`, a link).
-struct Installed {
-    tops: BTreeMap<String, Vec<PathBuf>>,
-    other: Vec<(PathBuf, Kind)>,
-    /// The files below `other`'s directories, and those among it.
-    other_files: Vec<PathBuf>,
-}
-
-fn installed(dir: &Dir) -> Result<Installed, ftl::BeneathError> {
-    let mut out = Installed {
-        tops: BTreeMap::new(),
-        other: Vec::new(),
-        other_files: Vec::new(),
-    };
-    dir.walk::<ftl::BeneathError>(&mut |rel, node| {
-        let parts: Vec<String> = rel
-            .components()
-            .map(|c| c.as_os_str().to_string_lossy().into_owned())
-            .collect();
-        let scoped = parts[0].starts_with('@');
-        let depth = if scoped { 2 } else { 1 };
-        if scoped && parts.len() == 1 && node.kind == Kind::Dir {
-            return Ok(true);
-        }
-        if parts.len() == depth || (scoped && parts.len() == 1) {
-            if node.kind == Kind::Dir && !parts[0].starts_with('.') {
-                out.tops.insert(parts.join("/"), Vec::new());
-                return Ok(true);
-            }
-            out.other.push((rel.to_path_buf(), node.kind));
-            if node.kind == Kind::File {
-                out.other_files.push(rel.to_path_buf());
-            }
-            return Ok(true);
-        }
-        if node.kind == Kind::File {
-            match out.tops.get_mut(&parts[..depth.min(parts.len())].join("/")) {
-                Some(files) => files.push(rel.to_path_buf()),
-                None => out.other_files.push(rel.to_path_buf()),
-            }
-        }
-        Ok(true)
-    })?;
-    Ok(out)
 }
 
 impl BuildStep for DepsStep {
@@ -594,129 +529,25 @@ impl BuildStep for DepsStep {
             }
         }
         let to = format!("{}/node_modules", plan.app_dir.trim_end_matches('/'));
-        let modules = app.join("node_modules");
-        let read_err = |e: ftl::BeneathError| {
-            PluginError::new(format!(
-                "cannot read {}: {}",
-                modules.display(),
-                ftl::error_chain(&e)
-            ))
-        };
-        let mdir = Dir::open(&modules).map_err(read_err)?;
-        let tree = installed(&mdir).map_err(read_err)?;
-        let grouped: BTreeSet<&String> = self
-            .parts
-            .iter()
-            .filter_map(|(_, p)| match p {
-                Part::Group(tops) => Some(tops),
-                Part::Rest { .. } => None,
-            })
-            .flatten()
-            .collect();
-        let mut out = Vec::new();
-        for &i in wanted {
-            let Some((_, part)) = self.parts.iter().find(|(j, _)| *j == i) else {
-                return Err(PluginError::new(format!(
-                    "internal: layer {i} is not one of the dependency step's"
-                )));
-            };
-            // Keyed by node and the toolchain's version, not the base:
-            // reused on any base with the same ones, unless it holds an
-            // addon compiled here, which may need more of this base.
-            let (inputs, files, what) = match part {
-                Part::Rest { split: false } => {
-                    let mut files: Vec<PathBuf> = tree.tops.values().flatten().cloned().collect();
-                    files.extend(tree.other_files.iter().cloned());
-                    (
-                        vec![LayerInput::Tree {
-                            from: Beneath::new(&app, "node_modules"),
-                            to: to.clone(),
-                        }],
-                        files,
-                        "node_modules".to_string(),
-                    )
-                }
-                Part::Group(tops) => {
-                    let mut inputs = Vec::new();
-                    let mut files = Vec::new();
-                    for (top, f) in tree.tops.iter().filter(|(t, _)| tops.contains(*t)) {
-                        inputs.push(LayerInput::Tree {
-                            from: Beneath::new(&app, Path::new("node_modules").join(top)),
-                            to: format!("{to}/{top}"),
-                        });
-                        files.extend(f.iter().cloned());
-                    }
-                    let names: Vec<&str> = tops.iter().map(String::as_str).collect();
-                    (inputs, files, names.join(", "))
-                }
-                Part::Rest { split: true } => {
-                    // node_modules itself, even when it is empty.
-                    let empty = ctx.scratch.join("empty");
-                    std::fs::create_dir_all(&empty)
-                        .map_err(|e| io_err("cannot create", &empty, e))?;
-                    let mut inputs = vec![LayerInput::Tree {
-                        from: Beneath::root(&empty),
-                        to: to.clone(),
-                    }];
-                    let mut files = tree.other_files.clone();
-                    let mut single = Vec::new();
-                    for (rel, kind) in &tree.other {
-                        if *kind == Kind::Dir {
-                            inputs.push(LayerInput::Tree {
-                                from: Beneath::new(&app, Path::new("node_modules").join(rel)),
-                                to: format!("{to}/{}", rel.display()),
-                            });
-                        } else {
-                            single.push(rel.clone());
-                        }
-                    }
-                    for (top, f) in tree.tops.iter().filter(|(t, _)| !grouped.contains(t)) {
-                        // A directory no lock entry names (an install
-                        // script made it).
-                        inputs.push(LayerInput::Tree {
-                            from: Beneath::new(&app, Path::new("node_modules").join(top)),
-                            to: format!("{to}/{top}"),
-                        });
-                        files.extend(f.iter().cloned());
-                    }
-                    if !single.is_empty() {
-                        inputs.push(LayerInput::Files {
-                            root: Beneath::new(&app, "node_modules"),
-                            to: to.clone(),
-                            paths: single,
-                        });
-                    }
-                    (inputs, files, "node_modules".to_string())
-                }
-            };
-            let why = compiled_in(&mdir, &files).map_err(read_err)?;
-            if let Some(why) = &why {
-                tracing::info!(reason = %why, layer = %what, "node_modules compiled on this base: its layer is reused on this base image only");
-            }
-            let mut c = LayerContents::new(inputs);
-            c.root_dependent = why.is_some();
-            out.push((i, c));
+        // Keyed by node and the toolchain's version, not the base: reused
+        // on any base with the same ones, unless it holds an addon
+        // compiled here, which may need more of this base.
+        let why = compiled_here(&app.join("node_modules"))?;
+        if let Some(why) = &why {
+            tracing::info!(reason = %why, "node_modules compiled on this base: its layer is reused on this base image only");
         }
-        Ok(out)
+        Ok(wanted
+            .iter()
+            .map(|&i| {
+                let mut c = LayerContents::new(vec![LayerInput::Tree {
+                    from: Beneath::new(&app, "node_modules"),
+                    to: to.clone(),
+                }]);
+                c.root_dependent = why.is_some();
+                (i, c)
+            })
+            .collect())
     }
-}
-
-/// Why the `files` of the `node_modules` open at `dir` hold code compiled
-/// on the build's root, in words; `None` when they hold none (see
-/// [`compiled_here`]).
-fn compiled_in(dir: &Dir, files: &[PathBuf]) -> Result<Option<String>, ftl::BeneathError> {
-    if let Some(gyp) = files.iter().find(|f| f.ends_with("build/config.gypi")) {
-        return Ok(Some(format!(
-            "node-gyp built an addon here ({})",
-            gyp.display()
-        )));
-    }
-    let of = dir
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    Ok(ftl::native::foreign_needs(dir, files)?.map(|n| format!("{n}, which is not in {of}")))
 }
 
 /// Why the `node_modules` at `modules` (as an install left it; no link
@@ -736,14 +567,30 @@ pub(crate) fn compiled_here(modules: &Path) -> Result<Option<String>, PluginErro
     };
     let dir = Dir::open(modules).map_err(read_err)?;
     let mut files = Vec::new();
+    let mut gyp = None;
     dir.walk::<ftl::BeneathError>(&mut |rel, node| {
         if node.kind == Kind::File {
+            if gyp.is_none() && rel.ends_with("build/config.gypi") {
+                gyp = Some(rel.to_path_buf());
+            }
             files.push(rel.to_path_buf());
         }
         Ok(true)
     })
     .map_err(read_err)?;
-    compiled_in(&dir, &files).map_err(read_err)
+    if let Some(gyp) = gyp {
+        return Ok(Some(format!(
+            "node-gyp built an addon here ({})",
+            gyp.display()
+        )));
+    }
+    let of = modules
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(ftl::native::foreign_needs(&dir, &files)
+        .map_err(read_err)?
+        .map(|n| format!("{n}, which is not in {of}")))
 }
 
 /// A snapshot of a tree's entries (no link followed): kind, size, inode and

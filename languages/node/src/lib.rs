@@ -6,15 +6,7 @@
 //! placed at `<app_dir>/node_modules`, then the app's source at the app
 //! directory (after the `gcp-build` script, when package.json has one).
 //!
-//! With a package-lock.json (or npm-shrinkwrap.json) of version 2 or 3,
-//! `node_modules` is split after the install into up to 32 layers of
-//! packages and the `node_modules` layer holding the rest (`.bin`, npm's
-//! hidden lockfile), so that an added package rebuilds and uploads the
-//! few groups it changes (`src/groups.rs` says how groups are chosen and keyed,
-//! and which lockfiles install into one layer instead; the report's
-//! `plan.node_modules` says which way a build went).
-//!
-//! The `node_modules` layer's key names the lockfile's bytes, the fields of
+//! The dependency layer's key names the lockfile's bytes, the fields of
 //! package.json that change what is installed, the node and npm (or yarn)
 //! of the base image (read by a probe that runs the base's node), the
 //! platform, the C/C++ toolchain native modules compile with, and the npm
@@ -64,10 +56,8 @@
 //! | `node.install_timeout` | `1200` | seconds an install (or `gcp-build`) may take |
 //! | `node.gcp_build` | `true` | run the `gcp-build` script when package.json has one |
 //! | `node.app_scripts` | `true` | run the root lifecycle scripts (`postinstall`, `prepare`, ...) and ship what they write into the app directory |
-//! | `node.split` | `true` | split `node_modules` into layers by package (at most 32 and the rest); `false`: one layer |
 
 mod entrypoint;
-mod groups;
 mod install;
 pub mod npmrc;
 pub mod package;
@@ -117,8 +107,6 @@ pub struct Settings {
     /// Run the root package's lifecycle scripts (`postinstall`,
     /// `prepare`, ...) and ship what they write into the app directory.
     pub app_scripts: bool,
-    /// Split `node_modules` into layers by package (see `groups`).
-    pub split: bool,
 }
 
 impl Default for Settings {
@@ -127,7 +115,6 @@ impl Default for Settings {
             install_timeout: Duration::from_secs(1200),
             gcp_build: true,
             app_scripts: true,
-            split: true,
         }
     }
 }
@@ -149,22 +136,21 @@ impl Settings {
                             .map_err(|_| bad("expected a number of seconds"))?,
                     )
                 }
-                "gcp_build" | "app_scripts" | "split" => {
+                "gcp_build" | "app_scripts" => {
                     let on = match value.as_str() {
                         "true" | "1" | "yes" => true,
                         "false" | "0" | "no" => false,
                         _ => return Err(bad("expected true or false")),
                     };
-                    match key {
-                        "gcp_build" => s.gcp_build = on,
-                        "split" => s.split = on,
-                        _ => s.app_scripts = on,
+                    if key == "gcp_build" {
+                        s.gcp_build = on
+                    } else {
+                        s.app_scripts = on
                     }
                 }
                 _ => {
-                    return Err(bad("unknown setting").hint(
-                        "known: node.install_timeout, node.gcp_build, node.app_scripts, node.split",
-                    ))
+                    return Err(bad("unknown setting")
+                        .hint("known: node.install_timeout, node.gcp_build, node.app_scripts"))
                 }
             }
         }

@@ -11,8 +11,7 @@ use ftl::{
 use serde_json::{json, Value};
 
 use crate::entrypoint;
-use crate::groups;
-use crate::install::{DepsStep, GcpBuildStep, InstallPlan, Manager, Part, ScriptsStep};
+use crate::install::{DepsStep, GcpBuildStep, InstallPlan, Manager, ScriptsStep};
 use crate::npmrc::{is_secret, Npmrc};
 use crate::package::{check_npm_lock_in_sync, find_lockfile, LockKind, PackageJson};
 use crate::probe;
@@ -22,8 +21,7 @@ use crate::Settings;
 /// `node_modules` with an addon compiled on the base is recorded for that
 /// base only ([`ftl::LayerContents::root_dependent`]); version 1 entries
 /// may hold one under the runtime's key alone, so they are never read.
-/// 3: `node_modules` split into groups of packages ([`crate::groups`]).
-pub const KEY_VERSION: u32 = 3;
+pub const KEY_VERSION: u32 = 2;
 pub(crate) const PLUGIN: &str = "node";
 
 /// `npm_config_*` / `NPM_CONFIG_*` variables of the base config: npm in the
@@ -191,80 +189,25 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
         notes: serde_json::Value::Null,
         warnings: Vec::new(),
     };
-    let mut notes = serde_json::Map::new();
     let lock_name = lock
         .as_ref()
         .map(|l| l.kind.file())
         .unwrap_or("no lockfile");
     if pkg.has_prod_deps() {
-        let groups = if settings.split {
-            groups::split(lock.as_ref())
-        } else {
-            Err("node.split=false".to_string())
-        };
-        let created_by = format!(
-            "ftl node: {} ({lock_name}) in {app_dir}",
-            manager.install_command(lock.is_some(), true)
-        );
-        let step = plan.steps.len();
-        let mut parts = Vec::new();
-        match &groups {
-            Ok(groups) => {
-                // A group is keyed by its lock entries and the install's
-                // identity, not by the lockfile or package.json as a whole.
-                let mut identity = common.clone();
-                if let Some(o) = identity.as_object_mut() {
-                    o.remove("lockfile");
-                    o.remove("package");
-                }
-                identity["omit"] = json!(["dev"]);
-                for g in groups {
-                    let mut doc = identity.clone();
-                    doc["layer"] = json!("node_modules group");
-                    doc["group"] = g.key_doc.clone();
-                    parts.push((plan.layers.len(), Part::Group(g.tops.clone())));
-                    plan.layers.push(PlannedLayer {
-                        name: format!("node_modules: {}", g.label),
-                        key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
-                        pinned,
-                        step,
-                        created_by: created_by.clone(),
-                    });
-                }
-                notes.insert(
-                    "node_modules".into(),
-                    json!({"layers": groups.len() + 1, "split": "by package, a stable hash of each top-level directory into one of 32 groups"}),
-                );
-            }
-            Err(why) => {
-                notes.insert(
-                    "node_modules".into(),
-                    json!({"layers": 1, "split": false, "why": why}),
-                );
-            }
-        }
         let mut doc = common.clone();
-        doc["layer"] = json!(if groups.is_ok() {
-            "node_modules rest"
-        } else {
-            "node_modules"
-        });
+        doc["layer"] = json!("node_modules");
         doc["omit"] = json!(["dev"]);
-        parts.push((
-            plan.layers.len(),
-            Part::Rest {
-                split: groups.is_ok(),
-            },
-        ));
+        plan.steps.push(Box::new(DepsStep::new(install.clone())));
         plan.layers.push(PlannedLayer {
             name: "node_modules".into(),
             key: CacheKey::new(PLUGIN, KEY_VERSION, doc),
             pinned,
-            step,
-            created_by,
+            step: plan.steps.len() - 1,
+            created_by: format!(
+                "ftl node: {} ({lock_name}) in {app_dir}",
+                manager.install_command(lock.is_some(), true)
+            ),
         });
-        plan.steps
-            .push(Box::new(DepsStep::new(install.clone(), parts)));
     }
 
     let app_source = source.without(excluded_from_app);
@@ -329,9 +272,6 @@ pub(crate) fn plan(ctx: &PlanContext<'_>, settings: &Settings) -> Result<LayerPl
     let ep = entrypoint::find(source, ctx.options.entrypoint.as_deref(), &pkg)?;
     tracing::debug!(entrypoint = ?ep.argv, from = %ep.source, "entrypoint");
     plan.warnings.extend(ep.warning.clone());
-    if !notes.is_empty() {
-        plan.notes = Value::Object(notes);
-    }
     plan.config = ConfigPatch {
         env: vec![
             ("PORT".into(), "8080".into()),
