@@ -32,6 +32,33 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+/// `mount_setattr(2)` of the detached tree `fd`: sets `attr_set` (with the
+/// user namespace `userns_fd` for an idmap), recursively with
+/// [`AT_RECURSIVE`] in `rec`.
+fn set_attr(fd: &OwnedFd, attr_set: u64, userns_fd: u64, rec: libc::c_uint) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd,
+    };
+    // SAFETY: mount_setattr on our fd with a correctly sized struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A detached clone of `source` (recursive or not), idmapped with the user
 /// namespace `userns`.
 pub(crate) fn idmapped_tree(
@@ -63,25 +90,7 @@ pub(crate) fn idmapped_tree(
     }
     // SAFETY: a fresh fd we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns as u64,
-    };
-    // SAFETY: mount_setattr on our fd with a correctly sized struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | rec,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = set_attr(&fd, MOUNT_ATTR_IDMAP, userns as u64, rec) {
         let hint = if e.raw_os_error() == Some(libc::EINVAL) {
             " (the filesystem does not support idmapped mounts)"
         } else {
@@ -169,29 +178,12 @@ pub fn bind_idmapped(source: &Path, target: &Path, ns: &UserNs) -> Result<(), Sa
     let dst = CString::new(target.as_os_str().as_bytes())
         .map_err(|_| SandboxError::spec("idmap", "a path contains a NUL byte"))?;
     let tree = idmapped_tree(&src, true, ns.0.as_raw_fd())?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    // SAFETY: mount_setattr on our detached tree with a correctly sized struct.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_EMPTY_PATH as libc::c_uint | AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    if r != 0 {
-        return Err(SandboxError::sys(
+    set_attr(&tree, MOUNT_ATTR_RDONLY, 0, AT_RECURSIVE).map_err(|e| {
+        SandboxError::sys(
             format!("making the idmapped view of {} read-only", source.display()),
-            io::Error::last_os_error(),
-        ));
-    }
+            e,
+        )
+    })?;
     // SAFETY: move_mount of our detached mount onto a NUL-terminated path.
     let r = unsafe {
         libc::syscall(

@@ -469,6 +469,18 @@ fn images_in(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
         .collect()
 }
 
+/// Unmounts what a killed build left mounted below `dir`, then removes it.
+fn remove_scratch(dir: &Path) {
+    unmount_below(dir);
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!(
+            error = %e,
+            dir = %dir.display(),
+            "cannot remove a killed build's scratch"
+        );
+    }
+}
+
 /// Unmounts everything mounted at or below `dir`, deepest first.
 fn unmount_below(dir: &Path) {
     let Ok(dir) = std::fs::canonicalize(dir) else {
@@ -523,14 +535,7 @@ pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
             .open(dir.join(super::base::ROOTFS_SCRATCH_LOCK))
             .is_ok_and(|f| f.try_lock().is_ok());
         if free {
-            unmount_below(&dir);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!(
-                    error = %e,
-                    dir = %dir.display(),
-                    "cannot remove a killed build's scratch"
-                );
-            }
+            remove_scratch(&dir);
             cleaned.push(dir);
         }
     }
@@ -548,14 +553,7 @@ pub fn reclaim(cache_dir: &Path) -> Vec<PathBuf> {
         }
         match volume::reclaim(&dir.join(".rw.img"), &dir.join("rw")) {
             Ok(true) => {
-                unmount_below(&dir);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(
-                        error = %e,
-                        dir = %dir.display(),
-                        "cannot remove a killed build's scratch"
-                    );
-                }
+                remove_scratch(&dir);
                 cleaned.push(dir);
             }
             Ok(false) => {}

@@ -499,7 +499,7 @@ impl BuildStep for DepsStep {
                 // From the distributions' metadata when the app's previous
                 // check knew it for every distribution but those this step
                 // installs (read after the install); else by pip.
-                let pin_of = |d: &PinnedDist| format!("{}=={}", normalize(&d.key), d.version);
+                let pin_of = |d: &PinnedDist| lockcheck::pin(&d.key, &d.version);
                 let mut needs = BTreeMap::new();
                 let mut check_after_install = false;
                 if check_lock && !*resolved {

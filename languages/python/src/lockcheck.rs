@@ -35,8 +35,9 @@ pub(crate) struct Needs {
     pub requires_python: Option<String>,
 }
 
-/// `name==version` (normalized name) of `d`.
-fn pin(key: &str, version: &str) -> String {
+/// `name==version` (normalized name): how a distribution's needs are
+/// keyed.
+pub(crate) fn pin(key: &str, version: &str) -> String {
     format!("{}=={version}", normalize(key))
 }
 
